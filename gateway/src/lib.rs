@@ -1,0 +1,1 @@
+//! pushgate gateway library.

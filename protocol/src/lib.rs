@@ -1,0 +1,15 @@
+//! pushgate's shared vocabulary: what the gateway, the worker and loadgen must agree on.
+//!
+//! - [`channel`]: channel-name rules of the external contract;
+//! - [`envelope`]: the JSON a client receives (`{"seq":N,"data":...}`, the gap signal, errors);
+//! - [`link`]: the binary frames on the gateway<->worker link;
+//! - [`token`]: HS256 subscriber tokens.
+//!
+//! Everything here is plain functions over bytes: no I/O, no clocks (callers pass `now`).
+
+pub mod channel;
+pub mod envelope;
+pub mod link;
+pub mod token;
+
+pub use channel::{validate_channel, ChannelError, MAX_CHANNEL_LEN};

@@ -1,0 +1,466 @@
+//! The gateway<->worker link: one TCP connection per worker, opened by the worker with an
+//! HTTP/1.1 upgrade (`GET /v1/link`, `Upgrade: pushgate-link/1`) on the gateway's port, then
+//! a stream of binary frames both ways.
+//!
+//! Frame: `u32` big-endian length of what follows, one kind byte, then the fields in order.
+//! Integers are big-endian `u64`; strings and byte strings are a `u32` length and the bytes;
+//! an `Option<u64>` is one flag byte then the value when the flag is 1.
+//!
+//! Hand-written rather than serde-generated so that decoding a delivery slices its payload
+//! out of the read buffer (`Bytes::slice`, no copy, no allocation per message) and encoding
+//! appends many frames into one reused buffer (one `write` per batch).
+//!
+//! Worker -> gateway: [`Up`]. Gateway -> worker: [`Down`].
+
+use bytes::{Buf, Bytes, BytesMut};
+
+/// Path of the upgrade request that opens a link.
+pub const LINK_PATH: &str = "/v1/link";
+/// `Upgrade:` token of the link protocol.
+pub const LINK_UPGRADE: &str = "pushgate-link/1";
+/// Largest frame either side accepts (a backlog of retained messages is one frame).
+pub const MAX_FRAME: usize = 256 * 1024 * 1024;
+
+/// Errors decoding a frame; any of them ends the link.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LinkError {
+    #[error("frame of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    #[error("frame ends early")]
+    Truncated,
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("string is not UTF-8")]
+    BadUtf8,
+}
+
+/// The worker introduces itself (first frame on a link).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// Stable worker id (`--id`).
+    pub id: String,
+    /// Bound client addresses as `ip:port`, as clients should dial them.
+    pub addrs: Vec<String>,
+    /// Most connections the worker accepts (`--capacity`).
+    pub capacity: u64,
+    /// Connections open now.
+    pub connections: u64,
+    /// Whether clients must use `wss://` / `https://` (TLS terminated in the worker).
+    pub secure: bool,
+}
+
+/// Frames a worker sends to the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Up {
+    Hello(Hello),
+    /// Heartbeat with the current load; sent every second.
+    Load { connections: u64 },
+    /// A client connection wants `channel`'s messages with `seq > since` (live only when
+    /// `since` is `None`). `epoch` is the epoch the client last saw, when it told us.
+    /// `sub_id` is the worker's handle for the connection; every `Down` for it carries it.
+    Subscribe {
+        sub_id: u64,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        channel: String,
+    },
+    /// The connection behind `sub_id` is gone (or its long-poll was answered).
+    Unsubscribe { sub_id: u64, channel: String },
+}
+
+/// Why the gateway tells a worker to drop a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum KickReason {
+    /// A newer connection took the channel (one client per channel).
+    Replaced = 1,
+    /// The gateway could not keep the subscription (e.g. its state was reset); the client
+    /// should reconnect with `since`.
+    Resync = 2,
+}
+
+/// Frames the gateway sends to a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Down {
+    /// Answer to `Hello`.
+    Welcome { gateway_id: String },
+    /// Answer to `Subscribe`: what is retained after `since`, in order, and whether the
+    /// resume could not be served whole (`gap_first_seq`: the first seq that follows).
+    /// After it, the subscription is live: `Deliver` frames follow for newer messages.
+    Backlog {
+        sub_id: u64,
+        epoch: u64,
+        last_seq: u64,
+        gap_first_seq: Option<u64>,
+        messages: Vec<(u64, Bytes)>,
+    },
+    /// One live message; `data` is the rendered JSON of the `data` field.
+    Deliver { sub_id: u64, seq: u64, data: Bytes },
+    /// Drop the subscriber behind `sub_id` (its close reason given by `reason`).
+    Kick { sub_id: u64, reason: KickReason },
+}
+
+const UP_HELLO: u8 = 1;
+const UP_LOAD: u8 = 2;
+const UP_SUBSCRIBE: u8 = 3;
+const UP_UNSUBSCRIBE: u8 = 4;
+const DOWN_WELCOME: u8 = 10;
+const DOWN_BACKLOG: u8 = 11;
+const DOWN_DELIVER: u8 = 12;
+const DOWN_KICK: u8 = 13;
+
+impl Up {
+    /// Appends this frame (length prefix included) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = begin(out);
+        match self {
+            Up::Hello(h) => {
+                out.push(UP_HELLO);
+                put_str(out, &h.id);
+                out.extend_from_slice(&(h.addrs.len() as u32).to_be_bytes());
+                for a in &h.addrs {
+                    put_str(out, a);
+                }
+                put_u64(out, h.capacity);
+                put_u64(out, h.connections);
+                out.push(h.secure as u8);
+            }
+            Up::Load { connections } => {
+                out.push(UP_LOAD);
+                put_u64(out, *connections);
+            }
+            Up::Subscribe {
+                sub_id,
+                since,
+                epoch,
+                channel,
+            } => {
+                out.push(UP_SUBSCRIBE);
+                put_u64(out, *sub_id);
+                put_opt(out, *since);
+                put_opt(out, *epoch);
+                put_str(out, channel);
+            }
+            Up::Unsubscribe { sub_id, channel } => {
+                out.push(UP_UNSUBSCRIBE);
+                put_u64(out, *sub_id);
+                put_str(out, channel);
+            }
+        }
+        finish(out, start);
+    }
+
+    /// Decodes one frame body as returned by [`split_frame`].
+    pub fn decode(mut f: Bytes) -> Result<Up, LinkError> {
+        let kind = get_u8(&mut f)?;
+        Ok(match kind {
+            UP_HELLO => {
+                let id = get_string(&mut f)?;
+                let n = get_u32(&mut f)? as usize;
+                let mut addrs = Vec::with_capacity(n.min(1024));
+                for _ in 0..n {
+                    addrs.push(get_string(&mut f)?);
+                }
+                Up::Hello(Hello {
+                    id,
+                    addrs,
+                    capacity: get_u64(&mut f)?,
+                    connections: get_u64(&mut f)?,
+                    secure: get_u8(&mut f)? != 0,
+                })
+            }
+            UP_LOAD => Up::Load {
+                connections: get_u64(&mut f)?,
+            },
+            UP_SUBSCRIBE => Up::Subscribe {
+                sub_id: get_u64(&mut f)?,
+                since: get_opt(&mut f)?,
+                epoch: get_opt(&mut f)?,
+                channel: get_string(&mut f)?,
+            },
+            UP_UNSUBSCRIBE => Up::Unsubscribe {
+                sub_id: get_u64(&mut f)?,
+                channel: get_string(&mut f)?,
+            },
+            k => return Err(LinkError::UnknownKind(k)),
+        })
+    }
+}
+
+impl Down {
+    /// Appends this frame (length prefix included) to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        match self {
+            Down::Deliver { sub_id, seq, data } => encode_deliver(out, *sub_id, *seq, data),
+            Down::Welcome { gateway_id } => {
+                let start = begin(out);
+                out.push(DOWN_WELCOME);
+                put_str(out, gateway_id);
+                finish(out, start);
+            }
+            Down::Backlog {
+                sub_id,
+                epoch,
+                last_seq,
+                gap_first_seq,
+                messages,
+            } => {
+                let start = begin(out);
+                out.push(DOWN_BACKLOG);
+                put_u64(out, *sub_id);
+                put_u64(out, *epoch);
+                put_u64(out, *last_seq);
+                put_opt(out, *gap_first_seq);
+                out.extend_from_slice(&(messages.len() as u32).to_be_bytes());
+                for (seq, data) in messages {
+                    put_u64(out, *seq);
+                    put_bytes(out, data);
+                }
+                finish(out, start);
+            }
+            Down::Kick { sub_id, reason } => {
+                let start = begin(out);
+                out.push(DOWN_KICK);
+                put_u64(out, *sub_id);
+                out.push(*reason as u8);
+                finish(out, start);
+            }
+        }
+    }
+
+    /// Decodes one frame body as returned by [`split_frame`]; payloads are slices of `f`.
+    pub fn decode(mut f: Bytes) -> Result<Down, LinkError> {
+        let kind = get_u8(&mut f)?;
+        Ok(match kind {
+            DOWN_WELCOME => Down::Welcome {
+                gateway_id: get_string(&mut f)?,
+            },
+            DOWN_BACKLOG => {
+                let sub_id = get_u64(&mut f)?;
+                let epoch = get_u64(&mut f)?;
+                let last_seq = get_u64(&mut f)?;
+                let gap_first_seq = get_opt(&mut f)?;
+                let n = get_u32(&mut f)? as usize;
+                let mut messages = Vec::with_capacity(n.min(4096));
+                for _ in 0..n {
+                    let seq = get_u64(&mut f)?;
+                    messages.push((seq, get_bytes(&mut f)?));
+                }
+                Down::Backlog {
+                    sub_id,
+                    epoch,
+                    last_seq,
+                    gap_first_seq,
+                    messages,
+                }
+            }
+            DOWN_DELIVER => {
+                let sub_id = get_u64(&mut f)?;
+                let seq = get_u64(&mut f)?;
+                let data = get_bytes(&mut f)?;
+                Down::Deliver { sub_id, seq, data }
+            }
+            DOWN_KICK => {
+                let sub_id = get_u64(&mut f)?;
+                let reason = match get_u8(&mut f)? {
+                    1 => KickReason::Replaced,
+                    _ => KickReason::Resync,
+                };
+                Down::Kick { sub_id, reason }
+            }
+            k => return Err(LinkError::UnknownKind(k)),
+        })
+    }
+}
+
+/// Appends a `Deliver` frame without building a [`Down`] (the hot path).
+pub fn encode_deliver(out: &mut Vec<u8>, sub_id: u64, seq: u64, data: &[u8]) {
+    let start = begin(out);
+    out.push(DOWN_DELIVER);
+    put_u64(out, sub_id);
+    put_u64(out, seq);
+    put_bytes(out, data);
+    finish(out, start);
+}
+
+/// Takes one complete frame body (kind byte onwards) off the front of `buf`, if `buf`
+/// holds one. The body shares `buf`'s memory.
+pub fn split_frame(buf: &mut BytesMut) -> Result<Option<Bytes>, LinkError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(LinkError::TooLarge(len));
+    }
+    if buf.len() < 4 + len {
+        buf.reserve(4 + len - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    Ok(Some(buf.split_to(len).freeze()))
+}
+
+fn begin(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    start
+}
+
+fn finish(out: &mut [u8], start: usize) {
+    let len = (out.len() - start - 4) as u32;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn put_opt(out: &mut Vec<u8>, v: Option<u64>) {
+    match v {
+        Some(v) => {
+            out.push(1);
+            put_u64(out, v);
+        }
+        None => out.push(0),
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    put_bytes(out, s.as_bytes());
+}
+
+fn get_u8(f: &mut Bytes) -> Result<u8, LinkError> {
+    if f.remaining() < 1 {
+        return Err(LinkError::Truncated);
+    }
+    Ok(f.get_u8())
+}
+
+fn get_u32(f: &mut Bytes) -> Result<u32, LinkError> {
+    if f.remaining() < 4 {
+        return Err(LinkError::Truncated);
+    }
+    Ok(f.get_u32())
+}
+
+fn get_u64(f: &mut Bytes) -> Result<u64, LinkError> {
+    if f.remaining() < 8 {
+        return Err(LinkError::Truncated);
+    }
+    Ok(f.get_u64())
+}
+
+fn get_opt(f: &mut Bytes) -> Result<Option<u64>, LinkError> {
+    match get_u8(f)? {
+        0 => Ok(None),
+        _ => Ok(Some(get_u64(f)?)),
+    }
+}
+
+fn get_bytes(f: &mut Bytes) -> Result<Bytes, LinkError> {
+    let len = get_u32(f)? as usize;
+    if f.remaining() < len {
+        return Err(LinkError::Truncated);
+    }
+    Ok(f.split_to(len))
+}
+
+fn get_string(f: &mut Bytes) -> Result<String, LinkError> {
+    let b = get_bytes(f)?;
+    String::from_utf8(b.to_vec()).map_err(|_| LinkError::BadUtf8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip_up(m: Up) {
+        let mut out = Vec::new();
+        m.encode(&mut out);
+        let mut buf = BytesMut::from(&out[..]);
+        let body = split_frame(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(Up::decode(body).unwrap(), m);
+    }
+
+    fn roundtrip_down(m: Down) {
+        let mut out = Vec::new();
+        m.encode(&mut out);
+        let mut buf = BytesMut::from(&out[..]);
+        let body = split_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(Down::decode(body).unwrap(), m);
+    }
+
+    #[test]
+    fn every_frame_roundtrips() {
+        roundtrip_up(Up::Hello(Hello {
+            id: "w1".into(),
+            addrs: vec!["127.0.0.2:9000".into(), "127.0.0.3:9000".into()],
+            capacity: 1_000_000,
+            connections: 7,
+            secure: false,
+        }));
+        roundtrip_up(Up::Load { connections: 3 });
+        roundtrip_up(Up::Subscribe {
+            sub_id: u64::MAX,
+            since: Some(5),
+            epoch: None,
+            channel: "c:1".into(),
+        });
+        roundtrip_up(Up::Unsubscribe {
+            sub_id: 1,
+            channel: "c".into(),
+        });
+        roundtrip_down(Down::Welcome {
+            gateway_id: "g".into(),
+        });
+        roundtrip_down(Down::Backlog {
+            sub_id: 9,
+            epoch: 77,
+            last_seq: 12,
+            gap_first_seq: Some(3),
+            messages: vec![(3, Bytes::from_static(b"1")), (4, Bytes::from_static(b"\"x\""))],
+        });
+        roundtrip_down(Down::Deliver {
+            sub_id: 9,
+            seq: 13,
+            data: Bytes::from_static(b"{}"),
+        });
+        roundtrip_down(Down::Kick {
+            sub_id: 2,
+            reason: KickReason::Replaced,
+        });
+    }
+
+    #[test]
+    fn frames_split_across_reads() {
+        let mut out = Vec::new();
+        encode_deliver(&mut out, 1, 2, b"hello");
+        encode_deliver(&mut out, 1, 3, b"world");
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for byte in out {
+            buf.extend_from_slice(&[byte]);
+            while let Some(body) = split_frame(&mut buf).unwrap() {
+                got.push(Down::decode(body).unwrap());
+            }
+        }
+        assert_eq!(got.len(), 2);
+        assert!(matches!(&got[1], Down::Deliver { seq: 3, data, .. } if &data[..] == b"world"));
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(split_frame(&mut buf), Err(LinkError::TooLarge(_))));
+        assert_eq!(Down::decode(Bytes::from_static(&[99])), Err(LinkError::UnknownKind(99)));
+        assert_eq!(Down::decode(Bytes::from_static(&[DOWN_DELIVER, 0, 0])), Err(LinkError::Truncated));
+        assert_eq!(Up::decode(Bytes::new()), Err(LinkError::Truncated));
+    }
+}

@@ -1,0 +1,1 @@
+//! pushgate worker library.
