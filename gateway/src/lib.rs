@@ -1,1 +1,159 @@
-//! pushgate gateway library.
+//! pushgate gateway: worker registry and least-loaded assignment, the publish API, the
+//! per-channel message store with its directory, links to workers, dashboard and metrics.
+//!
+//! Thin binary, real library: `main` calls [`main_with_args`], tests and tools call [`run`]
+//! with their own listener, exactly as production does.
+
+pub mod config;
+pub mod http;
+pub mod link;
+pub mod local;
+pub mod metrics;
+pub mod ndjson;
+pub mod net;
+pub mod registry;
+pub mod store;
+
+pub use config::Config;
+
+use anyhow::Context as _;
+use std::ffi::OsString;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{AnyStore, MemoryStore, Retention, Store};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long connection and link tasks get to finish after shutdown starts.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
+/// Period of the store's housekeeping sweep.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Serves the API and worker links on `listener` until `shutdown`, with local workers when
+/// configured; then stops accepting, closes links, stops local workers and returns.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    metrics::init();
+    let addr = listener.local_addr().context("listener address")?;
+    let store = AnyStore::Memory(MemoryStore::new(
+        Retention {
+            max_messages: config.retention_messages,
+            max_age: config.retention_age(),
+        },
+        config.retention_total_bytes,
+        config.max_channels,
+    ));
+    let gateway_id = format!("gateway@{addr}");
+    let specs = if config.local_workers > 0 {
+        local::worker_specs(&config, addr)?
+    } else {
+        Vec::new()
+    };
+    let app = Arc::new(http::App::new(config, store, gateway_id, shutdown.clone()));
+
+    let sweeper = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => app.store.sweep(tokio::time::Instant::now()).await,
+                    _ = app.shutdown.cancelled() => break,
+                }
+            }
+        })
+    };
+
+    local::describe(&specs);
+    let mut children = local::start(specs, shutdown.clone());
+
+    http::serve(listener, app.clone()).await;
+
+    // Shutdown: no new connections; links close on the token; wait for tasks and children.
+    app.registry.close_all();
+    app.tracker.close();
+    if tokio::time::timeout(SHUTDOWN_DEADLINE, app.tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not finish within {SHUTDOWN_DEADLINE:?}; dropping them");
+    }
+    while children.join_next().await.is_some() {}
+    let _ = sweeper.await;
+    Ok(())
+}
+
+/// The `gateway` binary: parses flags (`args` includes the program name), sets up logging,
+/// binds, and runs until SIGTERM or SIGINT.
+pub fn main_with_args<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    use clap::Parser;
+    let config = Config::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    init_tracing();
+    config.validate()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gateway")
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async move {
+        let std_listener =
+            net::bind_listener(config.listen).with_context(|| format!("binding {}", config.listen))?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let addr = listener.local_addr()?;
+        info!(
+            listen = %addr,
+            local_workers = config.local_workers,
+            store = %config.store,
+            "gateway listening on http://{addr} (API, dashboard, /metrics, worker links)"
+        );
+        if config.is_open() {
+            warn!("OPEN MODE: no --subscriber-secret and no --publisher-key; anyone who can reach {addr} can publish to and subscribe to any channel");
+        } else if config.subscriber_secret.is_none() {
+            warn!("no --subscriber-secret: subscribing is open to anyone");
+        } else if config.publisher_keys.is_empty() {
+            warn!("no --publisher-key: publishing is open to anyone");
+        }
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        run(listener, config, shutdown).await
+    })
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        warn!("cannot install signal handlers; stop the gateway with SIGKILL");
+        return;
+    };
+    let which = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    info!("{which} received; shutting down");
+    shutdown.cancel();
+    // A second signal means: do not wait.
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    warn!("second signal; exiting now");
+    std::process::exit(130);
+}

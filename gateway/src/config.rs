@@ -1,0 +1,340 @@
+//! The gateway's configuration: clap flags with `PUSHGATE_*` environment fallbacks, all
+//! defaults in one place, a `validate()` step, secrets masked in `Debug`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Which store keeps channel logs and the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// In-process, sharded (the default; nothing to run beside the gateway).
+    Memory,
+    /// Redis at this URL (planned; refused by [`Config::validate`] for now).
+    Redis(String),
+}
+
+/// Every flag of `gateway`. Each flag can also come from `PUSHGATE_<FLAG>` (upper case,
+/// `-` -> `_`); repeatable flags take comma-separated values from the environment.
+#[derive(clap::Parser, Clone)]
+#[command(
+    name = "gateway",
+    version,
+    about = "pushgate gateway: assigns clients to workers, accepts publishes, keeps per-channel logs"
+)]
+pub struct Config {
+    /// Address of the public API (and of worker links).
+    #[arg(long, env = "PUSHGATE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Worker processes to start and supervise on this host (`<worker-exe> worker ...`).
+    #[arg(long, env = "PUSHGATE_LOCAL_WORKERS", default_value_t = 0)]
+    pub local_workers: u32,
+
+    /// `memory` or `redis://HOST:PORT` (Redis is not supported yet).
+    #[arg(long, env = "PUSHGATE_STORE", default_value = "memory")]
+    pub store: String,
+
+    /// Bearer keys accepted on the publish endpoints; none configured = publishing is open.
+    #[arg(
+        long = "publisher-key",
+        env = "PUSHGATE_PUBLISHER_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub publisher_keys: Vec<String>,
+
+    /// HS256 secret subscriber tokens are signed with; unset = subscribing is open.
+    #[arg(long, env = "PUSHGATE_SUBSCRIBER_SECRET", hide_env_values = true)]
+    pub subscriber_secret: Option<String>,
+
+    /// Origins allowed by CORS on assign (and, passed on to workers, poll and SSE).
+    #[arg(
+        long = "allow-origin",
+        env = "PUSHGATE_ALLOW_ORIGIN",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allow_origins: Vec<String>,
+
+    /// Origins allowed by CORS on the publish endpoints; none = no CORS headers there.
+    #[arg(
+        long = "publish-allow-origin",
+        env = "PUSHGATE_PUBLISH_ALLOW_ORIGIN",
+        value_delimiter = ','
+    )]
+    pub publish_allow_origins: Vec<String>,
+
+    /// Messages retained per channel.
+    #[arg(long, env = "PUSHGATE_RETENTION_MESSAGES", default_value_t = 100)]
+    pub retention_messages: usize,
+
+    /// Seconds a message stays retained.
+    #[arg(long, env = "PUSHGATE_RETENTION_SECS", default_value_t = 600)]
+    pub retention_secs: u64,
+
+    /// Largest publish body (single publish) and largest `data` of a batch line.
+    #[arg(long, env = "PUSHGATE_MAX_MESSAGE_BYTES", default_value_t = 65536)]
+    pub max_message_bytes: usize,
+
+    /// Bytes all retained messages may take together (data + per-message overhead);
+    /// beyond it the oldest go first.
+    #[arg(
+        long,
+        env = "PUSHGATE_RETENTION_TOTAL_BYTES",
+        default_value_t = 268_435_456
+    )]
+    pub retention_total_bytes: usize,
+
+    /// Most channels the store tracks at once.
+    #[arg(long, env = "PUSHGATE_MAX_CHANNELS", default_value_t = 10_000_000)]
+    pub max_channels: usize,
+
+    /// Largest NDJSON batch body.
+    #[arg(long, env = "PUSHGATE_MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_batch_bytes: usize,
+
+    /// Most lines in one NDJSON batch.
+    #[arg(long, env = "PUSHGATE_MAX_BATCH_LINES", default_value_t = 100_000)]
+    pub max_batch_lines: usize,
+
+    /// A worker silent for longer than this is stale and gets no new clients.
+    #[arg(long, env = "PUSHGATE_WORKER_TIMEOUT_SECS", default_value_t = 3)]
+    pub worker_timeout_secs: u64,
+
+    /// Frames queued per worker link; a link whose queue fills is closed (the worker
+    /// reconnects and resumes).
+    #[arg(long, env = "PUSHGATE_LINK_QUEUE", default_value_t = 262_144)]
+    pub link_queue: usize,
+
+    /// `expires_in` reported by assign when no subscriber secret is configured.
+    #[arg(long, env = "PUSHGATE_TOKEN_EXPIRES_SECS", default_value_t = 3600)]
+    pub token_expires_secs: u64,
+
+    /// First loopback IP of local workers: worker i listens on base + i (last octet).
+    #[arg(
+        long,
+        env = "PUSHGATE_LOCAL_WORKER_IP_BASE",
+        default_value = "127.0.0.2"
+    )]
+    pub local_worker_ip_base: Ipv4Addr,
+
+    /// Port local workers listen on (0: any free port).
+    #[arg(long, env = "PUSHGATE_LOCAL_WORKER_PORT", default_value_t = 0)]
+    pub local_worker_port: u16,
+
+    /// Bound IPs per local worker; IP j of a worker adds j to the third octet.
+    #[arg(long, env = "PUSHGATE_LOCAL_WORKER_IPS", default_value_t = 1)]
+    pub local_worker_ips: u32,
+
+    /// Executable started as `<exe> worker <flags>` for local workers (default: this one).
+    #[arg(long, env = "PUSHGATE_WORKER_EXE")]
+    pub worker_exe: Option<PathBuf>,
+
+    /// Extra argument passed to every local worker (repeat for more).
+    #[arg(
+        long = "local-worker-arg",
+        env = "PUSHGATE_LOCAL_WORKER_ARG",
+        value_delimiter = ',',
+        allow_hyphen_values = true
+    )]
+    pub local_worker_args: Vec<String>,
+}
+
+impl Config {
+    /// Checks what clap cannot: ranges, combinations, unsupported choices.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match self.store_kind()? {
+            StoreKind::Memory => {}
+            StoreKind::Redis(url) => {
+                anyhow::bail!(
+                    "--store {url}: the Redis store is not supported yet; use --store memory"
+                )
+            }
+        }
+        anyhow::ensure!(
+            self.retention_messages >= 1,
+            "--retention-messages must be at least 1"
+        );
+        anyhow::ensure!(
+            self.retention_secs >= 1,
+            "--retention-secs must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_message_bytes >= 1,
+            "--max-message-bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_message_bytes <= protocol::link::MAX_FRAME / 2,
+            "--max-message-bytes must fit a link frame"
+        );
+        anyhow::ensure!(self.max_channels >= 1, "--max-channels must be at least 1");
+        anyhow::ensure!(
+            self.max_batch_bytes >= 1,
+            "--max-batch-bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_batch_lines >= 1,
+            "--max-batch-lines must be at least 1"
+        );
+        anyhow::ensure!(
+            self.worker_timeout_secs >= 1,
+            "--worker-timeout-secs must be at least 1"
+        );
+        anyhow::ensure!(self.link_queue >= 16, "--link-queue must be at least 16");
+        anyhow::ensure!(
+            self.token_expires_secs >= 1,
+            "--token-expires-secs must be at least 1"
+        );
+        if let Some(secret) = &self.subscriber_secret {
+            anyhow::ensure!(!secret.is_empty(), "--subscriber-secret must not be empty");
+        }
+        anyhow::ensure!(
+            self.publisher_keys.iter().all(|k| !k.is_empty()),
+            "--publisher-key must not be empty"
+        );
+        anyhow::ensure!(
+            !self.allow_origins.is_empty(),
+            "--allow-origin needs at least one origin"
+        );
+        if self.local_workers > 0 {
+            anyhow::ensure!(
+                self.local_worker_ips >= 1,
+                "--local-worker-ips must be at least 1"
+            );
+            let [_, _, c, d] = self.local_worker_ip_base.octets();
+            anyhow::ensure!(
+                d as u32 + self.local_workers - 1 <= 255,
+                "--local-workers {} do not fit after --local-worker-ip-base {} (last octet)",
+                self.local_workers,
+                self.local_worker_ip_base
+            );
+            anyhow::ensure!(
+                c as u32 + self.local_worker_ips - 1 <= 255,
+                "--local-worker-ips {} do not fit after --local-worker-ip-base {} (third octet)",
+                self.local_worker_ips,
+                self.local_worker_ip_base
+            );
+        }
+        Ok(())
+    }
+
+    /// The parsed `--store` value.
+    pub fn store_kind(&self) -> anyhow::Result<StoreKind> {
+        let s = self.store.trim();
+        if s.eq_ignore_ascii_case("memory") {
+            Ok(StoreKind::Memory)
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(StoreKind::Redis(s.to_owned()))
+        } else {
+            anyhow::bail!("--store must be `memory` or `redis://HOST:PORT`, not {s:?}")
+        }
+    }
+
+    /// True when neither publishers nor subscribers have to authenticate.
+    pub fn is_open(&self) -> bool {
+        self.subscriber_secret.is_none() && self.publisher_keys.is_empty()
+    }
+
+    pub fn worker_timeout(&self) -> Duration {
+        Duration::from_secs(self.worker_timeout_secs)
+    }
+
+    pub fn retention_age(&self) -> Duration {
+        Duration::from_secs(self.retention_secs)
+    }
+
+    /// IP `j` of local worker `i`: base + i in the last octet, + j in the third.
+    pub fn local_worker_ip(&self, i: u32, j: u32) -> IpAddr {
+        let [a, b, c, d] = self.local_worker_ip_base.octets();
+        IpAddr::V4(Ipv4Addr::new(a, b, c + j as u8, d + i as u8))
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let masked_keys: Vec<&str> = self.publisher_keys.iter().map(|_| "***").collect();
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("local_workers", &self.local_workers)
+            .field("store", &self.store)
+            .field("publisher_keys", &masked_keys)
+            .field(
+                "subscriber_secret",
+                &self.subscriber_secret.as_ref().map(|_| "***"),
+            )
+            .field("allow_origins", &self.allow_origins)
+            .field("publish_allow_origins", &self.publish_allow_origins)
+            .field("retention_messages", &self.retention_messages)
+            .field("retention_secs", &self.retention_secs)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .field("retention_total_bytes", &self.retention_total_bytes)
+            .field("max_channels", &self.max_channels)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("max_batch_lines", &self.max_batch_lines)
+            .field("worker_timeout_secs", &self.worker_timeout_secs)
+            .field("link_queue", &self.link_queue)
+            .field("token_expires_secs", &self.token_expires_secs)
+            .field("local_worker_ip_base", &self.local_worker_ip_base)
+            .field("local_worker_port", &self.local_worker_port)
+            .field("local_worker_ips", &self.local_worker_ips)
+            .field("worker_exe", &self.worker_exe)
+            .field("local_worker_args", &self.local_worker_args)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Config {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all).unwrap()
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = parse(&[]);
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.allow_origins, vec!["*".to_string()]);
+        assert!(c.publish_allow_origins.is_empty());
+        assert_eq!(
+            (c.retention_messages, c.retention_secs, c.max_message_bytes),
+            (100, 600, 65536)
+        );
+        assert_eq!(c.store_kind().unwrap(), StoreKind::Memory);
+        c.validate().unwrap();
+        assert!(c.is_open());
+    }
+
+    #[test]
+    fn secrets_are_masked_and_redis_is_refused() {
+        let c = parse(&[
+            "--publisher-key",
+            "k1",
+            "--publisher-key",
+            "k2",
+            "--subscriber-secret",
+            "topsecret",
+        ]);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("k1") && !dbg.contains("topsecret"), "{dbg}");
+        assert_eq!(c.publisher_keys, vec!["k1", "k2"]);
+        let r = parse(&["--store", "redis://127.0.0.1:6379"]);
+        let err = r.validate().unwrap_err().to_string();
+        assert!(err.contains("not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn local_worker_ips() {
+        let c = parse(&["--local-workers", "3", "--local-worker-ips", "2"]);
+        c.validate().unwrap();
+        assert_eq!(c.local_worker_ip(0, 0).to_string(), "127.0.0.2");
+        assert_eq!(c.local_worker_ip(2, 1).to_string(), "127.0.1.4");
+        let bad = parse(&["--local-workers", "255"]);
+        assert!(bad.validate().is_err());
+    }
+}

@@ -1,0 +1,174 @@
+//! Prometheus metrics of the gateway: statics registered on first use (forced at start by
+//! [`init`]) so every series shows before traffic. Labels are small fixed sets, never a
+//! channel or a connection.
+
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::LazyLock;
+
+/// The registry `/metrics` renders (process collector included).
+pub static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    let r = Registry::new();
+    #[cfg(target_os = "linux")]
+    r.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    ))
+    .expect("process collector registers once");
+    r
+});
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("metric registers once");
+    c
+}
+
+fn counter_vec(name: &str, help: &str, label: &str, values: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    REGISTRY
+        .register(Box::new(c.clone()))
+        .expect("metric registers once");
+    for v in values {
+        c.with_label_values(&[*v]);
+    }
+    c
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("metric registers once");
+    g
+}
+
+/// Accepted publishes (idempotent repeats not counted).
+pub static PUBLISH_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_publish_total",
+        "Messages accepted by publish endpoints.",
+    )
+});
+
+/// Publishes refused, by reason.
+pub static PUBLISH_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "pushgate_publish_rejected_total",
+        "Publishes refused, by reason.",
+        "reason",
+        &[
+            "unauthorized",
+            "too_large",
+            "bad_channel",
+            "bad_request",
+            "too_many_channels",
+        ],
+    )
+});
+
+/// Retained messages dropped, by reason (count, age, memory).
+pub static MESSAGES_EVICTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "pushgate_messages_evicted_total",
+        "Retained messages dropped: count = per-channel limit, age = retention time, memory = total bound.",
+        "reason",
+        &["count", "age", "memory"],
+    )
+});
+
+/// Bytes accounted to retained messages (data + overhead), set at scrape.
+pub static STORE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "pushgate_store_bytes",
+        "Bytes accounted to retained messages (data plus per-message overhead).",
+    )
+});
+
+/// Channels the store tracks, set at scrape.
+pub static STORE_CHANNELS: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("pushgate_store_channels", "Channels the store tracks."));
+
+/// Workers by state, set at scrape.
+pub static WORKERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    let g = IntGaugeVec::new(
+        Opts::new("pushgate_workers", "Known workers by state."),
+        &["state"],
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(g.clone()))
+        .expect("metric registers once");
+    for s in ["healthy", "stale", "disconnected"] {
+        g.with_label_values(&[s]);
+    }
+    g
+});
+
+/// Successful assigns.
+pub static ASSIGN_TOTAL: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("pushgate_assign_total", "Clients assigned to a worker."));
+
+/// Frames written to worker links.
+pub static LINK_FRAMES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_link_frames_sent_total",
+        "Frames written to worker links.",
+    )
+});
+
+/// Writes (batches of frames) to worker links.
+pub static LINK_BATCHES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_link_batches_sent_total",
+        "Batched writes to worker links (one write each).",
+    )
+});
+
+/// Links closed because their outbound queue was full.
+pub static LINK_OVERFLOWS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_link_overflows_total",
+        "Worker links closed because their outbound queue was full.",
+    )
+});
+
+/// Worker links open now.
+pub static LINKS_OPEN: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("pushgate_links_open", "Worker links open now."));
+
+/// Local worker processes restarted after an unexpected exit.
+pub static LOCAL_WORKER_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_local_worker_restarts_total",
+        "Local worker processes restarted after they exited.",
+    )
+});
+
+/// Registers every metric (call once at start so all series show before traffic).
+pub fn init() {
+    LazyLock::force(&PUBLISH_TOTAL);
+    LazyLock::force(&PUBLISH_REJECTED);
+    LazyLock::force(&MESSAGES_EVICTED);
+    LazyLock::force(&STORE_BYTES);
+    LazyLock::force(&STORE_CHANNELS);
+    LazyLock::force(&WORKERS);
+    LazyLock::force(&ASSIGN_TOTAL);
+    LazyLock::force(&LINK_FRAMES_SENT);
+    LazyLock::force(&LINK_BATCHES_SENT);
+    LazyLock::force(&LINK_OVERFLOWS);
+    LazyLock::force(&LINKS_OPEN);
+    LazyLock::force(&LOCAL_WORKER_RESTARTS);
+}
+
+/// Renders the registry in the Prometheus text format.
+pub fn render() -> Vec<u8> {
+    init();
+    let mut out = Vec::with_capacity(8 * 1024);
+    TextEncoder::new()
+        .encode(&REGISTRY.gather(), &mut out)
+        .expect("text encoding into a Vec cannot fail");
+    out
+}

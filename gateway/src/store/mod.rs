@@ -1,0 +1,197 @@
+//! The store: per-channel message logs (seq, epoch, retention, idempotency keys) and the
+//! directory entry saying which worker subscription holds each channel.
+//!
+//! [`Store`] is backend-neutral so a Redis implementation can sit beside the in-memory one
+//! ([`memory::MemoryStore`]); the rest of the gateway holds an [`AnyStore`].
+//!
+//! Contract every backend keeps: `publish` appends and, when the channel has a live
+//! subscriber, enqueues the `Deliver` on that subscriber's link in the same step, and
+//! `subscribe` sets the directory entry before it reads the backlog, so a message is either
+//! in the backlog or delivered live (the worker drops seqs it already sent).
+
+pub mod memory;
+
+use crate::link::LinkHandle;
+use bytes::Bytes;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::time::Instant;
+
+pub use memory::{ChannelLog, MemoryStore, Retention};
+
+/// Who holds a channel: one client connection (`sub_id`) behind one worker link.
+#[derive(Clone)]
+pub struct SubRef {
+    /// The link (worker slot + link generation + outbound queue) the subscription came over.
+    pub link: Arc<LinkHandle>,
+    /// The worker's handle for the client connection.
+    pub sub_id: u64,
+}
+
+impl SubRef {
+    /// Whether deliveries can still reach this subscription's link.
+    pub fn is_alive(&self) -> bool {
+        self.link.is_alive()
+    }
+}
+
+impl PartialEq for SubRef {
+    fn eq(&self, other: &Self) -> bool {
+        self.sub_id == other.sub_id && Arc::ptr_eq(&self.link, &other.link)
+    }
+}
+
+impl Eq for SubRef {}
+
+impl std::fmt::Debug for SubRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SubRef({}#{} sub {})",
+            self.link.worker_id, self.link.generation, self.sub_id
+        )
+    }
+}
+
+/// Result of an accepted publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    pub seq: u64,
+    /// The idempotency key was seen within retention: nothing was appended or delivered,
+    /// `seq` is the original one.
+    pub duplicate: bool,
+}
+
+/// What `GET /v1/channels/{channel}` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub online: bool,
+    pub worker: Option<Arc<str>>,
+    pub last_seq: u64,
+    pub buffered: u64,
+}
+
+/// Totals for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub channels: u64,
+    pub bytes: u64,
+    pub messages: u64,
+}
+
+/// Why the store refused an operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store already tracks the maximum number of channels")]
+    TooManyChannels,
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl StoreError {
+    /// Machine-readable code for JSON errors and metric labels.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::TooManyChannels => "too_many_channels",
+            StoreError::Unavailable(_) => "store_unavailable",
+        }
+    }
+}
+
+/// A store backend. `now` is passed in so retention is testable with paused time.
+pub trait Store: Send + Sync + 'static {
+    /// Appends `data` to `channel` (idempotent on `key` within retention) and, if the
+    /// channel has a live subscriber, enqueues the delivery on its link.
+    fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> impl Future<Output = Result<Published, StoreError>> + Send;
+
+    /// Makes `sub` the channel's holder (kicking any previous one) and enqueues its
+    /// `Backlog` (retained messages after `since`, gap signalled) on `sub`'s link.
+    fn subscribe(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Clears the channel's holder if it is still `sub`.
+    fn unsubscribe(
+        &self,
+        channel: &str,
+        sub: &SubRef,
+        now: Instant,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Online state, holder and log position of `channel`.
+    fn channel_info(&self, channel: &str, now: Instant)
+        -> impl Future<Output = ChannelInfo> + Send;
+
+    /// Periodic housekeeping: age expiry, forgetting idle channels.
+    fn sweep(&self, now: Instant) -> impl Future<Output = ()> + Send;
+
+    /// Totals for metrics.
+    fn stats(&self) -> impl Future<Output = StoreStats> + Send;
+}
+
+/// The configured backend (enum dispatch; Redis joins as a second variant).
+pub enum AnyStore {
+    Memory(MemoryStore),
+}
+
+impl Store for AnyStore {
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> Result<Published, StoreError> {
+        match self {
+            AnyStore::Memory(m) => m.publish(channel, data, key, now).await,
+        }
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(m) => m.subscribe(channel, sub, since, epoch, now).await,
+        }
+    }
+
+    async fn unsubscribe(&self, channel: &str, sub: &SubRef, now: Instant) {
+        match self {
+            AnyStore::Memory(m) => m.unsubscribe(channel, sub, now).await,
+        }
+    }
+
+    async fn channel_info(&self, channel: &str, now: Instant) -> ChannelInfo {
+        match self {
+            AnyStore::Memory(m) => m.channel_info(channel, now).await,
+        }
+    }
+
+    async fn sweep(&self, now: Instant) {
+        match self {
+            AnyStore::Memory(m) => m.sweep(now).await,
+        }
+    }
+
+    async fn stats(&self) -> StoreStats {
+        match self {
+            AnyStore::Memory(m) => m.stats().await,
+        }
+    }
+}
