@@ -1,0 +1,211 @@
+//! Helpers for the gateway's link tests: start `gateway::run` on 127.0.0.1:0, a raw HTTP/1.1
+//! client, and a fake worker speaking the link protocol over a plain TcpStream.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use clap::Parser;
+use protocol::link::{split_frame, Down, Hello, Up};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A running gateway.
+pub struct Gw {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Gw {
+    pub async fn start(args: &[&str]) -> Gw {
+        let mut all = vec!["gateway"];
+        all.extend_from_slice(args);
+        let config = gateway::Config::try_parse_from(all).expect("test flags parse");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(gateway::run(listener, config, shutdown.clone()));
+        Gw { addr, shutdown, task }
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("gateway stops in time")
+            .unwrap()
+            .unwrap();
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        http(self.addr, "GET", path, &[], b"").await
+    }
+
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        http(self.addr, "POST", path, headers, body).await
+    }
+
+    pub async fn worker(&self, id: &str, addrs: &[&str], capacity: u64) -> FakeWorker {
+        let mut w = FakeWorker::connect(self.addr).await;
+        w.hello(id, addrs, capacity).await;
+        w
+    }
+
+    /// Value of an unlabelled (or summed) metric from /metrics.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let r = self.get("/metrics").await;
+        let text = r.text();
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A response from [`http`].
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection (`Connection: close`).
+pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "POST" || !body.is_empty() {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    // The server may answer (e.g. 413) before reading the body; ignore write errors then.
+    let _ = s.write_all(body).await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.expect("response in time");
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    Resp {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    }
+}
+
+/// A worker as the gateway sees it: link upgrade, then frames.
+pub struct FakeWorker {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl FakeWorker {
+    pub async fn connect(addr: SocketAddr) -> FakeWorker {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let req = format!(
+            "GET /v1/link HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: pushgate-link/1\r\n\r\n"
+        );
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+                let _ = buf.split_to(end + 4);
+                break;
+            }
+            let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf)).await.unwrap().unwrap();
+            assert!(n > 0, "gateway closed during upgrade");
+        }
+        FakeWorker { stream, buf }
+    }
+
+    pub async fn send(&mut self, up: Up) {
+        let mut out = Vec::new();
+        up.encode(&mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    pub async fn hello(&mut self, id: &str, addrs: &[&str], capacity: u64) {
+        self.send(Up::Hello(Hello {
+            id: id.into(),
+            addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            capacity,
+            connections: 0,
+            secure: false,
+        }))
+        .await;
+        match self.recv().await {
+            Down::Welcome { .. } => {}
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    pub async fn subscribe(&mut self, sub_id: u64, channel: &str, since: Option<u64>, epoch: Option<u64>) {
+        self.send(Up::Subscribe {
+            sub_id,
+            since,
+            epoch,
+            channel: channel.into(),
+        })
+        .await;
+    }
+
+    /// Next frame, or None when the gateway closed the link.
+    pub async fn try_recv(&mut self) -> Option<Down> {
+        loop {
+            if let Some(frame) = split_frame(&mut self.buf).unwrap() {
+                return Some(Down::decode(frame).unwrap());
+            }
+            let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf))
+                .await
+                .expect("a frame in time")
+                .unwrap_or(0);
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    pub async fn recv(&mut self) -> Down {
+        self.try_recv().await.expect("link open")
+    }
+
+    /// Bytes read from the socket so far but not yet split into frames.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+}
