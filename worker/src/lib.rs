@@ -1,1 +1,234 @@
-//! pushgate worker library.
+//! pushgate worker library: binds the client listeners, runs one mio event loop per
+//! thread and the link to the gateway, and stops gracefully on a cancellation token.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use clap::Parser;
+//! let config = worker::Config::parse_from(["worker", "--listen", "127.0.0.1:0"]);
+//! let worker = worker::Worker::bind(config)?;
+//! println!("listening on {:?}", worker.local_addrs());
+//! let shutdown = tokio_util::sync::CancellationToken::new();
+//! let handle = worker.start(shutdown.clone());
+//! shutdown.cancel();
+//! handle.wait();
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+mod event_loop;
+pub mod http1;
+mod link;
+pub mod metrics;
+pub mod poll;
+mod shared;
+pub mod sockets;
+pub mod sse;
+pub mod ws;
+
+pub use config::Config;
+
+use anyhow::Context;
+use event_loop::{EventLoop, LoopSetup, WAKER};
+use shared::{Shared, ThreadPort};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A worker whose sockets are bound but whose threads are not running yet.
+pub struct Worker {
+    shared: Arc<Shared>,
+    setups: Vec<LoopSetup>,
+    up_rx: mpsc::Receiver<protocol::link::Up>,
+    addrs: Vec<SocketAddr>,
+    id: String,
+    sock_opts: sockets::SocketOptions,
+}
+
+/// The running worker's threads.
+pub struct WorkerHandle {
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Validates the config and binds every listener (one SO_REUSEPORT socket per address
+    /// per loop thread; port 0 is resolved once and shared). Nothing runs yet.
+    pub fn bind(config: Config) -> anyhow::Result<Worker> {
+        config.validate()?;
+        let threads = config.threads();
+        let sock_opts = sockets::SocketOptions {
+            backlog: config.backlog,
+            recv_buffer: config.socket_recv_buffer,
+            send_buffer: config.socket_send_buffer,
+            keepalive_idle: Duration::from_secs(
+                (config.ping_interval_secs as u64 * 3).clamp(10, 7200),
+            ),
+        };
+        let mut setups = Vec::with_capacity(threads);
+        let mut ports = Vec::with_capacity(threads);
+        for _ in 0..threads {
+            let poll = mio::Poll::new().context("create poll")?;
+            let waker = mio::Waker::new(poll.registry(), WAKER).context("create waker")?;
+            ports.push(ThreadPort {
+                inbox: Mutex::new(Vec::new()),
+                waker,
+            });
+            setups.push(LoopSetup {
+                poll,
+                listeners: Vec::new(),
+            });
+        }
+        let mut addrs = Vec::new();
+        for &addr in &config.listen {
+            let (actual, listeners) = sockets::bind_group(addr, threads, &sock_opts)
+                .with_context(|| format!("bind {addr}"))?;
+            addrs.push(actual);
+            for (setup, l) in setups.iter_mut().zip(listeners) {
+                setup.listeners.push(l);
+            }
+        }
+        let id = config
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("worker-{}-{}", addrs[0], std::process::id()));
+        let (up_tx, up_rx) = mpsc::channel(config.link_queue);
+        let _ = metrics::metrics();
+        let shared = Arc::new(Shared {
+            capacity: config.capacity(),
+            secret: config
+                .subscriber_secret
+                .as_ref()
+                .map(|s| s.as_bytes().to_vec()),
+            any_origin: config.any_origin(),
+            config,
+            start: Instant::now(),
+            open: AtomicUsize::new(0),
+            link_up: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            ports,
+            up_tx,
+        });
+        Ok(Worker {
+            shared,
+            setups,
+            up_rx,
+            addrs,
+            id,
+            sock_opts,
+        })
+    }
+
+    /// The bound client addresses (port 0 resolved), in `--listen` order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// The id this worker registers with.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Starts the loop threads and the link thread. Cancelling `shutdown` drains: no new
+    /// connections, WebSockets get close 1001, held polls are answered, SSE streams end,
+    /// pending output gets up to 2 s.
+    pub fn start(self, shutdown: CancellationToken) -> WorkerHandle {
+        if self.shared.secret.is_none() {
+            tracing::warn!(
+                "NO --subscriber-secret: every client may subscribe to any channel without a token (open mode)"
+            );
+        }
+        let mut threads = Vec::new();
+        for (i, setup) in self.setups.into_iter().enumerate() {
+            let lp = EventLoop::new(i, self.shared.clone(), setup, self.sock_opts);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("pushgate-loop-{i}"))
+                    .spawn(move || lp.run())
+                    .expect("spawn loop thread"),
+            );
+        }
+        let (host, port) =
+            config::gateway_host_port(&self.shared.config.gateway).expect("validated in bind");
+        let setup = link::LinkSetup {
+            id: self.id,
+            addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
+            host,
+            port,
+        };
+        let shared = self.shared;
+        let up_rx = self.up_rx;
+        threads.push(
+            std::thread::Builder::new()
+                .name("pushgate-link".into())
+                .spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("link runtime");
+                    rt.block_on(link::run(shared.clone(), up_rx, setup, shutdown.clone()));
+                    shared.begin_shutdown();
+                })
+                .expect("spawn link thread"),
+        );
+        WorkerHandle { threads }
+    }
+}
+
+impl WorkerHandle {
+    /// Blocks until every worker thread has ended (after the shutdown token was cancelled).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The worker binary: parse flags (`args[0]` is the program name), set up logging, bind,
+/// start, and drain on SIGTERM or SIGINT.
+pub fn main_with_args<I, T>(args: I) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let config = match Config::parse_from_args(args) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+    let gateway = config.gateway.clone();
+    let threads = config.threads();
+    let worker = Worker::bind(config)?;
+    tracing::info!(
+        id = worker.id(),
+        listen = ?worker.local_addrs(),
+        gateway = %gateway,
+        threads,
+        capacity = worker.shared.capacity,
+        "pushgate worker listening"
+    );
+    let shutdown = CancellationToken::new();
+    let handle = worker.start(shutdown.clone());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("signal runtime")?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: draining"),
+        }
+        anyhow::Ok(())
+    })?;
+    shutdown.cancel();
+    handle.wait();
+    tracing::info!("worker stopped");
+    Ok(())
+}

@@ -1,0 +1,305 @@
+//! The worker's configuration: clap flags, each also read from `PUSHGATE_<FLAG>`, with
+//! defaults in one place and a `validate()` step.
+
+use anyhow::{bail, Context};
+use std::net::SocketAddr;
+
+/// Everything a worker can be told at start.
+#[derive(clap::Parser, Clone)]
+#[command(
+    name = "worker",
+    about = "pushgate worker: holds client connections and delivers messages"
+)]
+pub struct Config {
+    /// Gateway to open the link to (`http://host:port`).
+    #[arg(
+        long,
+        env = "PUSHGATE_GATEWAY",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub gateway: String,
+
+    /// Client-facing address to listen on (repeatable; env value comma-separated). Port 0
+    /// picks a free port.
+    #[arg(
+        long,
+        env = "PUSHGATE_LISTEN",
+        value_delimiter = ',',
+        default_value = "127.0.0.2:9000"
+    )]
+    pub listen: Vec<SocketAddr>,
+
+    /// Worker id shown by the gateway (default: derived from the first listen address and pid).
+    #[arg(long, env = "PUSHGATE_ID")]
+    pub id: Option<String>,
+
+    /// Most client connections held at once (default: RLIMIT_NOFILE soft limit minus 64,
+    /// capped at 10,000,000).
+    #[arg(long, env = "PUSHGATE_CAPACITY")]
+    pub capacity: Option<usize>,
+
+    /// HS256 secret subscriber tokens are checked with; without it everything is open.
+    #[arg(long, env = "PUSHGATE_SUBSCRIBER_SECRET", hide_env_values = true)]
+    pub subscriber_secret: Option<String>,
+
+    /// Origins allowed for browser clients (repeatable; `*` allows any).
+    #[arg(
+        long,
+        env = "PUSHGATE_ALLOW_ORIGIN",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub allow_origin: Vec<String>,
+
+    /// Event-loop threads (default: available parallelism).
+    #[arg(long, env = "PUSHGATE_THREADS")]
+    pub threads: Option<usize>,
+
+    /// Listen backlog of every listening socket.
+    #[arg(long, env = "PUSHGATE_BACKLOG", default_value_t = 4096)]
+    pub backlog: i32,
+
+    /// Every connection is visited once per interval: WebSocket ping, SSE comment; a
+    /// WebSocket silent for 2.5 intervals is closed.
+    #[arg(long, env = "PUSHGATE_PING_INTERVAL_SECS", default_value_t = 30)]
+    pub ping_interval_secs: u32,
+
+    /// Longest long-poll hold a client may ask for (`timeout=`); longer asks are clamped.
+    #[arg(long, env = "PUSHGATE_MAX_POLL_TIMEOUT_SECS", default_value_t = 120)]
+    pub max_poll_timeout_secs: u32,
+
+    /// Largest request head (request line + headers) accepted; more gets 431.
+    #[arg(long, env = "PUSHGATE_MAX_HEADER_BYTES", default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// Largest WebSocket frame a client may send; more closes with 1009.
+    #[arg(long, env = "PUSHGATE_MAX_CLIENT_FRAME_BYTES", default_value_t = 65536)]
+    pub max_client_frame_bytes: u64,
+
+    /// Most bytes queued for one slow connection; more closes it (WebSocket code 4003).
+    #[arg(long, env = "PUSHGATE_MAX_PENDING_BYTES", default_value_t = 1024 * 1024)]
+    pub max_pending_bytes: usize,
+
+    /// Time a new connection (or an idle keep-alive one) has to send a complete request.
+    #[arg(long, env = "PUSHGATE_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub handshake_timeout_secs: u32,
+
+    /// Depth of the queue from the event loops to the gateway link; when full, new
+    /// subscribers get 503.
+    #[arg(long, env = "PUSHGATE_LINK_QUEUE", default_value_t = 65536)]
+    pub link_queue: usize,
+
+    /// SO_RCVBUF for client sockets (bytes; default: the kernel's).
+    #[arg(long, env = "PUSHGATE_SOCKET_RECV_BUFFER")]
+    pub socket_recv_buffer: Option<usize>,
+
+    /// SO_SNDBUF for client sockets (bytes; default: the kernel's).
+    #[arg(long, env = "PUSHGATE_SOCKET_SEND_BUFFER")]
+    pub socket_send_buffer: Option<usize>,
+}
+
+/// Hard cap on `--capacity`: slab keys must fit the 24 bits `sub_id` gives them.
+pub const MAX_CAPACITY: usize = 10_000_000;
+/// Most loop threads: the thread index takes 8 bits of a `sub_id`.
+pub const MAX_THREADS: usize = 256;
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("gateway", &self.gateway)
+            .field("listen", &self.listen)
+            .field("id", &self.id)
+            .field("capacity", &self.capacity)
+            .field(
+                "subscriber_secret",
+                &self.subscriber_secret.as_ref().map(|_| "<masked>"),
+            )
+            .field("allow_origin", &self.allow_origin)
+            .field("threads", &self.threads)
+            .field("backlog", &self.backlog)
+            .field("ping_interval_secs", &self.ping_interval_secs)
+            .field("max_poll_timeout_secs", &self.max_poll_timeout_secs)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("max_client_frame_bytes", &self.max_client_frame_bytes)
+            .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("handshake_timeout_secs", &self.handshake_timeout_secs)
+            .field("link_queue", &self.link_queue)
+            .field("socket_recv_buffer", &self.socket_recv_buffer)
+            .field("socket_send_buffer", &self.socket_send_buffer)
+            .finish()
+    }
+}
+
+impl Config {
+    /// Parses flags (and env fallbacks) the way the binary does; `args[0]` is the program name.
+    pub fn parse_from_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <Config as clap::Parser>::try_parse_from(args)
+    }
+
+    /// Checks values clap cannot check on its own.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.listen.is_empty() {
+            bail!("at least one --listen address is required");
+        }
+        gateway_host_port(&self.gateway).context("--gateway")?;
+        let threads = self.threads();
+        if threads == 0 || threads > MAX_THREADS {
+            bail!("--threads must be 1..={MAX_THREADS}");
+        }
+        let cap = self.capacity();
+        if cap == 0 || cap > MAX_CAPACITY {
+            bail!("--capacity must be 1..={MAX_CAPACITY}");
+        }
+        if self.backlog <= 0 {
+            bail!("--backlog must be positive");
+        }
+        if self.ping_interval_secs == 0 {
+            bail!("--ping-interval-secs must be at least 1");
+        }
+        if self.max_poll_timeout_secs == 0 || self.max_poll_timeout_secs > 86_400 {
+            bail!("--max-poll-timeout-secs must be 1..=86400");
+        }
+        if self.handshake_timeout_secs == 0 || self.handshake_timeout_secs > 3600 {
+            bail!("--handshake-timeout-secs must be 1..=3600");
+        }
+        if self.max_header_bytes < 256 || self.max_header_bytes > 1024 * 1024 {
+            bail!("--max-header-bytes must be 256..=1048576");
+        }
+        if self.max_client_frame_bytes < 125 {
+            bail!("--max-client-frame-bytes must be at least 125");
+        }
+        if self.max_pending_bytes < 1024 {
+            bail!("--max-pending-bytes must be at least 1024");
+        }
+        if self.link_queue == 0 {
+            bail!("--link-queue must be positive");
+        }
+        if self.allow_origin.is_empty() || self.allow_origin.len() > u16::MAX as usize - 1 {
+            bail!("--allow-origin needs 1..65534 entries");
+        }
+        if let Some(id) = &self.id {
+            if id.is_empty() || id.len() > 256 {
+                bail!("--id must be 1..=256 bytes");
+            }
+        }
+        Ok(())
+    }
+
+    /// `--threads`, or the machine's available parallelism.
+    pub fn threads(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_THREADS)
+        })
+    }
+
+    /// `--capacity`, or the open-file soft limit minus 64 (capped at [`MAX_CAPACITY`]).
+    pub fn capacity(&self) -> usize {
+        self.capacity.unwrap_or_else(|| {
+            let soft = nofile_soft_limit().unwrap_or(1024);
+            (soft.saturating_sub(64) as usize).clamp(1, MAX_CAPACITY)
+        })
+    }
+
+    /// Whether `--allow-origin` lets any origin in.
+    pub fn any_origin(&self) -> bool {
+        self.allow_origin.iter().any(|o| o == "*")
+    }
+}
+
+fn nofile_soft_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes into the struct we pass.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    (rc == 0).then_some(lim.rlim_cur)
+}
+
+/// Splits `http://host:port[/...]` into `(host, port)` (port 80 when absent).
+pub fn gateway_host_port(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("{url:?} must start with http://"))?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() {
+        bail!("{url:?} has no host");
+    }
+    if let Some(stripped) = authority.strip_prefix('[') {
+        // [v6]:port
+        let (host, after) = stripped
+            .split_once(']')
+            .with_context(|| format!("{url:?}: unclosed ["))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().with_context(|| format!("{url:?}: bad port"))?,
+            None => 80,
+        };
+        return Ok((host.to_owned(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => Ok((
+            host.to_owned(),
+            port.parse().with_context(|| format!("{url:?}: bad port"))?,
+        )),
+        None => Ok((authority.to_owned(), 80)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::parse_from_args(["worker"]).unwrap();
+        assert_eq!(c.gateway, "http://127.0.0.1:8080");
+        assert_eq!(c.listen, vec!["127.0.0.2:9000".parse().unwrap()]);
+        assert_eq!(c.allow_origin, vec!["*".to_string()]);
+        assert_eq!(c.backlog, 4096);
+        c.validate().unwrap();
+        assert!(c.capacity() >= 1);
+    }
+
+    #[test]
+    fn repeatable_listen_and_masked_secret() {
+        let c = Config::parse_from_args([
+            "worker",
+            "--listen",
+            "127.0.0.2:0",
+            "--listen",
+            "127.0.0.3:0",
+            "--subscriber-secret",
+            "hunter2",
+        ])
+        .unwrap();
+        assert_eq!(c.listen.len(), 2);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2"), "{dbg}");
+        assert!(dbg.contains("<masked>"));
+    }
+
+    #[test]
+    fn gateway_urls() {
+        assert_eq!(
+            gateway_host_port("http://127.0.0.1:8080").unwrap(),
+            ("127.0.0.1".into(), 8080)
+        );
+        assert_eq!(
+            gateway_host_port("http://gw.local/").unwrap(),
+            ("gw.local".into(), 80)
+        );
+        assert_eq!(
+            gateway_host_port("http://[::1]:81").unwrap(),
+            ("::1".into(), 81)
+        );
+        assert!(gateway_host_port("https://x").is_err());
+        assert!(gateway_host_port("http://x:notaport").is_err());
+    }
+}

@@ -1,0 +1,232 @@
+//! The worker's side of the gateway link, on a small tokio runtime: dial, upgrade, Hello /
+//! Welcome, Load every second, forward Subscribe/Unsubscribe from the loop threads in
+//! batches (one write per batch), route Down frames to loop threads by `sub_id`, and
+//! reconnect with backoff (100 ms doubling to 2 s).
+
+use crate::metrics::metrics;
+use crate::shared::{split_sub_id, Cmd, Shared};
+use anyhow::{bail, Context};
+use bytes::BytesMut;
+use protocol::link::{split_frame, Down, Hello, Up, LINK_PATH, LINK_UPGRADE};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const LOAD_EVERY: Duration = Duration::from_secs(1);
+/// Most Up frames gathered into one write.
+const BATCH: usize = 4096;
+
+/// What the link needs to introduce the worker.
+pub(crate) struct LinkSetup {
+    pub id: String,
+    pub addrs: Vec<String>,
+    pub host: String,
+    pub port: u16,
+}
+
+/// Keeps a link to the gateway up until `shutdown` is cancelled.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut up_rx: mpsc::Receiver<Up>,
+    setup: LinkSetup,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let mut welcomed = false;
+        let res = tokio::select! {
+            r = session(&shared, &mut up_rx, &setup, &mut welcomed) => r,
+            _ = shutdown.cancelled() => Ok(()),
+        };
+        let was_up = shared.link_up.swap(false, Ordering::AcqRel);
+        metrics().link_up.set(0);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match &res {
+            Err(e) if was_up => {
+                tracing::warn!(error = %format!("{e:#}"), "gateway link lost; reconnecting")
+            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "gateway link attempt failed"),
+            Ok(()) => {}
+        }
+        // What was queued for the dead link is moot: the gateway forgets that link's
+        // subscriptions and every subscribed connection is re-sent after the next Welcome.
+        while up_rx.try_recv().is_ok() {}
+        if welcomed {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => break,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One link: connect, upgrade, Hello/Welcome, then pump both ways until it fails.
+async fn session(
+    shared: &Arc<Shared>,
+    up_rx: &mut mpsc::Receiver<Up>,
+    setup: &LinkSetup,
+    welcomed: &mut bool,
+) -> anyhow::Result<()> {
+    let mut stream = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        TcpStream::connect((setup.host.as_str(), setup.port)),
+    )
+    .await
+    .context("connect timed out")?
+    .with_context(|| format!("connect to {}:{}", setup.host, setup.port))?;
+    let _ = stream.set_nodelay(true);
+    let host = if setup.host.contains(':') {
+        format!("[{}]:{}", setup.host, setup.port)
+    } else {
+        format!("{}:{}", setup.host, setup.port)
+    };
+    let req = format!(
+        "GET {LINK_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {LINK_UPGRADE}\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).await?;
+
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        // Response head.
+        loop {
+            if let Some(end) = find_head_end(&buf) {
+                let head = buf.split_to(end);
+                let status_ok = head.starts_with(b"HTTP/1.1 101");
+                if !status_ok {
+                    let line = String::from_utf8_lossy(
+                        head[..].split(|&b| b == b'\r').next().unwrap_or(&[]),
+                    );
+                    bail!("gateway refused the link upgrade: {line}");
+                }
+                break;
+            }
+            if buf.len() > 16 * 1024 {
+                bail!("gateway's upgrade response is too large");
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                bail!("gateway closed during the upgrade");
+            }
+        }
+        let hello = Up::Hello(Hello {
+            id: setup.id.clone(),
+            addrs: setup.addrs.clone(),
+            capacity: shared.capacity as u64,
+            connections: shared.connections() as u64,
+            secure: false,
+        });
+        let mut out = Vec::new();
+        hello.encode(&mut out);
+        stream.write_all(&out).await?;
+        loop {
+            if let Some(frame) = split_frame(&mut buf)? {
+                match Down::decode(frame)? {
+                    Down::Welcome { gateway_id } => return Ok(gateway_id),
+                    other => bail!("expected Welcome, got {other:?}"),
+                }
+            }
+            if stream.read_buf(&mut buf).await? == 0 {
+                bail!("gateway closed before Welcome");
+            }
+        }
+    })
+    .await
+    .context("link handshake timed out")??;
+
+    *welcomed = true;
+    shared.link_up.store(true, Ordering::Release);
+    metrics().link_up.set(1);
+    tracing::info!(gateway = %welcome, "gateway link up");
+    for port in &shared.ports {
+        port.push(&mut vec![Cmd::LinkUp]);
+    }
+    let (rd, wr) = stream.into_split();
+    tokio::select! {
+        r = reader(shared, rd, buf) => r,
+        r = writer(shared, wr, up_rx) => r,
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Splits Down frames out of the stream and hands them to their loop threads, one inbox
+/// append and at most one wake-up per thread per read.
+async fn reader(
+    shared: &Arc<Shared>,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+) -> anyhow::Result<()> {
+    let mut per_thread: Vec<Vec<Cmd>> = (0..shared.ports.len()).map(|_| Vec::new()).collect();
+    loop {
+        while let Some(frame) = split_frame(&mut buf)? {
+            let down = Down::decode(frame)?;
+            let id = match &down {
+                Down::Backlog { sub_id, .. }
+                | Down::Deliver { sub_id, .. }
+                | Down::Kick { sub_id, .. } => *sub_id,
+                Down::Welcome { .. } => continue,
+            };
+            let (thread, _, _) = split_sub_id(id);
+            if let Some(v) = per_thread.get_mut(thread) {
+                v.push(Cmd::Down(down));
+            }
+        }
+        for (port, cmds) in shared.ports.iter().zip(per_thread.iter_mut()) {
+            port.push(cmds);
+        }
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        if rd.read_buf(&mut buf).await? == 0 {
+            bail!("gateway closed the link");
+        }
+    }
+}
+
+/// Drains queued Up frames into one buffer per write; sends Load every second.
+async fn writer(
+    shared: &Arc<Shared>,
+    mut wr: OwnedWriteHalf,
+    up_rx: &mut mpsc::Receiver<Up>,
+) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut load = tokio::time::interval(LOAD_EVERY);
+    load.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = up_rx.recv_many(&mut batch, BATCH) => {
+                if n == 0 {
+                    // Every sender is gone: the worker is stopping.
+                    return Ok(());
+                }
+                for up in batch.drain(..) {
+                    up.encode(&mut out);
+                }
+            }
+            _ = load.tick() => {
+                Up::Load { connections: shared.connections() as u64 }.encode(&mut out);
+            }
+        }
+        wr.write_all(&out).await?;
+        if out.capacity() > 1 << 20 {
+            out = Vec::with_capacity(64 * 1024);
+        } else {
+            out.clear();
+        }
+    }
+}

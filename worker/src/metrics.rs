@@ -1,0 +1,209 @@
+//! The worker's Prometheus metrics: statics registered once per process (so they show
+//! before any traffic), bounded labels only, plus the process collector for
+//! `process_resident_memory_bytes`.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::LazyLock;
+
+/// How a client connection was used; the `transport` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Transport {
+    /// Still reading a request (or between long-polls).
+    Http = 0,
+    Ws = 1,
+    Poll = 2,
+    Sse = 3,
+}
+
+impl Transport {
+    const ALL: [Transport; 4] = [
+        Transport::Http,
+        Transport::Ws,
+        Transport::Poll,
+        Transport::Sse,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Http => "http",
+            Transport::Ws => "ws",
+            Transport::Poll => "poll",
+            Transport::Sse => "sse",
+        }
+    }
+}
+
+/// Why a connection ended; the `reason` label (a small fixed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CloseReason {
+    /// The client closed it (EOF, reset, WebSocket close).
+    ClientClosed = 0,
+    /// We answered and closed (errors, /metrics, SSE end, poll without keep-alive).
+    Done = 1,
+    /// The gateway kicked it (replaced by a newer connection, or resync).
+    Kicked = 2,
+    /// Handshake timeout or a silent WebSocket.
+    Timeout = 3,
+    /// The client broke the protocol.
+    ProtocolError = 4,
+    /// Its pending output passed `--max-pending-bytes`.
+    SlowClient = 5,
+    /// Worker shutdown.
+    Shutdown = 6,
+    /// Over `--capacity`.
+    Refused = 7,
+    /// A socket error.
+    IoError = 8,
+}
+
+impl CloseReason {
+    const ALL: [CloseReason; 9] = [
+        CloseReason::ClientClosed,
+        CloseReason::Done,
+        CloseReason::Kicked,
+        CloseReason::Timeout,
+        CloseReason::ProtocolError,
+        CloseReason::SlowClient,
+        CloseReason::Shutdown,
+        CloseReason::Refused,
+        CloseReason::IoError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::Done => "done",
+            CloseReason::Kicked => "kicked",
+            CloseReason::Timeout => "timeout",
+            CloseReason::ProtocolError => "protocol_error",
+            CloseReason::SlowClient => "slow_client",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::Refused => "refused",
+            CloseReason::IoError => "io_error",
+        }
+    }
+}
+
+/// All worker metrics, with label handles resolved once.
+pub struct Metrics {
+    pub registry: Registry,
+    open: [IntGauge; 4],
+    closed: [IntCounter; 9],
+    pub accepted: IntCounter,
+    pub delivered: IntCounter,
+    pub link_up: IntGauge,
+    pub slow_client_closes: IntCounter,
+    pub link_queue_full: IntCounter,
+}
+
+impl Metrics {
+    pub fn open(&self, t: Transport) -> &IntGauge {
+        &self.open[t as usize]
+    }
+
+    pub fn closed(&self, r: CloseReason) -> &IntCounter {
+        &self.closed[r as usize]
+    }
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let registry = Registry::new();
+    let open_vec = IntGaugeVec::new(
+        Opts::new(
+            "pushgate_connections_open",
+            "Client connections open, by transport",
+        ),
+        &["transport"],
+    )
+    .expect("metric");
+    let closed_vec = IntCounterVec::new(
+        Opts::new(
+            "pushgate_connections_closed_total",
+            "Client connections closed, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("metric");
+    let accepted = IntCounter::new(
+        "pushgate_connections_accepted_total",
+        "Client connections accepted",
+    )
+    .expect("metric");
+    let delivered = IntCounter::new(
+        "pushgate_messages_delivered_total",
+        "Messages written to clients (WebSocket frames, SSE events, poll entries)",
+    )
+    .expect("metric");
+    let link_up =
+        IntGauge::new("pushgate_link_up", "1 while the link to the gateway is up").expect("metric");
+    let slow = IntCounter::new(
+        "pushgate_slow_client_closes_total",
+        "Connections closed because their pending output passed --max-pending-bytes",
+    )
+    .expect("metric");
+    let queue_full = IntCounter::new(
+        "pushgate_link_queue_full_total",
+        "Subscribe/Unsubscribe requests refused because the link queue was full",
+    )
+    .expect("metric");
+    for c in [
+        Box::new(open_vec.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(closed_vec.clone()),
+        Box::new(accepted.clone()),
+        Box::new(delivered.clone()),
+        Box::new(link_up.clone()),
+        Box::new(slow.clone()),
+        Box::new(queue_full.clone()),
+    ] {
+        registry.register(c).expect("register metric");
+    }
+    #[cfg(target_os = "linux")]
+    registry
+        .register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("register process collector");
+    Metrics {
+        open: Transport::ALL.map(|t| open_vec.with_label_values(&[t.as_str()])),
+        closed: CloseReason::ALL.map(|r| closed_vec.with_label_values(&[r.as_str()])),
+        accepted,
+        delivered,
+        link_up,
+        slow_client_closes: slow,
+        link_queue_full: queue_full,
+        registry,
+    }
+});
+
+/// The process-wide metrics (registered on first use; `Worker::bind` touches them).
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// Prometheus text of every worker metric.
+pub fn render(out: &mut Vec<u8>) {
+    let families = metrics().registry.gather();
+    let _ = prometheus::TextEncoder::new().encode(&families, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_names() {
+        metrics().accepted.inc_by(0);
+        let mut out = Vec::new();
+        render(&mut out);
+        let s = String::from_utf8(out).unwrap();
+        assert!(
+            s.contains("pushgate_connections_open{transport=\"ws\"}"),
+            "{s}"
+        );
+        assert!(s.contains("pushgate_connections_closed_total{reason=\"slow_client\"}"));
+        assert!(s.contains("process_resident_memory_bytes"), "{s}");
+        assert!(s.contains("pushgate_link_up"));
+    }
+}
