@@ -1,0 +1,297 @@
+//! Per-channel delivery checking without I/O: what was published (seqs from 202 answers,
+//! counts from NDJSON batches) against what a client received (loss, duplicates, order).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// What the publisher knows about one channel. Shared by publisher tasks (atomics).
+#[derive(Debug)]
+pub struct Published {
+    /// Messages accepted for the channel.
+    pub count: AtomicU64,
+    /// Lowest seq seen in a 202 answer (`u64::MAX` until one is seen).
+    pub min_seq: AtomicU64,
+    /// Highest seq seen in a 202 answer (0 until one is seen).
+    pub max_seq: AtomicU64,
+}
+
+impl Default for Published {
+    fn default() -> Self {
+        Published {
+            count: AtomicU64::new(0),
+            min_seq: AtomicU64::new(u64::MAX),
+            max_seq: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Published {
+    /// One message accepted with a known seq.
+    pub fn accepted_seq(&self, seq: u64) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.min_seq.fetch_min(seq, Ordering::Relaxed);
+        self.max_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// `n` messages accepted in a batch (seqs not reported).
+    pub fn accepted_count(&self, n: u64) {
+        self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The inclusive seq range the channel's subscriber must receive, if anything was
+    /// published. Seqs start at 1 on a fresh channel; with known seqs the range starts at
+    /// the lowest one (older history on a reused channel is not expected).
+    pub fn expected(&self) -> Option<(u64, u64)> {
+        let count = self.count.load(Ordering::Relaxed);
+        if count == 0 {
+            return None;
+        }
+        let min = self.min_seq.load(Ordering::Relaxed);
+        let max = self.max_seq.load(Ordering::Relaxed);
+        let lo = if min == u64::MAX { 1 } else { min };
+        Some((lo, max.max(lo + count - 1)))
+    }
+}
+
+/// Seqs one client has received on its channel, as sorted disjoint ranges (one range when
+/// delivery is in order), plus counts of what was wrong.
+#[derive(Debug, Default, Clone)]
+pub struct SeqChecker {
+    ranges: Vec<(u64, u64)>,
+    max_seen: u64,
+    pub received: u64,
+    pub unique: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub gaps: u64,
+}
+
+/// How one received seq was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    New,
+    OutOfOrder,
+    Duplicate,
+}
+
+impl SeqChecker {
+    /// Records one received seq.
+    pub fn observe(&mut self, seq: u64) -> Seen {
+        self.received += 1;
+        // Index of the first range whose end is >= seq - 1 (could touch or hold seq).
+        let i = self.ranges.partition_point(|&(_, hi)| hi.saturating_add(1) < seq);
+        if let Some(&(lo, hi)) = self.ranges.get(i) {
+            if lo <= seq && seq <= hi {
+                self.duplicated += 1;
+                return Seen::Duplicate;
+            }
+        }
+        let verdict = if seq < self.max_seen { Seen::OutOfOrder } else { Seen::New };
+        if verdict == Seen::OutOfOrder {
+            self.out_of_order += 1;
+        }
+        self.unique += 1;
+        self.max_seen = self.max_seen.max(seq);
+        match self.ranges.get_mut(i) {
+            Some(r) if r.1 + 1 == seq => {
+                r.1 = seq;
+                // Join with the next range if now adjacent.
+                if let Some(&(nlo, nhi)) = self.ranges.get(i + 1) {
+                    if nlo == seq + 1 {
+                        self.ranges[i].1 = nhi;
+                        self.ranges.remove(i + 1);
+                    }
+                }
+            }
+            Some(r) if r.0 == seq + 1 => r.0 = seq,
+            _ => self.ranges.insert(i, (seq, seq)),
+        }
+        verdict
+    }
+
+    /// A gap signal from the server.
+    pub fn gap(&mut self) {
+        self.gaps += 1;
+    }
+
+    /// Highest seq received (the `since` to resume from).
+    pub fn last_seq(&self) -> u64 {
+        self.max_seen
+    }
+
+    /// How many seqs of `lo..=hi` were received.
+    pub fn covered(&self, lo: u64, hi: u64) -> u64 {
+        self.ranges
+            .iter()
+            .map(|&(a, b)| {
+                let (a, b) = (a.max(lo), b.min(hi));
+                if a <= b {
+                    b - a + 1
+                } else {
+                    0
+                }
+            })
+            .sum()
+    }
+
+    /// Seqs of `expected` never received.
+    pub fn lost(&self, expected: Option<(u64, u64)>) -> u64 {
+        match expected {
+            Some((lo, hi)) => (hi - lo + 1) - self.covered(lo, hi),
+            None => 0,
+        }
+    }
+
+    /// Received seqs outside `expected` (neither published by this run nor older history
+    /// below it): a server inventing messages.
+    pub fn unexpected(&self, expected: Option<(u64, u64)>) -> u64 {
+        let hi = expected.map(|e| e.1).unwrap_or(0);
+        self.ranges
+            .iter()
+            .map(|&(a, b)| if b > hi { b - a.max(hi + 1) + 1 } else { 0 })
+            .sum()
+    }
+}
+
+/// Totals of a checked run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CheckTotals {
+    pub expected: u64,
+    pub received: u64,
+    pub unique: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub gaps: u64,
+    pub unexpected: u64,
+    pub channels_with_loss: u64,
+}
+
+impl CheckTotals {
+    /// Adds one channel's result.
+    pub fn add_channel(&mut self, c: &SeqChecker, p: &Published) {
+        let exp = p.expected();
+        let lost = c.lost(exp);
+        self.expected += exp.map(|(lo, hi)| hi - lo + 1).unwrap_or(0);
+        self.received += c.received;
+        self.unique += c.unique;
+        self.lost += lost;
+        self.duplicated += c.duplicated;
+        self.out_of_order += c.out_of_order;
+        self.gaps += c.gaps;
+        self.unexpected += c.unexpected(exp);
+        self.channels_with_loss += u64::from(lost > 0);
+    }
+
+    pub fn merge(&mut self, o: &CheckTotals) {
+        self.expected += o.expected;
+        self.received += o.received;
+        self.unique += o.unique;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.gaps += o.gaps;
+        self.unexpected += o.unexpected;
+        self.channels_with_loss += o.channels_with_loss;
+    }
+
+    /// No loss, duplicate, reordering, gap or invented message.
+    pub fn clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0 && self.gaps == 0 && self.unexpected == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn published(seqs: &[u64]) -> Published {
+        let p = Published::default();
+        for &s in seqs {
+            p.accepted_seq(s);
+        }
+        p
+    }
+
+    #[test]
+    fn in_order_is_clean() {
+        let mut c = SeqChecker::default();
+        for s in 1..=100 {
+            assert_eq!(c.observe(s), Seen::New);
+        }
+        assert_eq!(c.ranges, vec![(1, 100)]);
+        let p = published(&(1..=100).collect::<Vec<_>>());
+        let mut t = CheckTotals::default();
+        t.add_channel(&c, &p);
+        assert!(t.clean(), "{t:?}");
+        assert_eq!((t.expected, t.unique), (100, 100));
+        assert_eq!(c.last_seq(), 100);
+    }
+
+    #[test]
+    fn loss_is_counted() {
+        let mut c = SeqChecker::default();
+        for s in [1, 2, 4, 5, 9] {
+            c.observe(s);
+        }
+        let p = published(&(1..=10).collect::<Vec<_>>());
+        assert_eq!(c.lost(p.expected()), 5); // 3, 6, 7, 8, 10
+        let mut t = CheckTotals::default();
+        t.add_channel(&c, &p);
+        assert_eq!((t.lost, t.channels_with_loss, t.duplicated, t.out_of_order), (5, 1, 0, 0));
+        assert!(!t.clean());
+        // Nothing received at all.
+        let empty = SeqChecker::default();
+        assert_eq!(empty.lost(p.expected()), 10);
+    }
+
+    #[test]
+    fn duplicates_are_counted() {
+        let mut c = SeqChecker::default();
+        for s in [1, 2, 3, 2, 3, 3, 4] {
+            c.observe(s);
+        }
+        assert_eq!((c.received, c.unique, c.duplicated, c.out_of_order), (7, 4, 3, 0));
+        assert_eq!(c.lost(published(&[1, 2, 3, 4]).expected()), 0);
+    }
+
+    #[test]
+    fn reordering_is_counted_and_fills_holes() {
+        let mut c = SeqChecker::default();
+        assert_eq!(c.observe(1), Seen::New);
+        assert_eq!(c.observe(3), Seen::New);
+        assert_eq!(c.observe(5), Seen::New);
+        assert_eq!(c.observe(2), Seen::OutOfOrder);
+        assert_eq!(c.ranges, vec![(1, 3), (5, 5)]);
+        assert_eq!(c.observe(4), Seen::OutOfOrder);
+        assert_eq!(c.ranges, vec![(1, 5)]);
+        assert_eq!(c.observe(4), Seen::Duplicate);
+        assert_eq!((c.out_of_order, c.duplicated, c.unique), (2, 1, 5));
+        assert_eq!(c.lost(published(&[1, 2, 3, 4, 5]).expected()), 0);
+        // A range extended downwards.
+        let mut c = SeqChecker::default();
+        c.observe(10);
+        c.observe(9);
+        assert_eq!(c.ranges, vec![(9, 10)]);
+    }
+
+    #[test]
+    fn batch_counts_and_history() {
+        // Batches: only counts are known; the range is 1..=count.
+        let p = Published::default();
+        p.accepted_count(3);
+        p.accepted_count(2);
+        assert_eq!(p.expected(), Some((1, 5)));
+        // Known seqs on a reused channel: older history is not expected, and not unexpected.
+        let p = published(&[41, 42, 43]);
+        assert_eq!(p.expected(), Some((41, 43)));
+        let mut c = SeqChecker::default();
+        for s in 35..=43 {
+            c.observe(s);
+        }
+        assert_eq!((c.lost(p.expected()), c.unexpected(p.expected())), (0, 0));
+        // A seq above everything published was invented by the server.
+        c.observe(50);
+        assert_eq!(c.unexpected(p.expected()), 1);
+        assert_eq!(Published::default().expected(), None);
+    }
+}

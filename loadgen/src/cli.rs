@@ -1,0 +1,518 @@
+//! Command line: clap derive subcommands, value parsers (durations, rates, source-IP ranges)
+//! and the one `Plan` every subcommand is turned into.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "pushgate load generator: connect scale, memory per connection, publish rate, \
+             delivery latency, loss and churn, against any deployment's public HTTP contract"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open N clients through /v1/assign at a ramp rate, hold them, close them; measures
+    /// connect rate, connect time and memory per connection on every worker.
+    #[command(args_override_self = true)]
+    Connect(ConnectArgs),
+    /// Connect clients, publish to their channels, check every delivery (loss, duplicates,
+    /// order) and measure publish-to-receive latency.
+    #[command(args_override_self = true)]
+    Run(RunArgs),
+    /// Like `run`, while a fraction of the clients drop and come back with `since`.
+    #[command(args_override_self = true)]
+    Churn(ChurnArgs),
+    /// Publish at a target rate, singly or as NDJSON batches; no subscribers.
+    #[command(args_override_self = true)]
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Ws,
+    Poll,
+    Sse,
+    /// Client i uses ws, poll, sse in turn.
+    Mixed,
+}
+
+impl Transport {
+    /// The concrete transport of client `i` (global index).
+    pub fn for_client(self, i: u64) -> Transport {
+        match self {
+            Transport::Mixed => [Transport::Ws, Transport::Poll, Transport::Sse][(i % 3) as usize],
+            t => t,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Ws => "ws",
+            Transport::Poll => "poll",
+            Transport::Sse => "sse",
+            Transport::Mixed => "mixed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pattern {
+    /// Each message to a uniformly random channel.
+    Random,
+    /// Message k to channel k mod channels.
+    RoundRobin,
+    /// `--rate` counts rounds; each round publishes one message to every channel.
+    All,
+}
+
+/// Flags every subcommand has.
+#[derive(Debug, Clone, Args)]
+pub struct CommonArgs {
+    /// Gateway base URL.
+    #[arg(long, env = "PUSHGATE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    pub gateway: String,
+    /// Channel i is `<prefix>-<i>`; default `lg-<random>`.
+    #[arg(long)]
+    pub channel_prefix: Option<String>,
+    /// Sign HS256 subscriber tokens with this secret and assign with `?token=`.
+    #[arg(long, env = "PUSHGATE_SUBSCRIBER_SECRET", hide_env_values = true)]
+    pub subscriber_secret: Option<String>,
+    /// Publisher key sent as `Authorization: Bearer <key>`.
+    #[arg(long, env = "PUSHGATE_PUBLISHER_KEY", hide_env_values = true)]
+    pub publisher_key: Option<String>,
+    /// Local source addresses, bound round-robin: `127.0.1.1-127.0.1.40`, a comma list, or both.
+    #[arg(long, value_parser = parse_source_ips)]
+    pub source_ips: Option<SourceIpList>,
+    /// Write every figure as JSON to this file (`-` for stdout).
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write a self-contained HTML report to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Hard bound on the whole run.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub max_duration: Duration,
+    /// No progress line and no human summary.
+    #[arg(long)]
+    pub quiet: bool,
+    /// Timeout of one connect (assign + TCP + handshake).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Timeout of one HTTP request (assign, publish, metrics).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// Exit non-zero when more errors than this occur.
+    #[arg(long, default_value_t = 0)]
+    pub max_errors: u64,
+    /// Clients one process may hold before splitting into child processes
+    /// (default: open-file limit minus a reserve).
+    #[arg(long)]
+    pub max_per_process: Option<u64>,
+    /// Internal: this process is shard i of k (i/k), run by a parent loadgen.
+    #[arg(long, hide = true, value_parser = parse_shard)]
+    pub shard: Option<(u32, u32)>,
+    /// Internal: global index of this process's first client.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub client_offset: u64,
+}
+
+/// Flags of subcommands that open clients.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Number of clients (one channel each).
+    #[arg(long, default_value_t = 100)]
+    pub clients: u64,
+    #[arg(long, value_enum, default_value = "ws")]
+    pub transport: Transport,
+    /// Connect rate, e.g. `5000/s`.
+    #[arg(long, default_value = "5000/s", value_parser = parse_rate)]
+    pub ramp: f64,
+    /// Wait after all clients connected before reading memory.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// Long-poll `timeout` parameter in seconds.
+    #[arg(long, default_value_t = 30)]
+    pub poll_timeout: u64,
+    /// Keep-alive connections used for /v1/assign.
+    #[arg(long, default_value_t = 16)]
+    pub assign_connections: usize,
+}
+
+/// Flags of subcommands that publish.
+#[derive(Debug, Clone, Args)]
+pub struct PublishOpts {
+    /// Target messages per second (for `--pattern all`: rounds per second).
+    #[arg(long, default_value = "100/s", value_parser = parse_rate)]
+    pub rate: f64,
+    /// How long to publish.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Channels to publish to (default: one per client; for `publish`: 100).
+    #[arg(long)]
+    pub channels: Option<u64>,
+    #[arg(long, value_enum, default_value = "round-robin")]
+    pub pattern: Pattern,
+    /// Messages per request: 1 = `POST /v1/publish/{channel}`, more = NDJSON batches.
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Approximate payload size; padded with a `pad` string.
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// Keep-alive connections used for publishing (concurrent requests).
+    #[arg(long, default_value_t = 8)]
+    pub publish_connections: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub clients: ClientArgs,
+    /// How long to hold the clients once all are connected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub hold: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub clients: ClientArgs,
+    #[command(flatten)]
+    pub publish: PublishOpts,
+    /// After publishing, wait at most this long for outstanding deliveries.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Fraction of the clients that drop and come back.
+    #[arg(long, default_value_t = 0.2)]
+    pub fraction: f64,
+    /// Drops per second across the churning clients (default: churning clients / 2 s).
+    #[arg(long, value_parser = parse_rate)]
+    pub churn_rate: Option<f64>,
+    /// Mean wait before coming back; each wait is jittered uniformly in [0.5x, 1.5x].
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub backoff: Duration,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    #[command(flatten)]
+    pub publish: PublishOpts,
+}
+
+/// What the scenario does after connecting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Connect,
+    Run,
+    Churn,
+    Publish,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Connect => "connect",
+            Mode::Run => "run",
+            Mode::Churn => "churn",
+            Mode::Publish => "publish",
+        }
+    }
+}
+
+/// Churn settings.
+#[derive(Debug, Clone)]
+pub struct ChurnPlan {
+    pub fraction: f64,
+    pub rate: f64,
+    pub backoff: Duration,
+}
+
+/// Everything one scenario needs, whatever subcommand it came from.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub mode: Mode,
+    pub common: CommonArgs,
+    pub prefix: String,
+    pub clients: ClientArgs,
+    pub publish: Option<PublishOpts>,
+    pub hold: Duration,
+    pub drain: Duration,
+    pub churn: Option<ChurnPlan>,
+}
+
+impl Plan {
+    pub fn from_command(command: Command) -> anyhow::Result<Plan> {
+        let default_clients = ClientArgs {
+            clients: 0,
+            transport: Transport::Ws,
+            ramp: 5000.0,
+            settle: Duration::ZERO,
+            poll_timeout: 30,
+            assign_connections: 4,
+        };
+        let (mode, common, clients, publish, hold, drain, churn) = match command {
+            Command::Connect(a) => (Mode::Connect, a.common, a.clients, None, a.hold, Duration::ZERO, None),
+            Command::Run(a) => (Mode::Run, a.common, a.clients, Some(a.publish), Duration::ZERO, a.drain, None),
+            Command::Churn(c) => {
+                let churning = (c.run.clients.clients as f64 * c.fraction).ceil();
+                let rate = c.churn_rate.unwrap_or((churning / 2.0).max(1.0));
+                let churn = ChurnPlan {
+                    fraction: c.fraction,
+                    rate,
+                    backoff: c.backoff,
+                };
+                let r = c.run;
+                (Mode::Churn, r.common, r.clients, Some(r.publish), Duration::ZERO, r.drain, Some(churn))
+            }
+            Command::Publish(a) => {
+                let mut p = a.publish;
+                p.channels.get_or_insert(100);
+                (Mode::Publish, a.common, default_clients, Some(p), Duration::ZERO, Duration::ZERO, None)
+            }
+        };
+        let prefix = match &common.channel_prefix {
+            Some(p) => p.clone(),
+            None => format!("lg-{:08x}", rand::random::<u32>()),
+        };
+        let plan = Plan {
+            mode,
+            common,
+            prefix,
+            clients,
+            publish,
+            hold,
+            drain,
+            churn,
+        };
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let sample = format!("{}-{}", self.prefix, u64::MAX);
+        if sample.len() > 128 || !sample.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b)) {
+            bail!("--channel-prefix must be made of [A-Za-z0-9_.:@-] and leave room for `-<index>` within 128 bytes");
+        }
+        if !(self.common.gateway.starts_with("http://")) {
+            bail!("--gateway must be an http:// URL (TLS is not supported by loadgen yet)");
+        }
+        if self.clients.ramp <= 0.0 {
+            bail!("--ramp must be positive");
+        }
+        if let Some(p) = &self.publish {
+            if p.rate <= 0.0 {
+                bail!("--rate must be positive");
+            }
+            if p.batch == 0 || p.publish_connections == 0 {
+                bail!("--batch and --publish-connections must be at least 1");
+            }
+            if p.channels == Some(0) {
+                bail!("--channels must be at least 1");
+            }
+        }
+        if let Some(c) = &self.churn {
+            if !(0.0..=1.0).contains(&c.fraction) {
+                bail!("--fraction must be within 0..=1");
+            }
+            if c.rate <= 0.0 {
+                bail!("--churn-rate must be positive");
+            }
+        }
+        if self.mode != Mode::Publish && self.clients.clients == 0 {
+            bail!("--clients must be at least 1");
+        }
+        if self.clients.assign_connections == 0 {
+            bail!("--assign-connections must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// Channel name of global client/channel index `i`.
+    pub fn channel(&self, i: u64) -> String {
+        format!("{}-{}", self.prefix, i)
+    }
+
+    /// Is this process a child shard?
+    pub fn is_child(&self) -> bool {
+        self.common.shard.is_some()
+    }
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num.trim().parse().with_context(|| format!("bad duration {s:?} (try 10s, 500ms, 2m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        bail!("bad duration {s:?}");
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+/// Parses a rate per second: `5000/s`, `300/m`, `10/h` or a bare number (per second).
+pub fn parse_rate(s: &str) -> anyhow::Result<f64> {
+    let s = s.trim();
+    let (num, per) = match s.split_once('/') {
+        Some((n, unit)) => {
+            let per = match unit.trim() {
+                "s" | "sec" => 1.0,
+                "m" | "min" => 60.0,
+                "h" => 3600.0,
+                u => bail!("bad rate unit {u:?} in {s:?} (use /s, /m or /h)"),
+            };
+            (n, per)
+        }
+        None => (s, 1.0),
+    };
+    let v: f64 = num.trim().parse().with_context(|| format!("bad rate {s:?} (try 5000/s)"))?;
+    if !v.is_finite() || v <= 0.0 {
+        bail!("rate must be positive: {s:?}");
+    }
+    Ok(v / per)
+}
+
+/// Parses `i/k` (0-based shard index of k shards).
+pub fn parse_shard(s: &str) -> anyhow::Result<(u32, u32)> {
+    let (i, k) = s.split_once('/').context("shard must be i/k")?;
+    let (i, k): (u32, u32) = (i.parse()?, k.parse()?);
+    if k == 0 || i >= k {
+        bail!("shard index out of range: {s}");
+    }
+    Ok((i, k))
+}
+
+/// A list of local source addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceIpList(pub Vec<IpAddr>);
+
+impl SourceIpList {
+    /// The flag value that reproduces this list (a comma list).
+    pub fn to_arg(&self) -> String {
+        self.0.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(",")
+    }
+}
+
+/// Parses `127.0.1.1-127.0.1.40`, `a,b,c`, or a comma list of both (IPv4 ranges; IPv6 singles).
+pub fn parse_source_ips(s: &str) -> anyhow::Result<SourceIpList> {
+    const MAX: u64 = 1 << 20;
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a: Ipv4Addr = a.trim().parse().with_context(|| format!("bad address in range {part:?}"))?;
+                let b: Ipv4Addr = b.trim().parse().with_context(|| format!("bad address in range {part:?}"))?;
+                let (a, b) = (u32::from(a), u32::from(b));
+                if b < a {
+                    bail!("range {part:?} runs backwards");
+                }
+                if (b - a) as u64 + out.len() as u64 >= MAX {
+                    bail!("too many source addresses");
+                }
+                out.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
+            }
+            None => out.push(part.parse().with_context(|| format!("bad address {part:?}"))?),
+        }
+    }
+    if out.is_empty() {
+        bail!("no source addresses in {s:?}");
+    }
+    Ok(SourceIpList(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("5000/s").unwrap(), 5000.0);
+        assert_eq!(parse_rate("120/m").unwrap(), 2.0);
+        assert_eq!(parse_rate("7").unwrap(), 7.0);
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("5/d").is_err());
+    }
+
+    #[test]
+    fn source_ip_ranges() {
+        let l = parse_source_ips("127.0.1.1-127.0.1.3").unwrap();
+        assert_eq!(l.0.len(), 3);
+        assert_eq!(l.0[0], "127.0.1.1".parse::<IpAddr>().unwrap());
+        assert_eq!(l.0[2], "127.0.1.3".parse::<IpAddr>().unwrap());
+        // Across an octet boundary.
+        let l = parse_source_ips("127.0.1.255-127.0.2.1").unwrap();
+        assert_eq!(l.to_arg(), "127.0.1.255,127.0.2.0,127.0.2.1");
+        // Comma list mixed with a range, and IPv6 singles.
+        let l = parse_source_ips("127.0.0.5, 127.0.1.1-127.0.1.2,::1").unwrap();
+        assert_eq!(l.0.len(), 4);
+        assert_eq!(parse_source_ips(&l.to_arg()).unwrap(), l);
+        assert!(parse_source_ips("127.0.1.5-127.0.1.1").is_err());
+        assert!(parse_source_ips("nonsense").is_err());
+        assert!(parse_source_ips("").is_err());
+        assert!(parse_source_ips("0.0.0.0-255.255.255.255").is_err());
+    }
+
+    #[test]
+    fn shards_and_transports() {
+        assert_eq!(parse_shard("1/3").unwrap(), (1, 3));
+        assert!(parse_shard("3/3").is_err());
+        assert_eq!(Transport::Mixed.for_client(4), Transport::Poll);
+        assert_eq!(Transport::Sse.for_client(4), Transport::Sse);
+    }
+
+    #[test]
+    fn cli_parses_and_later_flags_override() {
+        let cli = Cli::try_parse_from([
+            "loadgen", "run", "--clients", "10", "--rate", "50/s", "--clients", "4", "--shard", "0/2",
+        ])
+        .unwrap();
+        let plan = Plan::from_command(cli.command).unwrap();
+        assert_eq!(plan.clients.clients, 4);
+        assert_eq!(plan.publish.unwrap().rate, 50.0);
+        assert!(plan.prefix.starts_with("lg-"));
+    }
+}

@@ -1,0 +1,278 @@
+//! One subscriber client per channel: assign, connect over its transport, check every
+//! message, come back with `since` after a drop. One tokio task per client.
+
+pub mod poll;
+pub mod sse;
+pub mod ws;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hyper::Method;
+use rand::Rng;
+use serde::Deserialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::checker::{SeqChecker, Seen};
+use crate::cli::{Plan, Transport};
+use crate::net::{HttpPool, SourceIps};
+use crate::stats::{unix_nanos, Stats};
+
+/// What every client task of a process shares.
+pub struct ClientCtx {
+    pub plan: Arc<Plan>,
+    pub stats: Arc<Stats>,
+    pub src: Arc<SourceIps>,
+    pub assign: Arc<HttpPool>,
+    /// Cancelled when clients must close.
+    pub stop: CancellationToken,
+    /// `since` of the first connection (`Some(0)` when checking deliveries, so nothing
+    /// published around the connect is missed).
+    pub initial_since: Option<u64>,
+}
+
+/// The part of a client others look at while it runs.
+#[derive(Default)]
+pub struct Slot {
+    /// Distinct seqs received.
+    pub unique: AtomicU64,
+    /// Highest seq received.
+    pub max_seq: AtomicU64,
+    /// Notified to make the client drop its connection and come back (churn).
+    pub churn: Notify,
+}
+
+/// `/v1/assign` answer.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Assignment {
+    pub worker: String,
+    pub ws_url: String,
+    pub poll_url: String,
+    pub sse_url: String,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub enum SessionEnd {
+    /// Asked to stop.
+    Stopped,
+    /// Dropped on purpose (churn).
+    Churned,
+    /// Ended by the server or the network; the kind is an error label.
+    Error(String),
+}
+
+/// One message or gap frame as the worker sends it.
+#[derive(Debug, Deserialize)]
+pub struct Frame {
+    seq: Option<u64>,
+    #[serde(default)]
+    gap: bool,
+    data: Option<Data>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Data {
+    Stamped { t: u64 },
+    Other(serde::de::IgnoredAny),
+}
+
+/// Handles one `{"seq":N,"data":...}` or gap frame.
+pub fn on_frame(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) {
+    match serde_json::from_slice::<Frame>(text) {
+        Ok(f) => on_parsed(stats, checker, slot, f),
+        Err(_) => stats.error("bad_frame"),
+    }
+}
+
+/// Handles one already parsed frame.
+pub fn on_parsed(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, frame: Frame) {
+    match frame {
+        Frame { gap: true, .. } => {
+            checker.gap();
+            stats.error("gap");
+        }
+        Frame { seq: Some(seq), data, .. } => on_message(stats, checker, slot, seq, data),
+        _ => stats.error("bad_frame"),
+    }
+}
+
+fn on_message(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, seq: u64, data: Option<Data>) {
+    stats.delivered.fetch_add(1, Ordering::Relaxed);
+    if checker.observe(seq) != Seen::Duplicate {
+        slot.unique.fetch_add(1, Ordering::Relaxed);
+        slot.max_seq.fetch_max(seq, Ordering::Relaxed);
+    }
+    if let Some(Data::Stamped { t }) = data {
+        stats.record_latency(unix_nanos().saturating_sub(t) / 1000);
+    }
+}
+
+/// Jittered wait: uniform in [0.5, 1.5] x `mean`.
+pub fn jitter(mean: Duration) -> Duration {
+    mean.mul_f64(rand::rng().random_range(0.5..1.5))
+}
+
+/// Asks the gateway where `channel` should connect.
+pub async fn assign(ctx: &ClientCtx, channel: &str) -> Result<Assignment, String> {
+    let path = match &ctx.plan.common.subscriber_secret {
+        Some(secret) => {
+            let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+                + ctx.plan.common.max_duration.as_secs()
+                + 3600;
+            format!("/v1/assign?token={}", protocol::token::sign(secret.as_bytes(), channel, exp))
+        }
+        None => format!("/v1/assign?channel={channel}"),
+    };
+    let (status, body) = ctx
+        .assign
+        .send(Method::GET, &path, &[], None, Bytes::new())
+        .await
+        .map_err(|e| format!("assign_{}", e.kind()))?;
+    if status != 200 {
+        return Err(format!("assign_http_{}", status.as_u16()));
+    }
+    let mut a: Assignment = serde_json::from_slice(&body).map_err(|_| "assign_bad_body".to_string())?;
+    let base = ctx.plan.common.gateway.trim_end_matches('/');
+    for url in [&mut a.ws_url, &mut a.poll_url, &mut a.sse_url] {
+        if url.starts_with('/') {
+            *url = format!("{base}{url}");
+        }
+    }
+    Ok(a)
+}
+
+/// An open connection of one transport.
+enum Conn {
+    Ws(ws::WsConn),
+    Sse(sse::SseConn),
+    Poll(poll::PollConn),
+}
+
+/// A client's whole life: returns what it received, for the final check.
+pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> SeqChecker {
+    let plan = &ctx.plan;
+    let channel = plan.channel(index);
+    let transport = plan.clients.transport.for_client(index);
+    let mut checker = SeqChecker::default();
+    let mut first = true;
+    let mut sessions = 0u64;
+    let mut failures = 0u32;
+    loop {
+        if ctx.stop.is_cancelled() {
+            break;
+        }
+        let since = if sessions == 0 && checker.received == 0 {
+            ctx.initial_since
+        } else {
+            Some(checker.last_seq())
+        };
+        ctx.stats.connect_attempts.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
+        let opened = tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            r = tokio::time::timeout(plan.common.connect_timeout, open(&ctx, &channel, transport, since, started)) => r,
+        };
+        let failed = match opened {
+            Ok(Ok((worker, conn))) => Ok((worker, conn)),
+            Ok(Err(kind)) => Err(kind),
+            Err(_elapsed) => Err(format!("{}_connect_timeout", transport.name())),
+        };
+        let (worker, conn) = match failed {
+            Ok(x) => x,
+            Err(kind) => {
+                ctx.stats.error(kind);
+                if first {
+                    first = false;
+                    ctx.stats.first_done.fetch_add(1, Ordering::Relaxed);
+                }
+                failures += 1;
+                let wait = jitter(Duration::from_millis(100 * 2u64.pow(failures.min(5))));
+                tokio::select! { _ = ctx.stop.cancelled() => break, _ = tokio::time::sleep(wait) => continue }
+            }
+        };
+        failures = 0;
+        ctx.stats.up(&worker);
+        if sessions > 0 {
+            ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+        sessions += 1;
+        if first {
+            first = false;
+            ctx.stats.first_ok.fetch_add(1, Ordering::Relaxed);
+            ctx.stats.first_done.fetch_add(1, Ordering::Relaxed);
+        }
+        let end = match conn {
+            Conn::Ws(c) => ws::session(&ctx, c, &mut checker, &slot).await,
+            Conn::Sse(c) => sse::session(&ctx, c, &mut checker, &slot).await,
+            Conn::Poll(c) => poll::session(&ctx, c, since.unwrap_or(0), &mut checker, &slot).await,
+        };
+        ctx.stats.down(&worker);
+        match end {
+            SessionEnd::Stopped => break,
+            SessionEnd::Churned => {
+                ctx.stats.dropped_on_purpose.fetch_add(1, Ordering::Relaxed);
+                let backoff = plan.churn.as_ref().map(|c| c.backoff).unwrap_or(Duration::from_millis(100));
+                tokio::select! { _ = ctx.stop.cancelled() => break, _ = tokio::time::sleep(jitter(backoff)) => {} }
+            }
+            SessionEnd::Error(kind) => {
+                ctx.stats.error(kind);
+                tokio::select! { _ = ctx.stop.cancelled() => break, _ = tokio::time::sleep(jitter(Duration::from_millis(200))) => {} }
+            }
+        }
+    }
+    if first {
+        ctx.stats.first_done.fetch_add(1, Ordering::Relaxed);
+    }
+    checker
+}
+
+/// Assign + connect; records connect and assign time on success.
+async fn open(
+    ctx: &ClientCtx,
+    channel: &str,
+    transport: Transport,
+    since: Option<u64>,
+    started: Instant,
+) -> Result<(String, Conn), String> {
+    let a = assign(ctx, channel).await?;
+    let assign_us = started.elapsed().as_micros() as u64;
+    let conn = match transport {
+        Transport::Ws => Conn::Ws(ws::connect(ctx, &a.ws_url, since).await?),
+        Transport::Sse => Conn::Sse(sse::connect(ctx, &a.sse_url, since).await?),
+        Transport::Poll | Transport::Mixed => Conn::Poll(poll::connect(ctx, &a.poll_url).await?),
+    };
+    ctx.stats.record_connect(started.elapsed().as_micros() as u64, assign_us);
+    Ok((a.worker, conn))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames() {
+        let stats = Stats::new();
+        let slot = Slot::default();
+        let mut c = SeqChecker::default();
+        let t = unix_nanos() - 2_000_000;
+        on_frame(&stats, &mut c, &slot, format!(r#"{{"seq":1,"data":{{"t":{t},"i":0,"pad":""}}}}"#).as_bytes());
+        on_frame(&stats, &mut c, &slot, br#"{"seq":2,"data":"plain text"}"#);
+        on_frame(&stats, &mut c, &slot, br#"{"seq":2,"data":[1,2]}"#);
+        on_frame(&stats, &mut c, &slot, br#"{"gap":true,"epoch":3,"first_seq":9}"#);
+        on_frame(&stats, &mut c, &slot, b"garbage");
+        assert_eq!((c.received, c.unique, c.duplicated, c.gaps), (3, 2, 1, 1));
+        assert_eq!(slot.unique.load(Ordering::Relaxed), 2);
+        assert_eq!(slot.max_seq.load(Ordering::Relaxed), 2);
+        let errors = stats.errors.lock().unwrap().clone();
+        assert_eq!(errors.get("gap"), Some(&1));
+        assert_eq!(errors.get("bad_frame"), Some(&1));
+        let h = stats.hists.lock().unwrap();
+        assert_eq!(h.latency.len(), 1);
+        assert!(h.latency.max() >= 2000, "{}", h.latency.max());
+    }
+}

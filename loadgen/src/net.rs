@@ -1,0 +1,317 @@
+//! Sockets and plain HTTP/1.1: URL targets, bound source addresses (round-robin, with
+//! `IP_BIND_ADDRESS_NO_PORT`), one-connection hyper clients and a small keep-alive pool.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Where an absolute http(s)/ws(s) URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub port: u16,
+    /// Path and query, e.g. `/v1/ws?channel=c`.
+    pub path: String,
+}
+
+impl Target {
+    /// Parses `http://host:port/path?query` (also `ws://`). TLS schemes are refused.
+    pub fn parse(url: &str) -> anyhow::Result<Target> {
+        let (scheme, rest) = url.split_once("://").with_context(|| format!("not an absolute URL: {url}"))?;
+        let default_port = match scheme {
+            "http" | "ws" => 80,
+            "https" | "wss" => bail!("TLS URLs are not supported by loadgen yet: {url}"),
+            s => bail!("unsupported scheme {s:?} in {url}"),
+        };
+        let (authority, path) = match rest.find(['/', '?']) {
+            Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+            Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+            None => (rest, "/".to_string()),
+        };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (h, after) = v6.split_once(']').context("bad IPv6 authority")?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().context("bad port")?,
+                None => default_port,
+            };
+            (h.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), p.parse().with_context(|| format!("bad port in {url}"))?),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            bail!("no host in {url}");
+        }
+        Ok(Target { host, port, path })
+    }
+
+    /// `host:port` for the Host header.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// Resolves the host (an IP literal needs no lookup).
+    pub async fn resolve(&self) -> anyhow::Result<SocketAddr> {
+        if let Ok(ip) = self.host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, self.port));
+        }
+        tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .next()
+            .ok_or_else(|| anyhow!("{} does not resolve", self.host))
+    }
+}
+
+/// Appends `&name=value` (or `?name=value`) to a URL or path.
+pub fn with_param(url: &str, name: &str, value: impl std::fmt::Display) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{name}={value}")
+}
+
+/// Local source addresses used round-robin; empty = let the kernel choose.
+#[derive(Debug, Default)]
+pub struct SourceIps {
+    ips: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl SourceIps {
+    pub fn new(ips: Vec<IpAddr>) -> SourceIps {
+        SourceIps {
+            ips,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The next source address of the same family as `dst`, if any are configured.
+    pub fn pick(&self, dst: &SocketAddr) -> Option<IpAddr> {
+        if self.ips.is_empty() {
+            return None;
+        }
+        let n = self.ips.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| self.ips[(start + k) % n])
+            .find(|ip| ip.is_ipv4() == dst.is_ipv4())
+    }
+
+    /// Connects to `dst`, bound to the next source address. The port is left to `connect`
+    /// (`IP_BIND_ADDRESS_NO_PORT`), so ports are unique per 4-tuple, not per source address.
+    pub async fn connect(&self, dst: SocketAddr) -> std::io::Result<TcpStream> {
+        let stream = match self.pick(&dst) {
+            None => TcpStream::connect(dst).await?,
+            Some(src) => {
+                let socket = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                set_bind_no_port(&socket);
+                socket.bind(SocketAddr::new(src, 0))?;
+                socket.connect(dst).await?
+            }
+        };
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+fn set_bind_no_port(socket: &TcpSocket) {
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket fd and a c_int option value of the right size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            &one as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Request body type of every loadgen HTTP client.
+pub type ReqBody = Full<Bytes>;
+
+/// Opens one HTTP/1.1 connection and drives it on its own task.
+pub async fn http_connect(src: &SourceIps, target: &Target) -> anyhow::Result<SendRequest<ReqBody>> {
+    let addr = target.resolve().await?;
+    let stream = src.connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Builds a request with Host and optional bearer auth.
+pub fn request(method: Method, target: &Target, path: &str, bearer: Option<&str>, body: Bytes) -> Request<ReqBody> {
+    let mut b = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, target.authority());
+    if let Some(key) = bearer {
+        b = b.header(hyper::header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    b.body(Full::new(body)).expect("valid request")
+}
+
+/// Why an HTTP exchange failed, as a bounded label.
+#[derive(Debug)]
+pub enum HttpError {
+    Connect(anyhow::Error),
+    Timeout,
+    Io(anyhow::Error),
+}
+
+impl HttpError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HttpError::Connect(_) => "connect",
+            HttpError::Timeout => "timeout",
+            HttpError::Io(_) => "io",
+        }
+    }
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::Connect(e) => write!(f, "connect: {e:#}"),
+            HttpError::Timeout => write!(f, "timeout"),
+            HttpError::Io(e) => write!(f, "io: {e:#}"),
+        }
+    }
+}
+
+/// Sends one request on `sender` and reads the whole response body, under `timeout`.
+pub async fn exchange(
+    sender: &mut SendRequest<ReqBody>,
+    req: Request<ReqBody>,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), HttpError> {
+    let fut = async {
+        sender.ready().await.map_err(|e| HttpError::Io(e.into()))?;
+        let resp = sender.send_request(req).await.map_err(|e| HttpError::Io(e.into()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| HttpError::Io(e.into()))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(HttpError::Timeout))
+}
+
+/// A few keep-alive connections to one host, used round-robin; a broken one is reopened.
+pub struct HttpPool {
+    target: Target,
+    src: Arc<SourceIps>,
+    slots: Vec<tokio::sync::Mutex<Option<SendRequest<ReqBody>>>>,
+    next: AtomicUsize,
+    timeout: Duration,
+}
+
+impl HttpPool {
+    pub fn new(target: Target, src: Arc<SourceIps>, size: usize, timeout: Duration) -> HttpPool {
+        HttpPool {
+            target,
+            src,
+            slots: (0..size.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+            timeout,
+        }
+    }
+
+    /// One request; `path` is path and query on the pool's host.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        bearer: Option<&str>,
+        body: Bytes,
+    ) -> Result<(StatusCode, Bytes), HttpError> {
+        let n = self.slots.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // Prefer an idle slot; otherwise queue on the round-robin one.
+        let mut guard = None;
+        for k in 0..n {
+            if let Ok(g) = self.slots[(start + k) % n].try_lock() {
+                guard = Some(g);
+                break;
+            }
+        }
+        let mut guard = match guard {
+            Some(g) => g,
+            None => self.slots[start % n].lock().await,
+        };
+        if guard.as_ref().is_none_or(|s| s.is_closed()) {
+            let c = tokio::time::timeout(self.timeout, http_connect(&self.src, &self.target))
+                .await
+                .map_err(|_| HttpError::Timeout)?
+                .map_err(HttpError::Connect)?;
+            *guard = Some(c);
+        }
+        let mut req = request(method, &self.target, path, bearer, body);
+        for (k, v) in headers {
+            req.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                hyper::header::HeaderValue::from_str(v).expect("header value"),
+            );
+        }
+        let sender = guard.as_mut().expect("connected");
+        let r = exchange(sender, req, self.timeout).await;
+        if r.is_err() {
+            *guard = None;
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        let t = Target::parse("ws://127.0.0.2:9000/v1/ws?channel=a&token=b").unwrap();
+        assert_eq!(t.host, "127.0.0.2");
+        assert_eq!(t.port, 9000);
+        assert_eq!(t.path, "/v1/ws?channel=a&token=b");
+        let t = Target::parse("http://localhost").unwrap();
+        assert_eq!((t.port, t.path.as_str()), (80, "/"));
+        let t = Target::parse("http://h:1?x=1").unwrap();
+        assert_eq!(t.path, "/?x=1");
+        let t = Target::parse("http://[::1]:8080/x").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.authority()), ("::1", 8080, "[::1]:8080".to_string()));
+        assert!(Target::parse("wss://h/x").is_err());
+        assert!(Target::parse("/relative").is_err());
+        assert_eq!(with_param("/a?b=1", "since", 5), "/a?b=1&since=5");
+        assert_eq!(with_param("/a", "since", 5), "/a?since=5");
+    }
+
+    #[test]
+    fn source_ips_round_robin_by_family() {
+        let s = SourceIps::new(vec!["127.0.1.1".parse().unwrap(), "::1".parse().unwrap(), "127.0.1.2".parse().unwrap()]);
+        let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
+        let picks: Vec<_> = (0..4).map(|_| s.pick(&v4).unwrap().to_string()).collect();
+        assert!(picks.iter().all(|p| p.starts_with("127.0.1.")));
+        assert!(picks.contains(&"127.0.1.1".to_string()) && picks.contains(&"127.0.1.2".to_string()));
+        assert_eq!(SourceIps::default().pick(&v4), None);
+    }
+}

@@ -1,0 +1,249 @@
+//! Publisher: paced, open-loop publishing over a few keep-alive connections, singly
+//! (`POST /v1/publish/{channel}`) or as NDJSON batches; records what was accepted per channel.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::Method;
+use rand::Rng;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::checker::Published;
+use crate::cli::{Pattern, Plan, PublishOpts};
+use crate::net::{HttpPool, SourceIps, Target};
+use crate::stats::{unix_nanos, Stats};
+
+/// Schedule of an open-loop sender: message k is due `k / rate` seconds after the start.
+#[derive(Debug, Clone, Copy)]
+pub struct Pacer {
+    /// Messages per second.
+    pub rate: f64,
+}
+
+impl Pacer {
+    /// When message `k` is due, relative to the start.
+    pub fn due(&self, k: u64) -> Duration {
+        Duration::from_secs_f64(k as f64 / self.rate)
+    }
+
+    /// How many messages fall inside `window` (those with due time < window).
+    #[cfg(test)]
+    pub fn count_within(&self, window: Duration) -> u64 {
+        (window.as_secs_f64() * self.rate).ceil() as u64
+    }
+}
+
+/// What the publisher needs.
+pub struct PublishCtx {
+    pub plan: Arc<Plan>,
+    pub opts: PublishOpts,
+    pub stats: Arc<Stats>,
+    /// Per channel of this process, indexed from 0.
+    pub table: Arc<Vec<Published>>,
+    /// Global index of channel 0 of `table`.
+    pub channel_base: u64,
+    pub stop: CancellationToken,
+}
+
+impl PublishCtx {
+    /// The payload of message `i`: its send time and padding.
+    fn payload(&self, i: u64) -> String {
+        let mut s = format!(r#"{{"t":{},"i":{i},"pad":""#, unix_nanos());
+        let want = self.opts.payload_bytes.saturating_sub(s.len() + 2);
+        s.extend(std::iter::repeat_n('x', want));
+        s.push_str("\"}");
+        s
+    }
+
+    fn channel_of(&self, k: u64, n: u64) -> u64 {
+        match self.opts.pattern {
+            Pattern::Random => rand::rng().random_range(0..n),
+            Pattern::RoundRobin | Pattern::All => k % n,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct SeqAnswer {
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+struct BatchAnswer {
+    accepted: u64,
+    #[serde(default)]
+    rejected: Vec<Rejected>,
+}
+
+#[derive(Deserialize)]
+struct Rejected {
+    line: u64,
+}
+
+/// Publishes for `duration` (or until stopped); returns when every sender is done.
+pub async fn publish_phase(ctx: Arc<PublishCtx>, src: Arc<SourceIps>, duration: Duration) -> anyhow::Result<()> {
+    let gateway = Target::parse(&ctx.plan.common.gateway)?;
+    let pool = Arc::new(HttpPool::new(
+        gateway,
+        src,
+        ctx.opts.publish_connections,
+        ctx.plan.common.request_timeout,
+    ));
+    let channels = ctx.table.len() as u64;
+    if channels == 0 {
+        return Ok(());
+    }
+    let rate = match ctx.opts.pattern {
+        Pattern::All => ctx.opts.rate * channels as f64,
+        _ => ctx.opts.rate,
+    };
+    let pacer = Pacer { rate };
+    let start = tokio::time::Instant::now();
+    let end = start + duration;
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..ctx.opts.publish_connections {
+        let (ctx, pool, next) = (ctx.clone(), pool.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let batch = ctx.opts.batch as u64;
+            loop {
+                let k = next.fetch_add(batch, Ordering::Relaxed);
+                let due = start + pacer.due(k);
+                if due >= end {
+                    break;
+                }
+                tokio::select! {
+                    _ = ctx.stop.cancelled() => break,
+                    _ = tokio::time::sleep_until(due) => {}
+                }
+                send(&ctx, &pool, k, batch, channels).await;
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u64) {
+    let stats = &ctx.stats;
+    let key = ctx.plan.common.publisher_key.as_deref();
+    stats.publish_requests.fetch_add(1, Ordering::Relaxed);
+    stats.publish_attempted.fetch_add(batch, Ordering::Relaxed);
+    let started = Instant::now();
+    if batch == 1 {
+        let ch = ctx.channel_of(k, channels);
+        let path = format!("/v1/publish/{}", ctx.plan.channel(ctx.channel_base + ch));
+        let body = Bytes::from(ctx.payload(k));
+        let r = pool
+            .send(Method::POST, &path, &[("content-type", "application/json")], key, body)
+            .await;
+        stats.record_publish(started.elapsed().as_micros() as u64);
+        match r {
+            Ok((status, body)) if status == 202 || status == 200 => {
+                stats.publish_status(status.as_str(), 1);
+                match serde_json::from_slice::<SeqAnswer>(&body) {
+                    Ok(a) => ctx.table[ch as usize].accepted_seq(a.seq),
+                    Err(_) => {
+                        ctx.table[ch as usize].accepted_count(1);
+                        stats.error("publish_bad_body");
+                    }
+                }
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok((status, _)) => {
+                stats.publish_status(status.as_str(), 1);
+                stats.error(format!("publish_http_{}", status.as_u16()));
+            }
+            Err(e) => {
+                stats.publish_status(e.kind(), 1);
+                stats.error(format!("publish_{}", e.kind()));
+            }
+        }
+        return;
+    }
+    let mut body = String::new();
+    let mut lines = Vec::with_capacity(batch as usize);
+    for j in 0..batch {
+        let ch = ctx.channel_of(k + j, channels);
+        lines.push(ch);
+        body.push_str(&format!(
+            r#"{{"channel":"{}","data":{}}}"#,
+            ctx.plan.channel(ctx.channel_base + ch),
+            ctx.payload(k + j)
+        ));
+        body.push('\n');
+    }
+    let r = pool
+        .send(Method::POST, "/v1/publish", &[("content-type", "application/x-ndjson")], key, Bytes::from(body))
+        .await;
+    stats.record_publish(started.elapsed().as_micros() as u64);
+    match r {
+        Ok((status, body)) if status == 200 || status == 202 => match serde_json::from_slice::<BatchAnswer>(&body) {
+            Ok(a) => {
+                // Lines are numbered from 0 in the answer; tolerate 1-based numbering too by
+                // only dropping lines that exist.
+                let mut ok = vec![true; lines.len()];
+                for r in &a.rejected {
+                    if let Some(slot) = ok.get_mut(r.line as usize) {
+                        *slot = false;
+                    }
+                }
+                let mut accepted = 0u64;
+                for (ch, ok) in lines.iter().zip(&ok) {
+                    if *ok {
+                        ctx.table[*ch as usize].accepted_count(1);
+                        accepted += 1;
+                    }
+                }
+                if accepted != a.accepted {
+                    stats.error("publish_batch_count_mismatch");
+                }
+                let rejected = a.rejected.len() as u64;
+                stats.publish_status(status.as_str(), accepted);
+                stats.published.fetch_add(accepted, Ordering::Relaxed);
+                if rejected > 0 {
+                    stats.publish_rejected.fetch_add(rejected, Ordering::Relaxed);
+                    stats.publish_status("rejected", rejected);
+                    for _ in 0..rejected {
+                        stats.error("publish_line_rejected");
+                    }
+                }
+            }
+            Err(_) => stats.error("publish_bad_body"),
+        },
+        Ok((status, _)) => {
+            stats.publish_status(status.as_str(), batch);
+            stats.error(format!("publish_http_{}", status.as_u16()));
+        }
+        Err(e) => {
+            stats.publish_status(e.kind(), batch);
+            stats.error(format!("publish_{}", e.kind()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_math() {
+        let p = Pacer { rate: 200.0 };
+        assert_eq!(p.due(0), Duration::ZERO);
+        assert_eq!(p.due(1), Duration::from_millis(5));
+        assert_eq!(p.due(200), Duration::from_secs(1));
+        // A 30 s run at 200/s sends 6000 messages, numbered 0..6000.
+        assert_eq!(p.count_within(Duration::from_secs(30)), 6000);
+        assert!(p.due(5999) < Duration::from_secs(30));
+        assert!(p.due(6000) >= Duration::from_secs(30));
+        // Fractional rates.
+        let p = Pacer { rate: 0.5 };
+        assert_eq!(p.due(3), Duration::from_secs(6));
+        assert_eq!(p.count_within(Duration::from_secs(5)), 3);
+    }
+}

@@ -1,0 +1,470 @@
+//! Results: `RawResult` (mergeable: counters, base64 histograms, raw timeline; what a shard
+//! sends its parent) and `Summary` (the `--json` output and the human summary).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::checker::CheckTotals;
+use crate::memory::MemoryResult;
+use crate::stats::{hist_from_b64, merge_b64, TickRaw};
+
+/// Counters of a run (they add across shards).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub connect_attempts: u64,
+    pub connects_ok: u64,
+    pub first_ok: u64,
+    pub first_failed: u64,
+    pub reconnects: u64,
+    pub dropped_on_purpose: u64,
+    pub peak_connected: u64,
+    pub connected_at_ready: u64,
+    pub publish_requests: u64,
+    pub publish_attempted: u64,
+    pub published: u64,
+    pub publish_rejected: u64,
+    pub delivered: u64,
+}
+
+impl Counters {
+    fn merge(&mut self, o: &Counters) {
+        self.connect_attempts += o.connect_attempts;
+        self.connects_ok += o.connects_ok;
+        self.first_ok += o.first_ok;
+        self.first_failed += o.first_failed;
+        self.reconnects += o.reconnects;
+        self.dropped_on_purpose += o.dropped_on_purpose;
+        self.peak_connected += o.peak_connected;
+        self.connected_at_ready += o.connected_at_ready;
+        self.publish_requests += o.publish_requests;
+        self.publish_attempted += o.publish_attempted;
+        self.published += o.published;
+        self.publish_rejected += o.publish_rejected;
+        self.delivered += o.delivered;
+    }
+}
+
+/// Histograms as base64 V2 hdrhistogram (µs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawHists {
+    pub connect_us: String,
+    pub assign_us: String,
+    pub latency_us: String,
+    pub publish_us: String,
+}
+
+/// Everything one process measured, in a form that merges exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawResult {
+    pub command: String,
+    pub transport: String,
+    pub gateway: String,
+    pub channel_prefix: String,
+    pub clients: u64,
+    pub shards: u32,
+    pub started_unix_ms: u64,
+    pub elapsed_secs: f64,
+    pub connect_phase_secs: f64,
+    pub publish_secs: f64,
+    pub deliver_secs: f64,
+    pub stopped_by: String,
+    pub max_errors: u64,
+    pub counters: Counters,
+    pub check: Option<CheckTotals>,
+    pub errors: BTreeMap<String, u64>,
+    pub publish_status: BTreeMap<String, u64>,
+    pub per_worker: BTreeMap<String, i64>,
+    pub hists: RawHists,
+    pub timeline: Vec<TickRaw>,
+    pub memory: Option<MemoryResult>,
+}
+
+impl RawResult {
+    /// Adds a shard's result into this one.
+    pub fn merge(&mut self, o: &RawResult) -> anyhow::Result<()> {
+        self.clients += o.clients;
+        self.started_unix_ms = self.started_unix_ms.min(o.started_unix_ms);
+        self.elapsed_secs = self.elapsed_secs.max(o.elapsed_secs);
+        self.connect_phase_secs = self.connect_phase_secs.max(o.connect_phase_secs);
+        self.publish_secs = self.publish_secs.max(o.publish_secs);
+        self.deliver_secs = self.deliver_secs.max(o.deliver_secs);
+        if o.stopped_by != "completed" {
+            self.stopped_by = o.stopped_by.clone();
+        }
+        self.counters.merge(&o.counters);
+        match (&mut self.check, &o.check) {
+            (Some(a), Some(b)) => a.merge(b),
+            (None, Some(b)) => self.check = Some(*b),
+            _ => {}
+        }
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &o.publish_status {
+            *self.publish_status.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &o.per_worker {
+            *self.per_worker.entry(k.clone()).or_insert(0) += v;
+        }
+        merge_b64(&mut self.hists.connect_us, &o.hists.connect_us)?;
+        merge_b64(&mut self.hists.assign_us, &o.hists.assign_us)?;
+        merge_b64(&mut self.hists.latency_us, &o.hists.latency_us)?;
+        merge_b64(&mut self.hists.publish_us, &o.hists.publish_us)?;
+        for t in &o.timeline {
+            match self.timeline.iter_mut().find(|x| x.t == t.t) {
+                Some(x) => {
+                    x.connected += t.connected;
+                    x.published += t.published;
+                    x.delivered += t.delivered;
+                    x.errors += t.errors;
+                    merge_b64(&mut x.latency, &t.latency)?;
+                }
+                None => self.timeline.push(t.clone()),
+            }
+        }
+        self.timeline.sort_by_key(|t| t.t);
+        Ok(())
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+/// Percentiles of one histogram (µs).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistSummary {
+    pub count: u64,
+    pub min: u64,
+    pub mean: f64,
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl HistSummary {
+    pub fn of(h: &Histogram<u64>) -> HistSummary {
+        if h.is_empty() {
+            return HistSummary::default();
+        }
+        HistSummary {
+            count: h.len(),
+            min: h.min(),
+            mean: (h.mean() * 10.0).round() / 10.0,
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnectSummary {
+    pub attempts: u64,
+    pub ok: u64,
+    pub first_ok: u64,
+    pub first_failed: u64,
+    pub reconnects: u64,
+    pub dropped_on_purpose: u64,
+    pub peak_connected: u64,
+    pub connected_at_ready: u64,
+    pub phase_secs: f64,
+    pub rate_per_sec: f64,
+    pub time_us: HistSummary,
+    pub assign_us: HistSummary,
+    pub per_worker: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PublishSummary {
+    pub requests: u64,
+    pub messages_attempted: u64,
+    pub messages_accepted: u64,
+    pub messages_rejected: u64,
+    pub secs: f64,
+    pub rate_per_sec: f64,
+    pub by_status: BTreeMap<String, u64>,
+    pub request_us: HistSummary,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliverySummary {
+    pub received: u64,
+    pub rate_per_sec: f64,
+    pub latency_us: HistSummary,
+    /// Loss/duplicate/order check (absent for `connect` and `publish`).
+    pub check: Option<CheckTotals>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorSummary {
+    pub total: u64,
+    pub by_kind: BTreeMap<String, u64>,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TickSummary {
+    pub t: u32,
+    pub connected: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_max_us: u64,
+}
+
+/// A point of the latency distribution.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyPoint {
+    pub percentile: f64,
+    pub value_us: u64,
+}
+
+/// The `--json` document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub loadgen_version: String,
+    pub command: String,
+    pub transport: String,
+    pub gateway: String,
+    pub channel_prefix: String,
+    pub clients: u64,
+    pub shards: u32,
+    pub started_unix_ms: u64,
+    pub elapsed_secs: f64,
+    pub stopped_by: String,
+    pub passed: bool,
+    pub connect: ConnectSummary,
+    pub publish: PublishSummary,
+    pub delivery: DeliverySummary,
+    pub errors: ErrorSummary,
+    pub memory: Option<MemoryResult>,
+    pub timeline: Vec<TickSummary>,
+    pub latency_distribution: Vec<LatencyPoint>,
+    pub histograms: RawHists,
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        (n as f64 / secs * 10.0).round() / 10.0
+    } else {
+        0.0
+    }
+}
+
+impl Summary {
+    pub fn from_raw(raw: &RawResult) -> anyhow::Result<Summary> {
+        let connect = hist_from_b64(&raw.hists.connect_us).context("connect histogram")?;
+        let assign = hist_from_b64(&raw.hists.assign_us).context("assign histogram")?;
+        let latency = hist_from_b64(&raw.hists.latency_us).context("latency histogram")?;
+        let publish = hist_from_b64(&raw.hists.publish_us).context("publish histogram")?;
+        let c = &raw.counters;
+        let errors_total = raw.errors_total();
+        let check_ok = raw.check.map(|c| c.clean()).unwrap_or(true);
+        let passed = check_ok && errors_total <= raw.max_errors;
+        let mut timeline = Vec::new();
+        for t in &raw.timeline {
+            let h = hist_from_b64(&t.latency)?;
+            let s = HistSummary::of(&h);
+            timeline.push(TickSummary {
+                t: t.t,
+                connected: t.connected,
+                published: t.published,
+                delivered: t.delivered,
+                errors: t.errors,
+                latency_p50_us: s.p50,
+                latency_p99_us: s.p99,
+                latency_max_us: s.max,
+            });
+        }
+        let latency_distribution = if latency.is_empty() {
+            Vec::new()
+        } else {
+            [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0]
+                .iter()
+                .map(|&p| LatencyPoint {
+                    percentile: p,
+                    value_us: latency.value_at_percentile(p),
+                })
+                .collect()
+        };
+        Ok(Summary {
+            loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
+            command: raw.command.clone(),
+            transport: raw.transport.clone(),
+            gateway: raw.gateway.clone(),
+            channel_prefix: raw.channel_prefix.clone(),
+            clients: raw.clients,
+            shards: raw.shards,
+            started_unix_ms: raw.started_unix_ms,
+            elapsed_secs: (raw.elapsed_secs * 1000.0).round() / 1000.0,
+            stopped_by: raw.stopped_by.clone(),
+            passed,
+            connect: ConnectSummary {
+                attempts: c.connect_attempts,
+                ok: c.connects_ok,
+                first_ok: c.first_ok,
+                first_failed: c.first_failed,
+                reconnects: c.reconnects,
+                dropped_on_purpose: c.dropped_on_purpose,
+                peak_connected: c.peak_connected,
+                connected_at_ready: c.connected_at_ready,
+                phase_secs: (raw.connect_phase_secs * 1000.0).round() / 1000.0,
+                rate_per_sec: rate(c.first_ok, raw.connect_phase_secs),
+                time_us: HistSummary::of(&connect),
+                assign_us: HistSummary::of(&assign),
+                per_worker: raw.per_worker.clone(),
+            },
+            publish: PublishSummary {
+                requests: c.publish_requests,
+                messages_attempted: c.publish_attempted,
+                messages_accepted: c.published,
+                messages_rejected: c.publish_rejected,
+                secs: (raw.publish_secs * 1000.0).round() / 1000.0,
+                rate_per_sec: rate(c.published, raw.publish_secs),
+                by_status: raw.publish_status.clone(),
+                request_us: HistSummary::of(&publish),
+            },
+            delivery: DeliverySummary {
+                received: c.delivered,
+                rate_per_sec: rate(c.delivered, raw.deliver_secs),
+                latency_us: HistSummary::of(&latency),
+                check: raw.check,
+            },
+            errors: ErrorSummary {
+                total: errors_total,
+                by_kind: raw.errors.clone(),
+            },
+            memory: raw.memory.clone(),
+            timeline,
+            latency_distribution,
+            histograms: raw.hists.clone(),
+        })
+    }
+
+    /// The human summary.
+    pub fn human(&self) -> String {
+        let mut s = String::new();
+        let ms = |us: u64| format!("{:.2} ms", us as f64 / 1000.0);
+        let _ = writeln!(
+            s,
+            "loadgen {} ({}, {} clients, {} shard{}) against {}: {} in {:.1} s",
+            self.command,
+            self.transport,
+            self.clients,
+            self.shards,
+            if self.shards == 1 { "" } else { "s" },
+            self.gateway,
+            self.stopped_by,
+            self.elapsed_secs
+        );
+        let c = &self.connect;
+        if c.attempts > 0 {
+            let _ = writeln!(
+                s,
+                "  connect   {} ok of {} first attempts ({} failed) in {:.2} s = {:.0}/s; time p50 {} p99 {} max {}; assign p50 {}; reconnects {}",
+                c.first_ok,
+                self.clients,
+                c.first_failed,
+                c.phase_secs,
+                c.rate_per_sec,
+                ms(c.time_us.p50),
+                ms(c.time_us.p99),
+                ms(c.time_us.max),
+                ms(c.assign_us.p50),
+                c.reconnects
+            );
+        }
+        let p = &self.publish;
+        if p.requests > 0 {
+            let _ = writeln!(
+                s,
+                "  publish   {} accepted of {} in {} requests over {:.1} s = {:.0}/s; request p50 {} p99 {}; rejected {}",
+                p.messages_accepted,
+                p.messages_attempted,
+                p.requests,
+                p.secs,
+                p.rate_per_sec,
+                ms(p.request_us.p50),
+                ms(p.request_us.p99),
+                p.messages_rejected
+            );
+        }
+        let d = &self.delivery;
+        if d.received > 0 || d.check.is_some() {
+            let l = &d.latency_us;
+            let _ = writeln!(
+                s,
+                "  deliver   {} received = {:.0}/s; latency p50 {} p90 {} p99 {} p99.9 {} max {}",
+                d.received,
+                d.rate_per_sec,
+                ms(l.p50),
+                ms(l.p90),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max)
+            );
+        }
+        if let Some(k) = &d.check {
+            let _ = writeln!(
+                s,
+                "  check     expected {} unique {} | lost {} duplicated {} out-of-order {} gaps {} unexpected {} (channels with loss {})",
+                k.expected, k.unique, k.lost, k.duplicated, k.out_of_order, k.gaps, k.unexpected, k.channels_with_loss
+            );
+        }
+        let _ = write!(s, "  errors    {}", self.errors.total);
+        for (k, v) in &self.errors.by_kind {
+            let _ = write!(s, " {k}={v}");
+        }
+        s.push('\n');
+        if let Some(m) = &self.memory {
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.0} B")).unwrap_or_else(|| "n/a".into());
+            let _ = writeln!(
+                s,
+                "  memory    {} connections: workers +{} B = {} per connection",
+                m.connections,
+                m.workers_delta_bytes,
+                f(m.bytes_per_connection)
+            );
+            for w in &m.workers {
+                let _ = writeln!(
+                    s,
+                    "            worker {} ({}): {} connections, RSS {} -> {} = {} per connection",
+                    w.id,
+                    w.address.as_deref().unwrap_or("?"),
+                    w.connections,
+                    w.rss_before.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+                    w.rss_after.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
+                    f(w.bytes_per_connection)
+                );
+            }
+            if let Some(d) = m.gateway.delta_bytes {
+                let _ = writeln!(s, "            gateway RSS {d:+} B");
+            }
+            if let Some(k) = &m.kernel {
+                let _ = writeln!(
+                    s,
+                    "            kernel TCP mem {} -> {} pages, sockets {} -> {}: {} per socket, {} per connection",
+                    k.tcp_mem_pages_before,
+                    k.tcp_mem_pages_after,
+                    k.tcp_inuse_before,
+                    k.tcp_inuse_after,
+                    f(k.bytes_per_socket),
+                    f(k.bytes_per_connection)
+                );
+            }
+        }
+        let _ = writeln!(s, "  result    {}", if self.passed { "PASS" } else { "FAIL" });
+        s
+    }
+}

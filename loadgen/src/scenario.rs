@@ -1,0 +1,388 @@
+//! One process's run: ramp clients up, meet the barrier (memory reading, or a parent's GO),
+//! hold / publish / churn, drain, close, check; returns a `RawResult`.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::checker::{CheckTotals, Published, SeqChecker};
+use crate::cli::{Mode, Plan};
+use crate::clients::{client_task, ClientCtx, Slot};
+use crate::memory;
+use crate::net::{HttpPool, SourceIps, Target};
+use crate::publish::{publish_phase, PublishCtx};
+use crate::result::{Counters, RawHists, RawResult};
+use crate::stats::{hist_from_b64, hist_to_b64, Stats};
+
+/// Why the whole run stopped early, if it did.
+#[derive(Clone, Default)]
+pub struct StopReason(Arc<Mutex<Option<&'static str>>>);
+
+impl StopReason {
+    pub fn set(&self, why: &'static str) {
+        self.0.lock().unwrap().get_or_insert(why);
+    }
+
+    pub fn get(&self) -> &'static str {
+        self.0.lock().unwrap().unwrap_or("completed")
+    }
+}
+
+/// The live figures shown on the progress line (and sent by shards to their parent).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Progress {
+    pub connected: u64,
+    pub target: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub p99_us: u64,
+}
+
+/// Renders the progress line.
+pub fn progress_line(elapsed: Duration, p: &Progress, last: &Progress) -> String {
+    format!(
+        "\r[{:>5.0}s] connected {}/{} | published {}/s | delivered {}/s | p99 {:.2} ms | errors {}   ",
+        elapsed.as_secs_f64(),
+        p.connected,
+        p.target,
+        p.published.saturating_sub(last.published),
+        p.delivered.saturating_sub(last.delivered),
+        p.p99_us as f64 / 1000.0,
+        p.errors
+    )
+}
+
+/// What this process reports when all its clients are connected.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Ready {
+    pub connected: u64,
+    pub per_worker: BTreeMap<String, i64>,
+}
+
+/// How the process meets the "all connected" barrier.
+pub enum Barrier {
+    /// A standalone process: read memory before and after, then go on.
+    Local { before: Option<memory::Snapshot> },
+    /// A shard: tell the parent `READY`, wait for `GO` on stdin.
+    Child,
+}
+
+/// Whether a progress line goes to stderr.
+pub fn show_progress(plan: &Plan) -> bool {
+    use std::io::IsTerminal;
+    !plan.common.quiet && !plan.is_child() && std::io::stderr().is_terminal()
+}
+
+/// Runs one process's share of the scenario.
+pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: CancellationToken, why: StopReason) -> anyhow::Result<RawResult> {
+    let started_unix_ms = crate::stats::unix_nanos() / 1_000_000;
+    let stats = Arc::new(Stats::new());
+    let n = if plan.mode == Mode::Publish { 0 } else { plan.clients.clients };
+    let src = Arc::new(SourceIps::new(plan.common.source_ips.clone().map(|l| l.0).unwrap_or_default()));
+    let gateway = Target::parse(&plan.common.gateway)?;
+    let assign = Arc::new(HttpPool::new(
+        gateway,
+        src.clone(),
+        plan.clients.assign_connections,
+        plan.common.request_timeout,
+    ));
+    let clients_stop = CancellationToken::new();
+    let ticker_stop = CancellationToken::new();
+    let ticker = tokio::spawn(ticker(plan.clone(), stats.clone(), n, ticker_stop.clone()));
+
+    if let Barrier::Local { before } = &mut barrier {
+        if plan.mode != Mode::Publish {
+            *before = Some(memory::snapshot(&plan.common.gateway).await);
+        }
+    }
+
+    // Connect phase.
+    let ctx = Arc::new(ClientCtx {
+        plan: plan.clone(),
+        stats: stats.clone(),
+        src: src.clone(),
+        assign,
+        stop: clients_stop.clone(),
+        initial_since: if plan.mode == Mode::Connect { None } else { Some(0) },
+    });
+    let mut slots = Vec::with_capacity(n as usize);
+    let mut handles = Vec::with_capacity(n as usize);
+    let connect_start = tokio::time::Instant::now();
+    for i in 0..n {
+        let due = connect_start + Duration::from_secs_f64(i as f64 / plan.clients.ramp);
+        tokio::select! {
+            _ = stop_all.cancelled() => break,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let slot = Arc::new(Slot::default());
+        slots.push(slot.clone());
+        handles.push(tokio::spawn(client_task(ctx.clone(), plan.common.client_offset + i, slot)));
+    }
+    let spawned = handles.len() as u64;
+    while stats.first_done.load(Ordering::Relaxed) < spawned && !stop_all.is_cancelled() {
+        tokio::select! {
+            _ = stop_all.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    let connect_phase_secs = if n > 0 { connect_start.elapsed().as_secs_f64() } else { 0.0 };
+
+    // Barrier.
+    let ready = Ready {
+        connected: stats.connected.load(Ordering::Relaxed).max(0) as u64,
+        per_worker: stats.per_worker.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+    };
+    let mut memory_result = None;
+    match barrier {
+        Barrier::Local { before: Some(before) } if !stop_all.is_cancelled() => {
+            let after = tokio::select! {
+                _ = stop_all.cancelled() => None,
+                a = memory::settled_snapshot(&plan.common.gateway, plan.clients.settle) => Some(a),
+            };
+            if let Some(after) = after {
+                let connected = stats.connected.load(Ordering::Relaxed).max(0) as u64;
+                let per_worker = stats.per_worker.lock().unwrap().clone();
+                memory_result = Some(memory::compare(before, after, &per_worker, connected));
+            }
+        }
+        Barrier::Local { .. } => {}
+        Barrier::Child => child_barrier(&ready, stop_all.clone()).await,
+    }
+
+    // Main phase.
+    let mut publish_secs = 0.0;
+    let mut deliver_secs = 0.0;
+    let table: Arc<Vec<Published>> = Arc::new({
+        let channels = match (&plan.publish, plan.mode) {
+            (Some(p), Mode::Publish) => p.channels.unwrap_or(100),
+            (Some(p), _) => p.channels.unwrap_or(n).min(n),
+            (None, _) => 0,
+        };
+        (0..channels).map(|_| Published::default()).collect()
+    });
+    match plan.mode {
+        Mode::Connect => {
+            tokio::select! {
+                _ = stop_all.cancelled() => {}
+                _ = tokio::time::sleep(plan.hold) => {}
+            }
+        }
+        Mode::Run | Mode::Churn | Mode::Publish if !stop_all.is_cancelled() => {
+            let opts = plan.publish.clone().expect("publishing mode has publish options");
+            let pctx = Arc::new(PublishCtx {
+                plan: plan.clone(),
+                opts: opts.clone(),
+                stats: stats.clone(),
+                table: table.clone(),
+                channel_base: plan.common.client_offset,
+                stop: stop_all.clone(),
+            });
+            let t0 = Instant::now();
+            let churn_stop = CancellationToken::new();
+            let churner = plan
+                .churn
+                .clone()
+                .map(|c| tokio::spawn(churn_loop(slots.clone(), c.fraction, c.rate, churn_stop.clone())));
+            let r = publish_phase(pctx, src.clone(), opts.duration).await;
+            churn_stop.cancel();
+            if let Some(c) = churner {
+                let _ = c.await;
+            }
+            publish_secs = t0.elapsed().as_secs_f64();
+            r?;
+            if plan.mode != Mode::Publish {
+                drain(&slots, &table, plan.drain, &stop_all).await;
+            }
+            deliver_secs = t0.elapsed().as_secs_f64();
+        }
+        _ => {}
+    }
+
+    // Close and check.
+    clients_stop.cancel();
+    let mut checkers: Vec<SeqChecker> = Vec::with_capacity(handles.len());
+    for h in handles {
+        match tokio::time::timeout(Duration::from_secs(10), h).await {
+            Ok(Ok(c)) => checkers.push(c),
+            _ => checkers.push(SeqChecker::default()),
+        }
+    }
+    let check = (plan.mode == Mode::Run || plan.mode == Mode::Churn).then(|| {
+        let mut t = CheckTotals::default();
+        for (i, p) in table.iter().enumerate() {
+            t.add_channel(&checkers[i], p);
+        }
+        for c in checkers.iter().skip(table.len()) {
+            t.add_channel(c, &Published::default());
+        }
+        t
+    });
+    ticker_stop.cancel();
+    let _ = ticker.await;
+    let mut prev = stats_prev(&stats);
+    stats.tick(&mut prev);
+
+    let h = stats.hists.lock().unwrap();
+    let first_ok = stats.first_ok.load(Ordering::Relaxed);
+    let first_done = stats.first_done.load(Ordering::Relaxed);
+    let result = RawResult {
+        command: plan.mode.name().to_string(),
+        transport: plan.clients.transport.name().to_string(),
+        gateway: plan.common.gateway.clone(),
+        channel_prefix: plan.prefix.clone(),
+        clients: n,
+        shards: 1,
+        started_unix_ms,
+        elapsed_secs: stats.start.elapsed().as_secs_f64(),
+        connect_phase_secs,
+        publish_secs,
+        deliver_secs,
+        stopped_by: why.get().to_string(),
+        max_errors: plan.common.max_errors,
+        counters: Counters {
+            connect_attempts: stats.connect_attempts.load(Ordering::Relaxed),
+            connects_ok: stats.connects_ok.load(Ordering::Relaxed),
+            first_ok,
+            first_failed: first_done.saturating_sub(first_ok).min(n.saturating_sub(first_ok)),
+            reconnects: stats.reconnects.load(Ordering::Relaxed),
+            dropped_on_purpose: stats.dropped_on_purpose.load(Ordering::Relaxed),
+            peak_connected: stats.peak_connected.load(Ordering::Relaxed).max(0) as u64,
+            connected_at_ready: ready.connected,
+            publish_requests: stats.publish_requests.load(Ordering::Relaxed),
+            publish_attempted: stats.publish_attempted.load(Ordering::Relaxed),
+            published: stats.published.load(Ordering::Relaxed),
+            publish_rejected: stats.publish_rejected.load(Ordering::Relaxed),
+            delivered: stats.delivered.load(Ordering::Relaxed),
+        },
+        check,
+        errors: stats.errors.lock().unwrap().clone(),
+        publish_status: stats.publish_status.lock().unwrap().clone(),
+        per_worker: ready.per_worker.clone(),
+        hists: RawHists {
+            connect_us: hist_to_b64(&h.connect),
+            assign_us: hist_to_b64(&h.assign),
+            latency_us: hist_to_b64(&h.latency),
+            publish_us: hist_to_b64(&h.publish),
+        },
+        timeline: stats.timeline.lock().unwrap().clone(),
+        memory: memory_result,
+    };
+    Ok(result)
+}
+
+/// The cumulative counters as of the last tick (so the final tick is a delta).
+fn stats_prev(stats: &Stats) -> (u64, u64, u64) {
+    let tl = stats.timeline.lock().unwrap();
+    let published = tl.iter().map(|t| t.published).sum();
+    let delivered = tl.iter().map(|t| t.delivered).sum();
+    let errors = tl.iter().map(|t| t.errors).sum();
+    (published, delivered, errors)
+}
+
+/// Once a second: close the timeline entry, show progress (or send it to the parent).
+async fn ticker(plan: Arc<Plan>, stats: Arc<Stats>, target: u64, stop: CancellationToken) {
+    let show = show_progress(&plan);
+    let child = plan.is_child();
+    let mut prev = (0, 0, 0);
+    let mut last = Progress::default();
+    let mut interval = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = interval.tick() => {}
+        }
+        let tick = stats.tick(&mut prev);
+        let p = Progress {
+            connected: tick.connected,
+            target,
+            published: prev.0,
+            delivered: prev.1,
+            errors: prev.2,
+            p99_us: hist_from_b64(&tick.latency).map(|h| h.value_at_quantile(0.99)).unwrap_or(0),
+        };
+        if child {
+            println!("PROGRESS {}", serde_json::to_string(&p).unwrap_or_default());
+            let _ = std::io::stdout().flush();
+        } else if show {
+            eprint!("{}", progress_line(stats.start.elapsed(), &p, &last));
+        }
+        last = p;
+    }
+    if show {
+        eprintln!();
+    }
+}
+
+/// Shard side of the barrier: `READY {json}` on stdout, then wait for `GO` on stdin. Stdin
+/// closing (the parent went away or wants everything to stop) cancels the run.
+async fn child_barrier(ready: &Ready, stop_all: CancellationToken) {
+    println!("READY {}", serde_json::to_string(ready).unwrap_or_default());
+    let _ = std::io::stdout().flush();
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+        let mut go_tx = Some(go_tx);
+        loop {
+            match lines.next_line().await {
+                Ok(Some(l)) if l.trim() == "GO" => {
+                    if let Some(tx) = go_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => {
+                    stop_all.cancel();
+                    break;
+                }
+            }
+        }
+    });
+    let _ = go_rx.await;
+}
+
+/// Drops random clients of the churning set at `rate` per second until stopped.
+async fn churn_loop(slots: Vec<Arc<Slot>>, fraction: f64, rate: f64, stop: CancellationToken) {
+    let churning = ((slots.len() as f64) * fraction).ceil() as usize;
+    let churning = churning.min(slots.len());
+    if churning == 0 {
+        return;
+    }
+    let start = tokio::time::Instant::now();
+    let pacer = crate::publish::Pacer { rate };
+    for k in 0.. {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep_until(start + pacer.due(k)) => {}
+        }
+        let i = rand::rng().random_range(0..churning);
+        slots[i].churn.notify_one();
+    }
+}
+
+/// Waits until every channel received all it should, or `limit` passes.
+async fn drain(slots: &[Arc<Slot>], table: &[Published], limit: Duration, stop_all: &CancellationToken) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let done = table.iter().zip(slots).all(|(p, s)| match p.expected() {
+            None => true,
+            Some((lo, hi)) => {
+                s.max_seq.load(Ordering::Relaxed) >= hi && s.unique.load(Ordering::Relaxed) >= hi - lo + 1
+            }
+        });
+        if done || tokio::time::Instant::now() >= deadline || stop_all.is_cancelled() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
