@@ -5,7 +5,9 @@ mod link_support;
 use link_support::*;
 use protocol::link::Down;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// One thread: the batch handler enqueues all deliveries before the link writer runs, which
+// makes the batching deterministic (with more threads it depends on scheduling).
+#[tokio::test]
 async fn many_delivers_are_batched_and_ordered() {
     let gw = Gw::start(&["--retention-messages", "5000"]).await;
     let mut w = gw.worker("w1", &["127.0.0.2:9000"], 100).await;
@@ -20,12 +22,20 @@ async fn many_delivers_are_batched_and_ordered() {
         body.push_str(&format!("{{\"channel\":\"hot\",\"data\":{i}}}\n"));
     }
     let r = gw
-        .post("/v1/publish", &[("Content-Type", "application/x-ndjson")], body.as_bytes())
+        .post(
+            "/v1/publish",
+            &[("Content-Type", "application/x-ndjson")],
+            body.as_bytes(),
+        )
         .await;
     assert_eq!(r.json()["accepted"], N);
     for i in 1..=N {
         match w.recv().await {
-            Down::Deliver { sub_id: 5, seq, data } => {
+            Down::Deliver {
+                sub_id: 5,
+                seq,
+                data,
+            } => {
                 assert_eq!(seq, i);
                 assert_eq!(data, i.to_string().as_bytes());
             }
@@ -35,6 +45,9 @@ async fn many_delivers_are_batched_and_ordered() {
     let frames = gw.metric("pushgate_link_frames_sent_total").await - frames0;
     let batches = gw.metric("pushgate_link_batches_sent_total").await - batches0;
     assert!(frames >= N as f64, "frames {frames}");
-    assert!(batches * 4.0 <= frames, "{frames} frames went out in {batches} writes");
+    assert!(
+        batches * 4.0 <= frames,
+        "{frames} frames went out in {batches} writes"
+    );
     gw.stop().await;
 }

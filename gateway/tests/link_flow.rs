@@ -13,15 +13,23 @@ async fn assign_needs_a_healthy_worker_then_spreads_addresses() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "no_worker");
 
-    let _w = gw.worker("w1", &["127.0.0.2:9000", "127.0.1.2:9000"], 100).await;
+    let _w = gw
+        .worker("w1", &["127.0.0.2:9000", "127.0.1.2:9000"], 100)
+        .await;
     let a = gw.get("/v1/assign?channel=user:1@x").await;
     assert_eq!(a.status, 200, "{}", a.text());
     assert_eq!(a.header("access-control-allow-origin"), Some("*"));
     let j = a.json();
     assert_eq!(j["worker"], "w1");
     assert_eq!(j["ws_url"], "ws://127.0.0.2:9000/v1/ws?channel=user:1@x");
-    assert_eq!(j["poll_url"], "http://127.0.0.2:9000/v1/poll?channel=user:1@x");
-    assert_eq!(j["sse_url"], "http://127.0.0.2:9000/v1/sse?channel=user:1@x");
+    assert_eq!(
+        j["poll_url"],
+        "http://127.0.0.2:9000/v1/poll?channel=user:1@x"
+    );
+    assert_eq!(
+        j["sse_url"],
+        "http://127.0.0.2:9000/v1/sse?channel=user:1@x"
+    );
     assert_eq!(j["expires_in"], 3600);
     let b = gw.get("/v1/assign?channel=c2").await.json();
     assert_eq!(b["ws_url"], "ws://127.0.1.2:9000/v1/ws?channel=c2");
@@ -42,7 +50,9 @@ async fn backlog_then_live_delivery_in_order_and_idempotency() {
     let gw = Gw::start(&[]).await;
     let mut w = gw.worker("w1", &["127.0.0.2:9000"], 100).await;
     for i in 1..=3 {
-        let r = gw.post("/v1/publish/ch", &[], format!("{{\"n\":{i}}}").as_bytes()).await;
+        let r = gw
+            .post("/v1/publish/ch", &[], format!("{{\"n\":{i}}}").as_bytes())
+            .await;
         assert_eq!(r.status, 202, "{}", r.text());
         assert_eq!(r.json()["seq"], i);
     }
@@ -56,8 +66,14 @@ async fn backlog_then_live_delivery_in_order_and_idempotency() {
             messages,
         } => {
             assert_eq!((sub_id, last_seq, gap_first_seq), (7, 3, None));
-            let got: Vec<_> = messages.iter().map(|(s, d)| (*s, String::from_utf8_lossy(d).into_owned())).collect();
-            assert_eq!(got, vec![(2, r#"{"n":2}"#.to_string()), (3, r#"{"n":3}"#.to_string())]);
+            let got: Vec<_> = messages
+                .iter()
+                .map(|(s, d)| (*s, String::from_utf8_lossy(d).into_owned()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![(2, r#"{"n":2}"#.to_string()), (3, r#"{"n":3}"#.to_string())]
+            );
             epoch
         }
         other => panic!("{other:?}"),
@@ -65,10 +81,16 @@ async fn backlog_then_live_delivery_in_order_and_idempotency() {
     assert!(epoch > 0 && epoch < (1 << 53));
 
     let info = gw.get("/v1/channels/ch").await.json();
-    assert_eq!(info, serde_json::json!({"online": true, "worker": "w1", "last_seq": 3, "buffered": 3}));
+    assert_eq!(
+        info,
+        serde_json::json!({"online": true, "worker": "w1", "last_seq": 3, "buffered": 3})
+    );
 
     // Non-JSON payloads become JSON strings.
-    assert_eq!(gw.post("/v1/publish/ch", &[], b"plain text").await.json()["seq"], 4);
+    assert_eq!(
+        gw.post("/v1/publish/ch", &[], b"plain text").await.json()["seq"],
+        4
+    );
     match w.recv().await {
         Down::Deliver { sub_id, seq, data } => {
             assert_eq!((sub_id, seq), (7, 4));
@@ -87,9 +109,20 @@ async fn backlog_then_live_delivery_in_order_and_idempotency() {
     // Resume from another epoch: told explicitly, everything retained follows.
     w.subscribe(8, "ch", Some(6), Some(epoch + 1)).await;
     // sub 7 held the channel: it is replaced first (directory before backlog).
-    assert!(matches!(w.recv().await, Down::Kick { sub_id: 7, reason: KickReason::Replaced }));
+    assert!(matches!(
+        w.recv().await,
+        Down::Kick {
+            sub_id: 7,
+            reason: KickReason::Replaced
+        }
+    ));
     match w.recv().await {
-        Down::Backlog { sub_id: 8, gap_first_seq, messages, .. } => {
+        Down::Backlog {
+            sub_id: 8,
+            gap_first_seq,
+            messages,
+            ..
+        } => {
             assert_eq!(gap_first_seq, Some(1));
             assert_eq!(messages.len(), 6);
         }
@@ -107,17 +140,49 @@ async fn a_new_subscriber_kicks_the_old_one_on_another_worker() {
     assert!(matches!(w1.recv().await, Down::Backlog { sub_id: 1, .. }));
     w2.subscribe(2, "room", Some(0), None).await;
     assert!(matches!(w2.recv().await, Down::Backlog { sub_id: 2, .. }));
-    assert!(matches!(w1.recv().await, Down::Kick { sub_id: 1, reason: KickReason::Replaced }));
+    assert!(matches!(
+        w1.recv().await,
+        Down::Kick {
+            sub_id: 1,
+            reason: KickReason::Replaced
+        }
+    ));
     gw.post("/v1/publish/room", &[], b"\"hi\"").await;
-    assert!(matches!(w2.recv().await, Down::Deliver { sub_id: 2, seq: 1, .. }));
+    assert!(matches!(
+        w2.recv().await,
+        Down::Deliver {
+            sub_id: 2,
+            seq: 1,
+            ..
+        }
+    ));
     assert_eq!(gw.get("/v1/channels/room").await.json()["worker"], "w2");
 
     // The old holder's late unsubscribe does not take the channel from the new one.
-    w1.send(Up::Unsubscribe { sub_id: 1, channel: "room".into() }).await;
-    w2.send(Up::Unsubscribe { sub_id: 99, channel: "room".into() }).await;
+    w1.send(Up::Unsubscribe {
+        sub_id: 1,
+        channel: "room".into(),
+    })
+    .await;
+    w2.send(Up::Unsubscribe {
+        sub_id: 99,
+        channel: "room".into(),
+    })
+    .await;
     gw.post("/v1/publish/room", &[], b"2").await;
-    assert!(matches!(w2.recv().await, Down::Deliver { sub_id: 2, seq: 2, .. }));
-    w2.send(Up::Unsubscribe { sub_id: 2, channel: "room".into() }).await;
+    assert!(matches!(
+        w2.recv().await,
+        Down::Deliver {
+            sub_id: 2,
+            seq: 2,
+            ..
+        }
+    ));
+    w2.send(Up::Unsubscribe {
+        sub_id: 2,
+        channel: "room".into(),
+    })
+    .await;
     // Readiness: a Load round-trip is not acknowledged, so wait on the channel view.
     for _ in 0..200 {
         if gw.get("/v1/channels/room").await.json()["online"] == false {
@@ -138,7 +203,10 @@ async fn link_loss_disconnects_the_worker_and_a_reconnect_resumes() {
     drop(w);
     let mut state = String::new();
     for _ in 0..500 {
-        state = gw.get("/v1/workers").await.json()["workers"][0]["state"].as_str().unwrap().to_owned();
+        state = gw.get("/v1/workers").await.json()["workers"][0]["state"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         if state == "disconnected" {
             break;
         }
@@ -152,11 +220,24 @@ async fn link_loss_disconnects_the_worker_and_a_reconnect_resumes() {
     let mut w = gw.worker("w1", &["127.0.0.2:9000"], 100).await;
     w.subscribe(1, "c", Some(0), None).await;
     match w.recv().await {
-        Down::Backlog { messages, gap_first_seq: None, .. } => assert_eq!(messages.len(), 1),
+        Down::Backlog {
+            messages,
+            gap_first_seq: None,
+            ..
+        } => assert_eq!(messages.len(), 1),
         other => panic!("{other:?}"),
     }
-    assert_eq!(gw.get("/v1/workers").await.json()["workers"][0]["state"], "healthy");
-    assert_eq!(gw.get("/v1/workers").await.json()["workers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        gw.get("/v1/workers").await.json()["workers"][0]["state"],
+        "healthy"
+    );
+    assert_eq!(
+        gw.get("/v1/workers").await.json()["workers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     gw.stop().await;
 }
 
@@ -168,7 +249,10 @@ async fn a_re_hello_with_the_same_id_replaces_the_old_link() {
     assert!(old.try_recv().await.is_none(), "old link is closed");
     new.subscribe(1, "c", None, None).await;
     assert!(matches!(new.recv().await, Down::Backlog { .. }));
-    assert_eq!(gw.get("/v1/workers").await.json()["workers"][0]["state"], "healthy");
+    assert_eq!(
+        gw.get("/v1/workers").await.json()["workers"][0]["state"],
+        "healthy"
+    );
     gw.stop().await;
 }
 
@@ -187,12 +271,21 @@ async fn ndjson_batch_delivers_good_lines_and_reports_bad_ones() {
         "{\"channel\":\"b1\",\"data\":[2],\"id\":\"k\"}\n",
     );
     let r = gw
-        .post("/v1/publish", &[("Content-Type", "application/x-ndjson")], body.as_bytes())
+        .post(
+            "/v1/publish",
+            &[("Content-Type", "application/x-ndjson")],
+            body.as_bytes(),
+        )
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let j = r.json();
     assert_eq!(j["accepted"], 3);
-    let lines: Vec<u64> = j["rejected"].as_array().unwrap().iter().map(|x| x["line"].as_u64().unwrap()).collect();
+    let lines: Vec<u64> = j["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, vec![2, 4]);
     assert!(matches!(w.recv().await, Down::Deliver { seq: 1, .. }));
     match w.recv().await {
@@ -200,7 +293,19 @@ async fn ndjson_batch_delivers_good_lines_and_reports_bad_ones() {
         other => panic!("{other:?}"),
     }
     assert_eq!(gw.get("/v1/channels/b1").await.json()["last_seq"], 2);
-    let r = gw.post("/v1/publish", &[("Content-Type", "text/plain")], body.as_bytes()).await;
+    // Channel names may arrive percent-encoded in the path.
+    assert_eq!(
+        gw.post("/v1/publish/user%3A1%40eu", &[], b"1").await.status,
+        202
+    );
+    assert_eq!(gw.get("/v1/channels/user:1@eu").await.json()["last_seq"], 1);
+    let r = gw
+        .post(
+            "/v1/publish",
+            &[("Content-Type", "text/plain")],
+            body.as_bytes(),
+        )
+        .await;
     assert_eq!(r.status, 415);
     assert_eq!(r.json()["error"], "unsupported_media_type");
     gw.stop().await;

@@ -16,9 +16,15 @@ async fn silent_worker_goes_stale_then_recovers() {
     let r = gw.get("/v1/assign?channel=c").await;
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"], "no_worker");
-    assert_eq!(gw.get("/v1/workers").await.json()["workers"][0]["state"], "stale");
+    assert_eq!(
+        gw.get("/v1/workers").await.json()["workers"][0]["state"],
+        "stale"
+    );
     let metrics = gw.get("/metrics").await.text();
-    assert!(metrics.contains("pushgate_workers{state=\"stale\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("pushgate_workers{state=\"stale\"} 1"),
+        "{metrics}"
+    );
 
     w.send(Up::Load { connections: 3 }).await;
     let mut status = 0;

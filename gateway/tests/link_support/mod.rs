@@ -29,7 +29,11 @@ impl Gw {
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(gateway::run(listener, config, shutdown.clone()));
-        Gw { addr, shutdown, task }
+        Gw {
+            addr,
+            shutdown,
+            task,
+        }
     }
 
     pub async fn stop(self) {
@@ -88,12 +92,19 @@ impl Resp {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`).
-pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Resp {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
@@ -107,14 +118,23 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     // The server may answer (e.g. 413) before reading the body; ignore write errors then.
     let _ = s.write_all(body).await;
     let mut raw = Vec::new();
-    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut raw)).await.expect("response in time");
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut raw))
+        .await
+        .expect("response in time");
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(&raw)));
     let head = String::from_utf8_lossy(&raw[..end]).into_owned();
     let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
     let headers = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
@@ -147,7 +167,10 @@ impl FakeWorker {
                 let _ = buf.split_to(end + 4);
                 break;
             }
-            let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf)).await.unwrap().unwrap();
+            let n = tokio::time::timeout(WAIT, stream.read_buf(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
             assert!(n > 0, "gateway closed during upgrade");
         }
         FakeWorker { stream, buf }
@@ -174,7 +197,13 @@ impl FakeWorker {
         }
     }
 
-    pub async fn subscribe(&mut self, sub_id: u64, channel: &str, since: Option<u64>, epoch: Option<u64>) {
+    pub async fn subscribe(
+        &mut self,
+        sub_id: u64,
+        channel: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+    ) {
         self.send(Up::Subscribe {
             sub_id,
             since,
