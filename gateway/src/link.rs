@@ -91,6 +91,21 @@ impl LinkHandle {
         }
     }
 
+    /// Waits until at least `n` frames fit in the queue (or the link is closed). The link
+    /// reader calls it before each `Subscribe`, so a reconnecting worker that resubscribes
+    /// many connections at once is slowed down by TCP backpressure instead of overflowing
+    /// its own queue with backlogs.
+    pub async fn room(&self, n: usize) {
+        let n = n.clamp(1, self.tx.max_capacity());
+        if self.tx.capacity() >= n {
+            return;
+        }
+        tokio::select! {
+            _ = self.tx.reserve_many(n) => {}
+            _ = self.closed.cancelled() => {}
+        }
+    }
+
     /// Marks the link dead and wakes its tasks so the connection is dropped.
     pub fn close(&self) {
         self.alive.store(false, Ordering::Release);
@@ -206,6 +221,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
 ) -> LinkEnd {
+    // Room kept free for deliveries while backlogs are queued.
+    let room = app.config.link_queue / 4;
     loop {
         let frame = match read_frame(reader, buf).await {
             Ok(f) => f,
@@ -234,6 +251,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     });
                     continue;
                 }
+                link.room(room).await;
                 let sub = SubRef {
                     link: link.clone(),
                     sub_id,

@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// How long children get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -201,10 +201,10 @@ async fn stop_child(id: &str, child: &mut Child) {
     }
 }
 
-/// Logs what will be started (one line).
+/// Logs what will be started (debug; the start line of the gateway gives the count).
 pub fn describe(specs: &[WorkerSpec]) {
     if let Some(first) = specs.first() {
-        info!(
+        debug!(
             count = specs.len(),
             exe = %first.exe.display(),
             first_args = ?first.args,

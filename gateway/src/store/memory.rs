@@ -27,6 +27,11 @@ pub const MESSAGE_OVERHEAD: usize = 64;
 /// Epochs stay below 2^53 so JSON clients parse them exactly.
 const EPOCH_MASK: u64 = (1 << 53) - 1;
 
+/// Most payload bytes one `Backlog` frame carries (well under the link's frame limit).
+pub const BACKLOG_MAX_BYTES: usize = protocol::link::MAX_FRAME / 4;
+/// Frame bytes per backlog message besides its data (seq + length).
+const BACKLOG_ENTRY_OVERHEAD: usize = 12;
+
 /// Default number of shards.
 pub const DEFAULT_SHARDS: usize = 64;
 
@@ -243,14 +248,28 @@ impl ChannelLog {
         let gap = epoch.is_some_and(|e| e != self.epoch)
             || since > self.last_seq
             || since.saturating_add(1) < first;
-        let messages = self
-            .retained
-            .iter()
-            .filter(|m| gap || m.seq > since)
+        let mut gap_first_seq = gap.then_some(first);
+        let wanted = self.retained.iter().filter(|m| gap || m.seq > since);
+        // A backlog is one link frame: keep the newest messages that fit and say so.
+        let mut bytes = 0usize;
+        let fitting = wanted
+            .clone()
+            .rev()
+            .take_while(|m| {
+                bytes += m.data.len() + BACKLOG_ENTRY_OVERHEAD;
+                bytes <= BACKLOG_MAX_BYTES
+            })
+            .count();
+        let total = wanted.clone().count();
+        let messages: Vec<(u64, Bytes)> = wanted
+            .skip(total - fitting)
             .map(|m| (m.seq, m.data.clone()))
             .collect();
+        if fitting < total {
+            gap_first_seq = Some(messages.first().map_or(self.last_seq + 1, |m| m.0));
+        }
         Backlog {
-            gap_first_seq: gap.then_some(first),
+            gap_first_seq,
             messages,
         }
     }
@@ -760,6 +779,27 @@ mod tests {
         assert_eq!(log.backlog(Some(2), None).gap_first_seq, Some(6));
         assert_eq!(log.backlog(Some(5), None).gap_first_seq, None);
         assert_eq!(log.backlog(Some(5), Some(1)).gap_first_seq, Some(6));
+    }
+
+    #[test]
+    fn backlog_is_capped_to_one_frame() {
+        let t = Instant::now();
+        let big = Retention {
+            max_messages: 10,
+            max_age: Duration::from_secs(10),
+        };
+        let mut log = ChannelLog::new(1);
+        let mut ev = Evicted::default();
+        let chunk = Bytes::from(vec![b'1'; BACKLOG_MAX_BYTES / 3 - 100]);
+        for _ in 0..5 {
+            log.append(chunk.clone(), None, t, &big, &mut ev);
+        }
+        let b = log.backlog(Some(0), None);
+        assert_eq!(
+            b.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
+            [3, 4, 5]
+        );
+        assert_eq!(b.gap_first_seq, Some(3));
     }
 
     fn link(queue: usize) -> (Arc<LinkHandle>, mpsc::Receiver<Down>) {
