@@ -304,3 +304,45 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(seq: u64) -> Down {
+        Down::Deliver {
+            sub_id: 1,
+            seq,
+            data: bytes::Bytes::from_static(b"1"),
+        }
+    }
+
+    #[tokio::test]
+    async fn room_waits_for_the_writer_and_overflow_closes() {
+        let (link, mut rx) = LinkHandle::new(Arc::from("w"), 0, 1, 8);
+        for i in 0..8 {
+            assert!(link.send(deliver(i)));
+        }
+        let waiter = {
+            let link = link.clone();
+            tokio::spawn(async move { link.room(4).await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        for _ in 0..4 {
+            rx.recv().await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        for i in 0..4 {
+            assert!(link.send(deliver(i)));
+        }
+        assert!(!link.send(deliver(99)), "full queue: refused");
+        assert!(!link.is_alive(), "and the link is closed");
+        tokio::time::timeout(Duration::from_secs(5), link.closed())
+            .await
+            .unwrap();
+    }
+}
