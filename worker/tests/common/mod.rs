@@ -1,0 +1,349 @@
+//! Test harness: a fake gateway that accepts the worker's link, and a worker bound to
+//! port 0 pointing at it; plus small raw-HTTP helpers.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use protocol::link::{split_frame, Down, Up};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Listens like a gateway; each accepted link is handed to the test.
+pub struct FakeGateway {
+    pub addr: SocketAddr,
+    links: mpsc::UnboundedReceiver<FakeLink>,
+}
+
+/// One accepted link: Up frames the worker sent, and a way to send Down frames.
+pub struct FakeLink {
+    ups: mpsc::UnboundedReceiver<Up>,
+    stash: std::collections::VecDeque<Up>,
+    wr: Option<OwnedWriteHalf>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl FakeGateway {
+    pub async fn start() -> FakeGateway {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, links) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = BytesMut::new();
+                loop {
+                    if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = buf.split_to(p + 4);
+                        let head = String::from_utf8_lossy(&head).to_string();
+                        assert!(head.starts_with("GET /v1/link HTTP/1.1\r\n"), "{head}");
+                        assert!(head.contains("Upgrade: pushgate-link/1"), "{head}");
+                        break;
+                    }
+                    if s.read_buf(&mut buf).await.unwrap() == 0 {
+                        return;
+                    }
+                }
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: pushgate-link/1\r\n\r\n")
+                    .await
+                    .unwrap();
+                let (mut rd, wr) = s.into_split();
+                let (up_tx, ups) = mpsc::unbounded_channel();
+                let reader = tokio::spawn(async move {
+                    loop {
+                        while let Ok(Some(f)) = split_frame(&mut buf) {
+                            if up_tx.send(Up::decode(f).unwrap()).is_err() {
+                                return;
+                            }
+                        }
+                        match rd.read_buf(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {}
+                        }
+                    }
+                });
+                if tx
+                    .send(FakeLink {
+                        ups,
+                        stash: Default::default(),
+                        wr: Some(wr),
+                        reader,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        FakeGateway { addr, links }
+    }
+
+    /// Waits for the worker's next link and completes Hello/Welcome; returns once the
+    /// worker has marked the link up (its first Load follows the Welcome).
+    pub async fn accept(&mut self) -> (FakeLink, protocol::link::Hello) {
+        let mut link = tokio::time::timeout(WAIT, self.links.recv())
+            .await
+            .expect("worker dialled the gateway")
+            .unwrap();
+        let hello = match link.next_any().await {
+            Up::Hello(h) => h,
+            other => panic!("expected Hello, got {other:?}"),
+        };
+        link.send(Down::Welcome {
+            gateway_id: "fake".into(),
+        })
+        .await;
+        // The first Load is written after the worker marked the link up; frames queued
+        // before it (re-subscriptions) are kept for the test.
+        let mut early = std::collections::VecDeque::new();
+        loop {
+            match link.next_any().await {
+                Up::Load { .. } => break,
+                other => early.push_back(other),
+            }
+        }
+        link.stash = early;
+        (link, hello)
+    }
+}
+
+impl FakeLink {
+    /// The next Up frame, Loads included.
+    pub async fn next_any(&mut self) -> Up {
+        if let Some(up) = self.stash.pop_front() {
+            return up;
+        }
+        tokio::time::timeout(WAIT, self.ups.recv())
+            .await
+            .expect("an Up frame in time")
+            .expect("link open")
+    }
+
+    /// The next Up frame that is not a Load.
+    pub async fn next(&mut self) -> Up {
+        loop {
+            match self.next_any().await {
+                Up::Load { .. } => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// The next frame, expected to be a Subscribe: `(sub_id, since, epoch, channel)`.
+    pub async fn subscribed(&mut self) -> (u64, Option<u64>, Option<u64>, String) {
+        match self.next().await {
+            Up::Subscribe {
+                sub_id,
+                since,
+                epoch,
+                channel,
+            } => (sub_id, since, epoch, channel),
+            other => panic!("expected Subscribe, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, d: Down) {
+        let mut out = Vec::new();
+        d.encode(&mut out);
+        self.wr.as_mut().unwrap().write_all(&out).await.unwrap();
+    }
+
+    pub async fn send_all(&mut self, ds: Vec<Down>) {
+        let mut out = Vec::new();
+        for d in ds {
+            d.encode(&mut out);
+        }
+        self.wr.as_mut().unwrap().write_all(&out).await.unwrap();
+    }
+
+    /// Closes the link from the gateway side.
+    pub fn close(&mut self) {
+        self.reader.abort();
+        self.wr.take();
+    }
+}
+
+/// A running worker pointed at a fake gateway.
+pub struct Harness {
+    pub gw: FakeGateway,
+    pub link: FakeLink,
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    handle: Option<worker::WorkerHandle>,
+}
+
+impl Harness {
+    pub async fn start(extra: &[&str]) -> Harness {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let mut gw = FakeGateway::start().await;
+        let gateway = format!("http://{}", gw.addr);
+        let mut args = vec![
+            "worker",
+            "--gateway",
+            &gateway,
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--id",
+            "test-worker",
+        ];
+        args.extend_from_slice(extra);
+        let config = worker::Config::parse_from_args(args).unwrap();
+        let w = worker::Worker::bind(config).unwrap();
+        let addr = w.local_addrs()[0];
+        let shutdown = CancellationToken::new();
+        let handle = w.start(shutdown.clone());
+        let (link, hello) = gw.accept().await;
+        assert_eq!(hello.id, "test-worker");
+        assert_eq!(hello.addrs, vec![addr.to_string()]);
+        Harness {
+            gw,
+            link,
+            addr,
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    /// Cancels and waits for every worker thread.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let h = self.handle.take().unwrap();
+        tokio::task::spawn_blocking(move || h.wait()).await.unwrap();
+    }
+
+    /// Drops the current link and completes the worker's reconnect.
+    pub async fn relink(&mut self) {
+        self.link.close();
+        let (link, _) = self.gw.accept().await;
+        self.link = link;
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://{}/v1/ws?{query}", self.addr)
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Reads one response: the head, then Content-Length bytes (or up to EOF without one).
+/// Bytes after it stay in `buf`.
+pub async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Response {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8(buf[..p + 4].to_vec()).unwrap();
+                let status: u16 = head[9..12].parse().unwrap();
+                let mut r = Response {
+                    status,
+                    head,
+                    body: Vec::new(),
+                };
+                buf.drain(..p + 4);
+                match r.header("content-length") {
+                    Some(n) => {
+                        let n: usize = n.parse().unwrap();
+                        while buf.len() < n {
+                            let mut chunk = [0u8; 4096];
+                            let k = s.read(&mut chunk).await.unwrap();
+                            assert!(k > 0, "EOF inside a body");
+                            buf.extend_from_slice(&chunk[..k]);
+                        }
+                        r.body = buf.drain(..n).collect();
+                    }
+                    None => {
+                        s.read_to_end(buf).await.unwrap();
+                        r.body = std::mem::take(buf);
+                    }
+                }
+                return r;
+            }
+            let mut chunk = [0u8; 4096];
+            let k = s.read(&mut chunk).await.unwrap();
+            assert!(
+                k > 0,
+                "EOF before a response head: {:?}",
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..k]);
+        }
+    })
+    .await
+    .expect("a response in time")
+}
+
+/// Sends one request on a new connection and reads the response.
+pub async fn request(addr: SocketAddr, raw: &str) -> Response {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    read_response(&mut s, &mut buf).await
+}
+
+/// `GET path` with `Connection: close`.
+pub async fn get(addr: SocketAddr, path: &str) -> Response {
+    request(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Reads from `s` until `buf` holds `needle`; returns everything up to and including it.
+pub async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(p) = buf.windows(needle.len()).position(|w| w == needle) {
+                let out: Vec<u8> = buf.drain(..p + needle.len()).collect();
+                return String::from_utf8(out).unwrap();
+            }
+            let mut chunk = [0u8; 4096];
+            let k = s.read(&mut chunk).await.unwrap();
+            assert!(
+                k > 0,
+                "EOF while waiting for {:?}; have {:?}",
+                String::from_utf8_lossy(needle),
+                String::from_utf8_lossy(buf)
+            );
+            buf.extend_from_slice(&chunk[..k]);
+        }
+    })
+    .await
+    .expect("expected bytes in time")
+}
