@@ -78,14 +78,20 @@ impl SeqChecker {
     pub fn observe(&mut self, seq: u64) -> Seen {
         self.received += 1;
         // Index of the first range whose end is >= seq - 1 (could touch or hold seq).
-        let i = self.ranges.partition_point(|&(_, hi)| hi.saturating_add(1) < seq);
+        let i = self
+            .ranges
+            .partition_point(|&(_, hi)| hi.saturating_add(1) < seq);
         if let Some(&(lo, hi)) = self.ranges.get(i) {
             if lo <= seq && seq <= hi {
                 self.duplicated += 1;
                 return Seen::Duplicate;
             }
         }
-        let verdict = if seq < self.max_seen { Seen::OutOfOrder } else { Seen::New };
+        let verdict = if seq < self.max_seen {
+            Seen::OutOfOrder
+        } else {
+            Seen::New
+        };
         if verdict == Seen::OutOfOrder {
             self.out_of_order += 1;
         }
@@ -196,7 +202,11 @@ impl CheckTotals {
 
     /// No loss, duplicate, reordering, gap or invented message.
     pub fn clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.out_of_order == 0 && self.gaps == 0 && self.unexpected == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.out_of_order == 0
+            && self.gaps == 0
+            && self.unexpected == 0
     }
 }
 
@@ -237,7 +247,10 @@ mod tests {
         assert_eq!(c.lost(p.expected()), 5); // 3, 6, 7, 8, 10
         let mut t = CheckTotals::default();
         t.add_channel(&c, &p);
-        assert_eq!((t.lost, t.channels_with_loss, t.duplicated, t.out_of_order), (5, 1, 0, 0));
+        assert_eq!(
+            (t.lost, t.channels_with_loss, t.duplicated, t.out_of_order),
+            (5, 1, 0, 0)
+        );
         assert!(!t.clean());
         // Nothing received at all.
         let empty = SeqChecker::default();
@@ -250,7 +263,10 @@ mod tests {
         for s in [1, 2, 3, 2, 3, 3, 4] {
             c.observe(s);
         }
-        assert_eq!((c.received, c.unique, c.duplicated, c.out_of_order), (7, 4, 3, 0));
+        assert_eq!(
+            (c.received, c.unique, c.duplicated, c.out_of_order),
+            (7, 4, 3, 0)
+        );
         assert_eq!(c.lost(published(&[1, 2, 3, 4]).expected()), 0);
     }
 

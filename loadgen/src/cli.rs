@@ -82,7 +82,11 @@ pub enum Pattern {
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Gateway base URL.
-    #[arg(long, env = "PUSHGATE_GATEWAY", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "PUSHGATE_GATEWAY",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub gateway: String,
     /// Channel i is `<prefix>-<i>`; default `lg-<random>`.
     #[arg(long)]
@@ -276,8 +280,24 @@ impl Plan {
             assign_connections: 4,
         };
         let (mode, common, clients, publish, hold, drain, churn) = match command {
-            Command::Connect(a) => (Mode::Connect, a.common, a.clients, None, a.hold, Duration::ZERO, None),
-            Command::Run(a) => (Mode::Run, a.common, a.clients, Some(a.publish), Duration::ZERO, a.drain, None),
+            Command::Connect(a) => (
+                Mode::Connect,
+                a.common,
+                a.clients,
+                None,
+                a.hold,
+                Duration::ZERO,
+                None,
+            ),
+            Command::Run(a) => (
+                Mode::Run,
+                a.common,
+                a.clients,
+                Some(a.publish),
+                Duration::ZERO,
+                a.drain,
+                None,
+            ),
             Command::Churn(c) => {
                 let churning = (c.run.clients.clients as f64 * c.fraction).ceil();
                 let rate = c.churn_rate.unwrap_or((churning / 2.0).max(1.0));
@@ -287,12 +307,28 @@ impl Plan {
                     backoff: c.backoff,
                 };
                 let r = c.run;
-                (Mode::Churn, r.common, r.clients, Some(r.publish), Duration::ZERO, r.drain, Some(churn))
+                (
+                    Mode::Churn,
+                    r.common,
+                    r.clients,
+                    Some(r.publish),
+                    Duration::ZERO,
+                    r.drain,
+                    Some(churn),
+                )
             }
             Command::Publish(a) => {
                 let mut p = a.publish;
                 p.channels.get_or_insert(100);
-                (Mode::Publish, a.common, default_clients, Some(p), Duration::ZERO, Duration::ZERO, None)
+                (
+                    Mode::Publish,
+                    a.common,
+                    default_clients,
+                    Some(p),
+                    Duration::ZERO,
+                    Duration::ZERO,
+                    None,
+                )
             }
         };
         let prefix = match &common.channel_prefix {
@@ -315,7 +351,11 @@ impl Plan {
 
     fn validate(&self) -> anyhow::Result<()> {
         let sample = format!("{}-{}", self.prefix, u64::MAX);
-        if sample.len() > 128 || !sample.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b)) {
+        if sample.len() > 128
+            || !sample
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b))
+        {
             bail!("--channel-prefix must be made of [A-Za-z0-9_.:@-] and leave room for `-<index>` within 128 bytes");
         }
         if !(self.common.gateway.starts_with("http://")) {
@@ -377,7 +417,10 @@ pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().with_context(|| format!("bad duration {s:?} (try 10s, 500ms, 2m)"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad duration {s:?} (try 10s, 500ms, 2m)"))?;
     if !v.is_finite() || v < 0.0 {
         bail!("bad duration {s:?}");
     }
@@ -399,7 +442,10 @@ pub fn parse_rate(s: &str) -> anyhow::Result<f64> {
         }
         None => (s, 1.0),
     };
-    let v: f64 = num.trim().parse().with_context(|| format!("bad rate {s:?} (try 5000/s)"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("bad rate {s:?} (try 5000/s)"))?;
     if !v.is_finite() || v <= 0.0 {
         bail!("rate must be positive: {s:?}");
     }
@@ -423,7 +469,11 @@ pub struct SourceIpList(pub Vec<IpAddr>);
 impl SourceIpList {
     /// The flag value that reproduces this list (a comma list).
     pub fn to_arg(&self) -> String {
-        self.0.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(",")
+        self.0
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -434,8 +484,14 @@ pub fn parse_source_ips(s: &str) -> anyhow::Result<SourceIpList> {
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         match part.split_once('-') {
             Some((a, b)) => {
-                let a: Ipv4Addr = a.trim().parse().with_context(|| format!("bad address in range {part:?}"))?;
-                let b: Ipv4Addr = b.trim().parse().with_context(|| format!("bad address in range {part:?}"))?;
+                let a: Ipv4Addr = a
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad address in range {part:?}"))?;
+                let b: Ipv4Addr = b
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("bad address in range {part:?}"))?;
                 let (a, b) = (u32::from(a), u32::from(b));
                 if b < a {
                     bail!("range {part:?} runs backwards");
@@ -445,7 +501,10 @@ pub fn parse_source_ips(s: &str) -> anyhow::Result<SourceIpList> {
                 }
                 out.extend((a..=b).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
             }
-            None => out.push(part.parse().with_context(|| format!("bad address {part:?}"))?),
+            None => out.push(
+                part.parse()
+                    .with_context(|| format!("bad address {part:?}"))?,
+            ),
         }
     }
     if out.is_empty() {
@@ -507,7 +566,16 @@ mod tests {
     #[test]
     fn cli_parses_and_later_flags_override() {
         let cli = Cli::try_parse_from([
-            "loadgen", "run", "--clients", "10", "--rate", "50/s", "--clients", "4", "--shard", "0/2",
+            "loadgen",
+            "run",
+            "--clients",
+            "10",
+            "--rate",
+            "50/s",
+            "--clients",
+            "4",
+            "--shard",
+            "0/2",
         ])
         .unwrap();
         let plan = Plan::from_command(cli.command).unwrap();

@@ -30,7 +30,8 @@ use crate::scenario::{Barrier, StopReason};
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "loadgen=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "loadgen=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -42,14 +43,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("loadgen: cannot start the runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(plan)) {
+    let outcome = rt.block_on(run(plan));
+    // Do not wait for blocked stdin readers or lingering sockets.
+    rt.shutdown_background();
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
@@ -100,7 +107,8 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<bool> {
         }
     }
     if let Some(path) = &plan.common.report {
-        std::fs::write(path, report::html(&summary)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report::html(&summary))
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(summary.passed)
 }
@@ -108,7 +116,8 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<bool> {
 /// Ctrl-C, SIGTERM and `--max-duration` stop the run cleanly; a second Ctrl-C exits at once.
 fn spawn_stoppers(max: std::time::Duration, stop_all: CancellationToken, why: StopReason) {
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let sigterm = async {
             match term.as_mut() {
                 Some(t) => {

@@ -69,7 +69,12 @@ pub fn parse_rss(metrics: &str) -> Option<u64> {
             None => return None,
         };
         // A timestamp may follow the value.
-        values.split_whitespace().next()?.parse::<f64>().ok().map(|f| f as u64)
+        values
+            .split_whitespace()
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .map(|f| f as u64)
     })
 }
 
@@ -88,7 +93,12 @@ struct WorkerEntry {
 
 async fn get(url_base: &str, path: &str) -> Option<Bytes> {
     let target = Target::parse(url_base).ok()?;
-    let pool = HttpPool::new(target, Arc::new(SourceIps::default()), 1, Duration::from_secs(5));
+    let pool = HttpPool::new(
+        target,
+        Arc::new(SourceIps::default()),
+        1,
+        Duration::from_secs(5),
+    );
     match pool.send(Method::GET, path, &[], None, Bytes::new()).await {
         Ok((s, body)) if s == 200 => Some(body),
         _ => None,
@@ -106,7 +116,9 @@ pub async fn snapshot(gateway: &str) -> Snapshot {
     let mut snap = Snapshot {
         gateway_rss: rss_of(gateway).await,
         workers: Vec::new(),
-        sockstat: std::fs::read_to_string("/proc/net/sockstat").ok().and_then(|t| parse_sockstat(&t)),
+        sockstat: std::fs::read_to_string("/proc/net/sockstat")
+            .ok()
+            .and_then(|t| parse_sockstat(&t)),
     };
     if let Some(body) = get(gateway, "/v1/workers").await {
         if let Ok(a) = serde_json::from_slice::<WorkersAnswer>(&body) {
@@ -199,12 +211,21 @@ fn page_size() -> u64 {
 }
 
 /// Compares two readings. `per_worker` = connections held per worker id.
-pub fn compare(before: Snapshot, after: Snapshot, per_worker: &HashMap<String, i64>, connections: u64) -> MemoryResult {
+pub fn compare(
+    before: Snapshot,
+    after: Snapshot,
+    per_worker: &HashMap<String, i64>,
+    connections: u64,
+) -> MemoryResult {
     let per_conn = |delta: i64, n: u64| (n > 0).then(|| delta as f64 / n as f64);
     let mut workers = Vec::new();
     let mut total = 0i64;
     for w in &after.workers {
-        let b = before.workers.iter().find(|x| x.id == w.id).and_then(|x| x.rss);
+        let b = before
+            .workers
+            .iter()
+            .find(|x| x.id == w.id)
+            .and_then(|x| x.rss);
         let delta = match (b, w.rss) {
             (Some(b), Some(a)) => Some(a as i64 - b as i64),
             _ => None,
@@ -251,7 +272,11 @@ pub fn compare(before: Snapshot, after: Snapshot, per_worker: &HashMap<String, i
         connections,
         workers,
         workers_delta_bytes: total,
-        bytes_per_connection: if any_worker { per_conn(total, connections) } else { None },
+        bytes_per_connection: if any_worker {
+            per_conn(total, connections)
+        } else {
+            None
+        },
         gateway,
         kernel,
         before,
@@ -265,7 +290,8 @@ mod tests {
 
     #[test]
     fn parses_sockstat_and_rss() {
-        let text = "sockets: used 230\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 3\nUDP: inuse 1 mem 0\n";
+        let text =
+            "sockets: used 230\nTCP: inuse 5 orphan 0 tw 2 alloc 7 mem 3\nUDP: inuse 1 mem 0\n";
         assert_eq!(
             parse_sockstat(text),
             Some(Sockstat {
@@ -280,7 +306,10 @@ mod tests {
                  # TYPE process_resident_memory_bytes gauge\n\
                  process_resident_memory_bytes 1.2345e7\n";
         assert_eq!(parse_rss(m), Some(12_345_000));
-        assert_eq!(parse_rss("process_resident_memory_bytes{pid=\"1\"} 4096 1700000000\n"), Some(4096));
+        assert_eq!(
+            parse_rss("process_resident_memory_bytes{pid=\"1\"} 4096 1700000000\n"),
+            Some(4096)
+        );
         assert_eq!(parse_rss("process_resident_memory_bytes_total 5\n"), None);
     }
 
@@ -295,12 +324,20 @@ mod tests {
         let before = Snapshot {
             gateway_rss: Some(100),
             workers: vec![r("a", 1000), r("b", 2000)],
-            sockstat: Some(Sockstat { inuse: 10, mem: 1, ..Default::default() }),
+            sockstat: Some(Sockstat {
+                inuse: 10,
+                mem: 1,
+                ..Default::default()
+            }),
         };
         let after = Snapshot {
             gateway_rss: Some(150),
             workers: vec![r("a", 1000 + 300 * 10), r("b", 2000 + 500 * 30)],
-            sockstat: Some(Sockstat { inuse: 90, mem: 21, ..Default::default() }),
+            sockstat: Some(Sockstat {
+                inuse: 90,
+                mem: 21,
+                ..Default::default()
+            }),
         };
         let per: HashMap<String, i64> = [("a".to_string(), 10), ("b".to_string(), 30)].into();
         let m = compare(before, after, &per, 40);

@@ -27,7 +27,9 @@ pub struct Target {
 impl Target {
     /// Parses `http://host:port/path?query` (also `ws://`). TLS schemes are refused.
     pub fn parse(url: &str) -> anyhow::Result<Target> {
-        let (scheme, rest) = url.split_once("://").with_context(|| format!("not an absolute URL: {url}"))?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .with_context(|| format!("not an absolute URL: {url}"))?;
         let default_port = match scheme {
             "http" | "ws" => 80,
             "https" | "wss" => bail!("TLS URLs are not supported by loadgen yet: {url}"),
@@ -47,7 +49,10 @@ impl Target {
             (h.to_string(), port)
         } else {
             match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().with_context(|| format!("bad port in {url}"))?),
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().with_context(|| format!("bad port in {url}"))?,
+                ),
                 None => (authority.to_string(), default_port),
             }
         };
@@ -117,7 +122,11 @@ impl SourceIps {
         let stream = match self.pick(&dst) {
             None => TcpStream::connect(dst).await?,
             Some(src) => {
-                let socket = if dst.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+                let socket = if dst.is_ipv4() {
+                    TcpSocket::new_v4()?
+                } else {
+                    TcpSocket::new_v6()?
+                };
                 set_bind_no_port(&socket);
                 socket.bind(SocketAddr::new(src, 0))?;
                 socket.connect(dst).await?
@@ -146,9 +155,15 @@ fn set_bind_no_port(socket: &TcpSocket) {
 pub type ReqBody = Full<Bytes>;
 
 /// Opens one HTTP/1.1 connection and drives it on its own task.
-pub async fn http_connect(src: &SourceIps, target: &Target) -> anyhow::Result<SendRequest<ReqBody>> {
+pub async fn http_connect(
+    src: &SourceIps,
+    target: &Target,
+) -> anyhow::Result<SendRequest<ReqBody>> {
     let addr = target.resolve().await?;
-    let stream = src.connect(addr).await.with_context(|| format!("connect {addr}"))?;
+    let stream = src
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
         let _ = conn.await;
@@ -157,7 +172,13 @@ pub async fn http_connect(src: &SourceIps, target: &Target) -> anyhow::Result<Se
 }
 
 /// Builds a request with Host and optional bearer auth.
-pub fn request(method: Method, target: &Target, path: &str, bearer: Option<&str>, body: Bytes) -> Request<ReqBody> {
+pub fn request(
+    method: Method,
+    target: &Target,
+    path: &str,
+    bearer: Option<&str>,
+    body: Bytes,
+) -> Request<ReqBody> {
     let mut b = Request::builder()
         .method(method)
         .uri(path)
@@ -204,7 +225,10 @@ pub async fn exchange(
 ) -> Result<(StatusCode, Bytes), HttpError> {
     let fut = async {
         sender.ready().await.map_err(|e| HttpError::Io(e.into()))?;
-        let resp = sender.send_request(req).await.map_err(|e| HttpError::Io(e.into()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| HttpError::Io(e.into()))?;
         let status = resp.status();
         let body = resp
             .into_body()
@@ -214,7 +238,9 @@ pub async fn exchange(
             .to_bytes();
         Ok((status, body))
     };
-    tokio::time::timeout(timeout, fut).await.unwrap_or(Err(HttpError::Timeout))
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(HttpError::Timeout))
 }
 
 /// A few keep-alive connections to one host, used round-robin; a broken one is reopened.
@@ -231,7 +257,9 @@ impl HttpPool {
         HttpPool {
             target,
             src,
-            slots: (0..size.max(1)).map(|_| tokio::sync::Mutex::new(None)).collect(),
+            slots: (0..size.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
             next: AtomicUsize::new(0),
             timeout,
         }
@@ -298,7 +326,10 @@ mod tests {
         let t = Target::parse("http://h:1?x=1").unwrap();
         assert_eq!(t.path, "/?x=1");
         let t = Target::parse("http://[::1]:8080/x").unwrap();
-        assert_eq!((t.host.as_str(), t.port, t.authority()), ("::1", 8080, "[::1]:8080".to_string()));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.authority()),
+            ("::1", 8080, "[::1]:8080".to_string())
+        );
         assert!(Target::parse("wss://h/x").is_err());
         assert!(Target::parse("/relative").is_err());
         assert_eq!(with_param("/a?b=1", "since", 5), "/a?b=1&since=5");
@@ -307,11 +338,17 @@ mod tests {
 
     #[test]
     fn source_ips_round_robin_by_family() {
-        let s = SourceIps::new(vec!["127.0.1.1".parse().unwrap(), "::1".parse().unwrap(), "127.0.1.2".parse().unwrap()]);
+        let s = SourceIps::new(vec![
+            "127.0.1.1".parse().unwrap(),
+            "::1".parse().unwrap(),
+            "127.0.1.2".parse().unwrap(),
+        ]);
         let v4: SocketAddr = "127.0.0.1:80".parse().unwrap();
         let picks: Vec<_> = (0..4).map(|_| s.pick(&v4).unwrap().to_string()).collect();
         assert!(picks.iter().all(|p| p.starts_with("127.0.1.")));
-        assert!(picks.contains(&"127.0.1.1".to_string()) && picks.contains(&"127.0.1.2".to_string()));
+        assert!(
+            picks.contains(&"127.0.1.1".to_string()) && picks.contains(&"127.0.1.2".to_string())
+        );
         assert_eq!(SourceIps::default().pick(&v4), None);
     }
 }

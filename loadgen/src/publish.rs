@@ -84,7 +84,11 @@ struct Rejected {
 }
 
 /// Publishes for `duration` (or until stopped); returns when every sender is done.
-pub async fn publish_phase(ctx: Arc<PublishCtx>, src: Arc<SourceIps>, duration: Duration) -> anyhow::Result<()> {
+pub async fn publish_phase(
+    ctx: Arc<PublishCtx>,
+    src: Arc<SourceIps>,
+    duration: Duration,
+) -> anyhow::Result<()> {
     let gateway = Target::parse(&ctx.plan.common.gateway)?;
     let pool = Arc::new(HttpPool::new(
         gateway,
@@ -140,7 +144,13 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
         let path = format!("/v1/publish/{}", ctx.plan.channel(ctx.channel_base + ch));
         let body = Bytes::from(ctx.payload(k));
         let r = pool
-            .send(Method::POST, &path, &[("content-type", "application/json")], key, body)
+            .send(
+                Method::POST,
+                &path,
+                &[("content-type", "application/json")],
+                key,
+                body,
+            )
             .await;
         stats.record_publish(started.elapsed().as_micros() as u64);
         match r {
@@ -179,43 +189,53 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
         body.push('\n');
     }
     let r = pool
-        .send(Method::POST, "/v1/publish", &[("content-type", "application/x-ndjson")], key, Bytes::from(body))
+        .send(
+            Method::POST,
+            "/v1/publish",
+            &[("content-type", "application/x-ndjson")],
+            key,
+            Bytes::from(body),
+        )
         .await;
     stats.record_publish(started.elapsed().as_micros() as u64);
     match r {
-        Ok((status, body)) if status == 200 || status == 202 => match serde_json::from_slice::<BatchAnswer>(&body) {
-            Ok(a) => {
-                // Lines are numbered from 0 in the answer; tolerate 1-based numbering too by
-                // only dropping lines that exist.
-                let mut ok = vec![true; lines.len()];
-                for r in &a.rejected {
-                    if let Some(slot) = ok.get_mut(r.line as usize) {
-                        *slot = false;
+        Ok((status, body)) if status == 200 || status == 202 => {
+            match serde_json::from_slice::<BatchAnswer>(&body) {
+                Ok(a) => {
+                    // Lines are numbered from 0 in the answer; tolerate 1-based numbering too by
+                    // only dropping lines that exist.
+                    let mut ok = vec![true; lines.len()];
+                    for r in &a.rejected {
+                        if let Some(slot) = ok.get_mut(r.line as usize) {
+                            *slot = false;
+                        }
+                    }
+                    let mut accepted = 0u64;
+                    for (ch, ok) in lines.iter().zip(&ok) {
+                        if *ok {
+                            ctx.table[*ch as usize].accepted_count(1);
+                            accepted += 1;
+                        }
+                    }
+                    if accepted != a.accepted {
+                        stats.error("publish_batch_count_mismatch");
+                    }
+                    let rejected = a.rejected.len() as u64;
+                    stats.publish_status(status.as_str(), accepted);
+                    stats.published.fetch_add(accepted, Ordering::Relaxed);
+                    if rejected > 0 {
+                        stats
+                            .publish_rejected
+                            .fetch_add(rejected, Ordering::Relaxed);
+                        stats.publish_status("rejected", rejected);
+                        for _ in 0..rejected {
+                            stats.error("publish_line_rejected");
+                        }
                     }
                 }
-                let mut accepted = 0u64;
-                for (ch, ok) in lines.iter().zip(&ok) {
-                    if *ok {
-                        ctx.table[*ch as usize].accepted_count(1);
-                        accepted += 1;
-                    }
-                }
-                if accepted != a.accepted {
-                    stats.error("publish_batch_count_mismatch");
-                }
-                let rejected = a.rejected.len() as u64;
-                stats.publish_status(status.as_str(), accepted);
-                stats.published.fetch_add(accepted, Ordering::Relaxed);
-                if rejected > 0 {
-                    stats.publish_rejected.fetch_add(rejected, Ordering::Relaxed);
-                    stats.publish_status("rejected", rejected);
-                    for _ in 0..rejected {
-                        stats.error("publish_line_rejected");
-                    }
-                }
+                Err(_) => stats.error("publish_bad_body"),
             }
-            Err(_) => stats.error("publish_bad_body"),
-        },
+        }
         Ok((status, _)) => {
             stats.publish_status(status.as_str(), batch);
             stats.error(format!("publish_http_{}", status.as_u16()));

@@ -290,13 +290,15 @@ impl Summary {
         let latency_distribution = if latency.is_empty() {
             Vec::new()
         } else {
-            [0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0]
-                .iter()
-                .map(|&p| LatencyPoint {
-                    percentile: p,
-                    value_us: latency.value_at_percentile(p),
-                })
-                .collect()
+            [
+                0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9, 99.95, 99.99, 100.0,
+            ]
+            .iter()
+            .map(|&p| LatencyPoint {
+                percentile: p,
+                value_us: latency.value_at_percentile(p),
+            })
+            .collect()
         };
         Ok(Summary {
             loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -428,7 +430,10 @@ impl Summary {
         }
         s.push('\n');
         if let Some(m) = &self.memory {
-            let f = |x: Option<f64>| x.map(|v| format!("{v:.0} B")).unwrap_or_else(|| "n/a".into());
+            let f = |x: Option<f64>| {
+                x.map(|v| format!("{v:.0} B"))
+                    .unwrap_or_else(|| "n/a".into())
+            };
             let _ = writeln!(
                 s,
                 "  memory    {} connections: workers +{} B = {} per connection",
@@ -437,7 +442,8 @@ impl Summary {
                 f(m.bytes_per_connection)
             );
             for w in &m.workers {
-                let _ = writeln!(
+                let _ =
+                    writeln!(
                     s,
                     "            worker {} ({}): {} connections, RSS {} -> {} = {} per connection",
                     w.id,
@@ -464,7 +470,11 @@ impl Summary {
                 );
             }
         }
-        let _ = writeln!(s, "  result    {}", if self.passed { "PASS" } else { "FAIL" });
+        let _ = writeln!(
+            s,
+            "  result    {}",
+            if self.passed { "PASS" } else { "FAIL" }
+        );
         s
     }
 }

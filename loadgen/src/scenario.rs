@@ -82,11 +82,26 @@ pub fn show_progress(plan: &Plan) -> bool {
 }
 
 /// Runs one process's share of the scenario.
-pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: CancellationToken, why: StopReason) -> anyhow::Result<RawResult> {
+pub async fn run_process(
+    plan: Arc<Plan>,
+    mut barrier: Barrier,
+    stop_all: CancellationToken,
+    why: StopReason,
+) -> anyhow::Result<RawResult> {
     let started_unix_ms = crate::stats::unix_nanos() / 1_000_000;
     let stats = Arc::new(Stats::new());
-    let n = if plan.mode == Mode::Publish { 0 } else { plan.clients.clients };
-    let src = Arc::new(SourceIps::new(plan.common.source_ips.clone().map(|l| l.0).unwrap_or_default()));
+    let n = if plan.mode == Mode::Publish {
+        0
+    } else {
+        plan.clients.clients
+    };
+    let src = Arc::new(SourceIps::new(
+        plan.common
+            .source_ips
+            .clone()
+            .map(|l| l.0)
+            .unwrap_or_default(),
+    ));
     let gateway = Target::parse(&plan.common.gateway)?;
     let assign = Arc::new(HttpPool::new(
         gateway,
@@ -111,7 +126,11 @@ pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: Cancel
         src: src.clone(),
         assign,
         stop: clients_stop.clone(),
-        initial_since: if plan.mode == Mode::Connect { None } else { Some(0) },
+        initial_since: if plan.mode == Mode::Connect {
+            None
+        } else {
+            Some(0)
+        },
     });
     let mut slots = Vec::with_capacity(n as usize);
     let mut handles = Vec::with_capacity(n as usize);
@@ -124,7 +143,11 @@ pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: Cancel
         }
         let slot = Arc::new(Slot::default());
         slots.push(slot.clone());
-        handles.push(tokio::spawn(client_task(ctx.clone(), plan.common.client_offset + i, slot)));
+        handles.push(tokio::spawn(client_task(
+            ctx.clone(),
+            plan.common.client_offset + i,
+            slot,
+        )));
     }
     let spawned = handles.len() as u64;
     while stats.first_done.load(Ordering::Relaxed) < spawned && !stop_all.is_cancelled() {
@@ -133,16 +156,28 @@ pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: Cancel
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
-    let connect_phase_secs = if n > 0 { connect_start.elapsed().as_secs_f64() } else { 0.0 };
+    let connect_phase_secs = if n > 0 {
+        connect_start.elapsed().as_secs_f64()
+    } else {
+        0.0
+    };
 
     // Barrier.
     let ready = Ready {
         connected: stats.connected.load(Ordering::Relaxed).max(0) as u64,
-        per_worker: stats.per_worker.lock().unwrap().iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        per_worker: stats
+            .per_worker
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect(),
     };
     let mut memory_result = None;
     match barrier {
-        Barrier::Local { before: Some(before) } if !stop_all.is_cancelled() => {
+        Barrier::Local {
+            before: Some(before),
+        } if !stop_all.is_cancelled() => {
             let after = tokio::select! {
                 _ = stop_all.cancelled() => None,
                 a = memory::settled_snapshot(&plan.common.gateway, plan.clients.settle) => Some(a),
@@ -176,7 +211,10 @@ pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: Cancel
             }
         }
         Mode::Run | Mode::Churn | Mode::Publish if !stop_all.is_cancelled() => {
-            let opts = plan.publish.clone().expect("publishing mode has publish options");
+            let opts = plan
+                .publish
+                .clone()
+                .expect("publishing mode has publish options");
             let pctx = Arc::new(PublishCtx {
                 plan: plan.clone(),
                 opts: opts.clone(),
@@ -187,10 +225,14 @@ pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: Cancel
             });
             let t0 = Instant::now();
             let churn_stop = CancellationToken::new();
-            let churner = plan
-                .churn
-                .clone()
-                .map(|c| tokio::spawn(churn_loop(slots.clone(), c.fraction, c.rate, churn_stop.clone())));
+            let churner = plan.churn.clone().map(|c| {
+                tokio::spawn(churn_loop(
+                    slots.clone(),
+                    c.fraction,
+                    c.rate,
+                    churn_stop.clone(),
+                ))
+            });
             let r = publish_phase(pctx, src.clone(), opts.duration).await;
             churn_stop.cancel();
             if let Some(c) = churner {
@@ -251,7 +293,9 @@ pub async fn run_process(plan: Arc<Plan>, mut barrier: Barrier, stop_all: Cancel
             connect_attempts: stats.connect_attempts.load(Ordering::Relaxed),
             connects_ok: stats.connects_ok.load(Ordering::Relaxed),
             first_ok,
-            first_failed: first_done.saturating_sub(first_ok).min(n.saturating_sub(first_ok)),
+            first_failed: first_done
+                .saturating_sub(first_ok)
+                .min(n.saturating_sub(first_ok)),
             reconnects: stats.reconnects.load(Ordering::Relaxed),
             dropped_on_purpose: stats.dropped_on_purpose.load(Ordering::Relaxed),
             peak_connected: stats.peak_connected.load(Ordering::Relaxed).max(0) as u64,
@@ -309,7 +353,9 @@ async fn ticker(plan: Arc<Plan>, stats: Arc<Stats>, target: u64, stop: Cancellat
             published: prev.0,
             delivered: prev.1,
             errors: prev.2,
-            p99_us: hist_from_b64(&tick.latency).map(|h| h.value_at_quantile(0.99)).unwrap_or(0),
+            p99_us: hist_from_b64(&tick.latency)
+                .map(|h| h.value_at_quantile(0.99))
+                .unwrap_or(0),
         };
         if child {
             println!("PROGRESS {}", serde_json::to_string(&p).unwrap_or_default());
@@ -371,13 +417,19 @@ async fn churn_loop(slots: Vec<Arc<Slot>>, fraction: f64, rate: f64, stop: Cance
 }
 
 /// Waits until every channel received all it should, or `limit` passes.
-async fn drain(slots: &[Arc<Slot>], table: &[Published], limit: Duration, stop_all: &CancellationToken) {
+async fn drain(
+    slots: &[Arc<Slot>],
+    table: &[Published],
+    limit: Duration,
+    stop_all: &CancellationToken,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
         let done = table.iter().zip(slots).all(|(p, s)| match p.expected() {
             None => true,
             Some((lo, hi)) => {
-                s.max_seq.load(Ordering::Relaxed) >= hi && s.unique.load(Ordering::Relaxed) >= hi - lo + 1
+                s.max_seq.load(Ordering::Relaxed) >= hi
+                    && s.unique.load(Ordering::Relaxed) > hi - lo
             }
         });
         if done || tokio::time::Instant::now() >= deadline || stop_all.is_cancelled() {

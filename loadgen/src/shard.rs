@@ -48,7 +48,12 @@ pub fn clients_per_process(plan: &Plan, nofile: u64) -> u64 {
     if let Some(n) = plan.common.max_per_process {
         return n.max(1);
     }
-    let extra = plan.clients.assign_connections as u64 + plan.publish.as_ref().map(|p| p.publish_connections as u64).unwrap_or(0);
+    let extra = plan.clients.assign_connections as u64
+        + plan
+            .publish
+            .as_ref()
+            .map(|p| p.publish_connections as u64)
+            .unwrap_or(0);
     nofile.saturating_sub(RESERVE + extra).max(1)
 }
 
@@ -82,7 +87,10 @@ pub fn child_args(plan: &Plan, parent_args: &[OsString], k: u64, i: u64) -> Vec<
         a.push(v.into());
     };
     push("--shard", format!("{i}/{k}"));
-    push("--client-offset", (plan.common.client_offset + off).to_string());
+    push(
+        "--client-offset",
+        (plan.common.client_offset + off).to_string(),
+    );
     push("--clients", count.to_string());
     push("--channel-prefix", plan.prefix.clone());
     push("--ramp", format!("{}/s", plan.clients.ramp / k as f64));
@@ -112,11 +120,20 @@ struct ChildState {
 
 /// Runs the scenario over `k` child processes and merges their results. The parent reads
 /// memory before starting them and after all report READY, then tells them GO.
-pub async fn run_parent(plan: Arc<Plan>, k: u64, stop_all: CancellationToken, why: StopReason) -> anyhow::Result<RawResult> {
+pub async fn run_parent(
+    plan: Arc<Plan>,
+    k: u64,
+    stop_all: CancellationToken,
+    why: StopReason,
+) -> anyhow::Result<RawResult> {
     let exe = std::env::current_exe().context("finding loadgen's own executable")?;
     let parent_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let measure = plan.mode != Mode::Publish;
-    let before = if measure { Some(memory::snapshot(&plan.common.gateway).await) } else { None };
+    let before = if measure {
+        Some(memory::snapshot(&plan.common.gateway).await)
+    } else {
+        None
+    };
 
     let states: Arc<Vec<Mutex<ChildState>>> = Arc::new(
         (0..k)
@@ -174,7 +191,14 @@ pub async fn run_parent(plan: Arc<Plan>, k: u64, stop_all: CancellationToken, wh
     }
 
     let progress_stop = CancellationToken::new();
-    let printer = show_progress(&plan).then(|| tokio::spawn(print_progress(states.clone(), k, plan.clients.clients, progress_stop.clone())));
+    let printer = show_progress(&plan).then(|| {
+        tokio::spawn(print_progress(
+            states.clone(),
+            k,
+            plan.clients.clients,
+            progress_stop.clone(),
+        ))
+    });
 
     // Barrier: every shard READY (or gone).
     loop {
@@ -272,7 +296,12 @@ pub async fn run_parent(plan: Arc<Plan>, k: u64, stop_all: CancellationToken, wh
     Ok(merged)
 }
 
-async fn print_progress(states: Arc<Vec<Mutex<ChildState>>>, k: u64, target: u64, stop: CancellationToken) {
+async fn print_progress(
+    states: Arc<Vec<Mutex<ChildState>>>,
+    k: u64,
+    target: u64,
+    stop: CancellationToken,
+) {
     let start = std::time::Instant::now();
     let mut last = Progress::default();
     let mut interval = tokio::time::interval(Duration::from_secs(1));
@@ -323,7 +352,16 @@ mod tests {
     #[test]
     fn child_args_override() {
         use clap::Parser;
-        let argv = ["loadgen", "run", "--clients", "10", "--rate", "30/s", "--source-ips", "127.0.1.1-127.0.1.4"];
+        let argv = [
+            "loadgen",
+            "run",
+            "--clients",
+            "10",
+            "--rate",
+            "30/s",
+            "--source-ips",
+            "127.0.1.1-127.0.1.4",
+        ];
         let plan = Plan::from_command(crate::cli::Cli::parse_from(argv).command).unwrap();
         let parent: Vec<OsString> = argv[1..].iter().map(OsString::from).collect();
         let args = child_args(&plan, &parent, 3, 1);

@@ -22,7 +22,9 @@ pub fn new_hist() -> Histogram<u64> {
 /// V2-serializes a histogram into base64.
 pub fn hist_to_b64(h: &Histogram<u64>) -> String {
     let mut buf = Vec::new();
-    V2Serializer::new().serialize(h, &mut buf).expect("serialize into a Vec");
+    V2Serializer::new()
+        .serialize(h, &mut buf)
+        .expect("serialize into a Vec");
     base64::engine::general_purpose::STANDARD.encode(buf)
 }
 
@@ -39,14 +41,18 @@ pub fn hist_from_b64(s: &str) -> anyhow::Result<Histogram<u64>> {
 pub fn merge_b64(into: &mut String, from: &str) -> anyhow::Result<()> {
     let mut a = hist_from_b64(into)?;
     let b = hist_from_b64(from)?;
-    a.add(&b).map_err(|e| anyhow::anyhow!("histogram merge: {e:?}"))?;
+    a.add(&b)
+        .map_err(|e| anyhow::anyhow!("histogram merge: {e:?}"))?;
     *into = hist_to_b64(&a);
     Ok(())
 }
 
 /// Unix time in nanoseconds.
 pub fn unix_nanos() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// One second of the run, as raw numbers (mergeable across processes).
@@ -146,7 +152,12 @@ impl Stats {
     }
 
     pub fn publish_status(&self, status: impl Into<String>, n: u64) {
-        *self.publish_status.lock().unwrap().entry(status.into()).or_insert(0) += n;
+        *self
+            .publish_status
+            .lock()
+            .unwrap()
+            .entry(status.into())
+            .or_insert(0) += n;
     }
 
     /// A client is connected to `worker`.
@@ -154,7 +165,12 @@ impl Stats {
         let now = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_connected.fetch_max(now, Ordering::Relaxed);
         self.connects_ok.fetch_add(1, Ordering::Relaxed);
-        *self.per_worker.lock().unwrap().entry(worker.to_string()).or_insert(0) += 1;
+        *self
+            .per_worker
+            .lock()
+            .unwrap()
+            .entry(worker.to_string())
+            .or_insert(0) += 1;
     }
 
     /// A client connected to `worker` went away.
@@ -178,7 +194,11 @@ impl Stats {
     }
 
     pub fn record_publish(&self, us: u64) {
-        self.hists.lock().unwrap().publish.saturating_record(us.max(1));
+        self.hists
+            .lock()
+            .unwrap()
+            .publish
+            .saturating_record(us.max(1));
     }
 
     /// Closes the current second: appends a timeline entry. `prev` carries the previous

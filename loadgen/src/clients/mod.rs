@@ -16,7 +16,7 @@ use serde::Deserialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::checker::{SeqChecker, Seen};
+use crate::checker::{Seen, SeqChecker};
 use crate::cli::{Plan, Transport};
 use crate::net::{HttpPool, SourceIps};
 use crate::stats::{unix_nanos, Stats};
@@ -96,7 +96,11 @@ pub fn on_parsed(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, frame: Fr
             checker.gap();
             stats.error("gap");
         }
-        Frame { seq: Some(seq), data, .. } => on_message(stats, checker, slot, seq, data),
+        Frame {
+            seq: Some(seq),
+            data,
+            ..
+        } => on_message(stats, checker, slot, seq, data),
         _ => stats.error("bad_frame"),
     }
 }
@@ -121,10 +125,16 @@ pub fn jitter(mean: Duration) -> Duration {
 pub async fn assign(ctx: &ClientCtx, channel: &str) -> Result<Assignment, String> {
     let path = match &ctx.plan.common.subscriber_secret {
         Some(secret) => {
-            let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+            let exp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs()
                 + ctx.plan.common.max_duration.as_secs()
                 + 3600;
-            format!("/v1/assign?token={}", protocol::token::sign(secret.as_bytes(), channel, exp))
+            format!(
+                "/v1/assign?token={}",
+                protocol::token::sign(secret.as_bytes(), channel, exp)
+            )
         }
         None => format!("/v1/assign?channel={channel}"),
     };
@@ -136,7 +146,8 @@ pub async fn assign(ctx: &ClientCtx, channel: &str) -> Result<Assignment, String
     if status != 200 {
         return Err(format!("assign_http_{}", status.as_u16()));
     }
-    let mut a: Assignment = serde_json::from_slice(&body).map_err(|_| "assign_bad_body".to_string())?;
+    let mut a: Assignment =
+        serde_json::from_slice(&body).map_err(|_| "assign_bad_body".to_string())?;
     let base = ctx.plan.common.gateway.trim_end_matches('/');
     for url in [&mut a.ws_url, &mut a.poll_url, &mut a.sse_url] {
         if url.starts_with('/') {
@@ -216,7 +227,11 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
             SessionEnd::Stopped => break,
             SessionEnd::Churned => {
                 ctx.stats.dropped_on_purpose.fetch_add(1, Ordering::Relaxed);
-                let backoff = plan.churn.as_ref().map(|c| c.backoff).unwrap_or(Duration::from_millis(100));
+                let backoff = plan
+                    .churn
+                    .as_ref()
+                    .map(|c| c.backoff)
+                    .unwrap_or(Duration::from_millis(100));
                 tokio::select! { _ = ctx.stop.cancelled() => break, _ = tokio::time::sleep(jitter(backoff)) => {} }
             }
             SessionEnd::Error(kind) => {
@@ -246,7 +261,8 @@ async fn open(
         Transport::Sse => Conn::Sse(sse::connect(ctx, &a.sse_url, since).await?),
         Transport::Poll | Transport::Mixed => Conn::Poll(poll::connect(ctx, &a.poll_url).await?),
     };
-    ctx.stats.record_connect(started.elapsed().as_micros() as u64, assign_us);
+    ctx.stats
+        .record_connect(started.elapsed().as_micros() as u64, assign_us);
     Ok((a.worker, conn))
 }
 
@@ -260,10 +276,20 @@ mod tests {
         let slot = Slot::default();
         let mut c = SeqChecker::default();
         let t = unix_nanos() - 2_000_000;
-        on_frame(&stats, &mut c, &slot, format!(r#"{{"seq":1,"data":{{"t":{t},"i":0,"pad":""}}}}"#).as_bytes());
+        on_frame(
+            &stats,
+            &mut c,
+            &slot,
+            format!(r#"{{"seq":1,"data":{{"t":{t},"i":0,"pad":""}}}}"#).as_bytes(),
+        );
         on_frame(&stats, &mut c, &slot, br#"{"seq":2,"data":"plain text"}"#);
         on_frame(&stats, &mut c, &slot, br#"{"seq":2,"data":[1,2]}"#);
-        on_frame(&stats, &mut c, &slot, br#"{"gap":true,"epoch":3,"first_seq":9}"#);
+        on_frame(
+            &stats,
+            &mut c,
+            &slot,
+            br#"{"gap":true,"epoch":3,"first_seq":9}"#,
+        );
         on_frame(&stats, &mut c, &slot, b"garbage");
         assert_eq!((c.received, c.unique, c.duplicated, c.gaps), (3, 2, 1, 1));
         assert_eq!(slot.unique.load(Ordering::Relaxed), 2);

@@ -29,7 +29,9 @@ struct PollAnswer {
 
 pub async fn connect(ctx: &ClientCtx, url: &str) -> Result<PollConn, String> {
     let target = Target::parse(url).map_err(|_| "poll_bad_url".to_string())?;
-    let sender = http_connect(&ctx.src, &target).await.map_err(|_| "poll_connect".to_string())?;
+    let sender = http_connect(&ctx.src, &target)
+        .await
+        .map_err(|_| "poll_connect".to_string())?;
     Ok(PollConn { sender, target })
 }
 
@@ -43,7 +45,11 @@ pub async fn session(
 ) -> SessionEnd {
     let timeout = ctx.plan.clients.poll_timeout;
     loop {
-        let path = with_param(&with_param(&c.target.path, "since", since), "timeout", timeout);
+        let path = with_param(
+            &with_param(&c.target.path, "since", since),
+            "timeout",
+            timeout,
+        );
         let req = request(Method::GET, &c.target, &path, None, Bytes::new());
         let limit = Duration::from_secs(timeout + 15);
         let r = tokio::select! {

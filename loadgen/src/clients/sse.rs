@@ -26,14 +26,21 @@ pub async fn connect(ctx: &ClientCtx, url: &str, since: Option<u64>) -> Result<S
         _ => url.to_string(),
     };
     let target = Target::parse(&url).map_err(|_| "sse_bad_url".to_string())?;
-    let mut sender = http_connect(&ctx.src, &target).await.map_err(|_| "sse_connect".to_string())?;
+    let mut sender = http_connect(&ctx.src, &target)
+        .await
+        .map_err(|_| "sse_connect".to_string())?;
     let mut req = request(Method::GET, &target, &target.path, None, Bytes::new());
-    req.headers_mut()
-        .insert(hyper::header::ACCEPT, hyper::header::HeaderValue::from_static("text/event-stream"));
+    req.headers_mut().insert(
+        hyper::header::ACCEPT,
+        hyper::header::HeaderValue::from_static("text/event-stream"),
+    );
     if let (Some(s), false) = (since, first) {
         req.headers_mut().insert("last-event-id", s.into());
     }
-    let resp = sender.send_request(req).await.map_err(|_| "sse_error".to_string())?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|_| "sse_error".to_string())?;
     if resp.status() != 200 {
         return Err(format!("sse_http_{}", resp.status().as_u16()));
     }
@@ -45,7 +52,12 @@ pub async fn connect(ctx: &ClientCtx, url: &str, since: Option<u64>) -> Result<S
 }
 
 /// Reads events until stopped, churned or the stream ends.
-pub async fn session(ctx: &ClientCtx, mut c: SseConn, checker: &mut SeqChecker, slot: &Slot) -> SessionEnd {
+pub async fn session(
+    ctx: &ClientCtx,
+    mut c: SseConn,
+    checker: &mut SeqChecker,
+    slot: &Slot,
+) -> SessionEnd {
     loop {
         tokio::select! {
             _ = ctx.stop.cancelled() => return SessionEnd::Stopped,

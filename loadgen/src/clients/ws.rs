@@ -30,8 +30,15 @@ pub async fn connect(ctx: &ClientCtx, url: &str, since: Option<u64>) -> Result<W
         None => url.to_string(),
     };
     let target = Target::parse(&url).map_err(|_| "ws_bad_url".to_string())?;
-    let addr = target.resolve().await.map_err(|_| "ws_resolve".to_string())?;
-    let stream = ctx.src.connect(addr).await.map_err(|_| "ws_connect".to_string())?;
+    let addr = target
+        .resolve()
+        .await
+        .map_err(|_| "ws_resolve".to_string())?;
+    let stream = ctx
+        .src
+        .connect(addr)
+        .await
+        .map_err(|_| "ws_connect".to_string())?;
     match tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config())).await {
         Ok((ws, _resp)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => Err(format!("ws_http_{}", resp.status().as_u16())),
@@ -40,7 +47,12 @@ pub async fn connect(ctx: &ClientCtx, url: &str, since: Option<u64>) -> Result<W
 }
 
 /// Reads frames until stopped, churned or closed.
-pub async fn session(ctx: &ClientCtx, mut ws: WsConn, checker: &mut SeqChecker, slot: &Slot) -> SessionEnd {
+pub async fn session(
+    ctx: &ClientCtx,
+    mut ws: WsConn,
+    checker: &mut SeqChecker,
+    slot: &Slot,
+) -> SessionEnd {
     loop {
         tokio::select! {
             _ = ctx.stop.cancelled() => {

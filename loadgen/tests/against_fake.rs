@@ -1,0 +1,371 @@
+//! End-to-end tests of the loadgen binary against the in-test fake of the public contract:
+//! a correct fake passes with zero loss, a lossy or duplicating one is caught.
+
+mod fake;
+
+use std::path::PathBuf;
+
+use fake::{Mode, Options};
+use serde_json::Value;
+
+struct Outcome {
+    code: i32,
+    json: Value,
+    stderr: String,
+}
+
+fn tmp(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("loadgen-test-{}-{name}", std::process::id()))
+}
+
+async fn loadgen(gateway: &str, name: &str, args: &[&str]) -> Outcome {
+    let json = tmp(&format!("{name}.json"));
+    let _ = std::fs::remove_file(&json);
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(
+        [
+            "--gateway",
+            gateway,
+            "--json",
+            json.to_str().unwrap(),
+            "--max-duration",
+            "60s",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(&all)
+        .output()
+        .await
+        .expect("run loadgen");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let text = std::fs::read_to_string(&json)
+        .unwrap_or_else(|_| panic!("no JSON written; stderr:\n{stderr}"));
+    let _ = std::fs::remove_file(&json);
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(&text).expect("valid JSON"),
+        stderr,
+    }
+}
+
+fn n(v: &Value, path: &str) -> u64 {
+    path.split('.')
+        .fold(v, |v, k| &v[k])
+        .as_u64()
+        .unwrap_or_else(|| panic!("{path} is not a number in {v:#}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_ws_on_a_correct_fake_is_clean() {
+    let f = fake::start(Mode::Correct, Options::default()).await;
+    let o = loadgen(
+        &f.url(),
+        "run-ws",
+        &[
+            "run",
+            "--clients",
+            "20",
+            "--transport",
+            "ws",
+            "--rate",
+            "200/s",
+            "--duration",
+            "1s",
+            "--settle",
+            "0s",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j = &o.json;
+    assert_eq!(j["command"], "run");
+    assert!(j["passed"].as_bool().unwrap());
+    assert_eq!(n(j, "connect.first_ok"), 20);
+    let published = n(j, "publish.messages_accepted");
+    assert!(published >= 150, "published {published}");
+    assert_eq!(published, f.published());
+    let check = &j["delivery"]["check"];
+    assert_eq!(n(check, "expected"), published);
+    assert_eq!(n(check, "unique"), published);
+    assert_eq!(
+        n(check, "lost") + n(check, "duplicated") + n(check, "out_of_order") + n(check, "gaps"),
+        0
+    );
+    assert_eq!(n(j, "delivery.latency_us.count"), published);
+    assert!(n(j, "connect.time_us.p99") > 0);
+    assert_eq!(n(j, "errors.total"), 0);
+    // Memory was read from the fake's /v1/workers and /metrics.
+    let m = &j["memory"];
+    assert_eq!(m["workers"][0]["id"], "fake-1");
+    assert!(m["workers"][0]["rss_before"].as_u64().unwrap() > 0);
+    assert_eq!(n(m, "connections"), 20);
+    assert!(!j["timeline"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_mixed_batched_with_auth_is_clean() {
+    let opts = Options {
+        subscriber_secret: Some("sub-secret".into()),
+        publisher_key: Some("pub-key".into()),
+    };
+    let f = fake::start(Mode::Correct, opts).await;
+    let o = loadgen(
+        &f.url(),
+        "run-mixed",
+        &[
+            "run",
+            "--clients",
+            "12",
+            "--transport",
+            "mixed",
+            "--rate",
+            "300/s",
+            "--duration",
+            "1s",
+            "--batch",
+            "5",
+            "--pattern",
+            "random",
+            "--settle",
+            "0s",
+            "--subscriber-secret",
+            "sub-secret",
+            "--publisher-key",
+            "pub-key",
+            "--poll-timeout",
+            "2",
+            "--source-ips",
+            "127.0.1.1-127.0.1.3",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let check = &o.json["delivery"]["check"];
+    let published = n(&o.json, "publish.messages_accepted");
+    assert!(published >= 200, "published {published}");
+    assert_eq!(n(check, "expected"), published);
+    assert_eq!(
+        n(check, "lost") + n(check, "duplicated") + n(check, "out_of_order"),
+        0
+    );
+    assert_eq!(
+        n(&o.json, "publish.requests") * 5,
+        n(&o.json, "publish.messages_attempted")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_subscriber_secret_is_an_error() {
+    let opts = Options {
+        subscriber_secret: Some("right".into()),
+        publisher_key: None,
+    };
+    let f = fake::start(Mode::Correct, opts).await;
+    let o = loadgen(
+        &f.url(),
+        "auth",
+        &[
+            "connect",
+            "--clients",
+            "3",
+            "--hold",
+            "0s",
+            "--settle",
+            "0s",
+            "--subscriber-secret",
+            "wrong",
+            "--connect-timeout",
+            "1s",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(n(&o.json, "connect.first_failed"), 3);
+    assert!(n(&o.json, "errors.by_kind.assign_http_401") >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loss_is_detected() {
+    for transport in ["ws", "poll", "sse"] {
+        let f = fake::start(Mode::Lossy, Options::default()).await;
+        let o = loadgen(
+            &f.url(),
+            &format!("lossy-{transport}"),
+            &[
+                "run",
+                "--clients",
+                "5",
+                "--transport",
+                transport,
+                "--rate",
+                "100/s",
+                "--duration",
+                "1s",
+                "--settle",
+                "0s",
+                "--drain",
+                "1s",
+            ],
+        )
+        .await;
+        assert_eq!(o.code, 1, "{transport}: {}", o.stderr);
+        assert!(!o.json["passed"].as_bool().unwrap());
+        let check = &o.json["delivery"]["check"];
+        let published = n(&o.json, "publish.messages_accepted");
+        // Every fifth seq is never delivered.
+        assert!(
+            n(check, "lost") >= published / 5 - 5,
+            "{transport}: {check}"
+        );
+        assert!(n(check, "channels_with_loss") > 0);
+        assert!(o.stderr.contains("FAIL"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_detected() {
+    for transport in ["ws", "poll"] {
+        let f = fake::start(Mode::Duplicating, Options::default()).await;
+        let o = loadgen(
+            &f.url(),
+            &format!("dup-{transport}"),
+            &[
+                "run",
+                "--clients",
+                "5",
+                "--transport",
+                transport,
+                "--rate",
+                "100/s",
+                "--duration",
+                "1s",
+                "--settle",
+                "0s",
+            ],
+        )
+        .await;
+        assert_eq!(o.code, 1, "{}", o.stderr);
+        let check = &o.json["delivery"]["check"];
+        assert!(n(check, "duplicated") > 0, "{check}");
+        assert_eq!(n(check, "lost"), 0, "{check}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_loses_nothing() {
+    let f = fake::start(Mode::Correct, Options::default()).await;
+    let o = loadgen(
+        &f.url(),
+        "churn",
+        &[
+            "churn",
+            "--clients",
+            "12",
+            "--transport",
+            "mixed",
+            "--fraction",
+            "0.5",
+            "--churn-rate",
+            "30/s",
+            "--rate",
+            "200/s",
+            "--duration",
+            "2s",
+            "--backoff",
+            "20ms",
+            "--settle",
+            "0s",
+            "--poll-timeout",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j = &o.json;
+    assert!(n(j, "connect.dropped_on_purpose") >= 20, "{}", j["connect"]);
+    assert!(n(j, "connect.reconnects") >= 20);
+    let check = &j["delivery"]["check"];
+    assert_eq!(n(check, "expected"), n(j, "publish.messages_accepted"));
+    assert_eq!(
+        n(check, "lost") + n(check, "duplicated") + n(check, "out_of_order"),
+        0,
+        "{check}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_splits_into_shards_and_merges() {
+    let f = fake::start(Mode::Correct, Options::default()).await;
+    let report = tmp("report.html");
+    let o = loadgen(
+        &f.url(),
+        "shards",
+        &[
+            "connect",
+            "--clients",
+            "9",
+            "--transport",
+            "sse",
+            "--max-per-process",
+            "4",
+            "--hold",
+            "1s",
+            "--settle",
+            "0s",
+            "--source-ips",
+            "127.0.1.1-127.0.1.3",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j = &o.json;
+    assert_eq!(n(j, "shards"), 3);
+    assert_eq!(n(j, "clients"), 9);
+    assert_eq!(n(j, "connect.first_ok"), 9);
+    assert_eq!(n(j, "connect.connected_at_ready"), 9);
+    assert_eq!(n(j, "connect.time_us.count"), 9);
+    assert_eq!(n(j, "connect.per_worker.fake-1"), 9);
+    assert_eq!(n(j, "memory.connections"), 9);
+    assert_eq!(j["memory"]["workers"][0]["connections"].as_u64(), Some(9));
+    let html = std::fs::read_to_string(&report).unwrap();
+    let _ = std::fs::remove_file(&report);
+    assert!(html.contains("<svg") && html.contains("</html>"));
+    assert!(!html.contains("http://") || !html.contains("<script src"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_alone_counts_batches() {
+    let f = fake::start(Mode::Correct, Options::default()).await;
+    let o = loadgen(
+        &f.url(),
+        "publish",
+        &[
+            "publish",
+            "--rate",
+            "200/s",
+            "--duration",
+            "1s",
+            "--batch",
+            "10",
+            "--channels",
+            "7",
+            "--payload-bytes",
+            "200",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j = &o.json;
+    let accepted = n(j, "publish.messages_accepted");
+    assert!((190..=210).contains(&accepted), "accepted {accepted}");
+    assert_eq!(accepted, f.published());
+    assert_eq!(
+        n(j, "publish.requests") * 10,
+        n(j, "publish.messages_attempted")
+    );
+    assert!(j["delivery"]["check"].is_null());
+}

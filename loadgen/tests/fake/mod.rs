@@ -1,0 +1,437 @@
+//! A small in-test fake of pushgate's public contract (gateway and one worker in one hyper
+//! server): assign, ws/poll/sse with `since` resume, publish (single and NDJSON), workers,
+//! metrics. `Mode::Lossy` / `Mode::Duplicating` break delivery on purpose.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every message once, in order.
+    Correct,
+    /// Never delivers seqs with `seq % 5 == 3`.
+    Lossy,
+    /// Delivers seqs with `seq % 5 == 3` twice.
+    Duplicating,
+}
+
+impl Mode {
+    fn copies(self, seq: u64) -> usize {
+        match (self, seq % 5 == 3) {
+            (Mode::Lossy, true) => 0,
+            (Mode::Duplicating, true) => 2,
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct Options {
+    pub subscriber_secret: Option<String>,
+    pub publisher_key: Option<String>,
+}
+
+struct Chan {
+    log: Mutex<Vec<(u64, String)>>,
+    tx: watch::Sender<u64>,
+}
+
+struct State {
+    mode: Mode,
+    opts: Options,
+    addr: SocketAddr,
+    channels: Mutex<HashMap<String, Arc<Chan>>>,
+    open: Mutex<i64>,
+}
+
+pub struct Fake {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Fake {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Total messages accepted across channels.
+    pub fn published(&self) -> u64 {
+        self.state
+            .channels
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.log.lock().unwrap().len() as u64)
+            .sum()
+    }
+}
+
+/// Starts the fake on 127.0.0.1:0.
+pub async fn start(mode: Mode, opts: Options) -> Fake {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(State {
+        mode,
+        opts,
+        addr,
+        channels: Mutex::new(HashMap::new()),
+        open: Mutex::new(0),
+    });
+    let s = state.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    Fake { addr, state }
+}
+
+fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()).boxed_unsync())
+        .unwrap()
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl State {
+    fn chan(&self, name: &str) -> Arc<Chan> {
+        self.channels
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Chan {
+                    log: Mutex::new(Vec::new()),
+                    tx: watch::channel(0).0,
+                })
+            })
+            .clone()
+    }
+
+    fn publish(&self, channel: &str, data: String) -> u64 {
+        let c = self.chan(channel);
+        let mut log = c.log.lock().unwrap();
+        let seq = log.len() as u64 + 1;
+        log.push((seq, data));
+        drop(log);
+        c.tx.send_replace(seq);
+        seq
+    }
+
+    /// Frames after `since`, as this mode delivers them: (seq, json).
+    fn after(&self, c: &Chan, since: u64) -> Vec<(u64, String)> {
+        let log = c.log.lock().unwrap();
+        let mut out = Vec::new();
+        for (seq, data) in log.iter().filter(|(s, _)| *s > since) {
+            for _ in 0..self.mode.copies(*seq) {
+                out.push((*seq, format!(r#"{{"seq":{seq},"data":{data}}}"#)));
+            }
+        }
+        out
+    }
+
+    /// The channel a subscriber request is for, checking its token when auth is on.
+    fn subscriber_channel(&self, q: &HashMap<String, String>) -> Result<String, StatusCode> {
+        match &self.opts.subscriber_secret {
+            Some(secret) => {
+                let token = q.get("token").ok_or(StatusCode::UNAUTHORIZED)?;
+                protocol::token::decode(secret.as_bytes(), token, now())
+                    .map(|c| c.channel)
+                    .map_err(|e| StatusCode::from_u16(e.status()).unwrap())
+            }
+            None => q.get("channel").cloned().ok_or(StatusCode::BAD_REQUEST),
+        }
+    }
+
+    fn publisher_ok(&self, req: &Request<Incoming>) -> bool {
+        match &self.opts.publisher_key {
+            None => true,
+            Some(k) => req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v == format!("Bearer {k}")),
+        }
+    }
+}
+
+async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let q = query(&req);
+    let r = match (req.method().as_str(), path.as_str()) {
+        ("GET", "/v1/assign") => {
+            let channel = match s.subscriber_channel(&q) {
+                Ok(c) => c,
+                Err(st) => return Ok(full(st, r#"{"error":"auth"}"#)),
+            };
+            let auth = match q.get("token") {
+                Some(t) => format!("channel={channel}&token={t}"),
+                None => format!("channel={channel}"),
+            };
+            let a = s.addr;
+            full(
+                StatusCode::OK,
+                format!(
+                    r#"{{"worker":"fake-1","ws_url":"ws://{a}/v1/ws?{auth}","poll_url":"http://{a}/v1/poll?{auth}","sse_url":"http://{a}/v1/sse?{auth}","expires_in":60}}"#
+                ),
+            )
+        }
+        ("GET", "/v1/ws") => ws(s, req, q),
+        ("GET", "/v1/poll") => poll(s, q).await,
+        ("GET", "/v1/sse") => sse(s, req, q),
+        ("POST", "/v1/publish") => {
+            if !s.publisher_ok(&req) {
+                return Ok(full(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"unauthorized"}"#,
+                ));
+            }
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let mut accepted = 0;
+            let mut rejected = Vec::new();
+            for (i, line) in String::from_utf8_lossy(&body).lines().enumerate() {
+                match serde_json::from_str::<serde_json::Value>(line) {
+                    Ok(v) if v["channel"].is_string() => {
+                        s.publish(v["channel"].as_str().unwrap(), v["data"].to_string());
+                        accepted += 1;
+                    }
+                    _ => rejected.push(format!(r#"{{"line":{i},"error":"bad line"}}"#)),
+                }
+            }
+            full(
+                StatusCode::OK,
+                format!(
+                    r#"{{"accepted":{accepted},"rejected":[{}]}}"#,
+                    rejected.join(",")
+                ),
+            )
+        }
+        ("POST", p) if p.starts_with("/v1/publish/") => {
+            if !s.publisher_ok(&req) {
+                return Ok(full(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"unauthorized"}"#,
+                ));
+            }
+            let channel = p["/v1/publish/".len()..].to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let data = match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(v) => v.to_string(),
+                Err(_) => serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
+                    .to_string(),
+            };
+            let seq = s.publish(&channel, data);
+            full(StatusCode::ACCEPTED, format!(r#"{{"seq":{seq}}}"#))
+        }
+        ("GET", "/v1/workers") => {
+            let open = *s.open.lock().unwrap();
+            full(
+                StatusCode::OK,
+                format!(
+                    r#"{{"workers":[{{"id":"fake-1","addresses":["{}"],"connections":{open},"capacity":100000,"state":"healthy"}}]}}"#,
+                    s.addr
+                ),
+            )
+        }
+        ("GET", "/metrics") => {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            let kb: u64 = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            full(
+                StatusCode::OK,
+                format!(
+                    "# TYPE process_resident_memory_bytes gauge\nprocess_resident_memory_bytes {}\n",
+                    kb * 1024
+                ),
+            )
+        }
+        _ => full(StatusCode::NOT_FOUND, r#"{"error":"not_found"}"#),
+    };
+    Ok(r)
+}
+
+fn ws(s: Arc<State>, mut req: Request<Incoming>, q: HashMap<String, String>) -> Response<Body> {
+    let channel = match s.subscriber_channel(&q) {
+        Ok(c) => c,
+        Err(st) => return full(st, r#"{"error":"auth"}"#),
+    };
+    let since: u64 = q
+        .get("since")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(u64::MAX);
+    let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
+        return full(StatusCode::BAD_REQUEST, r#"{"error":"not a websocket"}"#);
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        let c = s.chan(&channel);
+        *s.open.lock().unwrap() += 1;
+        let mut rx = c.tx.subscribe();
+        // Without `since`, only live messages: start after the current last seq.
+        let mut sent = if since == u64::MAX {
+            *rx.borrow_and_update()
+        } else {
+            since
+        };
+        'outer: loop {
+            rx.borrow_and_update();
+            for (seq, frame) in s.after(&c, sent) {
+                if ws.send(Message::text(frame)).await.is_err() {
+                    break 'outer;
+                }
+                sent = sent.max(seq);
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                m = ws.next() => match m {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    _ => {}
+                },
+            }
+        }
+        *s.open.lock().unwrap() -= 1;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", derive_accept_key(key.as_bytes()))
+        .body(Full::new(Bytes::new()).boxed_unsync())
+        .unwrap()
+}
+
+async fn poll(s: Arc<State>, q: HashMap<String, String>) -> Response<Body> {
+    let channel = match s.subscriber_channel(&q) {
+        Ok(c) => c,
+        Err(st) => return full(st, r#"{"error":"auth"}"#),
+    };
+    let since: u64 = q.get("since").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let timeout: u64 = q.get("timeout").and_then(|v| v.parse().ok()).unwrap_or(30);
+    let c = s.chan(&channel);
+    let mut rx = c.tx.subscribe();
+    *s.open.lock().unwrap() += 1;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout);
+    loop {
+        let last = *rx.borrow_and_update();
+        if last > since || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+    *s.open.lock().unwrap() -= 1;
+    let frames = s.after(&c, since);
+    let next = c.log.lock().unwrap().len() as u64;
+    let next = next.max(since);
+    let msgs: Vec<String> = frames.into_iter().map(|(_, f)| f).collect();
+    full(
+        StatusCode::OK,
+        format!(r#"{{"messages":[{}],"next":{next}}}"#, msgs.join(",")),
+    )
+}
+
+fn sse(s: Arc<State>, req: Request<Incoming>, q: HashMap<String, String>) -> Response<Body> {
+    let channel = match s.subscriber_channel(&q) {
+        Ok(c) => c,
+        Err(st) => return full(st, r#"{"error":"auth"}"#),
+    };
+    let header: Option<u64> = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let since = header.or_else(|| q.get("since").and_then(|v| v.parse().ok()));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    tokio::spawn(async move {
+        let c = s.chan(&channel);
+        *s.open.lock().unwrap() += 1;
+        let mut w = c.tx.subscribe();
+        let mut sent = since.unwrap_or_else(|| *w.borrow_and_update());
+        let _ = tx.send(Bytes::from_static(b": hello\n\n")).await;
+        'outer: loop {
+            w.borrow_and_update();
+            for (seq, frame) in s.after(&c, sent) {
+                if tx
+                    .send(Bytes::from(format!("id: {seq}\ndata: {frame}\n\n")))
+                    .await
+                    .is_err()
+                {
+                    break 'outer;
+                }
+                sent = sent.max(seq);
+            }
+            tokio::select! {
+                r = w.changed() => if r.is_err() { break },
+                _ = tx.closed() => break,
+            }
+        }
+        *s.open.lock().unwrap() -= 1;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(stream).boxed_unsync())
+        .unwrap()
+}
