@@ -1423,6 +1423,10 @@ impl EventLoop {
                     self.body.clear();
                     self.answer_poll(key, None);
                 }
+                // Idle between requests: nothing is owed, close at once.
+                Transport::Http if conn.pending() == 0 => {
+                    self.close_now(key, CloseReason::Shutdown)
+                }
                 _ => self.close_after_flush(key, CloseReason::Shutdown),
             }
         }
