@@ -259,8 +259,10 @@ pub async fn run_process(
     }
     let check = (plan.mode == Mode::Run || plan.mode == Mode::Churn).then(|| {
         let mut t = CheckTotals::default();
+        let none = SeqChecker::default();
         for (i, p) in table.iter().enumerate() {
-            t.add_channel(&checkers[i], p);
+            // A client never started (stopped during the ramp) received nothing.
+            t.add_channel(checkers.get(i).unwrap_or(&none), p);
         }
         for c in checkers.iter().skip(table.len()) {
             t.add_channel(c, &Published::default());

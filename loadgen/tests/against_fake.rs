@@ -369,3 +369,38 @@ async fn publish_alone_counts_batches() {
     );
     assert!(j["delivery"]["check"].is_null());
 }
+
+/// Scale check (run by hand): 15,000 WebSockets over 3 shards against the fake.
+/// `cargo test -p loadgen --release --test against_fake -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn scale_15k_ws_over_3_shards() {
+    let f = fake::start(Mode::Correct, Options::default()).await;
+    let o = loadgen(
+        &f.url(),
+        "scale",
+        &[
+            "connect",
+            "--clients",
+            "15000",
+            "--transport",
+            "ws",
+            "--max-per-process",
+            "6000",
+            "--ramp",
+            "5000/s",
+            "--hold",
+            "2s",
+            "--source-ips",
+            "127.0.1.1-127.0.1.10",
+            "--max-errors",
+            "0",
+        ],
+    )
+    .await;
+    eprintln!("{}", o.stderr);
+    assert_eq!(o.code, 0);
+    assert_eq!(n(&o.json, "shards"), 3);
+    assert_eq!(n(&o.json, "connect.first_ok"), 15000);
+    assert_eq!(n(&o.json, "memory.connections"), 15000);
+}
