@@ -1221,8 +1221,7 @@ impl EventLoop {
             }
         }
         conn.channel = None;
-        conn.flags &= KEEP_ALIVE | CLOSING | WRITE_SHUT;
-        conn.flags &= !KEEP_ALIVE;
+        conn.flags &= CLOSING | WRITE_SHUT;
         metrics().open(conn.transport).dec();
         metrics().open(Transport::Http).inc();
         conn.transport = Transport::Http;
