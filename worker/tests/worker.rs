@@ -678,3 +678,70 @@ async fn shutdown_closes_websockets_with_1001_and_answers_polls() {
     assert_eq!(r.header("connection").as_deref(), Some("close"));
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_ping_websockets_and_comment_sse() {
+    let mut h = Harness::start(&["--ping-interval-secs", "1"]).await;
+    let mut ws = ws_connect(&h.ws_url("channel=hb")).await;
+    let _ = h.link.subscribed().await;
+    let m = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(m, Message::Ping(_)), "{m:?}");
+
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /v1/sse?channel=hb2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+    assert_eq!(read_until(&mut s, &mut buf, b"\n\n").await, ":\n\n");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_client_is_closed_and_counted() {
+    let mut h = Harness::start(&[
+        "--max-pending-bytes",
+        "65536",
+        "--socket-send-buffer",
+        "4096",
+    ])
+    .await;
+    let before = metric(h.addr, "pushgate_slow_client_closes_total").await;
+    // A client that never reads.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(b"GET /v1/sse?channel=slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (sub, _, _, _) = h.link.subscribed().await;
+    let payload = Bytes::from(format!("\"{}\"", "x".repeat(16 * 1024)));
+    let mut frames = Vec::new();
+    for seq in 1..=200 {
+        frames.push(Down::Deliver {
+            sub_id: sub,
+            seq,
+            data: payload.clone(),
+        });
+    }
+    h.link.send_all(frames).await;
+    // The worker gives up on it: Unsubscribe, and the counter moves.
+    match h.link.next().await {
+        Up::Unsubscribe { sub_id, .. } => assert_eq!(sub_id, sub),
+        other => panic!("{other:?}"),
+    }
+    let after = metric(h.addr, "pushgate_slow_client_closes_total").await;
+    assert!(after > before, "{before} -> {after}");
+    drop(s);
+    h.stop().await;
+}
+
+async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
+    let r = get(addr, "/metrics").await;
+    let text = String::from_utf8(r.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
