@@ -745,3 +745,37 @@ async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} missing"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_capacity_gets_503() {
+    let mut h = Harness::start(&["--capacity", "1"]).await;
+    let mut ws = ws_connect(&h.ws_url("channel=cap")).await;
+    let _ = h.link.subscribed().await;
+    // Refused at accept: the 503 is written at once (before any request is read).
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (503, Some("over_capacity"))
+    );
+    // Once the first one leaves, there is room again.
+    ws.close(None).await.unwrap();
+    assert!(matches!(h.link.next().await, Up::Unsubscribe { .. }));
+    drop(ws);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        // A refusal may arrive as a 503 or, when the request crossed the close, a reset.
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "capacity never freed");
+    }
+    h.stop().await;
+}
