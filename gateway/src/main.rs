@@ -20,9 +20,7 @@ fn main() -> anyhow::Result<()> {
     gateway::main_with_args(args)
 }
 
-/// Runs the worker built into this binary. To be replaced by `worker::main_with_args(args)`
-/// once the `worker` crate is a dependency of `gateway`.
+/// Runs the worker built into this binary (same flags as the `worker` binary).
 fn run_worker_subcommand(args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
-    let _ = args;
-    anyhow::bail!("worker subcommand not built in (run the `worker` binary instead)")
+    worker::main_with_args(args)
 }

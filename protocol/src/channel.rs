@@ -44,7 +44,10 @@ mod tests {
     #[test]
     fn refuses_the_rest() {
         assert_eq!(validate_channel(""), Err(ChannelError::Empty));
-        assert_eq!(validate_channel(&"a".repeat(129)), Err(ChannelError::TooLong));
+        assert_eq!(
+            validate_channel(&"a".repeat(129)),
+            Err(ChannelError::TooLong)
+        );
         for bad in ["a b", "a/b", "ä", "a?b", "a%20", "a\n"] {
             assert_eq!(validate_channel(bad), Err(ChannelError::BadChar), "{bad:?}");
         }

@@ -89,7 +89,10 @@ mod tests {
     #[test]
     fn non_json_becomes_a_string() {
         assert_eq!(&payload_to_data(b"hello world")[..], br#""hello world""#);
-        assert_eq!(&payload_to_data(b"line1\nline\"2")[..], br#""line1\nline\"2""#);
+        assert_eq!(
+            &payload_to_data(b"line1\nline\"2")[..],
+            br#""line1\nline\"2""#
+        );
         assert_eq!(&payload_to_data(b"")[..], br#""""#);
     }
 
@@ -102,7 +105,8 @@ mod tests {
         out.clear();
         write_gap(&mut out, 9, 3);
         assert_eq!(out, br#"{"gap":true,"epoch":9,"first_seq":3}"#);
-        let v: serde_json::Value = serde_json::from_str(&error_body("bad_channel", "no \"")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&error_body("bad_channel", "no \"")).unwrap();
         assert_eq!(v["error"], "bad_channel");
         assert_eq!(v["message"], "no \"");
     }

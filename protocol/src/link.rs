@@ -54,7 +54,9 @@ pub struct Hello {
 pub enum Up {
     Hello(Hello),
     /// Heartbeat with the current load; sent every second.
-    Load { connections: u64 },
+    Load {
+        connections: u64,
+    },
     /// A client connection wants `channel`'s messages with `seq > since` (live only when
     /// `since` is `None`). `epoch` is the epoch the client last saw, when it told us.
     /// `sub_id` is the worker's handle for the connection; every `Down` for it carries it.
@@ -65,7 +67,10 @@ pub enum Up {
         channel: String,
     },
     /// The connection behind `sub_id` is gone (or its long-poll was answered).
-    Unsubscribe { sub_id: u64, channel: String },
+    Unsubscribe {
+        sub_id: u64,
+        channel: String,
+    },
 }
 
 /// Why the gateway tells a worker to drop a subscriber.
@@ -425,7 +430,10 @@ mod tests {
             epoch: 77,
             last_seq: 12,
             gap_first_seq: Some(3),
-            messages: vec![(3, Bytes::from_static(b"1")), (4, Bytes::from_static(b"\"x\""))],
+            messages: vec![
+                (3, Bytes::from_static(b"1")),
+                (4, Bytes::from_static(b"\"x\"")),
+            ],
         });
         roundtrip_down(Down::Deliver {
             sub_id: 9,
@@ -459,8 +467,14 @@ mod tests {
     fn bad_frames_are_errors_not_panics() {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
         assert!(matches!(split_frame(&mut buf), Err(LinkError::TooLarge(_))));
-        assert_eq!(Down::decode(Bytes::from_static(&[99])), Err(LinkError::UnknownKind(99)));
-        assert_eq!(Down::decode(Bytes::from_static(&[DOWN_DELIVER, 0, 0])), Err(LinkError::Truncated));
+        assert_eq!(
+            Down::decode(Bytes::from_static(&[99])),
+            Err(LinkError::UnknownKind(99))
+        );
+        assert_eq!(
+            Down::decode(Bytes::from_static(&[DOWN_DELIVER, 0, 0])),
+            Err(LinkError::Truncated)
+        );
         assert_eq!(Up::decode(Bytes::new()), Err(LinkError::Truncated));
     }
 }

@@ -75,11 +75,12 @@ pub fn decode(secret: &[u8], token: &str, now: u64) -> Result<Claims, TokenError
     // Expiry is checked below against the caller's clock, so tests can move time.
     validation.validate_exp = false;
     validation.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
-        .map_err(|e| match e.kind() {
-            jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
-            _ => TokenError::Invalid,
-        })?;
+    let data =
+        jsonwebtoken::decode::<Claims>(token, &DecodingKey::from_secret(secret), &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm => TokenError::WrongAlgorithm,
+                _ => TokenError::Invalid,
+            })?;
     if data.claims.exp <= now {
         return Err(TokenError::Expired);
     }
@@ -115,7 +116,10 @@ mod tests {
         assert_eq!(verify(SECRET, &t, "c2", 10), Err(TokenError::WrongChannel));
         assert_eq!(verify(b"other", &t, "c1", 10), Err(TokenError::Invalid));
         assert_eq!(verify(SECRET, "", "c1", 10), Err(TokenError::Missing));
-        assert_eq!(verify(SECRET, "garbage", "c1", 10), Err(TokenError::Invalid));
+        assert_eq!(
+            verify(SECRET, "garbage", "c1", 10),
+            Err(TokenError::Invalid)
+        );
         assert_eq!(TokenError::WrongChannel.status(), 403);
         assert_eq!(TokenError::Expired.status(), 401);
     }
@@ -127,20 +131,31 @@ mod tests {
         assert!(verify(SECRET, &none, "c1", 10).is_err());
         let hs512 = jsonwebtoken::encode(
             &Header::new(Algorithm::HS512),
-            &Claims { channel: "c1".into(), exp: 99999999999 },
+            &Claims {
+                channel: "c1".into(),
+                exp: 99999999999,
+            },
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();
-        assert_eq!(verify(SECRET, &hs512, "c1", 10), Err(TokenError::WrongAlgorithm));
+        assert_eq!(
+            verify(SECRET, &hs512, "c1", 10),
+            Err(TokenError::WrongAlgorithm)
+        );
     }
 
     mod base64_helpers {
         /// Unpadded base64url, enough to hand-build a token in a test.
         pub fn b64(input: &[u8]) -> String {
-            const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+            const A: &[u8; 64] =
+                b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
             let mut out = String::new();
             for chunk in input.chunks(3) {
-                let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+                let b = [
+                    chunk[0],
+                    *chunk.get(1).unwrap_or(&0),
+                    *chunk.get(2).unwrap_or(&0),
+                ];
                 let n = (b[0] as u32) << 16 | (b[1] as u32) << 8 | b[2] as u32;
                 for i in 0..=chunk.len() {
                     out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);

@@ -1,0 +1,231 @@
+//! `gateway --local-workers N` as an operator runs it: the real binary, real child worker
+//! processes, a worker killed mid-stream and restarted, nothing lost for a client that
+//! resumes with `since`, and a clean stop on SIGTERM.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Gateway {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_gateway(args: &[&str]) -> Gateway {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args([
+            "--listen",
+            &listen,
+            "--worker-exe",
+            env!("CARGO_BIN_EXE_gateway"),
+        ])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    Gateway {
+        child,
+        base: format!("http://{listen}"),
+    }
+}
+
+async fn http_get(url: &str) -> Option<(u16, Value)> {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(url.parse().ok()?))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, serde_json::from_slice(&body).ok()?))
+}
+
+async fn http_post(url: &str, body: &str) -> (u16, Value) {
+    use http_body_util::BodyExt;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Full<bytes::Bytes>>();
+    let req = hyper::Request::post(url)
+        .body(http_body_util::Full::new(bytes::Bytes::from(
+            body.to_string(),
+        )))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+/// Waits until `n` workers are healthy; returns the /v1/workers body.
+async fn wait_healthy(base: &str, n: usize, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some((200, v)) = http_get(&format!("{base}/v1/workers")).await {
+            let healthy = v["workers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|w| w["state"] == "healthy")
+                .count();
+            if healthy >= n {
+                return v;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} local workers never became healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Pids of the gateway's direct children (its local workers).
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn local_workers_start_restart_and_lose_nothing() {
+    let gw = spawn_gateway(&["--local-workers", "2"]);
+    let workers = wait_healthy(&gw.base, 2, Duration::from_secs(30)).await;
+    let list = workers["workers"].as_array().unwrap();
+    let ips: Vec<String> = list
+        .iter()
+        .map(|w| {
+            w["addresses"][0]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        ips.contains(&"127.0.0.2".to_string()) && ips.contains(&"127.0.0.3".to_string()),
+        "{ips:?}"
+    );
+    let pids = children(gw.child.id());
+    assert_eq!(pids.len(), 2, "{pids:?}");
+
+    // A client on some worker sees messages, then its worker is killed.
+    let (_, a) = http_get(&format!("{}/v1/assign?channel=crash", gw.base))
+        .await
+        .unwrap();
+    let mut ws = ws_connect(a["ws_url"].as_str().unwrap()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_get(&format!("{}/v1/channels/crash", gw.base))
+        .await
+        .unwrap()
+        .1["online"]
+        != true
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        http_post(&format!("{}/v1/publish/crash", gw.base), "1")
+            .await
+            .0,
+        202
+    );
+    let m = next_json(&mut ws).await;
+    assert_eq!(m["seq"], 1);
+    let victim = list.iter().position(|w| w["id"] == a["worker"]).unwrap();
+    let victim_ip = &ips[victim];
+    let victim_pid = pids
+        .iter()
+        .copied()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(victim_ip.as_str()))
+                .unwrap_or(false)
+        })
+        .expect("the victim's pid");
+    unsafe { libc::kill(victim_pid as i32, libc::SIGKILL) };
+
+    // Published while the client has no connection: accepted and retained.
+    for i in 2..=4 {
+        assert_eq!(
+            http_post(&format!("{}/v1/publish/crash", gw.base), &i.to_string()).await,
+            (202, serde_json::json!({"seq": i}))
+        );
+    }
+    // The gateway restarts the dead worker.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now: Vec<u32> = children(gw.child.id());
+        if now.len() == 2 && !now.contains(&victim_pid) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker was not restarted: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_healthy(&gw.base, 2, Duration::from_secs(30)).await;
+    // The client comes back with since = last seq it saw and gets 2..4, in order, once.
+    let (_, a) = http_get(&format!("{}/v1/assign?channel=crash", gw.base))
+        .await
+        .unwrap();
+    let mut ws = ws_connect(&format!("{}&since=1", a["ws_url"].as_str().unwrap())).await;
+    for i in 2..=4u64 {
+        assert_eq!(
+            next_json(&mut ws).await,
+            serde_json::json!({"seq": i, "data": i})
+        );
+    }
+    assert_quiet(&mut ws, 200).await;
+
+    // SIGTERM: the gateway stops its workers and exits.
+    let mut gw = gw;
+    let all = children(gw.child.id());
+    unsafe { libc::kill(gw.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            assert!(status.success() || status.code().is_some(), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "gateway did not exit on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for p in all {
+        let alive = std::fs::read_to_string(format!("/proc/{p}/stat"))
+            .map(|s| !s.contains(") Z "))
+            .unwrap_or(false);
+        assert!(!alive, "worker {p} outlived the gateway");
+    }
+}
