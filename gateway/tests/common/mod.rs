@@ -85,7 +85,7 @@ impl Cluster {
             "--threads".into(),
             "1".into(),
         ];
-        if !extra.iter().any(|a| *a == "--listen") {
+        if !extra.contains(&"--listen") {
             args.extend(["--listen".into(), "127.0.0.1:0".into()]);
         }
         args.extend(extra.iter().map(|s| s.to_string()));
