@@ -1,6 +1,8 @@
 //! Test support: a real gateway and real workers on 127.0.0.1 port 0, plus small clients.
 #![allow(dead_code)]
 
+pub mod process;
+
 use bytes::Bytes;
 use clap::Parser;
 use futures_util::StreamExt;
