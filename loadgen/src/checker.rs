@@ -12,6 +12,8 @@ pub struct Published {
     pub min_seq: AtomicU64,
     /// Highest seq seen in a 202 answer (0 until one is seen).
     pub max_seq: AtomicU64,
+    /// Last per-channel counter put in a payload (`--target nchan`: the `i` field).
+    pub sent: AtomicU64,
 }
 
 impl Default for Published {
@@ -20,6 +22,7 @@ impl Default for Published {
             count: AtomicU64::new(0),
             min_seq: AtomicU64::new(u64::MAX),
             max_seq: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
         }
     }
 }

@@ -131,6 +131,8 @@ pub struct CommonArgs {
     /// Internal: global index of this process's first client.
     #[arg(long, hide = true, default_value_t = 0)]
     pub client_offset: u64,
+    #[command(flatten)]
+    pub target: crate::target::TargetArgs,
 }
 
 /// Flags of subcommands that open clients.
@@ -386,6 +388,7 @@ impl Plan {
         if self.mode != Mode::Publish && self.clients.clients == 0 {
             bail!("--clients must be at least 1");
         }
+        crate::target::validate(self)?;
         if self.clients.assign_connections == 0 {
             bail!("--assign-connections must be at least 1");
         }

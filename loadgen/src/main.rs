@@ -14,6 +14,7 @@ mod result;
 mod scenario;
 mod shard;
 mod stats;
+mod target;
 
 use std::io::Write as _;
 use std::process::ExitCode;

@@ -89,7 +89,7 @@ pub async fn publish_phase(
     src: Arc<SourceIps>,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    let gateway = Target::parse(&ctx.plan.common.gateway)?;
+    let gateway = Target::parse(crate::target::publish_base(&ctx.plan))?;
     let pool = Arc::new(HttpPool::new(
         gateway,
         src,
@@ -141,8 +141,16 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
     let started = Instant::now();
     if batch == 1 {
         let ch = ctx.channel_of(k, channels);
-        let path = format!("/v1/publish/{}", ctx.plan.channel(ctx.channel_base + ch));
-        let body = Bytes::from(ctx.payload(k));
+        let path = crate::target::publish_path(&ctx.plan, &ctx.plan.channel(ctx.channel_base + ch));
+        // Nchan sends the payload as is: `i` is then a per-channel counter from 1, the seq
+        // the check uses.
+        let nchan = crate::target::is_nchan(&ctx.plan);
+        let i = if nchan {
+            ctx.table[ch as usize].sent.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            k
+        };
+        let body = Bytes::from(ctx.payload(i));
         let r = pool
             .send(
                 Method::POST,
@@ -154,6 +162,11 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
             .await;
         stats.record_publish(started.elapsed().as_micros() as u64);
         match r {
+            Ok((status, _)) if nchan && (200..=202).contains(&status.as_u16()) => {
+                stats.publish_status(status.as_str(), 1);
+                ctx.table[ch as usize].accepted_seq(i);
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            }
             Ok((status, body)) if status == 202 || status == 200 => {
                 stats.publish_status(status.as_str(), 1);
                 match serde_json::from_slice::<SeqAnswer>(&body) {

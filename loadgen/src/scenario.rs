@@ -115,7 +115,7 @@ pub async fn run_process(
 
     if let Barrier::Local { before } = &mut barrier {
         if plan.mode != Mode::Publish {
-            *before = Some(memory::snapshot(&plan.common.gateway).await);
+            *before = Some(crate::target::snapshot(&plan).await);
         }
     }
 
@@ -180,7 +180,7 @@ pub async fn run_process(
         } if !stop_all.is_cancelled() => {
             let after = tokio::select! {
                 _ = stop_all.cancelled() => None,
-                a = memory::settled_snapshot(&plan.common.gateway, plan.clients.settle) => Some(a),
+                a = crate::target::settled_snapshot(&plan) => Some(a),
             };
             if let Some(after) = after {
                 let connected = stats.connected.load(Ordering::Relaxed).max(0) as u64;
@@ -223,6 +223,7 @@ pub async fn run_process(
                 channel_base: plan.common.client_offset,
                 stop: stop_all.clone(),
             });
+            crate::target::cpu_mark(&plan, "publish_start");
             let t0 = Instant::now();
             let churn_stop = CancellationToken::new();
             let churner = plan.churn.clone().map(|c| {
@@ -244,6 +245,7 @@ pub async fn run_process(
                 drain(&slots, &table, plan.drain, &stop_all).await;
             }
             deliver_secs = t0.elapsed().as_secs_f64();
+            crate::target::cpu_mark(&plan, "drained");
         }
         _ => {}
     }

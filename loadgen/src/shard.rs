@@ -130,7 +130,7 @@ pub async fn run_parent(
     let parent_args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let measure = plan.mode != Mode::Publish;
     let before = if measure {
-        Some(memory::snapshot(&plan.common.gateway).await)
+        Some(crate::target::snapshot(&plan).await)
     } else {
         None
     };
@@ -220,7 +220,7 @@ pub async fn run_parent(
     if let (Some(before), false) = (before, stop_all.is_cancelled()) {
         let after = tokio::select! {
             _ = stop_all.cancelled() => None,
-            a = memory::settled_snapshot(&plan.common.gateway, plan.clients.settle) => Some(a),
+            a = crate::target::settled_snapshot(&plan) => Some(a),
         };
         if let Some(after) = after {
             let mut per_worker = std::collections::HashMap::new();

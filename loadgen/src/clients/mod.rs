@@ -34,6 +34,17 @@ pub struct ClientCtx {
     pub initial_since: Option<u64>,
 }
 
+impl ClientCtx {
+    /// One text message (WebSocket frame / SSE event data) as the target sends it.
+    pub fn on_text(&self, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) {
+        if crate::target::is_nchan(&self.plan) {
+            crate::target::on_raw(&self.stats, checker, slot, text);
+        } else {
+            on_frame(&self.stats, checker, slot, text);
+        }
+    }
+}
+
 /// The part of a client others look at while it runs.
 #[derive(Default)]
 pub struct Slot {
@@ -162,6 +173,7 @@ enum Conn {
     Ws(ws::WsConn),
     Sse(sse::SseConn),
     Poll(poll::PollConn),
+    NchanPoll(crate::target::NchanPoll),
 }
 
 /// A client's whole life: returns what it received, for the final check.
@@ -221,6 +233,9 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
             Conn::Ws(c) => ws::session(&ctx, c, &mut checker, &slot).await,
             Conn::Sse(c) => sse::session(&ctx, c, &mut checker, &slot).await,
             Conn::Poll(c) => poll::session(&ctx, c, since.unwrap_or(0), &mut checker, &slot).await,
+            Conn::NchanPoll(c) => {
+                crate::target::nchan_poll_session(&ctx, c, &mut checker, &slot).await
+            }
         };
         ctx.stats.down(&worker);
         match end {
@@ -254,6 +269,20 @@ async fn open(
     since: Option<u64>,
     started: Instant,
 ) -> Result<(String, Conn), String> {
+    if crate::target::is_nchan(&ctx.plan) {
+        // No assign step; Nchan sends what it retains from the oldest message on, so no `since`.
+        let (ws_url, http_url) = crate::target::nchan_urls(&ctx.plan, channel);
+        let conn = match transport {
+            Transport::Ws => Conn::Ws(ws::connect(ctx, &ws_url, None).await?),
+            Transport::Sse => Conn::Sse(sse::connect(ctx, &http_url, None).await?),
+            Transport::Poll | Transport::Mixed => {
+                Conn::NchanPoll(crate::target::nchan_poll_connect(ctx, &http_url).await?)
+            }
+        };
+        ctx.stats
+            .record_connect(started.elapsed().as_micros() as u64, 0);
+        return Ok((crate::target::NCHAN_WORKER.to_string(), conn));
+    }
     let a = assign(ctx, channel).await?;
     let assign_us = started.elapsed().as_micros() as u64;
     let conn = match transport {

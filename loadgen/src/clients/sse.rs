@@ -7,7 +7,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper::Method;
 
-use super::{on_frame, ClientCtx, SessionEnd, Slot};
+use super::{ClientCtx, SessionEnd, Slot};
 use crate::checker::SeqChecker;
 use crate::net::{http_connect, request, with_param, ReqBody, Target};
 
@@ -68,7 +68,7 @@ pub async fn session(
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         for ev in c.parser.push(data) {
-                            on_frame(&ctx.stats, checker, slot, ev.data.as_bytes());
+                            ctx.on_text(checker, slot, ev.data.as_bytes());
                         }
                     }
                 }

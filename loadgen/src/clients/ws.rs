@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
-use super::{on_frame, ClientCtx, SessionEnd, Slot};
+use super::{ClientCtx, SessionEnd, Slot};
 use crate::checker::SeqChecker;
 use crate::net::{with_param, Target};
 
@@ -63,7 +63,7 @@ pub async fn session(
             m = ws.next() => match m {
                 None => return SessionEnd::Error("ws_eof".into()),
                 Some(Err(_)) => return SessionEnd::Error("ws_error".into()),
-                Some(Ok(Message::Text(t))) => on_frame(&ctx.stats, checker, slot, t.as_bytes()),
+                Some(Ok(Message::Text(t))) => ctx.on_text(checker, slot, t.as_bytes()),
                 Some(Ok(Message::Binary(_))) => ctx.stats.error("ws_binary_frame"),
                 Some(Ok(Message::Close(f))) => {
                     let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);
