@@ -98,6 +98,14 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_MAX_BATCH_LINES", default_value_t = 100_000)]
     pub max_batch_lines: usize,
 
+    /// Most channels one `POST /v1/broadcast` may name.
+    #[arg(
+        long,
+        env = "PUSHGATE_MAX_BROADCAST_CHANNELS",
+        default_value_t = 100_000
+    )]
+    pub max_broadcast_channels: usize,
+
     /// A worker silent for longer than this is stale and gets no new clients.
     #[arg(long, env = "PUSHGATE_WORKER_TIMEOUT_SECS", default_value_t = 3)]
     pub worker_timeout_secs: u64,
@@ -176,6 +184,10 @@ impl Config {
         anyhow::ensure!(
             self.max_batch_lines >= 1,
             "--max-batch-lines must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_broadcast_channels >= 1,
+            "--max-broadcast-channels must be at least 1"
         );
         anyhow::ensure!(
             self.worker_timeout_secs >= 1,
@@ -272,6 +284,7 @@ impl std::fmt::Debug for Config {
             .field("max_channels", &self.max_channels)
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_batch_lines", &self.max_batch_lines)
+            .field("max_broadcast_channels", &self.max_broadcast_channels)
             .field("worker_timeout_secs", &self.worker_timeout_secs)
             .field("link_queue", &self.link_queue)
             .field("token_expires_secs", &self.token_expires_secs)

@@ -3,6 +3,7 @@
 //! upgrade. Every error is JSON `{"error":code,"message":text}`; CORS on assign (and on
 //! publish only when configured).
 
+use crate::broadcast;
 use crate::config::Config;
 use crate::link;
 use crate::metrics;
@@ -193,6 +194,7 @@ enum Route {
     Metrics,
     Assign,
     PublishBatch,
+    Broadcast,
     Publish(String),
     Channel(String),
     Workers,
@@ -208,6 +210,7 @@ impl Route {
             "/metrics" => Route::Metrics,
             "/v1/assign" => Route::Assign,
             "/v1/publish" => Route::PublishBatch,
+            "/v1/broadcast" => Route::Broadcast,
             "/v1/workers" => Route::Workers,
             protocol::link::LINK_PATH => Route::Link,
             _ => {
@@ -225,7 +228,7 @@ impl Route {
     fn allowed(&self) -> &'static str {
         match self {
             Route::Assign => "GET, OPTIONS",
-            Route::Publish(_) | Route::PublishBatch => "POST, OPTIONS",
+            Route::Publish(_) | Route::PublishBatch | Route::Broadcast => "POST, OPTIONS",
             _ => "GET",
         }
     }
@@ -237,14 +240,14 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let cors = match route {
         Route::Assign => Some(&app.subscribe_cors),
-        Route::Publish(_) | Route::PublishBatch => app.publish_cors.as_ref(),
+        Route::Publish(_) | Route::PublishBatch | Route::Broadcast => app.publish_cors.as_ref(),
         _ => None,
     };
     let method = req.method().clone();
     let mut resp = if method == Method::OPTIONS
         && matches!(
             route,
-            Route::Assign | Route::Publish(_) | Route::PublishBatch
+            Route::Assign | Route::Publish(_) | Route::PublishBatch | Route::Broadcast
         ) {
         match cors {
             Some(c) => c.preflight(
@@ -276,6 +279,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             (Route::Assign, &Method::GET) => assign(&app, req.uri().query().unwrap_or("")),
             (Route::Publish(channel), &Method::POST) => publish(&app, channel, req).await,
             (Route::PublishBatch, &Method::POST) => publish_batch(&app, req).await,
+            (Route::Broadcast, &Method::POST) => broadcast(&app, req).await,
             (Route::Channel(channel), &Method::GET) => channel_info(&app, channel).await,
             (Route::Workers, &Method::GET) => workers(&app),
             (Route::Link, &Method::GET) => upgrade_link(&app, req),
@@ -613,6 +617,89 @@ async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
     let rejected: Vec<_> = rejected
         .iter()
         .map(|r| json!({"line": r.line, "error": r.error}))
+        .collect();
+    json_resp(
+        StatusCode::OK,
+        json!({"accepted": accepted, "rejected": rejected}).to_string(),
+    )
+}
+
+/// `POST /v1/broadcast`: the same message on every listed channel, each a normal append
+/// with its own seq. The data is rendered once and the same `Bytes` goes to every channel;
+/// the store takes each shard lock once for all the channels it holds.
+async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
+    if let Some(r) = refuse_publisher(app, req.headers()) {
+        return r;
+    }
+    let body = match read_body(req, app.config.max_batch_bytes, "the broadcast").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = match broadcast::parse(
+        &body,
+        app.config.max_broadcast_channels,
+        app.config.max_message_bytes,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            let (status, code, reason) = match e {
+                broadcast::BroadcastError::Invalid(_) => {
+                    (StatusCode::BAD_REQUEST, "bad_request", "bad_request")
+                }
+                broadcast::BroadcastError::TooManyChannels(_) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_channels",
+                    "too_large",
+                ),
+                broadcast::BroadcastError::DataTooLarge(_) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "too_large",
+                ),
+            };
+            metrics::PUBLISH_REJECTED.with_label_values(&[reason]).inc();
+            return error(status, code, &e.to_string());
+        }
+    };
+    let (channels, mut rejected) = broadcast::split_channels(&parsed.channels);
+    if !rejected.is_empty() {
+        metrics::PUBLISH_REJECTED
+            .with_label_values(&["bad_channel"])
+            .inc_by(rejected.len() as u64);
+    }
+    let results = app
+        .store
+        .publish_many(
+            &channels,
+            parsed.data.clone(),
+            parsed.key.as_deref(),
+            Instant::now(),
+        )
+        .await;
+    let mut accepted = 0u64;
+    let mut published = 0u64;
+    for (channel, r) in channels.iter().zip(&results) {
+        match r {
+            Ok(p) => {
+                accepted += 1;
+                published += u64::from(!p.duplicate);
+            }
+            Err(e) => {
+                metrics::PUBLISH_REJECTED
+                    .with_label_values(&[e.code()])
+                    .inc();
+                rejected.push(broadcast::Rejected {
+                    channel: (*channel).to_owned(),
+                    error: e.code().to_owned(),
+                });
+            }
+        }
+    }
+    metrics::PUBLISH_TOTAL.inc_by(published);
+    metrics::BROADCAST_TOTAL.inc();
+    let rejected: Vec<_> = rejected
+        .iter()
+        .map(|r| json!({"channel": r.channel, "error": r.error}))
         .collect();
     json_resp(
         StatusCode::OK,

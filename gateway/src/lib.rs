@@ -4,6 +4,7 @@
 //! Thin binary, real library: `main` calls [`main_with_args`], tests and tools call [`run`]
 //! with their own listener, exactly as production does.
 
+pub mod broadcast;
 pub mod config;
 pub mod http;
 pub mod link;

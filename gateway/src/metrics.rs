@@ -53,6 +53,14 @@ pub static PUBLISH_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Broadcast requests carried out (each also counts its messages in `pushgate_publish_total`).
+pub static BROADCAST_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_broadcast_total",
+        "Broadcast requests carried out (their messages count in pushgate_publish_total).",
+    )
+});
+
 /// Publishes refused, by reason.
 pub static PUBLISH_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -151,6 +159,7 @@ pub static LOCAL_WORKER_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
 pub fn init() {
     LazyLock::force(&PUBLISH_TOTAL);
     LazyLock::force(&PUBLISH_REJECTED);
+    LazyLock::force(&BROADCAST_TOTAL);
     LazyLock::force(&MESSAGES_EVICTED);
     LazyLock::force(&STORE_BYTES);
     LazyLock::force(&STORE_CHANNELS);

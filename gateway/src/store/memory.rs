@@ -389,8 +389,7 @@ impl MemoryStore {
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
-        let i = (self.hasher.hash_one(channel) % self.shards.len() as u64) as usize;
-        lock(&self.shards[i])
+        lock(&self.shards[self.shard_index(channel)])
     }
 
     fn new_epoch(&self) -> u64 {
@@ -425,6 +424,10 @@ impl MemoryStore {
         Ok(())
     }
 
+    fn shard_index(&self, channel: &str) -> usize {
+        (self.hasher.hash_one(channel) % self.shards.len() as u64) as usize
+    }
+
     /// Synchronous core of [`Store::publish`].
     pub fn publish_now(
         &self,
@@ -435,12 +438,70 @@ impl MemoryStore {
     ) -> Result<Published, StoreError> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
+        let mut evicted = Evicted::default();
+        let r = self.append_locked(shard, channel, data, key, now, &mut evicted);
+        shard.bytes -= evicted.bytes;
+        shard.messages -= evicted.messages();
+        evicted.record();
+        shard.enforce_budget(self.shard_budget);
+        r
+    }
+
+    /// Synchronous core of [`Store::publish_many`]: channels are grouped by shard and each
+    /// shard is locked once; every channel gets a normal append (own seq, retention,
+    /// idempotency key, live delivery) sharing `data`. Results are in `channels` order.
+    pub fn publish_many_now(
+        &self,
+        channels: &[&str],
+        data: &Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> Vec<Result<Published, StoreError>> {
+        let n = self.shards.len();
+        let order = group_by_shard(channels.iter().map(|c| self.shard_index(c)), n);
+        let mut results: Vec<Result<Published, StoreError>> = vec![
+            Ok(Published {
+                seq: 0,
+                duplicate: false
+            });
+            channels.len()
+        ];
+        let mut evicted = Evicted::default();
+        for (shard_i, idxs) in order {
+            let mut guard = lock(&self.shards[shard_i]);
+            let shard = &mut *guard;
+            let mut ev = Evicted::default();
+            for &i in idxs.iter() {
+                results[i] =
+                    self.append_locked(shard, channels[i], data.clone(), key, now, &mut ev);
+            }
+            shard.bytes -= ev.bytes;
+            shard.messages -= ev.messages();
+            shard.enforce_budget(self.shard_budget);
+            drop(guard);
+            evicted.by_count += ev.by_count;
+            evicted.by_age += ev.by_age;
+        }
+        evicted.record();
+        results
+    }
+
+    /// One append under the shard lock: ensures the channel, appends, and enqueues the live
+    /// delivery. The caller settles `evicted` and the memory budget.
+    fn append_locked(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+        evicted: &mut Evicted,
+    ) -> Result<Published, StoreError> {
         self.ensure_channel(shard, channel, now)?;
         let state = shard.channels.get_mut(channel).expect("just ensured");
-        let mut evicted = Evicted::default();
         let a = state
             .log
-            .append(data.clone(), key, now, &self.retention, &mut evicted);
+            .append(data.clone(), key, now, &self.retention, evicted);
         state.last_active = now;
         if !a.duplicate {
             shard.fifo.push_back(FifoEntry {
@@ -462,10 +523,6 @@ impl MemoryStore {
                 }
             }
         }
-        shard.bytes -= evicted.bytes;
-        shard.messages -= evicted.messages();
-        evicted.record();
-        shard.enforce_budget(self.shard_budget);
         Ok(Published {
             seq: a.seq,
             duplicate: a.duplicate,
@@ -606,6 +663,23 @@ impl MemoryStore {
     }
 }
 
+/// Groups item indices by shard (`shard_of` yields each item's shard, `< shards`): the
+/// non-empty shards in ascending order, each with its items in their original order.
+pub fn group_by_shard(
+    shard_of: impl ExactSizeIterator<Item = usize>,
+    shards: usize,
+) -> Vec<(usize, Vec<usize>)> {
+    let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); shards];
+    for (i, s) in shard_of.enumerate() {
+        buckets[s].push(i);
+    }
+    buckets
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_empty())
+        .collect()
+}
+
 fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     // A panic while holding a shard lock leaves consistent-enough state (counters at worst);
     // keep serving rather than poisoning every later request.
@@ -621,6 +695,16 @@ impl Store for MemoryStore {
         now: Instant,
     ) -> impl std::future::Future<Output = Result<Published, StoreError>> + Send {
         std::future::ready(self.publish_now(channel, data, key, now))
+    }
+
+    fn publish_many(
+        &self,
+        channels: &[&str],
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> impl std::future::Future<Output = Vec<Result<Published, StoreError>>> + Send {
+        std::future::ready(self.publish_many_now(channels, &data, key, now))
     }
 
     fn subscribe(
@@ -986,6 +1070,76 @@ mod tests {
         assert!(!s.channel_info_now("c", t).online);
         // Every message is still in the store for the resume.
         assert_eq!(s.channel_info_now("c", t).buffered, 3);
+    }
+
+    #[test]
+    fn group_by_shard_keeps_order_within_a_shard() {
+        let g = group_by_shard([2usize, 0, 2, 1, 0].into_iter(), 4);
+        assert_eq!(g, vec![(0, vec![1, 4]), (1, vec![3]), (2, vec![0, 2])]);
+        assert!(group_by_shard(std::iter::empty(), 4).is_empty());
+    }
+
+    #[test]
+    fn publish_many_appends_per_channel_and_shares_the_payload() {
+        let s = MemoryStore::with_shards(
+            4,
+            Retention {
+                max_messages: 2,
+                max_age: Duration::from_secs(10),
+            },
+            1 << 20,
+            100,
+        );
+        let t = Instant::now();
+        s.publish_now("b", b("0"), None, t).unwrap();
+        let (l, mut rx) = link(64);
+        for (i, ch) in ["a", "b"].iter().enumerate() {
+            s.subscribe_now(
+                ch,
+                SubRef {
+                    link: l.clone(),
+                    sub_id: i as u64,
+                },
+                None,
+                None,
+                t,
+            )
+            .unwrap();
+            assert!(matches!(rx.try_recv().unwrap(), Down::Backlog { .. }));
+        }
+        let data = Bytes::from(vec![b'7'; 100]);
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+        let r = s.publish_many_now(&names, &data, Some("k"), t);
+        let seqs: Vec<u64> = r.iter().map(|p| p.as_ref().unwrap().seq).collect();
+        assert_eq!(seqs, [1, 2, 1, 1, 1, 1, 1, 1]);
+        assert!(r.iter().all(|p| !p.as_ref().unwrap().duplicate));
+        // Live deliveries carry the very same buffer, not a copy.
+        let mut delivered = Vec::new();
+        while let Ok(Down::Deliver {
+            sub_id,
+            seq,
+            data: d,
+        }) = rx.try_recv()
+        {
+            assert_eq!(d.as_ptr(), data.as_ptr());
+            delivered.push((sub_id, seq));
+        }
+        delivered.sort();
+        assert_eq!(delivered, [(0, 1), (1, 2)]);
+        // Idempotency key per channel; count retention per channel.
+        let again = s.publish_many_now(&["a", "b"], &data, Some("k"), t);
+        assert!(again.iter().all(|p| p.as_ref().unwrap().duplicate));
+        assert!(rx.try_recv().is_err());
+        s.publish_many_now(&["b"], &data, None, t);
+        let info = s.channel_info_now("b", t);
+        assert_eq!((info.last_seq, info.buffered), (3, 2));
+        let st = s.stats_now();
+        assert_eq!((st.channels, st.messages), (8, 9));
+        // The channel bound is per channel, not per request.
+        let small = store(1 << 20, 2);
+        let r = small.publish_many_now(&["x", "y", "z"], &data, None, t);
+        assert_eq!(r.iter().filter(|p| p.is_ok()).count(), 2);
+        assert_eq!(r.iter().filter(|p| p.is_err()).count(), 1, "{r:?}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -110,6 +110,18 @@ pub trait Store: Send + Sync + 'static {
         now: Instant,
     ) -> impl Future<Output = Result<Published, StoreError>> + Send;
 
+    /// Publishes the same `data` on every channel of `channels` (names already validated):
+    /// per channel exactly what [`Store::publish`] does (own seq, retention, idempotency
+    /// `key` per channel, live delivery), with the payload shared, not copied. Results are
+    /// in `channels` order.
+    fn publish_many(
+        &self,
+        channels: &[&str],
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> impl Future<Output = Vec<Result<Published, StoreError>>> + Send;
+
     /// Makes `sub` the channel's holder (kicking any previous one) and enqueues its
     /// `Backlog` (retained messages after `since`, gap signalled) on `sub`'s link.
     fn subscribe(
@@ -155,6 +167,18 @@ impl Store for AnyStore {
     ) -> Result<Published, StoreError> {
         match self {
             AnyStore::Memory(m) => m.publish(channel, data, key, now).await,
+        }
+    }
+
+    async fn publish_many(
+        &self,
+        channels: &[&str],
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> Vec<Result<Published, StoreError>> {
+        match self {
+            AnyStore::Memory(m) => m.publish_many(channels, data, key, now).await,
         }
     }
 
