@@ -587,3 +587,35 @@ async fn client_pings_get_pongs() {
     }
     c.stop().await;
 }
+
+#[tokio::test]
+async fn a_large_resume_backlog_is_not_mistaken_for_a_slow_client() {
+    // 90 retained messages of 60 KB = 5.4 MB, far over the worker's 64 KiB pending bound.
+    let c = start(
+        &["--retention-total-bytes", "1073741824"],
+        1,
+        &["--max-pending-bytes", "65536"],
+    )
+    .await;
+    let pad = "x".repeat(60_000);
+    for i in 1..=90u64 {
+        assert_eq!(
+            c.publish("big", &format!("{{\"i\":{i},\"pad\":\"{pad}\"}}"))
+                .await,
+            i
+        );
+    }
+    let mut ws = c.ws("big", Some(0)).await;
+    // Let the worker fill the socket before the client reads anything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 1..=90u64 {
+        let m = next_json(&mut ws).await;
+        assert_eq!(
+            (m["seq"].as_u64(), m["data"]["i"].as_u64()),
+            (Some(i), Some(i))
+        );
+    }
+    c.publish("big", "\"after\"").await;
+    assert_eq!(next_json(&mut ws).await, json!({"seq":91,"data":"after"}));
+    c.stop().await;
+}

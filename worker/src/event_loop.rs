@@ -60,6 +60,9 @@ struct Extra {
     /// Output the socket did not take yet, from `written` on.
     write: Vec<u8>,
     written: usize,
+    /// Bytes allowed on top of `--max-pending-bytes` because they are a resume backlog,
+    /// which the gateway's retention already bounds; gone when the buffer drains.
+    allowance: usize,
     /// Unread payload bytes of an ignored client data frame.
     ws_skip: u64,
 }
@@ -122,13 +125,19 @@ enum WriteErr {
 
 /// Writes `data` (after any pending bytes), keeping what the socket refuses, bounded by
 /// `max_pending`.
-fn write_conn(conn: &mut Conn, data: &[u8], max_pending: usize) -> Result<(), WriteErr> {
+fn write_conn(
+    conn: &mut Conn,
+    data: &[u8],
+    max_pending: usize,
+    allowance: usize,
+) -> Result<(), WriteErr> {
     if data.is_empty() {
         return Ok(());
     }
     if conn.pending() > 0 {
         let ex = conn.extra();
-        if ex.pending() + data.len() > max_pending {
+        ex.allowance = ex.allowance.max(allowance);
+        if ex.pending() + data.len() > max_pending + ex.allowance {
             return Err(WriteErr::Slow);
         }
         ex.write.extend_from_slice(data);
@@ -146,12 +155,13 @@ fn write_conn(conn: &mut Conn, data: &[u8], max_pending: usize) -> Result<(), Wr
     }
     if off < data.len() {
         let rest = &data[off..];
-        if rest.len() > max_pending {
+        if rest.len() > max_pending + allowance {
             return Err(WriteErr::Slow);
         }
         let ex = conn.extra();
         ex.write.clear();
         ex.written = 0;
+        ex.allowance = allowance;
         ex.write.extend_from_slice(rest);
     }
     Ok(())
@@ -252,6 +262,10 @@ pub(crate) struct EventLoop {
     // Per-batch state of the connection whose deliveries are being gathered.
     batch_count: u64,
     batch_gap: Option<(u64, u64)>,
+    /// The batch being gathered holds a Backlog: its bytes get an allowance (see `Extra`).
+    batch_backlog: bool,
+    /// Allowance for the next `send_out` (taken by it).
+    out_allowance: usize,
 }
 
 impl EventLoop {
@@ -300,6 +314,8 @@ impl EventLoop {
             sock_opts,
             batch_count: 0,
             batch_gap: None,
+            batch_backlog: false,
+            out_allowance: 0,
             shared,
         }
     }
@@ -552,7 +568,8 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        let res = write_conn(conn, &self.out, max);
+        let allowance = std::mem::take(&mut self.out_allowance);
+        let res = write_conn(conn, &self.out, max, allowance);
         if self.out.capacity() > 1 << 20 {
             self.out = Vec::with_capacity(4096);
         } else {
@@ -1064,6 +1081,7 @@ impl EventLoop {
                 self.body.clear();
                 self.batch_count = 0;
                 self.batch_gap = None;
+                self.batch_backlog = false;
             }
             match down {
                 Down::Backlog {
@@ -1073,6 +1091,7 @@ impl EventLoop {
                     messages,
                     ..
                 } => {
+                    self.batch_backlog = true;
                     let conn = &mut self.conns[key];
                     conn.flags |= LIVE | HAS_EPOCH;
                     conn.epoch = epoch;
@@ -1154,8 +1173,12 @@ impl EventLoop {
         };
         let count = std::mem::take(&mut self.batch_count);
         let gap = self.batch_gap.take();
+        let backlog = std::mem::take(&mut self.batch_backlog);
         match conn.transport {
             Transport::Ws | Transport::Sse => {
+                if backlog {
+                    self.out_allowance = self.out.len();
+                }
                 if !self.out.is_empty() && self.send_out(key) {
                     metrics().delivered.inc_by(count);
                 }
@@ -1163,6 +1186,9 @@ impl EventLoop {
             Transport::Poll => {
                 if count > 0 || gap.is_some() {
                     metrics().delivered.inc_by(count);
+                    if backlog {
+                        self.out_allowance = self.body.byte_len();
+                    }
                     self.answer_poll(key, gap);
                 }
             }

@@ -21,6 +21,11 @@ impl PollBody {
         self.count
     }
 
+    /// Bytes the answer will take, headers included (an upper bound).
+    pub fn byte_len(&self) -> usize {
+        self.buf.len() + 512
+    }
+
     /// Adds one `{"seq":N,"data":...}`.
     pub fn push(&mut self, seq: u64, data: &[u8]) {
         if self.buf.is_empty() {
