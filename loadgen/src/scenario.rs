@@ -156,6 +156,7 @@ pub async fn run_process(
             _ = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
+    crate::target::cpu_mark(&plan, "connected");
     let connect_phase_secs = if n > 0 {
         connect_start.elapsed().as_secs_f64()
     } else {

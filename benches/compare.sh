@@ -1,0 +1,311 @@
+#!/usr/bin/env bash
+# pushgate vs Nchan, side by side, in one run. Every workload runs against a freshly
+# started pushgate (gateway --local-workers 1) and a freshly started nginx + Nchan
+# (benches/nchan/nginx.conf: one worker process), one server at a time, with the same
+# loadgen command (loadgen --target nchan for Nchan). Traffic stays on 127.0.0.0/8.
+#
+#   benches/compare.sh [N=10000]
+#
+#   (a) N idle WebSockets        -> server user-space bytes per connection (Σ VmRSS growth of
+#                                   the server processes ÷ connections; loadgen --server-pid)
+#   (b) N held long-polls        -> the same
+#   (c) CHANNELS channels x 1 publish each (WebSocket subscribers, RATE/s)
+#                                -> server CPU per delivery (Σ utime+stime of the server
+#                                   processes over publish + delivery only) and publish->receive
+#                                   p50/p99, plus the loss/dup/order check
+#   (d) FANOUT subscribers, one publish each, sent as one burst -> time to the last one
+#                                   (max publish->receive latency); FANOUT=0 skips it
+#
+# Environment: CHANNELS (default N), RATE (2000), FANOUT (1000), NO_BUILD=1 (use existing
+# target/release binaries), NO_RECORD=1 (do not append to benches/RESULTS.md),
+# OUT (benches/out/compare: JSON and logs of every run).
+# Installs nothing. Needs nginx with the Nchan module (Debian/Ubuntu:
+# `apt-get install -y nginx-light libnginx-mod-nchan`), python3 and curl.
+set -euo pipefail
+
+N=${1:-10000}
+CHANNELS=${CHANNELS:-$N}
+RATE=${RATE:-2000}
+FANOUT=${FANOUT:-1000}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BIN=$ROOT/target/release
+OUT=${OUT:-$ROOT/benches/out/compare}
+TEMPLATE=$ROOT/benches/nchan/nginx.conf
+SRC_IPS=127.0.1.1-127.0.1.20
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/pushgate-compare.XXXXXX)
+
+# ---------------------------------------------------------------- prerequisites
+missing=()
+NGINX=$(command -v nginx || true)
+[ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
+[ -z "$NGINX" ] && missing+=("nginx (package nginx-light or nginx)")
+NCHAN_MODULE=""
+if command -v dpkg >/dev/null 2>&1; then
+  NCHAN_MODULE=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep 'ngx_nchan_module\.so$' | head -1 || true)
+fi
+[ -z "$NCHAN_MODULE" ] && [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] &&
+  NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+[ -z "$NCHAN_MODULE" ] && missing+=("the Nchan module (package libnginx-mod-nchan)")
+for tool in python3 curl pgrep; do
+  command -v $tool >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "compare.sh: missing: ${missing[*]}" >&2
+  echo "compare.sh: on Debian/Ubuntu: apt-get install -y nginx-light libnginx-mod-nchan python3 curl procps" >&2
+  exit 3
+fi
+
+# One process may hold at most this many files here; the servers and loadgen inherit it.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 500)) ]; then
+  echo "compare.sh: open-file limit $(ulimit -n) is too low for N=$N" >&2
+  exit 2
+fi
+
+if [ -z "${NO_BUILD:-}" ]; then
+  (cd "$ROOT" && cargo build --release -q -p gateway -p worker -p loadgen)
+fi
+
+# ---------------------------------------------------------------- process handling
+SERVER_PIDS=()   # every process we started and have not stopped yet
+cleanup() {
+  local p
+  for p in "${SERVER_PIDS[@]:-}"; do
+    [ -n "$p" ] && kill "$p" 2>/dev/null || true
+  done
+  for p in "${SERVER_PIDS[@]:-}"; do
+    [ -n "$p" ] || continue
+    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$p" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Sets: PORT, MAIN_PID (the process to stop), PIDS_ARGS (--server-pid ... of every server
+# process), TARGET_ARGS (loadgen flags that point at the server).
+start_server() {
+  local kind=$1 i
+  PORT=$(free_port)
+  case $kind in
+    nchan)
+      local d=$TMP/nchan-$PORT
+      mkdir -p "$d"
+      sed -e "s|\${NCHAN_MODULE}|$NCHAN_MODULE|g" -e "s|\${NCHAN_PORT}|$PORT|g" \
+          -e "s|\${NCHAN_DIR}|$d|g" "$TEMPLATE" >"$d/nginx.conf"
+      "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" >"$OUT/nginx-$CUR.log" 2>&1 &
+      MAIN_PID=$!
+      SERVER_PIDS+=("$MAIN_PID")
+      TARGET_ARGS=(--target nchan --nchan-url "http://127.0.0.1:$PORT")
+      for i in $(seq 100); do
+        curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
+        sleep 0.1
+      done
+      ;;
+    pushgate)
+      "$BIN/gateway" --listen "127.0.0.1:$PORT" --local-workers 1 --local-worker-ips 4 \
+        >"$OUT/gateway-$CUR.log" 2>&1 &
+      MAIN_PID=$!
+      SERVER_PIDS+=("$MAIN_PID")
+      TARGET_ARGS=(--gateway "http://127.0.0.1:$PORT")
+      for i in $(seq 100); do
+        curl -fs "http://127.0.0.1:$PORT/v1/workers" 2>/dev/null | grep -q healthy && break
+        sleep 0.1
+      done
+      ;;
+  esac
+  kill -0 "$MAIN_PID" 2>/dev/null || { echo "compare.sh: $kind did not start (see $OUT)" >&2; exit 2; }
+  local children
+  children=$(pgrep -P "$MAIN_PID" || true)
+  [ -n "$children" ] || { echo "compare.sh: $kind has no worker process" >&2; exit 2; }
+  PIDS_ARGS=(--server-pid "$MAIN_PID")
+  for i in $children; do PIDS_ARGS+=(--server-pid "$i"); done
+  SERVER_PIDS+=($children)
+}
+
+stop_server() {
+  kill "$MAIN_PID" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$MAIN_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$MAIN_PID" 2>/dev/null || true
+  wait "$MAIN_PID" 2>/dev/null || true
+  # Stray children (a worker that outlived its gateway) go too.
+  local p
+  for p in "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  SERVER_PIDS=()
+  sleep 1
+}
+
+# run_case NAME KIND loadgen-args...: fresh server, one loadgen run, server stopped.
+run_case() {
+  local name=$1 kind=$2
+  shift 2
+  CUR=$name-$kind
+  start_server "$kind"
+  local rc=0
+  timeout 600 "$BIN/loadgen" "$@" "${TARGET_ARGS[@]}" "${PIDS_ARGS[@]}" \
+    --source-ips "$SRC_IPS" --max-duration 8m --quiet --json "$OUT/$CUR.json" \
+    2>"$OUT/$CUR.stderr" || rc=$?
+  echo "$CUR rc=$rc" >>"$OUT/rc.txt"
+  echo "  $CUR: loadgen exit $rc" >&2
+  stop_server
+}
+
+: >"$OUT/rc.txt"
+DUR_C=$(python3 -c "print(f'{$CHANNELS / $RATE:.3f}s')")
+CMD_A=(connect --clients "$N" --transport ws --ramp 5000/s --hold 2s)
+CMD_B=(connect --clients "$N" --transport poll --ramp 5000/s --hold 2s --poll-timeout 120)
+CMD_C=(run --clients "$CHANNELS" --transport ws --ramp 5000/s --rate "$RATE/s"
+       --duration "$DUR_C" --drain 30s)
+CMD_D=(run --clients "$FANOUT" --transport ws --ramp 5000/s --rate "$((FANOUT * 100))/s"
+       --duration 10ms --drain 30s)
+
+echo "compare.sh: N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT; logs and JSON in $OUT" >&2
+for kind in pushgate nchan; do
+  echo "(a) $N idle WebSockets: $kind" >&2
+  run_case a "$kind" "${CMD_A[@]}"
+done
+for kind in pushgate nchan; do
+  echo "(b) $N held long-polls: $kind" >&2
+  run_case b "$kind" "${CMD_B[@]}"
+done
+for kind in pushgate nchan; do
+  echo "(c) $CHANNELS channels x 1 publish: $kind" >&2
+  run_case c "$kind" "${CMD_C[@]}"
+done
+if [ "$FANOUT" -gt 0 ]; then
+  for kind in pushgate nchan; do
+    echo "(d) $FANOUT subscribers, one burst: $kind" >&2
+    run_case d "$kind" "${CMD_D[@]}"
+  done
+fi
+
+# ---------------------------------------------------------------- table
+TABLE=$OUT/table.md
+python3 - "$OUT" "$N" "$CHANNELS" "$RATE" "$FANOUT" >"$TABLE" <<'PY'
+import json, os, sys
+out, n, channels, rate, fanout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+
+def load(name):
+    try:
+        return json.load(open(os.path.join(out, name + ".json")))
+    except Exception:
+        return None
+
+def marks(name):
+    m = {}
+    try:
+        for line in open(os.path.join(out, name + ".stderr")):
+            p = line.split()
+            if len(p) == 4 and p[0] == "SERVER_CPU":
+                m[p[1]] = (int(p[2]), int(p[3]))  # (unix ms, cpu ms)
+    except OSError:
+        pass
+    return m
+
+def cpu_ms(name, idle_corrected=False):
+    m = marks(name)
+    if "publish_start" not in m or "drained" not in m:
+        return None
+    (t0, c0), (t1, c1) = m["publish_start"], m["drained"]
+    busy = c1 - c0
+    if idle_corrected and "connected" in m and t0 > m["connected"][0]:
+        # Server CPU while idle with every client connected (settle time before publishing).
+        idle_rate = (c0 - m["connected"][1]) / (t0 - m["connected"][0])
+        busy -= idle_rate * (t1 - t0)
+    return busy
+
+def mem(r):
+    m = r and r.get("memory")
+    if not m or not m.get("connections"):
+        return None
+    return m["workers_delta_bytes"] / m["connections"]
+
+def conns(r):
+    return r and r["memory"] and r["memory"]["connections"]
+
+def lat(r, key):
+    l = r and r["delivery"]["latency_us"]
+    return l[key] / 1000 if l and l.get("count") else None
+
+def check(r):
+    c = r and r["delivery"].get("check")
+    if not c:
+        return "n/a"
+    return f'{c["received"]}/{c["expected"]} lost {c["lost"]} dup {c["duplicated"]} ooo {c["out_of_order"]}'
+
+def per_delivery(name, r, idle_corrected=False):
+    ms = cpu_ms(name, idle_corrected)
+    d = r and r["delivery"]["received"]
+    return ms * 1000 / d if ms is not None and d else None
+
+rows = []
+def row(label, p, q, unit, fmt="{:,.0f}", ratio=True):
+    f = lambda v: "n/a" if v is None else (fmt.format(v) if not isinstance(v, str) else v)
+    rt = f"{q / p:.2f}" if ratio and isinstance(p, (int, float)) and isinstance(q, (int, float)) and p else "-"
+    rows.append(f"| {label} | {f(p)} | {f(q)} | {rt} |" if not unit else f"| {label} ({unit}) | {f(p)} | {f(q)} | {rt} |")
+
+a_p, a_n = load("a-pushgate"), load("a-nchan")
+b_p, b_n = load("b-pushgate"), load("b-nchan")
+c_p, c_n = load("c-pushgate"), load("c-nchan")
+d_p, d_n = load("d-pushgate"), load("d-nchan")
+print("| workload | pushgate | Nchan | Nchan ÷ pushgate |")
+print("|---|---:|---:|---:|")
+row(f"(a) idle WebSockets connected", conns(a_p), conns(a_n), "", ratio=False)
+row(f"(a) idle WebSocket, server user space", mem(a_p), mem(a_n), "B/conn")
+row(f"(b) held long-polls connected", conns(b_p), conns(b_n), "", ratio=False)
+row(f"(b) held long-poll, server user space", mem(b_p), mem(b_n), "B/conn")
+row(f"(c) {channels} channels x 1 publish: delivered", check(c_p), check(c_n), "", ratio=False)
+row(f"(c) server CPU per delivery", per_delivery("c-pushgate", c_p), per_delivery("c-nchan", c_n), "µs", "{:,.1f}")
+row(f"(c) same, idle CPU subtracted", per_delivery("c-pushgate", c_p, True), per_delivery("c-nchan", c_n, True), "µs", "{:,.1f}")
+row(f"(c) publish→receive p50", lat(c_p, "p50"), lat(c_n, "p50"), "ms", "{:,.3f}")
+row(f"(c) publish→receive p99", lat(c_p, "p99"), lat(c_n, "p99"), "ms", "{:,.3f}")
+if fanout:
+    row(f"(d) {fanout} subscribers, 1 burst: delivered", check(d_p), check(d_n), "", ratio=False)
+    row(f"(d) time to the last one (max latency)", lat(d_p, "max"), lat(d_n, "max"), "ms", "{:,.2f}")
+    row(f"(d) publish→receive p50", lat(d_p, "p50"), lat(d_n, "p50"), "ms", "{:,.2f}")
+print("\n".join(rows))
+PY
+cat "$TABLE"
+echo "loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
+
+# ---------------------------------------------------------------- record
+if [ -z "${NO_RECORD:-}" ]; then
+  RESULTS=$ROOT/benches/RESULTS.md
+  HEADING="## pushgate vs Nchan (benches/compare.sh)"
+  last_h2=""
+  [ -f "$RESULTS" ] && last_h2=$(grep '^## ' "$RESULTS" | tail -1 || true)
+  {
+    if [ "$last_h2" != "$HEADING" ]; then
+      [ -s "$RESULTS" ] && echo
+      echo "$HEADING"
+      echo
+      echo "Each workload runs on a freshly started server, one server at a time, with the same"
+      echo "loadgen command (\`--target nchan\` for Nchan). pushgate: \`gateway --local-workers 1\`"
+      echo "(gateway + one worker process); Nchan: nginx 1.x, one worker process,"
+      echo "\`benches/nchan/nginx.conf\` (in-memory, buffer 100 messages / 10 min). Memory: Σ VmRSS"
+      echo "growth of all server processes ÷ connections. CPU: Σ utime+stime of all server"
+      echo "processes from the first publish until every message was delivered (publish handling"
+      echo "included, connect and close excluded) ÷ deliveries; \"idle CPU subtracted\" removes"
+      echo "the servers' CPU rate while idle with every client connected (the settle time before"
+      echo "publishing) × the publish+delivery time. CPU is in clock ticks (10 ms), so small runs"
+      echo "are coarse. Latency: publish (loadgen's send time in the payload) → receive, WebSocket"
+      echo "subscribers; loadgen runs on the same 2-core machine as the server."
+    fi
+    echo
+    echo "### $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "- command: \`$(cd "$ROOT" && echo "benches/compare.sh $*") \` (N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT)"
+    echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), open files $(ulimit -n)"
+    echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), Nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo unknown); pushgate $(git -C "$ROOT" rev-parse --short HEAD)"
+    echo "- loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
+    echo
+    cat "$TABLE"
+  } >>"$RESULTS"
+  echo "appended to $RESULTS" >&2
+fi
