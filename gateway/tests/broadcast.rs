@@ -345,9 +345,74 @@ async fn broadcast_latency_to_many_clients() {
         last = last.max(t);
     }
     let total = last - t0;
+    // The same request against channels that exist, and against fresh offline channels.
+    let t1 = std::time::Instant::now();
+    let r2 = c
+        .request("POST", "/v1/broadcast", &[JSON], body.clone())
+        .await;
+    let second = t1.elapsed();
+    assert_eq!(r2.json()["accepted"], n_channels as u64);
+    let fresh: Vec<String> = (0..n_channels).map(|i| format!("fresh.{i}")).collect();
+    let fresh = json!({"channels": fresh, "data": 1}).to_string();
+    let t2 = std::time::Instant::now();
+    let r3 = c.request("POST", "/v1/broadcast", &[JSON], fresh).await;
+    let offline = t2.elapsed();
+    assert_eq!(r3.json()["accepted"], n_channels as u64);
+    println!("second broadcast answered after {second:?}; to {n_channels} new offline channels after {offline:?}");
     println!(
         "broadcast to {n_channels} channels ({n_clients} live clients on 2 workers): \
          POST answered after {answered:?}, last client received after {total:?}"
     );
     c.stop().await;
+}
+
+/// Store-side cost of one broadcast to 10,000 channels (4,000 of them with a live
+/// subscriber on one link): first round creates 6,000 channels, later rounds append only.
+///
+/// `cargo test --release -p gateway --test broadcast -- --ignored --nocapture store_cost`
+#[test]
+#[ignore = "measurement; run explicitly"]
+fn broadcast_store_cost_for_10k_channels() {
+    use bytes::Bytes;
+    use gateway::link::LinkHandle;
+    use gateway::store::{MemoryStore, Retention, SubRef};
+    use std::sync::Arc;
+    use tokio::time::Instant;
+
+    let s = MemoryStore::new(
+        Retention {
+            max_messages: 100,
+            max_age: Duration::from_secs(600),
+        },
+        256 << 20,
+        10_000_000,
+    );
+    let (link, mut rx) = LinkHandle::new(Arc::from("w"), 0, 1, 262_144);
+    let names: Vec<String> = (0..10_000).map(|i| format!("lat.{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    for (i, n) in refs.iter().enumerate().take(4000) {
+        let sub = SubRef {
+            link: link.clone(),
+            sub_id: i as u64,
+        };
+        s.subscribe_now(n, sub, None, None, Instant::now()).unwrap();
+    }
+    while rx.try_recv().is_ok() {}
+    let body = json!({"channels": names, "data": {"cmd": "refresh"}}).to_string();
+    let t0 = std::time::Instant::now();
+    let parsed = gateway::broadcast::parse(body.as_bytes(), 100_000, 65_536).unwrap();
+    let (good, _) = gateway::broadcast::split_channels(&parsed.channels);
+    println!("parse + split of {} names: {:?}", good.len(), t0.elapsed());
+    let data = Bytes::from_static(br#"{"cmd":"refresh"}"#);
+    for round in 0..4 {
+        let t0 = std::time::Instant::now();
+        let r = s.publish_many_now(&refs, &data, None, Instant::now());
+        let took = t0.elapsed();
+        let mut delivered = 0;
+        while rx.try_recv().is_ok() {
+            delivered += 1;
+        }
+        assert_eq!((r.len(), delivered), (10_000, 4000));
+        println!("round {round}: publish_many of 10000 channels in {took:?}");
+    }
 }
