@@ -157,6 +157,7 @@ run_case() {
 }
 
 : >"$OUT/rc.txt"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 DUR_C=$(python3 -c "print(f'{$CHANNELS / $RATE:.3f}s')")
 CMD_A=(connect --clients "$N" --transport ws --ramp 5000/s --hold 2s)
 CMD_B=(connect --clients "$N" --transport poll --ramp 5000/s --hold 2s --poll-timeout 120)
@@ -270,6 +271,17 @@ if fanout:
     row(f"(d) time to the last one (max latency)", lat(d_p, "max"), lat(d_n, "max"), "ms", "{:,.2f}")
     row(f"(d) publish→receive p50", lat(d_p, "p50"), lat(d_n, "p50"), "ms", "{:,.2f}")
 print("\n".join(rows))
+
+def breakdown(r):
+    m = r and r.get("memory")
+    if not m or not m.get("connections"):
+        return "n/a"
+    return ", ".join(f'{w["id"]} {w["delta_bytes"] / m["connections"]:+,.0f}' for w in m["workers"])
+
+print()
+print("Per server process, RSS growth ÷ connections in B (first pid = gateway / nginx master):")
+for label, p, q in (("(a)", a_p, a_n), ("(b)", b_p, b_n)):
+    print(f"{label} pushgate: {breakdown(p)}; Nchan: {breakdown(q)}  ")
 PY
 cat "$TABLE"
 echo "loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
@@ -301,8 +313,8 @@ if [ -z "${NO_RECORD:-}" ]; then
     echo "### $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- command: \`$(cd "$ROOT" && echo "benches/compare.sh $*") \` (N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT)"
-    echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), open files $(ulimit -n)"
-    echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), Nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo unknown); pushgate $(git -C "$ROOT" rev-parse --short HEAD)"
+    echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), open files $(ulimit -n), load average before the run: $LOAD_BEFORE"
+    echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), Nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo unknown); pushgate $(git -C "$ROOT" describe --always --dirty)"
     echo "- loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
     echo
     cat "$TABLE"
