@@ -33,6 +33,8 @@ pub type Resp = Response<Full<Bytes>>;
 
 /// How long a client may take to send request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Channels of one broadcast handed to the store at a time.
+const BROADCAST_CHUNK: usize = 4096;
 /// How long open connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -667,15 +669,20 @@ async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
             .with_label_values(&["bad_channel"])
             .inc_by(rejected.len() as u64);
     }
-    let results = app
-        .store
-        .publish_many(
-            &channels,
-            parsed.data.clone(),
-            parsed.key.as_deref(),
-            Instant::now(),
-        )
-        .await;
+    // In chunks, yielding in between: a 100,000-channel broadcast does not hold a runtime
+    // thread for its whole length, and link writers start on the first chunk's deliveries.
+    let now = Instant::now();
+    let mut results = Vec::with_capacity(channels.len());
+    for (i, chunk) in channels.chunks(BROADCAST_CHUNK).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        results.extend(
+            app.store
+                .publish_many(chunk, parsed.data.clone(), parsed.key.as_deref(), now)
+                .await,
+        );
+    }
     let mut accepted = 0u64;
     let mut published = 0u64;
     for (channel, r) in channels.iter().zip(&results) {

@@ -294,40 +294,47 @@ async fn broadcast_latency_to_many_clients() {
     let n_channels = env("BROADCAST_CHANNELS", 10_000).max(n_clients);
     let c = start(&[], 2, &[]).await;
     let names: Vec<String> = (0..n_channels).map(|i| format!("lat.{i}")).collect();
-    // Connect the clients, 200 at a time.
-    let mut clients = Vec::with_capacity(n_clients);
-    for chunk in names[..n_clients].chunks(200) {
-        let mut set = Vec::new();
-        for ch in chunk {
-            let url = c.assign(ch).await["ws_url"].as_str().unwrap().to_string();
-            set.push(tokio::spawn(async move { ws_connect(&url).await }));
-        }
-        for t in set {
-            clients.push(t.await.unwrap());
-        }
+    let mut urls = Vec::with_capacity(n_clients);
+    for ch in &names[..n_clients] {
+        urls.push(c.assign(ch).await["ws_url"].as_str().unwrap().to_string());
     }
+    // The clients run on their own thread and runtime, so the gateway's runtime serves
+    // only the gateway (as in production); they share this machine's cores, though.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let clients = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            for chunk in urls.chunks(200) {
+                let set: Vec<_> = chunk
+                    .iter()
+                    .cloned()
+                    .map(|url| tokio::spawn(async move { ws_connect(&url).await }))
+                    .collect();
+                for t in set {
+                    let mut ws = t.await.unwrap();
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        while let Some(Ok(m)) = ws.next().await {
+                            if let Message::Text(_) = m {
+                                let _ = tx.send(std::time::Instant::now());
+                            }
+                        }
+                    });
+                }
+            }
+            let _ = ready_tx.send(());
+            let _ = done_rx.await;
+        });
+    });
+    ready_rx.await.unwrap();
     for ch in &names[..n_clients] {
         c.wait_online(ch).await;
     }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    for mut ws in clients {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(_))) => {
-                        let _ = tx.send(std::time::Instant::now());
-                        break;
-                    }
-                    Some(Ok(_)) => continue,
-                    _ => break,
-                }
-            }
-            // Keep the socket open until the test ends.
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
-    }
-    drop(tx);
     let body = json!({"channels": names, "data": {"cmd": "refresh"}}).to_string();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = std::time::Instant::now();
@@ -363,6 +370,8 @@ async fn broadcast_latency_to_many_clients() {
         "broadcast to {n_channels} channels ({n_clients} live clients on 2 workers): \
          POST answered after {answered:?}, last client received after {total:?}"
     );
+    let _ = done_tx.send(());
+    clients.join().unwrap();
     c.stop().await;
 }
 
