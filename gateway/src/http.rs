@@ -753,7 +753,10 @@ async fn metrics_resp(app: &App) -> Resp {
     let stats = app.store.stats().await;
     metrics::STORE_BYTES.set(stats.bytes as i64);
     metrics::STORE_CHANNELS.set(stats.channels as i64);
-    let [healthy, stale, disconnected] = app.registry.counts(Instant::now());
+    let [healthy, stale, disconnected, starting] = app.registry.counts(Instant::now());
+    metrics::WORKERS
+        .with_label_values(&["starting"])
+        .set(starting as i64);
     metrics::WORKERS
         .with_label_values(&["healthy"])
         .set(healthy as i64);

@@ -109,7 +109,7 @@ pub static WORKERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     REGISTRY
         .register(Box::new(g.clone()))
         .expect("metric registers once");
-    for s in ["healthy", "stale", "disconnected"] {
+    for s in ["starting", "healthy", "stale", "disconnected"] {
         g.with_label_values(&[s]);
     }
     g

@@ -12,6 +12,8 @@ use tokio::time::Instant;
 /// A worker's state as reported by `/v1/workers` and the `pushgate_workers` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
+    /// Link open, but no `Load` on it yet: the worker may not accept clients yet.
+    Starting,
     /// Heartbeat within the timeout: gets new clients.
     Healthy,
     /// Link open but silent for longer than the timeout: no new clients.
@@ -23,6 +25,7 @@ pub enum WorkerState {
 impl WorkerState {
     pub fn as_str(self) -> &'static str {
         match self {
+            WorkerState::Starting => "starting",
             WorkerState::Healthy => "healthy",
             WorkerState::Stale => "stale",
             WorkerState::Disconnected => "disconnected",
@@ -57,6 +60,8 @@ struct WorkerEntry {
     connections: u64,
     secure: bool,
     last_heartbeat: Instant,
+    /// A `Load` arrived on the current link (the worker sends it once its side is up).
+    ready: bool,
     generation: u64,
     link: Option<Arc<LinkHandle>>,
     assigned_since_report: u64,
@@ -96,6 +101,7 @@ impl Registry {
             Some(_) if now.saturating_duration_since(w.last_heartbeat) > self.timeout => {
                 WorkerState::Stale
             }
+            Some(_) if !w.ready => WorkerState::Starting,
             Some(_) => WorkerState::Healthy,
         }
     }
@@ -121,6 +127,7 @@ impl Registry {
                     connections: 0,
                     secure: false,
                     last_heartbeat: now,
+                    ready: false,
                     generation: 0,
                     link: None,
                     assigned_since_report: 0,
@@ -140,6 +147,7 @@ impl Registry {
         w.connections = hello.connections;
         w.secure = hello.secure;
         w.last_heartbeat = now;
+        w.ready = false;
         w.assigned_since_report = 0;
         let link = make_link(slot, w.generation, w.id.clone());
         w.link = Some(link.clone());
@@ -153,6 +161,7 @@ impl Registry {
             Some(w) if w.generation == link.generation && w.link.is_some() => {
                 w.connections = connections;
                 w.last_heartbeat = now;
+                w.ready = true;
                 w.assigned_since_report = 0;
                 true
             }
@@ -234,15 +243,16 @@ impl Registry {
             .collect()
     }
 
-    /// Workers per state: `[healthy, stale, disconnected]`.
-    pub fn counts(&self, now: Instant) -> [u64; 3] {
+    /// Workers per state: `[healthy, stale, disconnected, starting]`.
+    pub fn counts(&self, now: Instant) -> [u64; 4] {
         let inner = self.lock();
-        let mut c = [0; 3];
+        let mut c = [0; 4];
         for w in &inner.workers {
             c[match self.state_of(w, now) {
                 WorkerState::Healthy => 0,
                 WorkerState::Stale => 1,
                 WorkerState::Disconnected => 2,
+                WorkerState::Starting => 3,
             }] += 1;
         }
         c
@@ -273,10 +283,28 @@ mod tests {
         }
     }
 
+    /// Registers and sends the first `Load`, as a worker does once its side is up.
     fn register(r: &Registry, h: &Hello, now: Instant) -> Arc<LinkHandle> {
-        r.register(h, now, |slot, generation, id| {
+        let link = r.register(h, now, |slot, generation, id| {
             LinkHandle::new(id, slot, generation, 16).0
-        })
+        });
+        assert!(r.heartbeat(&link, h.connections, now));
+        link
+    }
+
+    #[test]
+    fn a_worker_is_starting_until_its_first_load() {
+        let r = Registry::new(Duration::from_secs(3));
+        let now = Instant::now();
+        let h = hello("w", &["127.0.0.2:1"], 10, 0);
+        let link = r.register(&h, now, |slot, generation, id| {
+            LinkHandle::new(id, slot, generation, 16).0
+        });
+        assert_eq!(r.counts(now), [0, 0, 0, 1]);
+        assert!(r.pick(now).is_none(), "a starting worker gets no clients");
+        assert!(r.heartbeat(&link, 0, now));
+        assert_eq!(r.counts(now), [1, 0, 0, 0]);
+        assert!(r.pick(now).is_some());
     }
 
     #[test]
@@ -333,10 +361,10 @@ mod tests {
         let t2 = t0 + Duration::from_secs(4);
         // a is stale (silent 4 s > 3 s), b healthy despite being busier.
         assert_eq!(&*r.pick(t2).unwrap().worker_id, "b");
-        assert_eq!(r.counts(t2), [1, 1, 0]);
+        assert_eq!(r.counts(t2), [1, 1, 0, 0]);
         r.disconnect(&b);
         assert_eq!(r.pick(t2), None);
-        assert_eq!(r.counts(t2), [0, 1, 1]);
+        assert_eq!(r.counts(t2), [0, 1, 1, 0]);
         let views = r.list(t2);
         assert_eq!(views[0].state, WorkerState::Stale);
         assert_eq!(views[1].state, WorkerState::Disconnected);
@@ -356,7 +384,7 @@ mod tests {
         assert_eq!(new.generation, old.generation + 1);
         assert!(!r.heartbeat(&old, 5, now));
         r.disconnect(&old);
-        assert_eq!(r.counts(now), [1, 0, 0]);
+        assert_eq!(r.counts(now), [1, 0, 0, 0]);
         assert_eq!(r.list(now).len(), 1);
     }
 

@@ -172,8 +172,8 @@ impl Config {
         if self.max_client_frame_bytes < 125 {
             bail!("--max-client-frame-bytes must be at least 125");
         }
-        if self.max_pending_bytes < 1024 {
-            bail!("--max-pending-bytes must be at least 1024");
+        if !(1024..=1 << 30).contains(&self.max_pending_bytes) {
+            bail!("--max-pending-bytes must be between 1024 and 1 GiB");
         }
         if self.link_queue == 0 {
             bail!("--link-queue must be positive");

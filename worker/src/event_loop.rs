@@ -59,10 +59,12 @@ struct Extra {
     read: Vec<u8>,
     /// Output the socket did not take yet, from `written` on.
     write: Vec<u8>,
-    written: usize,
+    /// u32 (with `allowance`) keeps `Extra` at 64 bytes; `--max-pending-bytes` is capped at
+    /// 1 GiB and a backlog at the link's frame limit, so both fit.
+    written: u32,
     /// Bytes allowed on top of `--max-pending-bytes` because they are a resume backlog,
     /// which the gateway's retention already bounds; gone when the buffer drains.
-    allowance: usize,
+    allowance: u32,
     /// Unread payload bytes of an ignored client data frame.
     ws_skip: u64,
 }
@@ -73,7 +75,7 @@ impl Extra {
     }
 
     fn pending(&self) -> usize {
-        self.write.len() - self.written
+        self.write.len() - self.written as usize
     }
 }
 
@@ -136,8 +138,8 @@ fn write_conn(
     }
     if conn.pending() > 0 {
         let ex = conn.extra();
-        ex.allowance = ex.allowance.max(allowance);
-        if ex.pending() + data.len() > max_pending + ex.allowance {
+        ex.allowance = ex.allowance.max(clamp_u32(allowance));
+        if ex.pending() + data.len() > max_pending + ex.allowance as usize {
             return Err(WriteErr::Slow);
         }
         ex.write.extend_from_slice(data);
@@ -161,10 +163,14 @@ fn write_conn(
         let ex = conn.extra();
         ex.write.clear();
         ex.written = 0;
-        ex.allowance = allowance;
+        ex.allowance = clamp_u32(allowance);
         ex.write.extend_from_slice(rest);
     }
     Ok(())
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    n.min(u32::MAX as usize) as u32
 }
 
 /// Writes pending bytes; frees the buffer once drained.
@@ -172,10 +178,10 @@ fn flush_conn(conn: &mut Conn) -> Result<(), WriteErr> {
     let Some(ex) = conn.extra.as_mut() else {
         return Ok(());
     };
-    while ex.written < ex.write.len() {
-        match conn.stream.write(&ex.write[ex.written..]) {
+    while (ex.written as usize) < ex.write.len() {
+        match conn.stream.write(&ex.write[ex.written as usize..]) {
             Ok(0) => return Err(WriteErr::Io),
-            Ok(n) => ex.written += n,
+            Ok(n) => ex.written += n as u32,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return Err(WriteErr::Io),

@@ -24,11 +24,13 @@ fn pick(c: &mut Criterion) {
                 connections: (i * 7919) % 50_000,
                 secure: false,
             };
-            r.register(&hello, now, |slot, generation, id| {
+            let link = r.register(&hello, now, |slot, generation, id| {
                 LinkHandle::new(id, slot, generation, 16).0
             });
+            // The first Load makes the worker healthy, as on a real link.
+            r.heartbeat(&link, hello.connections, now);
         }
-        assert_eq!(r.counts(now), [n, 0, 0]);
+        assert_eq!(r.counts(now), [n, 0, 0, 0]);
         g.bench_function(format!("{n}_workers"), |b| {
             b.iter(|| black_box(r.pick(black_box(now)).unwrap()))
         });

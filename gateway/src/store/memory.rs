@@ -6,9 +6,13 @@
 //! order of frames for a channel on a link is exactly the store's order.
 //!
 //! Memory bound: every retained message costs its data length + [`MESSAGE_OVERHEAD`] + its
-//! idempotency key length. Each shard owns `retention_total_bytes / shards` and keeps a FIFO
-//! of `(channel, epoch, seq)` in append order; past its budget it evicts oldest-first (FIFO
-//! entries already gone by count or age are skipped lazily, and compacted when they pile up).
+//! idempotency key length. The bound is store-wide: each shard keeps a FIFO of
+//! `(channel, epoch, seq)` in append order and publishes its byte count into one atomic
+//! total. A shard may grow past its share (`retention_total_bytes / shards`) while the total
+//! is under the bound, so one busy channel can use the whole budget; once the total is over,
+//! the shard being written evicts its own oldest down to its share, and then, with no lock
+//! held, every other shard over its share does the same (one lock at a time). FIFO entries
+//! already gone by count or age are skipped lazily, and compacted when they pile up.
 
 use super::{ChannelInfo, Published, Store, StoreError, StoreStats, SubRef};
 use crate::metrics;
@@ -295,6 +299,8 @@ struct Shard {
     channels: HashMap<Arc<str>, ChannelState>,
     fifo: VecDeque<FifoEntry>,
     bytes: usize,
+    /// `bytes` as last added into the store-wide total.
+    accounted: usize,
     messages: usize,
 }
 
@@ -347,7 +353,12 @@ impl Shard {
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
-    shard_budget: usize,
+    /// `--retention-total-bytes`.
+    total_budget: usize,
+    /// Fair share of one shard: a shard over it evicts when the total is over budget.
+    shard_share: usize,
+    /// Bytes retained over all shards (each shard adds its changes when settled).
+    total: AtomicUsize,
     retention: Retention,
     max_channels: usize,
     channels: AtomicUsize,
@@ -379,7 +390,9 @@ impl MemoryStore {
         MemoryStore {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
-            shard_budget: total_bytes / shards,
+            total_budget: total_bytes,
+            shard_share: total_bytes / shards,
+            total: AtomicUsize::new(0),
             retention,
             max_channels,
             channels: AtomicUsize::new(0),
@@ -443,7 +456,9 @@ impl MemoryStore {
         shard.bytes -= evicted.bytes;
         shard.messages -= evicted.messages();
         evicted.record();
-        shard.enforce_budget(self.shard_budget);
+        self.settle(shard);
+        drop(guard);
+        self.rebalance();
         r
     }
 
@@ -477,12 +492,13 @@ impl MemoryStore {
             }
             shard.bytes -= ev.bytes;
             shard.messages -= ev.messages();
-            shard.enforce_budget(self.shard_budget);
+            self.settle(shard);
             drop(guard);
             evicted.by_count += ev.by_count;
             evicted.by_age += ev.by_age;
         }
         evicted.record();
+        self.rebalance();
         results
     }
 
@@ -569,6 +585,7 @@ impl MemoryStore {
         shard.bytes -= evicted.bytes;
         shard.messages -= evicted.messages();
         evicted.record();
+        self.settle(shard);
         Ok(())
     }
 
@@ -607,7 +624,52 @@ impl MemoryStore {
         shard.bytes -= evicted.bytes;
         shard.messages -= evicted.messages();
         evicted.record();
+        self.settle(shard);
         info
+    }
+
+    /// Adds `shard`'s byte changes into the store-wide total and, when the total is over
+    /// the bound, evicts the shard's oldest messages down to its share (or until the total
+    /// fits). Always drops stale FIFO entries.
+    fn settle(&self, shard: &mut Shard) {
+        self.account(shard);
+        let total = self.total.load(Ordering::Relaxed);
+        let target = if total > self.total_budget && shard.bytes > self.shard_share {
+            shard
+                .bytes
+                .saturating_sub(total - self.total_budget)
+                .max(self.shard_share)
+        } else {
+            usize::MAX
+        };
+        shard.enforce_budget(target);
+        self.account(shard);
+    }
+
+    fn account(&self, shard: &mut Shard) {
+        if shard.bytes >= shard.accounted {
+            self.total
+                .fetch_add(shard.bytes - shard.accounted, Ordering::Relaxed);
+        } else {
+            self.total
+                .fetch_sub(shard.accounted - shard.bytes, Ordering::Relaxed);
+        }
+        shard.accounted = shard.bytes;
+    }
+
+    /// When the total is still over the bound, brings every shard down to its share, one
+    /// lock at a time (called with no shard lock held).
+    fn rebalance(&self) {
+        if self.total.load(Ordering::Relaxed) <= self.total_budget {
+            return;
+        }
+        for shard in self.shards.iter() {
+            if self.total.load(Ordering::Relaxed) <= self.total_budget {
+                break;
+            }
+            let mut guard = lock(shard);
+            self.settle(&mut guard);
+        }
     }
 
     /// Synchronous core of [`Store::sweep`]: visits a quarter of the shards per call (so a
@@ -647,7 +709,7 @@ impl MemoryStore {
         shard.bytes -= evicted.bytes;
         shard.messages -= evicted.messages();
         evicted.record();
-        shard.enforce_budget(self.shard_budget);
+        self.settle(shard);
     }
 
     /// Synchronous core of [`Store::stats`].
@@ -900,6 +962,39 @@ mod tests {
             total,
             max_channels,
         )
+    }
+
+    #[test]
+    fn one_busy_channel_may_use_the_whole_budget_and_the_total_holds() {
+        // 64 shards: a channel's shard owns 1/64 of the bound, but while the total fits, one
+        // channel keeps everything its own retention allows.
+        let per = 10 + MESSAGE_OVERHEAD;
+        let big = Retention {
+            max_messages: 1000,
+            max_age: Duration::from_secs(600),
+        };
+        let s = MemoryStore::with_shards(64, big, per * 640, 10_000);
+        let t = Instant::now();
+        for _ in 0..600 {
+            s.publish_now("hot", b("0123456789"), None, t).unwrap();
+        }
+        assert_eq!(
+            s.channel_info_now("hot", t).buffered,
+            600,
+            "evicted under the bound"
+        );
+        // Past the total, other channels' appends bring it back, whichever shard they hit.
+        for i in 0..400 {
+            s.publish_now(&format!("c{i}"), b("0123456789"), None, t)
+                .unwrap();
+        }
+        let st = s.stats_now();
+        assert!(st.bytes <= (per * 640) as u64, "{} > bound", st.bytes);
+        assert_eq!(s.total.load(Ordering::Relaxed) as u64, st.bytes);
+        // The hot channel lost its oldest messages; the newcomers kept theirs.
+        let hot = s.channel_info_now("hot", t).buffered;
+        assert!(hot < 600, "{hot}");
+        assert_eq!(s.channel_info_now("c399", t).buffered, 1);
     }
 
     #[test]

@@ -195,6 +195,9 @@ impl FakeWorker {
             Down::Welcome { .. } => {}
             other => panic!("expected Welcome, got {other:?}"),
         }
+        // A real worker sends its first Load once its side of the link is up; until then
+        // the gateway lists it as `starting` and assigns it no clients.
+        self.send(Up::Load { connections: 0 }).await;
     }
 
     pub async fn subscribe(
