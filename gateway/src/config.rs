@@ -48,6 +48,12 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_SUBSCRIBER_SECRET", hide_env_values = true)]
     pub subscriber_secret: Option<String>,
 
+    /// Key workers must present (`Authorization: Bearer`) to open a link; unset with
+    /// `--local-workers`: a random one is made and given to them; unset otherwise: any
+    /// host that reaches this port may register as a worker.
+    #[arg(long, env = "PUSHGATE_LINK_KEY", hide_env_values = true)]
+    pub link_key: Option<String>,
+
     /// Origins allowed by CORS on assign (and, passed on to workers, poll and SSE).
     #[arg(
         long = "allow-origin",
@@ -275,6 +281,7 @@ impl std::fmt::Debug for Config {
                 "subscriber_secret",
                 &self.subscriber_secret.as_ref().map(|_| "***"),
             )
+            .field("link_key", &self.link_key.as_ref().map(|_| "***"))
             .field("allow_origins", &self.allow_origins)
             .field("publish_allow_origins", &self.publish_allow_origins)
             .field("retention_messages", &self.retention_messages)

@@ -797,6 +797,21 @@ fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
         );
         return r;
     }
+    if let Some(key) = &app.config.link_key {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "link_key",
+                "a worker link needs the gateway's link key (Authorization: Bearer <key>)",
+            );
+        }
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     let app2 = app.clone();
     app.tracker.spawn(async move {

@@ -34,10 +34,14 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// configured; then stops accepting, closes links, stops local workers and returns.
 pub async fn run(
     listener: tokio::net::TcpListener,
-    config: Config,
+    mut config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     config.validate()?;
+    if config.link_key.is_none() && config.local_workers > 0 {
+        // Local workers get a key of their own, so nobody else can pose as one.
+        config.link_key = Some(format!("{:032x}", rand::random::<u128>()));
+    }
     metrics::init();
     let addr = listener.local_addr().context("listener address")?;
     let store = AnyStore::Memory(MemoryStore::new(
@@ -122,6 +126,9 @@ where
             warn!("no --subscriber-secret: subscribing is open to anyone");
         } else if config.publisher_keys.is_empty() {
             warn!("no --publisher-key: publishing is open to anyone");
+        }
+        if config.link_key.is_none() && config.local_workers == 0 {
+            warn!("no --link-key: any host that reaches {addr} can register as a worker");
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -54,6 +54,9 @@ pub fn worker_specs(config: &Config, gateway_addr: SocketAddr) -> anyhow::Result
     if let Some(secret) = &config.subscriber_secret {
         env.push(("PUSHGATE_SUBSCRIBER_SECRET".to_owned(), secret.clone()));
     }
+    if let Some(key) = &config.link_key {
+        env.push(("PUSHGATE_LINK_KEY".to_owned(), key.clone()));
+    }
     let mut specs = Vec::new();
     for i in 0..config.local_workers {
         let id = format!("local-{i}");

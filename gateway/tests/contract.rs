@@ -614,3 +614,25 @@ async fn a_large_resume_backlog_is_not_mistaken_for_a_slow_client() {
     assert_eq!(next_json(&mut ws).await, json!({"seq":91,"data":"after"}));
     c.stop().await;
 }
+
+#[tokio::test]
+async fn worker_links_need_the_link_key_when_one_is_set() {
+    let mut c = start(&["--link-key", "k-123"], 0, &[]).await;
+    for auth in [None, Some("Bearer wrong"), Some("k-123")] {
+        let mut headers = vec![("Connection", "Upgrade"), ("Upgrade", "pushgate-link/1")];
+        if let Some(a) = auth {
+            headers.push(("Authorization", a));
+        }
+        let r = c
+            .request("GET", "/v1/link", &headers, bytes::Bytes::new())
+            .await;
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert_eq!(r.json()["error"], "link_key");
+    }
+    c.add_worker("good", &["--link-key", "k-123"]).await;
+    c.wait_workers(1).await;
+    let workers = c.get("/v1/workers").await.json();
+    assert_eq!(workers["workers"].as_array().unwrap().len(), 1, "{workers}");
+    assert_eq!(workers["workers"][0]["id"], "good");
+    c.stop().await;
+}

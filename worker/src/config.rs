@@ -42,6 +42,11 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_SUBSCRIBER_SECRET", hide_env_values = true)]
     pub subscriber_secret: Option<String>,
 
+    /// Shared key presented to the gateway when opening the link (the gateway's
+    /// `--link-key`); needed when the gateway has one.
+    #[arg(long, env = "PUSHGATE_LINK_KEY", hide_env_values = true)]
+    pub link_key: Option<String>,
+
     /// Origins allowed for browser clients (repeatable; `*` allows any).
     #[arg(
         long,
@@ -114,6 +119,7 @@ impl std::fmt::Debug for Config {
                 "subscriber_secret",
                 &self.subscriber_secret.as_ref().map(|_| "<masked>"),
             )
+            .field("link_key", &self.link_key.as_ref().map(|_| "<masked>"))
             .field("allow_origin", &self.allow_origin)
             .field("threads", &self.threads)
             .field("backlog", &self.backlog)

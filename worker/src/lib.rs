@@ -156,6 +156,7 @@ impl Worker {
             addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
             host,
             port,
+            link_key: self.shared.config.link_key.clone(),
         };
         let shared = self.shared;
         let up_rx = self.up_rx;

@@ -31,6 +31,8 @@ pub(crate) struct LinkSetup {
     pub addrs: Vec<String>,
     pub host: String,
     pub port: u16,
+    /// Sent as `Authorization: Bearer <key>` on the upgrade.
+    pub link_key: Option<String>,
 }
 
 /// Keeps a link to the gateway up until `shutdown` is cancelled.
@@ -93,8 +95,12 @@ async fn session(
     } else {
         format!("{}:{}", setup.host, setup.port)
     };
+    let auth = match &setup.link_key {
+        Some(key) => format!("Authorization: Bearer {key}\r\n"),
+        None => String::new(),
+    };
     let req = format!(
-        "GET {LINK_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {LINK_UPGRADE}\r\n\r\n"
+        "GET {LINK_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {LINK_UPGRADE}\r\n{auth}\r\n"
     );
     stream.write_all(req.as_bytes()).await?;
 
