@@ -254,8 +254,10 @@ pub fn compare(
                 tcp_mem_pages_after: a.mem,
                 tcp_inuse_before: b.inuse,
                 tcp_inuse_after: a.inuse,
-                bytes_per_socket: (dsock > 0).then(|| dmem as f64 / dsock as f64),
-                bytes_per_connection: per_conn(dmem, connections),
+                // sockstat counts buffer pages only, host-wide: when they did not grow
+                // (idle sockets hold none, other sockets drain) there is no figure.
+                bytes_per_socket: (dsock > 0 && dmem > 0).then(|| dmem as f64 / dsock as f64),
+                bytes_per_connection: (dmem > 0).then(|| per_conn(dmem, connections)).flatten(),
             })
         }
         _ => None,

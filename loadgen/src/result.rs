@@ -460,13 +460,18 @@ impl Summary {
             if let Some(k) = &m.kernel {
                 let _ = writeln!(
                     s,
-                    "            kernel TCP mem {} -> {} pages, sockets {} -> {}: {} per socket, {} per connection",
+                    "            kernel TCP buffer mem {} -> {} pages, sockets {} -> {}: {} per socket, {} per connection{}",
                     k.tcp_mem_pages_before,
                     k.tcp_mem_pages_after,
                     k.tcp_inuse_before,
                     k.tcp_inuse_after,
                     f(k.bytes_per_socket),
-                    f(k.bytes_per_connection)
+                    f(k.bytes_per_connection),
+                    if k.bytes_per_socket.is_none() {
+                        " (socket buffers did not grow: idle sockets hold none)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
