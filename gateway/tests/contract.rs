@@ -389,10 +389,18 @@ async fn assign_picks_least_loaded_and_spreads_over_bound_ips() {
         }
         clients.push(ws_connect(&url).await);
     }
-    assert_eq!(per_worker.get("w0"), Some(&10), "{per_worker:?}");
-    assert_eq!(per_worker.get("w1"), Some(&10), "{per_worker:?}");
+    // Even within one client: a load report landing between an assign and its connect may
+    // shift one client.
+    let (w0, w1) = (
+        per_worker.get("w0").copied().unwrap_or(0),
+        per_worker.get("w1").copied().unwrap_or(0),
+    );
+    assert_eq!(w0 + w1, 20, "{per_worker:?}");
+    assert!(w0.abs_diff(w1) <= 2, "{per_worker:?}");
+    // A worker's bound IPs are handed out round-robin.
     assert_eq!(hosts.len(), 2, "{hosts:?}");
-    assert!(hosts.values().all(|n| *n == 5), "{hosts:?}");
+    let counts: Vec<usize> = hosts.values().copied().collect();
+    assert!(counts[0].abs_diff(counts[1]) <= 1, "{hosts:?}");
     c.stop().await;
 }
 
