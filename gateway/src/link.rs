@@ -41,6 +41,8 @@ pub struct LinkHandle {
     tx: mpsc::Sender<Down>,
     alive: AtomicBool,
     closed: CancellationToken,
+    /// Signalled by the writer each time it takes frames off the queue ([`Self::room`]).
+    drained: tokio::sync::Notify,
 }
 
 impl LinkHandle {
@@ -59,6 +61,7 @@ impl LinkHandle {
             tx,
             alive: AtomicBool::new(true),
             closed: CancellationToken::new(),
+            drained: tokio::sync::Notify::new(),
         });
         (handle, rx)
     }
@@ -95,15 +98,28 @@ impl LinkHandle {
     /// reader calls it before each `Subscribe`, so a reconnecting worker that resubscribes
     /// many connections at once is slowed down by TCP backpressure instead of overflowing
     /// its own queue with backlogs.
+    ///
+    /// It only watches the free space: it takes no permits, so publishes keep their queue
+    /// room while it waits (reserving permits would starve them into an overflow).
     pub async fn room(&self, n: usize) {
         let n = n.clamp(1, self.tx.max_capacity());
-        if self.tx.capacity() >= n {
-            return;
+        loop {
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.tx.capacity() >= n || !self.is_alive() {
+                return;
+            }
+            tokio::select! {
+                _ = drained => {}
+                _ = self.closed.cancelled() => return,
+            }
         }
-        tokio::select! {
-            _ = self.tx.reserve_many(n) => {}
-            _ = self.closed.cancelled() => {}
-        }
+    }
+
+    /// Wakes [`Self::room`] waiters: the writer took frames off the queue.
+    pub fn notify_drained(&self) {
+        self.drained.notify_waiters();
     }
 
     /// Marks the link dead and wakes its tasks so the connection is dropped.
@@ -290,8 +306,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if n == 0 || !link.is_alive() {
             return LinkEnd::Closed;
         }
+        link.notify_drained();
         for frame in frames.drain(..) {
             frame.encode(&mut out);
+            // Backlogs can be large: write as the buffer fills rather than holding a whole
+            // batch of them in memory at once.
+            if out.len() >= KEEP_BUFFER {
+                if let Err(e) = writer.write_all(&out).await {
+                    return e.into();
+                }
+                out.clear();
+            }
         }
         if let Err(e) = writer.write_all(&out).await {
             return e.into();
@@ -329,14 +354,26 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        for _ in 0..4 {
+        // A publish while room() waits still finds the space the writer frees: the waiter
+        // takes none of it.
+        rx.recv().await.unwrap();
+        link.notify_drained();
+        tokio::task::yield_now().await;
+        assert!(
+            link.send(deliver(100)),
+            "a publish must not be starved by room()"
+        );
+        assert!(link.is_alive());
+        assert!(!waiter.is_finished());
+        for _ in 0..5 {
             rx.recv().await.unwrap();
         }
+        link.notify_drained();
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .unwrap()
             .unwrap();
-        for i in 0..4 {
+        for i in 0..5 {
             assert!(link.send(deliver(i)));
         }
         assert!(!link.send(deliver(99)), "full queue: refused");
