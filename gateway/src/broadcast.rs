@@ -148,15 +148,7 @@ pub fn parse(
     let raw = b
         .data
         .ok_or_else(|| BroadcastError::Invalid("missing data".into()))?;
-    let json = raw.get().as_bytes();
-    let data = if json.contains(&b'\n') || json.contains(&b'\r') {
-        // JSON whitespace that would break an SSE `data:` line: re-serialize compactly.
-        let value: serde_json::Value = serde_json::from_str(raw.get())
-            .map_err(|e| BroadcastError::Invalid(format!("invalid data: {e}")))?;
-        protocol::envelope::value_to_data(&value)
-    } else {
-        Bytes::copy_from_slice(json)
-    };
+    let data = protocol::envelope::json_to_data(Bytes::copy_from_slice(raw.get().as_bytes()));
     if data.len() > max_data {
         return Err(BroadcastError::DataTooLarge(max_data));
     }

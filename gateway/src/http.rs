@@ -525,7 +525,7 @@ async fn publish(app: &App, channel: &str, req: Request<Incoming>) -> Resp {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let data = protocol::envelope::payload_to_data(&body);
+    let data = protocol::envelope::payload_to_data(body);
     match app
         .store
         .publish(channel, data, key.as_deref(), Instant::now())

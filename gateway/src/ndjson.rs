@@ -95,15 +95,7 @@ fn parse_line(text: &[u8], max_data: usize) -> Result<(String, Bytes, Option<Str
     let channel = line.channel.ok_or("missing channel")?;
     protocol::validate_channel(&channel).map_err(|e| format!("bad channel: {e}"))?;
     let raw = line.data.ok_or("missing data")?;
-    let json = raw.get().as_bytes();
-    let data = if json.contains(&b'\r') {
-        // JSON whitespace that would break an SSE `data:` line: re-serialize compactly.
-        let value: serde_json::Value =
-            serde_json::from_str(raw.get()).map_err(|e| format!("invalid data: {e}"))?;
-        protocol::envelope::value_to_data(&value)
-    } else {
-        Bytes::copy_from_slice(json)
-    };
+    let data = protocol::envelope::json_to_data(Bytes::copy_from_slice(raw.get().as_bytes()));
     if data.len() > max_data {
         return Err(format!("data exceeds {max_data} bytes"));
     }

@@ -6,25 +6,45 @@
 
 use bytes::Bytes;
 
-/// Turns a published body into the JSON text of the `data` field: the body itself when it
-/// is one valid JSON value on one line, the same value re-serialized compactly when it
-/// spans lines (SSE `data:` lines must not contain newlines), else a JSON string of the
-/// body (lossy UTF-8).
-pub fn payload_to_data(body: &[u8]) -> Bytes {
-    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+/// Turns a published body into the JSON text of the `data` field: the body itself (a
+/// zero-copy slice, trimmed) when it is one valid JSON value, compacted onto one line by
+/// [`json_to_data`] when it spans lines, else a JSON string of the body (lossy UTF-8).
+pub fn payload_to_data(body: Bytes) -> Bytes {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_ok() {
         let trimmed = body.trim_ascii();
-        if !trimmed.contains(&b'\n') && !trimmed.contains(&b'\r') {
-            return Bytes::copy_from_slice(trimmed);
-        }
-        return Bytes::from(serde_json::to_vec(&value).expect("a Value always serializes"));
+        let start = trimmed.as_ptr() as usize - body.as_ptr() as usize;
+        return json_to_data(body.slice(start..start + trimmed.len()));
     }
-    let text = String::from_utf8_lossy(body);
+    let text = String::from_utf8_lossy(&body);
     Bytes::from(serde_json::to_vec(&text).expect("a string always serializes"))
 }
 
-/// Same as [`payload_to_data`] for a value already parsed (NDJSON batch lines).
-pub fn value_to_data(value: &serde_json::Value) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).expect("a Value always serializes"))
+/// The `data` text of a JSON value already known to be valid (a batch line's or a
+/// broadcast's raw `data`): kept as it is when it has no line breaks, else compacted by
+/// dropping the whitespace outside strings (SSE `data:` lines must not break). Only
+/// whitespace goes: key order, numbers and duplicate keys stay exactly as sent.
+pub fn json_to_data(json: Bytes) -> Bytes {
+    if !json.contains(&b'\n') && !json.contains(&b'\r') {
+        return json;
+    }
+    let mut out = Vec::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in json.iter() {
+        if in_string {
+            out.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if !matches!(b, b' ' | b'\t' | b'\n' | b'\r') {
+            out.push(b);
+            in_string = b == b'"';
+        }
+    }
+    Bytes::from(out)
 }
 
 /// Appends `{"seq":N,"data":DATA}` to `out`.
@@ -73,26 +93,33 @@ fn decimal_len(mut n: u64) -> usize {
 mod tests {
     use super::*;
 
+    fn data(body: &'static [u8]) -> Bytes {
+        payload_to_data(Bytes::from_static(body))
+    }
+
     #[test]
     fn json_payload_is_kept_verbatim() {
-        assert_eq!(&payload_to_data(br#"{"a":1}"#)[..], br#"{"a":1}"#);
-        assert_eq!(&payload_to_data(b" [1,2] \n")[..], b"[1,2]");
-        assert_eq!(&payload_to_data(b"42")[..], b"42");
+        assert_eq!(&data(br#"{"a":1}"#)[..], br#"{"a":1}"#);
+        assert_eq!(&data(b" [1,2] \n")[..], b"[1,2]");
+        assert_eq!(&data(b"42")[..], b"42");
     }
 
     #[test]
     fn multiline_json_is_compacted() {
-        assert_eq!(&payload_to_data(b"{\n  \"a\": 1\n}")[..], br#"{"a":1}"#);
+        assert_eq!(&data(b"{\n  \"a\": 1\n}")[..], br#"{"a":1}"#);
+        // Only whitespace goes: key order, big numbers, spaces and escapes in strings stay.
+        let sent = b"{\n  \"z\": 123456789012345678901234567890,\n  \"a\": \"x y \\\" \\\\\"\n}";
+        assert_eq!(
+            &data(sent)[..],
+            br#"{"z":123456789012345678901234567890,"a":"x y \" \\"}"#
+        );
     }
 
     #[test]
     fn non_json_becomes_a_string() {
-        assert_eq!(&payload_to_data(b"hello world")[..], br#""hello world""#);
-        assert_eq!(
-            &payload_to_data(b"line1\nline\"2")[..],
-            br#""line1\nline\"2""#
-        );
-        assert_eq!(&payload_to_data(b"")[..], br#""""#);
+        assert_eq!(&data(b"hello world")[..], br#""hello world""#);
+        assert_eq!(&data(b"line1\nline\"2")[..], br#""line1\nline\"2""#);
+        assert_eq!(&data(b"")[..], br#""""#);
     }
 
     #[test]

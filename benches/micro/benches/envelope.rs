@@ -9,7 +9,7 @@ use std::hint::black_box;
 fn write(c: &mut Criterion) {
     let mut g = c.benchmark_group("envelope/write_message");
     for size in [64usize, 1024] {
-        let data = payload_to_data(&json_payload(size));
+        let data = payload_to_data(json_payload(size));
         let mut out = Vec::with_capacity(4096);
         let mut seq = 1_000_000u64;
         g.throughput(Throughput::Elements(1));
@@ -32,10 +32,10 @@ fn to_data(c: &mut Criterion) {
         let text = text_payload(size);
         g.throughput(Throughput::Bytes(size as u64));
         g.bench_function(format!("json_{size}B"), |b| {
-            b.iter(|| payload_to_data(black_box(&json)))
+            b.iter(|| payload_to_data(black_box(json.clone())))
         });
         g.bench_function(format!("text_{size}B"), |b| {
-            b.iter(|| payload_to_data(black_box(&text)))
+            b.iter(|| payload_to_data(black_box(text.clone())))
         });
     }
     g.finish();

@@ -20,7 +20,7 @@ fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("link_codec");
     g.throughput(Throughput::Elements(BATCH));
     for size in [64usize, 1024] {
-        let data = payload_to_data(&json_payload(size));
+        let data = payload_to_data(json_payload(size));
         let mut out = Vec::with_capacity(BATCH as usize * (size + 64));
         g.bench_function(format!("encode_deliver_1000x{size}B"), |b| {
             b.iter(|| {

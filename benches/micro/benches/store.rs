@@ -77,7 +77,7 @@ fn publish_timed(
 }
 
 fn publish(c: &mut Criterion) {
-    let data = payload_to_data(&json_payload(64));
+    let data = payload_to_data(json_payload(64));
     let mut g = c.benchmark_group("store/publish");
     g.throughput(Throughput::Elements(1));
     for n_channels in [1usize, 10_000] {
@@ -141,7 +141,7 @@ fn publish(c: &mut Criterion) {
 }
 
 fn subscribe(c: &mut Criterion) {
-    let data = payload_to_data(&json_payload(64));
+    let data = payload_to_data(json_payload(64));
     let mut g = c.benchmark_group("store/subscribe");
     let s = store();
     let now = Instant::now();
@@ -179,7 +179,7 @@ fn subscribe(c: &mut Criterion) {
 }
 
 fn channel_log(c: &mut Criterion) {
-    let data = payload_to_data(&json_payload(64));
+    let data = payload_to_data(json_payload(64));
     let mut g = c.benchmark_group("store/channel_log");
     g.throughput(Throughput::Elements(1));
     let mut log = ChannelLog::new(1);

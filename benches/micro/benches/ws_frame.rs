@@ -12,7 +12,7 @@ fn frames(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     // 64 B: 2-byte header; 1 KiB: 16-bit length; 70 KiB: 64-bit length.
     for size in [64usize, 1024, 70 * 1024] {
-        let data = payload_to_data(&json_payload(size));
+        let data = payload_to_data(json_payload(size));
         let mut out = Vec::with_capacity(128 * 1024);
         let mut seq = 1_000_000u64;
         g.bench_function(format!("{size}B"), |b| {
@@ -27,7 +27,7 @@ fn frames(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("ws_frame/batch");
-    let data = payload_to_data(&json_payload(64));
+    let data = payload_to_data(json_payload(64));
     let mut out = Vec::with_capacity(256 * 1024);
     g.throughput(Throughput::Elements(1000));
     g.bench_function("1000x64B", |b| {
@@ -44,7 +44,7 @@ fn frames(c: &mut Criterion) {
 
 fn others(c: &mut Criterion) {
     let mut g = c.benchmark_group("ws_frame/other");
-    let data = payload_to_data(&json_payload(64));
+    let data = payload_to_data(json_payload(64));
     let mut out = Vec::with_capacity(4096);
     g.bench_function("handshake", |b| {
         b.iter(|| {

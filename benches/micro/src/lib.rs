@@ -19,23 +19,23 @@ pub const WARM_UP: Duration = Duration::from_millis(500);
 pub const SAMPLES: usize = 20;
 
 /// `n` bytes of a JSON object, `{"k":"xxxx..."}`, the shape a backend typically publishes.
-pub fn json_payload(n: usize) -> Vec<u8> {
+pub fn json_payload(n: usize) -> bytes::Bytes {
     let overhead = br#"{"k":""}"#.len();
     let mut v = Vec::with_capacity(n);
     v.extend_from_slice(br#"{"k":""#);
     v.extend(std::iter::repeat_n(b'x', n.saturating_sub(overhead)));
     v.extend_from_slice(br#""}"#);
-    v
+    v.into()
 }
 
 /// `n` bytes of plain text (not JSON), with a quote and a newline to escape.
-pub fn text_payload(n: usize) -> Vec<u8> {
+pub fn text_payload(n: usize) -> bytes::Bytes {
     let mut v: Vec<u8> = b"plain \"text\"\n".to_vec();
     while v.len() < n {
         v.push(b'a' + (v.len() % 26) as u8);
     }
     v.truncate(n);
-    v
+    v.into()
 }
 
 #[cfg(test)]
@@ -49,9 +49,12 @@ mod tests {
         assert_eq!(text_payload(64).len(), 64);
         // Valid one-line JSON is kept verbatim; text is turned into a JSON string.
         let json = json_payload(64);
-        assert_eq!(&protocol::envelope::payload_to_data(&json)[..], &json[..]);
+        assert_eq!(
+            &protocol::envelope::payload_to_data(json.clone())[..],
+            &json[..]
+        );
         assert_ne!(
-            &protocol::envelope::payload_to_data(&text_payload(64))[..],
+            &protocol::envelope::payload_to_data(text_payload(64))[..],
             &text_payload(64)[..]
         );
     }
