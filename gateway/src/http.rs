@@ -10,7 +10,7 @@ use crate::metrics;
 use crate::ndjson;
 use crate::net;
 use crate::registry::Registry;
-use crate::store::{AnyStore, Store, StoreError};
+use crate::store::{AnyStore, Published, Store, StoreError};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -407,20 +407,20 @@ fn assign(app: &App, query: &str) -> Resp {
     json_resp(StatusCode::OK, body.to_string())
 }
 
+/// The key of an `Authorization: Bearer <key>` header (scheme case-insensitive).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
 /// Checks `Authorization: Bearer <key>` against the configured publisher keys; `Some` is
 /// the refusal to send.
 fn refuse_publisher(app: &App, headers: &HeaderMap) -> Option<Resp> {
     if app.config.publisher_keys.is_empty() {
         return None;
     }
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-        });
-    let ok = presented.is_some_and(|p| {
+    let ok = bearer(headers).is_some_and(|p| {
         app.config.publisher_keys.iter().fold(false, |acc, k| {
             acc | constant_time_eq(k.as_bytes(), p.as_bytes())
         })
@@ -591,30 +591,20 @@ async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
             .inc_by(rejected.len() as u64);
     }
     let now = Instant::now();
-    let mut accepted = 0u64;
-    let mut published = 0u64;
-    for line in lines {
-        match app
+    let mut results = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let r = app
             .store
-            .publish(&line.channel, line.data, line.key.as_deref(), now)
-            .await
-        {
-            Ok(p) => {
-                accepted += 1;
-                published += u64::from(!p.duplicate);
-            }
-            Err(e) => {
-                metrics::PUBLISH_REJECTED
-                    .with_label_values(&[e.code()])
-                    .inc();
-                rejected.push(ndjson::Rejected {
-                    line: line.line,
-                    error: e.code().to_owned(),
-                });
-            }
-        }
+            .publish(&line.channel, line.data.clone(), line.key.as_deref(), now)
+            .await;
+        results.push(r);
     }
-    metrics::PUBLISH_TOTAL.inc_by(published);
+    let accepted = tally(&results, |i, code| {
+        rejected.push(ndjson::Rejected {
+            line: lines[i].line,
+            error: code.to_owned(),
+        })
+    });
     rejected.sort_by_key(|r| r.line);
     let rejected: Vec<_> = rejected
         .iter()
@@ -624,6 +614,32 @@ async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
         StatusCode::OK,
         json!({"accepted": accepted, "rejected": rejected}).to_string(),
     )
+}
+
+/// Counts the accepted appends of a batch (NDJSON or broadcast), meters new publishes and
+/// refusals, and hands each refusal (its index, its code) to `reject`.
+fn tally(
+    results: &[Result<Published, StoreError>],
+    mut reject: impl FnMut(usize, &'static str),
+) -> u64 {
+    let mut accepted = 0;
+    let mut published = 0;
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(p) => {
+                accepted += 1;
+                published += u64::from(!p.duplicate);
+            }
+            Err(e) => {
+                metrics::PUBLISH_REJECTED
+                    .with_label_values(&[e.code()])
+                    .inc();
+                reject(i, e.code());
+            }
+        }
+    }
+    metrics::PUBLISH_TOTAL.inc_by(published);
+    accepted
 }
 
 /// `POST /v1/broadcast`: the same message on every listed channel, each a normal append
@@ -683,26 +699,12 @@ async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
                 .await,
         );
     }
-    let mut accepted = 0u64;
-    let mut published = 0u64;
-    for (channel, r) in channels.iter().zip(&results) {
-        match r {
-            Ok(p) => {
-                accepted += 1;
-                published += u64::from(!p.duplicate);
-            }
-            Err(e) => {
-                metrics::PUBLISH_REJECTED
-                    .with_label_values(&[e.code()])
-                    .inc();
-                rejected.push(broadcast::Rejected {
-                    channel: (*channel).to_owned(),
-                    error: e.code().to_owned(),
-                });
-            }
-        }
-    }
-    metrics::PUBLISH_TOTAL.inc_by(published);
+    let accepted = tally(&results, |i, code| {
+        rejected.push(broadcast::Rejected {
+            channel: channels[i].to_owned(),
+            error: code.to_owned(),
+        })
+    });
     metrics::BROADCAST_TOTAL.inc();
     let rejected: Vec<_> = rejected
         .iter()
@@ -798,12 +800,7 @@ fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
         return r;
     }
     if let Some(key) = &app.config.link_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+        let given = bearer(req.headers()).unwrap_or("");
         if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
             return error(
                 StatusCode::UNAUTHORIZED,

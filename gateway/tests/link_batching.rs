@@ -17,18 +17,7 @@ async fn many_delivers_are_batched_and_ordered() {
     let batches0 = gw.metric("pushgate_link_batches_sent_total").await;
 
     const N: u64 = 2000;
-    let mut body = String::new();
-    for i in 1..=N {
-        body.push_str(&format!("{{\"channel\":\"hot\",\"data\":{i}}}\n"));
-    }
-    let r = gw
-        .post(
-            "/v1/publish",
-            &[("Content-Type", "application/x-ndjson")],
-            body.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.json()["accepted"], N);
+    gw.publish_numbered("hot", N).await;
     for i in 1..=N {
         match w.recv().await {
             Down::Deliver {

@@ -15,18 +15,7 @@ async fn overflow_closes_the_link_and_resume_loses_nothing() {
     assert!(matches!(w.recv().await, Down::Backlog { .. }));
 
     const N: u64 = 20_000;
-    let mut body = String::new();
-    for i in 1..=N {
-        body.push_str(&format!("{{\"channel\":\"flood\",\"data\":{i}}}\n"));
-    }
-    let r = gw
-        .post(
-            "/v1/publish",
-            &[("Content-Type", "application/x-ndjson")],
-            body.as_bytes(),
-        )
-        .await;
-    assert_eq!(r.json()["accepted"], N);
+    gw.publish_numbered("flood", N).await;
 
     // Read what made it out before the link was closed.
     let mut last = 0;

@@ -461,10 +461,7 @@ impl MemoryStore {
         let shard = &mut *guard;
         let mut evicted = Evicted::default();
         let r = self.append_locked(shard, channel, data, key, now, &mut evicted);
-        shard.bytes -= evicted.bytes;
-        shard.messages -= evicted.messages();
-        evicted.record();
-        self.settle(shard);
+        self.finish(shard, evicted);
         drop(guard);
         self.rebalance();
         r
@@ -489,7 +486,6 @@ impl MemoryStore {
             });
             channels.len()
         ];
-        let mut evicted = Evicted::default();
         for (shard_i, idxs) in order {
             let mut guard = lock(&self.shards[shard_i]);
             let shard = &mut *guard;
@@ -498,14 +494,9 @@ impl MemoryStore {
                 results[i] =
                     self.append_locked(shard, channels[i], data.clone(), key, now, &mut ev);
             }
-            shard.bytes -= ev.bytes;
-            shard.messages -= ev.messages();
-            self.settle(shard);
+            self.finish(shard, ev);
             drop(guard);
-            evicted.by_count += ev.by_count;
-            evicted.by_age += ev.by_age;
         }
-        evicted.record();
         self.rebalance();
         results
     }
@@ -590,10 +581,7 @@ impl MemoryStore {
         if !sent {
             state.sub = None;
         }
-        shard.bytes -= evicted.bytes;
-        shard.messages -= evicted.messages();
-        evicted.record();
-        self.settle(shard);
+        self.finish(shard, evicted);
         Ok(())
     }
 
@@ -629,11 +617,17 @@ impl MemoryStore {
             last_seq: state.log.last_seq,
             buffered: state.log.len() as u64,
         };
+        self.finish(shard, evicted);
+        info
+    }
+
+    /// Settles what a locked operation evicted by count or age: the shard's counters, the
+    /// eviction metrics, and the store-wide memory bound ([`Self::settle`]).
+    fn finish(&self, shard: &mut Shard, evicted: Evicted) {
         shard.bytes -= evicted.bytes;
         shard.messages -= evicted.messages();
         evicted.record();
         self.settle(shard);
-        info
     }
 
     /// Adds `shard`'s byte changes into the store-wide total and, when the total is over
@@ -655,7 +649,11 @@ impl MemoryStore {
     }
 
     fn account(&self, shard: &mut Shard) {
-        if shard.bytes >= shard.accounted {
+        if shard.bytes == shard.accounted {
+            // No write to the shared total's cache line when nothing changed.
+            return;
+        }
+        if shard.bytes > shard.accounted {
             self.total
                 .fetch_add(shard.bytes - shard.accounted, Ordering::Relaxed);
         } else {
@@ -714,10 +712,7 @@ impl MemoryStore {
         });
         let removed = before - shard.channels.len();
         self.channels.fetch_sub(removed, Ordering::Relaxed);
-        shard.bytes -= evicted.bytes;
-        shard.messages -= evicted.messages();
-        evicted.record();
-        self.settle(shard);
+        self.finish(shard, evicted);
     }
 
     /// Synchronous core of [`Store::stats`].

@@ -53,6 +53,22 @@ impl Gw {
         http(self.addr, "POST", path, headers, body).await
     }
 
+    /// Publishes `1..=n` to `channel` in one NDJSON batch and checks all were accepted.
+    pub async fn publish_numbered(&self, channel: &str, n: u64) {
+        let mut body = String::new();
+        for i in 1..=n {
+            body.push_str(&format!("{{\"channel\":\"{channel}\",\"data\":{i}}}\n"));
+        }
+        let r = self
+            .post(
+                "/v1/publish",
+                &[("Content-Type", "application/x-ndjson")],
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(r.json()["accepted"], n);
+    }
+
     pub async fn worker(&self, id: &str, addrs: &[&str], capacity: u64) -> FakeWorker {
         let mut w = FakeWorker::connect(self.addr).await;
         w.hello(id, addrs, capacity).await;
