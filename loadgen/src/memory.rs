@@ -220,6 +220,10 @@ pub fn compare(
     let per_conn = |delta: i64, n: u64| (n > 0).then(|| delta as f64 / n as f64);
     let mut workers = Vec::new();
     let mut total = 0i64;
+    // Connections on the workers that could be read (a worker without a reading must not
+    // dilute the figure).
+    let mut measured = 0u64;
+    let mut all_read = true;
     for w in &after.workers {
         let b = before
             .workers
@@ -232,6 +236,11 @@ pub fn compare(
         };
         let n = per_worker.get(&w.id).copied().unwrap_or(0).max(0) as u64;
         total += delta.unwrap_or(0);
+        if delta.is_some() {
+            measured += n;
+        } else {
+            all_read = false;
+        }
         workers.push(WorkerMemory {
             id: w.id.clone(),
             address: w.address.clone(),
@@ -274,10 +283,10 @@ pub fn compare(
         connections,
         workers,
         workers_delta_bytes: total,
-        bytes_per_connection: if any_worker {
-            per_conn(total, connections)
-        } else {
-            None
+        bytes_per_connection: match (any_worker, all_read) {
+            (false, _) => None,
+            (true, true) => per_conn(total, connections),
+            (true, false) => per_conn(total, measured),
         },
         gateway,
         kernel,
@@ -349,5 +358,32 @@ mod tests {
         assert_eq!(m.gateway.delta_bytes, Some(50));
         let k = m.kernel.unwrap();
         assert_eq!(k.bytes_per_socket, Some(20.0 * k.page_size as f64 / 80.0));
+    }
+
+    #[test]
+    fn an_unread_worker_does_not_dilute_the_figure() {
+        let r = |id: &str, rss| WorkerReading {
+            id: id.into(),
+            address: None,
+            rss,
+            connections: None,
+        };
+        let before = Snapshot {
+            gateway_rss: None,
+            workers: vec![r("a", Some(1000)), r("b", Some(2000))],
+            sockstat: None,
+        };
+        let after = Snapshot {
+            gateway_rss: None,
+            workers: vec![r("a", Some(1000 + 300 * 10)), r("b", None)],
+            sockstat: None,
+        };
+        let per: HashMap<String, i64> = [("a".to_string(), 10), ("b".to_string(), 30)].into();
+        let m = compare(before, after, &per, 40);
+        assert_eq!(
+            m.bytes_per_connection,
+            Some(300.0),
+            "b's 30 connections were not read"
+        );
     }
 }

@@ -38,7 +38,9 @@ impl Counters {
         self.first_failed += o.first_failed;
         self.reconnects += o.reconnects;
         self.dropped_on_purpose += o.dropped_on_purpose;
-        self.peak_connected += o.peak_connected;
+        // Shards peak at different moments: their sum would overstate the peak. The merged
+        // timeline's highest second (below) and the highest single peak bound it instead.
+        self.peak_connected = self.peak_connected.max(o.peak_connected);
         self.connected_at_ready += o.connected_at_ready;
         self.publish_requests += o.publish_requests;
         self.publish_attempted += o.publish_attempted;
@@ -127,6 +129,8 @@ impl RawResult {
             }
         }
         self.timeline.sort_by_key(|t| t.t);
+        let busiest = self.timeline.iter().map(|t| t.connected).max().unwrap_or(0);
+        self.counters.peak_connected = self.counters.peak_connected.max(busiest);
         Ok(())
     }
 
