@@ -257,13 +257,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 sub_id,
                 since,
                 epoch,
+                resume,
                 channel,
             } => {
                 if protocol::validate_channel(&channel).is_err() {
                     debug!(worker = %link.worker_id, "subscribe for an invalid channel name");
                     link.send(Down::Kick {
                         sub_id,
-                        reason: KickReason::Resync,
+                        reason: KickReason::Refused,
                     });
                     continue;
                 }
@@ -272,11 +273,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     link: link.clone(),
                     sub_id,
                 };
-                if let Err(e) = app.store.subscribe(&channel, sub, since, epoch, now).await {
+                if let Err(e) = app
+                    .store
+                    .subscribe(&channel, sub, since, epoch, resume, now)
+                    .await
+                {
                     debug!(worker = %link.worker_id, error = %e, "subscribe refused");
                     link.send(Down::Kick {
                         sub_id,
-                        reason: KickReason::Resync,
+                        reason: KickReason::Refused,
                     });
                 }
             }

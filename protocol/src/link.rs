@@ -60,10 +60,13 @@ pub enum Up {
     /// A client connection wants `channel`'s messages with `seq > since` (live only when
     /// `since` is `None`). `epoch` is the epoch the client last saw, when it told us.
     /// `sub_id` is the worker's handle for the connection; every `Down` for it carries it.
+    /// `resume`: the worker re-sends this for a connection it already held when its link
+    /// came back; a newer holder of the channel then keeps it (the resumer is kicked).
     Subscribe {
         sub_id: u64,
         since: Option<u64>,
         epoch: Option<u64>,
+        resume: bool,
         channel: String,
     },
     /// The connection behind `sub_id` is gone (or its long-poll was answered).
@@ -82,6 +85,9 @@ pub enum KickReason {
     /// The gateway could not keep the subscription (e.g. its state was reset); the client
     /// should reconnect with `since`.
     Resync = 2,
+    /// The gateway refused the subscription (store full, bad channel): the client gets an
+    /// error, not an invitation to reconnect at once.
+    Refused = 3,
 }
 
 /// Frames the gateway sends to a worker.
@@ -138,12 +144,14 @@ impl Up {
                 sub_id,
                 since,
                 epoch,
+                resume,
                 channel,
             } => {
                 out.push(UP_SUBSCRIBE);
                 put_u64(out, *sub_id);
                 put_opt(out, *since);
                 put_opt(out, *epoch);
+                out.push(*resume as u8);
                 put_str(out, channel);
             }
             Up::Unsubscribe { sub_id, channel } => {
@@ -181,6 +189,7 @@ impl Up {
                 sub_id: get_u64(&mut f)?,
                 since: get_opt(&mut f)?,
                 epoch: get_opt(&mut f)?,
+                resume: get_u8(&mut f)? != 0,
                 channel: get_string(&mut f)?,
             },
             UP_UNSUBSCRIBE => Up::Unsubscribe {
@@ -269,6 +278,7 @@ impl Down {
                 let sub_id = get_u64(&mut f)?;
                 let reason = match get_u8(&mut f)? {
                     1 => KickReason::Replaced,
+                    3 => KickReason::Refused,
                     _ => KickReason::Resync,
                 };
                 Down::Kick { sub_id, reason }
@@ -416,6 +426,7 @@ mod tests {
             sub_id: u64::MAX,
             since: Some(5),
             epoch: None,
+            resume: true,
             channel: "c:1".into(),
         });
         roundtrip_up(Up::Unsubscribe {

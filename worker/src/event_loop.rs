@@ -33,6 +33,7 @@ const DEFAULT_POLL_TIMEOUT: u64 = 30;
 
 const REPLACED_MSG: &str = "replaced by a newer connection on this channel";
 const RESYNC_MSG: &str = "reconnect with since";
+const REFUSED_MSG: &str = "the gateway refused the subscription; try again later";
 
 // Conn flags.
 /// A `Subscribe` was sent for the current generation: an `Unsubscribe` is owed.
@@ -978,6 +979,7 @@ impl EventLoop {
             sub_id: sub,
             since,
             epoch: q.epoch,
+            resume: false,
             channel: q.channel.clone(),
         };
         match self.shared.up_tx.try_send(up) {
@@ -1267,6 +1269,7 @@ impl EventLoop {
         let (code, ws_code, msg) = match reason {
             KickReason::Replaced => ("replaced", ws::close::REPLACED, REPLACED_MSG),
             KickReason::Resync => ("resync", ws::close::RESYNC, RESYNC_MSG),
+            KickReason::Refused => ("refused", ws::close::TRY_AGAIN, REFUSED_MSG),
         };
         tracing::debug!(thread = self.index, key, reason = code, "kicked");
         self.out.clear();
@@ -1306,6 +1309,24 @@ impl EventLoop {
                     self.body.clear();
                     self.answer_poll(key, None);
                 }
+                KickReason::Refused => {
+                    let origin = (conn.cors > 0)
+                        .then(|| self.shared.config.allow_origin[conn.cors as usize - 1].clone());
+                    metrics().open(Transport::Poll).dec();
+                    metrics().open(Transport::Http).inc();
+                    conn.transport = Transport::Http;
+                    http1::write_error(
+                        &mut self.out,
+                        503,
+                        "refused",
+                        REFUSED_MSG,
+                        origin.as_deref(),
+                        b"",
+                    );
+                    if self.send_out(key) {
+                        self.close_after_flush(key, CloseReason::Kicked);
+                    }
+                }
             },
             Transport::Http => {}
         }
@@ -1334,6 +1355,7 @@ impl EventLoop {
                         sub_id: sub_id(self.index, i, c.gen),
                         since: c.has(HAS_POS).then_some(c.pos),
                         epoch: c.has(HAS_EPOCH).then_some(c.epoch),
+                        resume: true,
                         channel: c.channel.as_deref().unwrap_or_default().to_owned(),
                     };
                     match self.shared.up_tx.try_send(up) {

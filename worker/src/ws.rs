@@ -23,6 +23,8 @@ pub mod close {
     pub const REPLACED: u16 = 4001;
     pub const RESYNC: u16 = 4002;
     pub const TOO_SLOW: u16 = 4003;
+    /// RFC 6455 "Try Again Later": the gateway refused the subscription.
+    pub const TRY_AGAIN: u16 = 1013;
 }
 
 /// `Sec-WebSocket-Accept` for a client's `Sec-WebSocket-Key`.

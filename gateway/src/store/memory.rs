@@ -553,6 +553,30 @@ impl MemoryStore {
         epoch: Option<u64>,
         now: Instant,
     ) -> Result<(), StoreError> {
+        self.subscribe_inner(channel, sub, since, epoch, false, now)
+    }
+
+    /// [`Self::subscribe_now`] for a worker re-subscribing a connection it already held.
+    pub fn resubscribe_now(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        self.subscribe_inner(channel, sub, since, epoch, true, now)
+    }
+
+    fn subscribe_inner(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        resume: bool,
+        now: Instant,
+    ) -> Result<(), StoreError> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
         self.ensure_channel(shard, channel, now)?;
@@ -560,6 +584,21 @@ impl MemoryStore {
         let mut evicted = Evicted::default();
         state.log.expire(now, &self.retention, &mut evicted);
         state.last_active = now;
+        if resume
+            && state
+                .sub
+                .as_ref()
+                .is_some_and(|cur| *cur != sub && cur.is_alive())
+        {
+            // A newer connection took the channel while this worker's link was down: it
+            // keeps it, and the resuming connection is the one replaced.
+            sub.link.send(Down::Kick {
+                sub_id: sub.sub_id,
+                reason: KickReason::Replaced,
+            });
+            self.finish(shard, evicted);
+            return Ok(());
+        }
         // Directory first, then the backlog: a concurrent publish is either in the backlog
         // or delivered live after it (same lock).
         if let Some(old) = state.sub.replace(sub.clone()) {
@@ -778,9 +817,10 @@ impl Store for MemoryStore {
         sub: SubRef,
         since: Option<u64>,
         epoch: Option<u64>,
+        resume: bool,
         now: Instant,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(self.subscribe_now(channel, sub, since, epoch, now))
+        std::future::ready(self.subscribe_inner(channel, sub, since, epoch, resume, now))
     }
 
     fn unsubscribe(
@@ -1055,6 +1095,47 @@ mod tests {
             s.subscribe_now("d", sub, None, None, t),
             Err(StoreError::TooManyChannels)
         );
+    }
+
+    #[test]
+    fn a_resuming_worker_does_not_take_the_channel_from_a_newer_holder() {
+        let s = store(1 << 20, 100);
+        let t = Instant::now();
+        let (l1, mut rx1) = link(16);
+        let (l2, mut rx2) = link(16);
+        let old = SubRef {
+            link: l1.clone(),
+            sub_id: 1,
+        };
+        let newer = SubRef {
+            link: l2.clone(),
+            sub_id: 2,
+        };
+        // The newer client took the channel while the old one's link was down.
+        s.subscribe_now("c", newer.clone(), None, None, t).unwrap();
+        assert!(matches!(rx2.try_recv().unwrap(), Down::Backlog { .. }));
+        s.resubscribe_now("c", old.clone(), Some(0), None, t)
+            .unwrap();
+        assert!(matches!(
+            rx1.try_recv().unwrap(),
+            Down::Kick {
+                sub_id: 1,
+                reason: KickReason::Replaced
+            }
+        ));
+        assert!(rx2.try_recv().is_err(), "the newer holder is not kicked");
+        s.publish_now("c", b("x"), None, t).unwrap();
+        assert!(matches!(
+            rx2.try_recv().unwrap(),
+            Down::Deliver { sub_id: 2, .. }
+        ));
+        // With nobody holding the channel, a resume takes it as usual.
+        s.unsubscribe_now("c", &newer, t);
+        s.resubscribe_now("c", old, Some(0), None, t).unwrap();
+        assert!(matches!(
+            rx1.try_recv().unwrap(),
+            Down::Backlog { sub_id: 1, .. }
+        ));
     }
 
     #[test]

@@ -123,13 +123,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<Result<Published, StoreError>>> + Send;
 
     /// Makes `sub` the channel's holder (kicking any previous one) and enqueues its
-    /// `Backlog` (retained messages after `since`, gap signalled) on `sub`'s link.
+    /// `Backlog` (retained messages after `since`, gap signalled) on `sub`'s link. With
+    /// `resume` (a worker re-subscribing after its link came back) a live newer holder keeps
+    /// the channel and `sub` is kicked instead.
     fn subscribe(
         &self,
         channel: &str,
         sub: SubRef,
         since: Option<u64>,
         epoch: Option<u64>,
+        resume: bool,
         now: Instant,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
@@ -188,10 +191,11 @@ impl Store for AnyStore {
         sub: SubRef,
         since: Option<u64>,
         epoch: Option<u64>,
+        resume: bool,
         now: Instant,
     ) -> Result<(), StoreError> {
         match self {
-            AnyStore::Memory(m) => m.subscribe(channel, sub, since, epoch, now).await,
+            AnyStore::Memory(m) => m.subscribe(channel, sub, since, epoch, resume, now).await,
         }
     }
 

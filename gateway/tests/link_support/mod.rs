@@ -227,6 +227,7 @@ impl FakeWorker {
             sub_id,
             since,
             epoch,
+            resume: false,
             channel: channel.into(),
         })
         .await;

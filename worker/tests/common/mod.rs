@@ -141,6 +141,7 @@ impl FakeLink {
                 since,
                 epoch,
                 channel,
+                ..
             } => (sub_id, since, epoch, channel),
             other => panic!("expected Subscribe, got {other:?}"),
         }
