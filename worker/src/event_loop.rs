@@ -60,12 +60,14 @@ struct Extra {
     read: Vec<u8>,
     /// Output the socket did not take yet, from `written` on.
     write: Vec<u8>,
-    /// u32 (with `allowance`) keeps `Extra` at 64 bytes; `--max-pending-bytes` is capped at
-    /// 1 GiB and a backlog at the link's frame limit, so both fit.
+    /// u32 (with `exempt_end`) keeps `Extra` at 64 bytes. The buffer is compacted before
+    /// every append, so it never holds more than `--max-pending-bytes` (≤ 1 GiB) of live
+    /// output plus one resume backlog (≤ the link's backlog cap): both fit.
     written: u32,
-    /// Bytes allowed on top of `--max-pending-bytes` because they are a resume backlog,
-    /// which the gateway's retention already bounds; gone when the buffer drains.
-    allowance: u32,
+    /// `write[..exempt_end]` is (or ends with) a resume backlog: those bytes do not count
+    /// against `--max-pending-bytes`, which bounds live output; the gateway's retention
+    /// bounds a backlog already.
+    exempt_end: u32,
     /// Unread payload bytes of an ignored client data frame.
     ws_skip: u64,
 }
@@ -77,6 +79,21 @@ impl Extra {
 
     fn pending(&self) -> usize {
         self.write.len() - self.written as usize
+    }
+
+    /// Drops the bytes already written, so a client that keeps up but never drains fully
+    /// does not make the buffer grow with everything ever sent to it.
+    fn compact(&mut self) {
+        if self.written > 0 {
+            self.write.drain(..self.written as usize);
+            self.exempt_end = self.exempt_end.saturating_sub(self.written);
+            self.written = 0;
+        }
+    }
+
+    /// Pending bytes that count against `--max-pending-bytes` (after [`Self::compact`]).
+    fn counted(&self) -> usize {
+        self.write.len() - (self.exempt_end as usize).min(self.write.len())
     }
 }
 
@@ -126,25 +143,33 @@ enum WriteErr {
     Io,
 }
 
-/// Writes `data` (after any pending bytes), keeping what the socket refuses, bounded by
-/// `max_pending`.
+/// Writes `data` (after any pending bytes), keeping what the socket refuses. Live output
+/// pending is bounded by `max_pending`; `exempt` output (a resume backlog) is not counted.
+/// On `Slow` the pending bytes still end at a message boundary, so a close frame can follow.
 fn write_conn(
     conn: &mut Conn,
     data: &[u8],
     max_pending: usize,
-    allowance: usize,
+    exempt: bool,
 ) -> Result<(), WriteErr> {
     if data.is_empty() {
         return Ok(());
     }
     if conn.pending() > 0 {
+        // The client may have caught up since the last writable event.
+        flush_conn(conn)?;
+    }
+    if conn.pending() > 0 {
         let ex = conn.extra();
-        ex.allowance = ex.allowance.max(clamp_u32(allowance));
-        if ex.pending() + data.len() > max_pending + ex.allowance as usize {
+        ex.compact();
+        if !exempt && ex.counted() + data.len() > max_pending {
             return Err(WriteErr::Slow);
         }
         ex.write.extend_from_slice(data);
-        return flush_conn(conn);
+        if exempt {
+            ex.exempt_end = ex.write.len() as u32;
+        }
+        return Ok(());
     }
     let mut off = 0;
     while off < data.len() {
@@ -157,21 +182,19 @@ fn write_conn(
         }
     }
     if off < data.len() {
+        // Keep the rest even when over the bound: the socket has part of a message, and
+        // the stream must stay whole for the close frame that follows a `Slow`.
         let rest = &data[off..];
-        if rest.len() > max_pending + allowance {
-            return Err(WriteErr::Slow);
-        }
         let ex = conn.extra();
         ex.write.clear();
         ex.written = 0;
-        ex.allowance = clamp_u32(allowance);
         ex.write.extend_from_slice(rest);
+        ex.exempt_end = if exempt { rest.len() as u32 } else { 0 };
+        if !exempt && rest.len() > max_pending {
+            return Err(WriteErr::Slow);
+        }
     }
     Ok(())
-}
-
-fn clamp_u32(n: usize) -> u32 {
-    n.min(u32::MAX as usize) as u32
 }
 
 /// Writes pending bytes; frees the buffer once drained.
@@ -190,6 +213,7 @@ fn flush_conn(conn: &mut Conn) -> Result<(), WriteErr> {
     }
     ex.write = Vec::new();
     ex.written = 0;
+    ex.exempt_end = 0;
     conn.trim_extra();
     Ok(())
 }
@@ -269,10 +293,8 @@ pub(crate) struct EventLoop {
     // Per-batch state of the connection whose deliveries are being gathered.
     batch_count: u64,
     batch_gap: Option<(u64, u64)>,
-    /// The batch being gathered holds a Backlog: its bytes get an allowance (see `Extra`).
+    /// The batch being gathered holds a Backlog: its bytes are exempt (see `Extra`).
     batch_backlog: bool,
-    /// Allowance for the next `send_out` (taken by it).
-    out_allowance: usize,
 }
 
 impl EventLoop {
@@ -322,7 +344,6 @@ impl EventLoop {
             batch_count: 0,
             batch_gap: None,
             batch_backlog: false,
-            out_allowance: 0,
             shared,
         }
     }
@@ -571,12 +592,17 @@ impl EventLoop {
     /// Writes `self.out` to the connection; closes it when the client is too slow or gone.
     /// Returns whether the connection is still usable.
     fn send_out(&mut self, key: usize) -> bool {
+        self.send_out_as(key, false)
+    }
+
+    /// [`Self::send_out`]; `exempt` output (a resume backlog) does not count against
+    /// `--max-pending-bytes`.
+    fn send_out_as(&mut self, key: usize, exempt: bool) -> bool {
         let max = self.shared.config.max_pending_bytes;
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        let allowance = std::mem::take(&mut self.out_allowance);
-        let res = write_conn(conn, &self.out, max, allowance);
+        let res = write_conn(conn, &self.out, max, exempt);
         if self.out.capacity() > 1 << 20 {
             self.out = Vec::with_capacity(4096);
         } else {
@@ -586,12 +612,17 @@ impl EventLoop {
             Ok(()) => true,
             Err(WriteErr::Slow) => {
                 if conn.transport == Transport::Ws {
-                    // Best effort: the socket is full, so this rarely gets through.
-                    let mut f = Vec::new();
-                    ws::write_close(&mut f, ws::close::TOO_SLOW, "client too slow");
-                    let _ = conn.stream.write(&f);
+                    // After what is pending (which ends at a frame boundary), within the
+                    // close linger.
+                    ws::write_close(
+                        &mut conn.extra().write,
+                        ws::close::TOO_SLOW,
+                        "client too slow",
+                    );
+                    self.close_after_flush(key, CloseReason::SlowClient);
+                } else {
+                    self.close_now(key, CloseReason::SlowClient);
                 }
-                self.close_now(key, CloseReason::SlowClient);
                 false
             }
             Err(WriteErr::Io) => {
@@ -1184,20 +1215,14 @@ impl EventLoop {
         let backlog = std::mem::take(&mut self.batch_backlog);
         match conn.transport {
             Transport::Ws | Transport::Sse => {
-                if backlog {
-                    self.out_allowance = self.out.len();
-                }
-                if !self.out.is_empty() && self.send_out(key) {
+                if !self.out.is_empty() && self.send_out_as(key, backlog) {
                     metrics().delivered.inc_by(count);
                 }
             }
             Transport::Poll => {
                 if count > 0 || gap.is_some() {
                     metrics().delivered.inc_by(count);
-                    if backlog {
-                        self.out_allowance = self.body.byte_len();
-                    }
-                    self.answer_poll(key, gap);
+                    self.answer_poll(key, gap, backlog);
                 }
             }
             Transport::Http => {}
@@ -1207,7 +1232,7 @@ impl EventLoop {
 
     /// Answers a held poll with what `self.body` holds, unsubscribes, and returns the
     /// connection to reading requests (keep-alive) or closes it.
-    fn answer_poll(&mut self, key: usize, gap: Option<(u64, u64)>) {
+    fn answer_poll(&mut self, key: usize, gap: Option<(u64, u64)>, exempt: bool) {
         let conn = &mut self.conns[key];
         let next = conn.pos;
         let keep_alive = conn.has(KEEP_ALIVE) && self.drain_deadline.is_none();
@@ -1223,7 +1248,7 @@ impl EventLoop {
         );
         self.body.clear();
         self.end_poll(key);
-        if self.send_out(key) {
+        if self.send_out_as(key, exempt) {
             if keep_alive {
                 let gen = self.gen();
                 let conn = &mut self.conns[key];
@@ -1307,7 +1332,7 @@ impl EventLoop {
                 }
                 KickReason::Resync => {
                     self.body.clear();
-                    self.answer_poll(key, None);
+                    self.answer_poll(key, None, false);
                 }
                 KickReason::Refused => {
                     let origin = (conn.cors > 0)
@@ -1403,7 +1428,7 @@ impl EventLoop {
             Transport::Http => self.close_now(key, CloseReason::Timeout),
             Transport::Poll if conn.has(SUBSCRIBED) => {
                 self.body.clear();
-                self.answer_poll(key, None);
+                self.answer_poll(key, None, false);
             }
             _ => {}
         }
@@ -1474,7 +1499,7 @@ impl EventLoop {
                 }
                 Transport::Poll if conn.has(SUBSCRIBED) => {
                     self.body.clear();
-                    self.answer_poll(key, None);
+                    self.answer_poll(key, None, false);
                 }
                 // Idle between requests: nothing is owed, close at once.
                 Transport::Http if conn.pending() == 0 => {

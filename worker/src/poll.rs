@@ -21,11 +21,6 @@ impl PollBody {
         self.count
     }
 
-    /// Bytes the answer will take, headers included (an upper bound).
-    pub fn byte_len(&self) -> usize {
-        self.buf.len() + 512
-    }
-
     /// Adds one `{"seq":N,"data":...}`.
     pub fn push(&mut self, seq: u64, data: &[u8]) {
         if self.buf.is_empty() {

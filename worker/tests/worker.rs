@@ -738,6 +738,70 @@ async fn slow_client_is_closed_and_counted() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_websocket_gets_whole_frames_then_a_4003_close() {
+    let mut h = Harness::start(&[
+        "--max-pending-bytes",
+        "65536",
+        "--socket-send-buffer",
+        "4096",
+    ])
+    .await;
+    // A client that reads nothing until the worker has given up on it.
+    let mut ws = ws_connect(&h.ws_url("channel=slow-ws")).await;
+    let (sub, _, _, _) = h.link.subscribed().await;
+    h.link
+        .send_all(vec![Down::Backlog {
+            sub_id: sub,
+            epoch: 1,
+            last_seq: 0,
+            gap_first_seq: None,
+            messages: vec![],
+        }])
+        .await;
+    let payload = Bytes::from(format!("\"{}\"", "x".repeat(32 * 1024)));
+    let frames = (1..=400)
+        .map(|seq| Down::Deliver {
+            sub_id: sub,
+            seq,
+            data: payload.clone(),
+        })
+        .collect();
+    h.link.send_all(frames).await;
+    match h.link.next().await {
+        Up::Unsubscribe { sub_id, .. } => assert_eq!(sub_id, sub),
+        other => panic!("{other:?}"),
+    }
+    // Everything that arrives is whole frames in order, then a clean close: no frame is
+    // cut by the close.
+    let mut expect = 1;
+    loop {
+        let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
+            .await
+            .expect("the close must arrive")
+            .expect("stream ended without a close frame")
+            .expect("a broken frame");
+        match m {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["seq"], expect);
+                expect += 1;
+            }
+            Message::Close(Some(f)) => {
+                assert_eq!(u16::from(f.code), 4003);
+                break;
+            }
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        expect > 1 && expect < 401,
+        "some, not all, were sent: {expect}"
+    );
+    h.stop().await;
+}
+
 async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
     let r = get(addr, "/metrics").await;
     let text = String::from_utf8(r.body).unwrap();
