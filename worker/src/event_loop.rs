@@ -781,11 +781,15 @@ impl EventLoop {
                         match f {
                             Some(ws::Frame::Ping(p)) => ws::write_pong(&mut self.out, p.as_slice()),
                             Some(ws::Frame::Close(code)) => {
-                                let code = match code {
-                                    Some(c) if (1000..5000).contains(&c) => c,
-                                    _ => ws::close::NORMAL,
-                                };
-                                close = Some((code, CloseReason::ClientClosed));
+                                // Codes RFC 6455 forbids on the wire (1004-1006, 1015,
+                                // unassigned ranges) are a protocol error, not echoed.
+                                close = Some(match code {
+                                    None => (ws::close::NORMAL, CloseReason::ClientClosed),
+                                    Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => {
+                                        (c, CloseReason::ClientClosed)
+                                    }
+                                    Some(_) => (ws::close::PROTOCOL, CloseReason::ProtocolError),
+                                });
                                 break;
                             }
                             _ => {}
@@ -1132,9 +1136,14 @@ impl EventLoop {
                 } => {
                     self.batch_backlog = true;
                     let conn = &mut self.conns[key];
+                    // A Backlog again for the same subscription and epoch (a resubscribe, or
+                    // a duplicate from a reconnect race) must not move the position back.
+                    let again = conn.has(LIVE) && conn.has(HAS_EPOCH) && conn.epoch == epoch;
                     conn.flags |= LIVE | HAS_EPOCH;
                     conn.epoch = epoch;
-                    if let Some(first) = gap_first_seq {
+                    if let Some(first) = gap_first_seq
+                        .filter(|f| !again || !conn.has(HAS_POS) || f.saturating_sub(1) > conn.pos)
+                    {
                         // The resume could not be served whole: positions restart here.
                         conn.pos = first.saturating_sub(1);
                         conn.flags |= HAS_POS;

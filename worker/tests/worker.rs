@@ -802,6 +802,41 @@ async fn slow_websocket_gets_whole_frames_then_a_4003_close() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_backlog_does_not_send_messages_twice() {
+    let mut h = Harness::start(&[]).await;
+    let mut ws = ws_connect(&h.ws_url("channel=twice&since=0")).await;
+    let (sub, _, _, _) = h.link.subscribed().await;
+    let backlog = || Down::Backlog {
+        sub_id: sub,
+        epoch: 7,
+        last_seq: 5,
+        gap_first_seq: Some(3),
+        messages: (3..=5).map(|s| (s, Bytes::from(s.to_string()))).collect(),
+    };
+    // The same answer twice (a resubscribe racing a reconnect), then a live message.
+    h.link
+        .send_all(vec![
+            backlog(),
+            backlog(),
+            Down::Deliver {
+                sub_id: sub,
+                seq: 6,
+                data: Bytes::from_static(b"6"),
+            },
+        ])
+        .await;
+    let gap = ws_text(&mut ws).await;
+    assert_eq!(
+        (gap["gap"].as_bool(), gap["first_seq"].as_u64()),
+        (Some(true), Some(3))
+    );
+    for seq in 3..=6u64 {
+        assert_eq!(ws_text(&mut ws).await["seq"], seq, "once each, in order");
+    }
+    h.stop().await;
+}
+
 async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
     let r = get(addr, "/metrics").await;
     let text = String::from_utf8(r.body).unwrap();
