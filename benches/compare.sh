@@ -203,7 +203,7 @@ def marks(name):
     try:
         for line in open(os.path.join(out, name + ".stderr")):
             p = line.split()
-            if len(p) == 4 and p[0] == "SERVER_CPU":
+            if len(p) >= 4 and p[0] == "SERVER_CPU":
                 m[p[1]] = (int(p[2]), int(p[3]))  # (unix ms, cpu ms)
     except OSError:
         pass

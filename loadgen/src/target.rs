@@ -255,9 +255,9 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
-/// With `--server-pid`: prints `SERVER_CPU <label> <unix_ms> <cpu_ms>` (Σ utime + stime of
-/// the server processes) on stderr, so a script can take the CPU of one phase (e.g. only
-/// the publish + delivery, without connect and close).
+/// With `--server-pid`: prints `SERVER_CPU <label> <unix_ms> <cpu_ms> [<pid>=<cpu_ms> ...]`
+/// (Σ utime + stime of the server processes, then each process) on stderr, so a script can
+/// take the CPU of one phase (e.g. only the publish + delivery, without connect and close).
 pub fn cpu_mark(plan: &Plan, label: &str) {
     let pids = &plan.common.target.server_pids;
     if pids.is_empty() {
@@ -265,12 +265,20 @@ pub fn cpu_mark(plan: &Plan, label: &str) {
     }
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let ticks: u64 = pids.iter().filter_map(|&p| pid_cpu_ticks(p)).sum();
-    eprintln!(
+    let each: Vec<(u32, u64)> = pids
+        .iter()
+        .filter_map(|&p| Some((p, pid_cpu_ticks(p)?)))
+        .collect();
+    let ticks: u64 = each.iter().map(|(_, t)| t).sum();
+    let mut line = format!(
         "SERVER_CPU {label} {} {}",
         unix_nanos() / 1_000_000,
         ticks * 1000 / hz
     );
+    for (pid, t) in each {
+        line.push_str(&format!(" {pid}={}", t * 1000 / hz));
+    }
+    eprintln!("{line}");
 }
 
 #[cfg(test)]
