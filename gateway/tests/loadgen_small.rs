@@ -1,37 +1,22 @@
-//! loadgen against a real gateway with two real local worker processes, at CI scale:
-//! 2,000 clients over mixed transports, a publish load, and loadgen's own checks (no loss,
-//! no duplicates, in order) read back from its JSON.
+//! loadgen against a real gateway with real local worker processes, at CI scale: loadgen's
+//! own checks (no loss, no duplicates, in order) read back from its JSON.
 
 mod common;
 
 use common::process::*;
 use std::time::Duration;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loadgen_run_2000_mixed_clients_loses_nothing() {
-    let gw = spawn_gateway(&["--local-workers", "2"]);
-    wait_healthy(&gw.base, 2, Duration::from_secs(30)).await;
-    let json = std::env::temp_dir().join(format!("pushgate-loadgen-{}.json", std::process::id()));
+/// Runs `loadgen run <args>` against `base`; returns its JSON result after checking that it
+/// passed with every client connected and nothing lost, duplicated or out of order.
+async fn run_loadgen(base: &str, clients: u64, args: &[&str]) -> serde_json::Value {
+    let json = std::env::temp_dir().join(format!(
+        "pushgate-loadgen-{}-{clients}.json",
+        std::process::id()
+    ));
+    let clients_arg = clients.to_string();
     let out = tokio::process::Command::new(workspace_bin("loadgen"))
-        .args([
-            "run",
-            "--gateway",
-            &gw.base,
-            "--clients",
-            "2000",
-            "--transport",
-            "mixed",
-        ])
-        .args([
-            "--ramp",
-            "2000/s",
-            "--rate",
-            "300/s",
-            "--duration",
-            "10s",
-            "--batch",
-            "10",
-        ])
+        .args(["run", "--gateway", base, "--clients", &clients_arg])
+        .args(args)
         .args([
             "--source-ips",
             "127.0.1.1-127.0.1.4",
@@ -55,9 +40,8 @@ async fn loadgen_run_2000_mixed_clients_loses_nothing() {
         out.status
     );
     assert_eq!(r["passed"], true, "{r}");
-    assert_eq!(r["connect"]["ok"], 2000, "{}", r["connect"]);
+    assert_eq!(r["connect"]["ok"], clients, "{}", r["connect"]);
     let accepted = r["publish"]["messages_accepted"].as_u64().unwrap();
-    assert!(accepted >= 2000, "published only {accepted}");
     let check = &r["delivery"]["check"];
     for k in ["lost", "duplicated", "out_of_order", "gaps", "unexpected"] {
         assert_eq!(check[k], 0, "{k}: {check}");
@@ -65,10 +49,59 @@ async fn loadgen_run_2000_mixed_clients_loses_nothing() {
     assert_eq!(check["expected"].as_u64(), Some(accepted), "{check}");
     assert_eq!(check["received"].as_u64(), Some(accepted), "{check}");
     assert_eq!(r["errors"]["total"], 0, "{}", r["errors"]);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_run_2000_mixed_clients_loses_nothing() {
+    let gw = spawn_gateway(&["--local-workers", "2"]);
+    wait_healthy(&gw.base, 2, Duration::from_secs(30)).await;
+    let args = [
+        "--transport",
+        "mixed",
+        "--ramp",
+        "2000/s",
+        "--rate",
+        "300/s",
+        "--duration",
+        "10s",
+        "--batch",
+        "10",
+    ];
+    let r = run_loadgen(&gw.base, 2000, &args).await;
+    let accepted = r["publish"]["messages_accepted"].as_u64().unwrap();
+    assert!(accepted >= 2000, "published only {accepted}");
     // Both workers took clients.
     let per_worker = r["connect"]["per_worker"]
         .as_object()
         .map(|m| m.len())
         .unwrap_or(0);
     assert_eq!(per_worker, 2, "{}", r["connect"]["per_worker"]);
+}
+
+/// `--broadcast`: each request is one `POST /v1/broadcast` naming 500 channels; 3 rounds
+/// reach every one of 500 mixed clients 3 times, each with its channel's own seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_broadcast_reaches_every_channel_in_order() {
+    let gw = spawn_gateway(&["--local-workers", "1"]);
+    wait_healthy(&gw.base, 1, Duration::from_secs(30)).await;
+    let args = [
+        "--transport",
+        "mixed",
+        "--ramp",
+        "2000/s",
+        "--rate",
+        "500/s",
+        "--duration",
+        "3s",
+        "--batch",
+        "500",
+        "--broadcast",
+        "--publish-connections",
+        "1",
+    ];
+    let r = run_loadgen(&gw.base, 500, &args).await;
+    assert_eq!(r["publish"]["requests"], 3, "{}", r["publish"]);
+    assert_eq!(r["publish"]["messages_accepted"], 1500, "{}", r["publish"]);
+    assert_eq!(r["delivery"]["check"]["received"], 1500);
 }

@@ -174,6 +174,10 @@ pub struct PublishOpts {
     /// Messages per request: 1 = `POST /v1/publish/{channel}`, more = NDJSON batches.
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Send each batch as one `POST /v1/broadcast`: the same data on the `--batch`
+    /// channels it names (each channel still counts as one message).
+    #[arg(long)]
+    pub broadcast: bool,
     /// Approximate payload size; padded with a `pad` string.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,

@@ -189,6 +189,9 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
         }
         return;
     }
+    if ctx.opts.broadcast {
+        return send_broadcast(ctx, pool, k, batch, channels, started).await;
+    }
     let mut body = String::new();
     let mut lines = Vec::with_capacity(batch as usize);
     for j in 0..batch {
@@ -255,6 +258,101 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
         }
         Err(e) => {
             stats.publish_status(e.kind(), batch);
+            stats.error(format!("publish_{}", e.kind()));
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct BroadcastAnswer {
+    accepted: u64,
+    #[serde(default)]
+    rejected: Vec<RejectedChannel>,
+}
+
+#[derive(Deserialize)]
+struct RejectedChannel {
+    channel: String,
+}
+
+/// One `POST /v1/broadcast` naming the channels of messages `k..k + batch` (distinct as
+/// long as `batch` ≤ the channel count), all with the data of message `k`.
+async fn send_broadcast(
+    ctx: &PublishCtx,
+    pool: &HttpPool,
+    k: u64,
+    batch: u64,
+    channels: u64,
+    started: Instant,
+) {
+    let stats = &ctx.stats;
+    let mut picked: Vec<u64> = (0..batch)
+        .map(|j| ctx.channel_of(k + j, channels))
+        .collect();
+    picked.sort_unstable();
+    picked.dedup();
+    let names: Vec<String> = picked
+        .iter()
+        .map(|&ch| ctx.plan.channel(ctx.channel_base + ch))
+        .collect();
+    let body = format!(
+        r#"{{"channels":{},"data":{}}}"#,
+        serde_json::to_string(&names).unwrap_or_default(),
+        ctx.payload(k)
+    );
+    let r = pool
+        .send(
+            Method::POST,
+            "/v1/broadcast",
+            &[("content-type", "application/json")],
+            ctx.plan.common.publisher_key.as_deref(),
+            Bytes::from(body),
+        )
+        .await;
+    stats.record_publish(started.elapsed().as_micros() as u64);
+    let n = picked.len() as u64;
+    // Repeated picks (a random pattern) were never sent: not attempted.
+    stats
+        .publish_attempted
+        .fetch_sub(batch - n, Ordering::Relaxed);
+    match r {
+        Ok((status, body)) if status == 200 => {
+            match serde_json::from_slice::<BroadcastAnswer>(&body) {
+                Ok(a) => {
+                    let refused: std::collections::HashSet<&str> =
+                        a.rejected.iter().map(|r| r.channel.as_str()).collect();
+                    let mut accepted = 0u64;
+                    for (ch, name) in picked.iter().zip(&names) {
+                        if !refused.contains(name.as_str()) {
+                            ctx.table[*ch as usize].accepted_count(1);
+                            accepted += 1;
+                        }
+                    }
+                    if accepted != a.accepted {
+                        stats.error("publish_batch_count_mismatch");
+                    }
+                    let rejected = n - accepted;
+                    stats.publish_status(status.as_str(), accepted);
+                    stats.published.fetch_add(accepted, Ordering::Relaxed);
+                    if rejected > 0 {
+                        stats
+                            .publish_rejected
+                            .fetch_add(rejected, Ordering::Relaxed);
+                        stats.publish_status("rejected", rejected);
+                        for _ in 0..rejected {
+                            stats.error("publish_line_rejected");
+                        }
+                    }
+                }
+                Err(_) => stats.error("publish_bad_body"),
+            }
+        }
+        Ok((status, _)) => {
+            stats.publish_status(status.as_str(), n);
+            stats.error(format!("publish_http_{}", status.as_u16()));
+        }
+        Err(e) => {
+            stats.publish_status(e.kind(), n);
             stats.error(format!("publish_{}", e.kind()));
         }
     }

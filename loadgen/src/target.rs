@@ -64,8 +64,14 @@ pub fn validate(plan: &Plan) -> anyhow::Result<()> {
             if !url.starts_with("http://") {
                 anyhow::bail!("--nchan-url must be an http:// URL");
             }
-            if plan.publish.as_ref().is_some_and(|p| p.batch != 1) {
-                anyhow::bail!("--target nchan publishes one message per request: --batch 1");
+            if plan
+                .publish
+                .as_ref()
+                .is_some_and(|p| p.batch != 1 || p.broadcast)
+            {
+                anyhow::bail!(
+                    "--target nchan publishes one message per request: --batch 1, no --broadcast"
+                );
             }
             if plan.common.subscriber_secret.is_some() {
                 anyhow::bail!("--subscriber-secret is pushgate-only");
