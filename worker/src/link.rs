@@ -24,6 +24,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const LOAD_EVERY: Duration = Duration::from_secs(1);
 /// Most Up frames gathered into one write.
 const BATCH: usize = 4096;
+/// Least time between two link writes while frames keep coming (see [`writer`]).
+const LINGER: Duration = Duration::from_millis(1);
 
 /// What the link needs to introduce the worker.
 pub(crate) struct LinkSetup {
@@ -204,6 +206,12 @@ async fn reader(
 }
 
 /// Drains queued Up frames into one buffer per write; sends Load every second.
+///
+/// Under a connect burst every client is one `Subscribe`; written one by one that is a
+/// send (and a wake-up of the gateway) per connection. So a write that follows the previous
+/// one within [`LINGER`] first waits out the rest of it, and takes everything queued
+/// meanwhile: at most ~1,000 link writes a second however fast clients come, and no wait
+/// at all when the link is quiet.
 async fn writer(
     shared: &Arc<Shared>,
     mut wr: OwnedWriteHalf,
@@ -213,6 +221,7 @@ async fn writer(
     let mut out = Vec::with_capacity(64 * 1024);
     let mut load = tokio::time::interval(LOAD_EVERY);
     load.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_write = tokio::time::Instant::now() - LINGER;
     loop {
         tokio::select! {
             n = up_rx.recv_many(&mut batch, BATCH) => {
@@ -228,7 +237,21 @@ async fn writer(
                 Up::Load { connections: shared.connections() as u64 }.encode(&mut out);
             }
         }
+        let due = last_write + LINGER;
+        if tokio::time::Instant::now() < due {
+            tokio::time::sleep_until(due).await;
+            while batch.len() < BATCH {
+                match up_rx.try_recv() {
+                    Ok(up) => batch.push(up),
+                    Err(_) => break,
+                }
+            }
+            for up in batch.drain(..) {
+                up.encode(&mut out);
+            }
+        }
         wr.write_all(&out).await?;
+        last_write = tokio::time::Instant::now();
         if out.capacity() > 1 << 20 {
             out = Vec::with_capacity(64 * 1024);
         } else {
