@@ -13,10 +13,17 @@
 #                                -> server CPU per delivery (Σ utime+stime of the server
 #                                   processes over publish + delivery only) and publish->receive
 #                                   p50/p99, plus the loss/dup/order check
+#   (c2) the same through pushgate's NDJSON batch publish (BATCH messages per request;
+#                                   Nchan has no batch publish: pushgate only)
 #   (d) FANOUT subscribers, one publish each, sent as one burst -> time to the last one
-#                                   (max publish->receive latency); FANOUT=0 skips it
+#                                   (max publish->receive latency); FANOUT=0 skips it;
+#                                   pushgate sends it as one POST /v1/broadcast
+#   (e) one POST /v1/broadcast to CHANNELS channels (pushgate only) -> time to the last one
+#   floor: target/release/send-floor, the kernel's CPU for one small loopback TCP send
+#          with no server involved; every delivery costs at least one such send, so
+#          "above the floor" = CPU per delivery - floor is what a server's own design costs
 #
-# Environment: CHANNELS (default N), RATE (2000), FANOUT (1000), NO_BUILD=1 (use existing
+# Environment: CHANNELS (default N), RATE (2000), FANOUT (1000), BATCH (100), NO_BUILD=1 (use existing
 # target/release binaries), NO_RECORD=1 (do not append to benches/RESULTS.md),
 # OUT (benches/out/compare: JSON and logs of every run).
 # Installs nothing. Needs nginx with the Nchan module (Debian/Ubuntu:
@@ -27,6 +34,7 @@ N=${1:-10000}
 CHANNELS=${CHANNELS:-$N}
 RATE=${RATE:-2000}
 FANOUT=${FANOUT:-1000}
+BATCH=${BATCH:-100}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release
 OUT=${OUT:-$ROOT/benches/out/compare}
@@ -64,7 +72,7 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 500)) ]; then
 fi
 
 if [ -z "${NO_BUILD:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p gateway -p worker -p loadgen)
+  (cd "$ROOT" && cargo build --release -q -p gateway -p worker -p loadgen -p pushgate-benches --bin send-floor)
 fi
 
 # ---------------------------------------------------------------- process handling
@@ -142,6 +150,7 @@ stop_server() {
 }
 
 # run_case NAME KIND loadgen-args...: fresh server, one loadgen run, server stopped.
+# KIND pushgate-only runs pushgate under NAME-pushgate and records no Nchan counterpart.
 run_case() {
   local name=$1 kind=$2
   shift 2
@@ -163,10 +172,20 @@ CMD_A=(connect --clients "$N" --transport ws --ramp 5000/s --hold 2s)
 CMD_B=(connect --clients "$N" --transport poll --ramp 5000/s --hold 2s --poll-timeout 120)
 CMD_C=(run --clients "$CHANNELS" --transport ws --ramp 5000/s --rate "$RATE/s"
        --duration "$DUR_C" --drain 30s)
+CMD_C2=("${CMD_C[@]}" --batch "$BATCH")
 CMD_D=(run --clients "$FANOUT" --transport ws --ramp 5000/s --rate "$((FANOUT * 100))/s"
        --duration 10ms --drain 30s)
+# One broadcast request naming every channel: --batch = channels, one request due at t=0.
+CMD_D_BC=(run --clients "$FANOUT" --transport ws --ramp 5000/s --rate "$FANOUT/s"
+          --duration 1s --batch "$FANOUT" --broadcast --drain 30s)
+CMD_E=(run --clients "$CHANNELS" --transport ws --ramp 5000/s --rate "$CHANNELS/s"
+       --duration 1s --batch "$CHANNELS" --broadcast --drain 30s)
 
-echo "compare.sh: N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT; logs and JSON in $OUT" >&2
+echo "compare.sh: N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT BATCH=$BATCH; logs and JSON in $OUT" >&2
+echo "floor: one loopback TCP send, no server" >&2
+FLOOR_SOCKETS=$(( N < 9000 ? N : 9000 ))
+"$BIN/send-floor" --sockets "$FLOOR_SOCKETS" --json >"$OUT/floor.json" 2>"$OUT/floor.stderr" ||
+  echo "  send-floor failed (see $OUT/floor.stderr)" >&2
 for kind in pushgate nchan; do
   echo "(a) $N idle WebSockets: $kind" >&2
   run_case a "$kind" "${CMD_A[@]}"
@@ -179,18 +198,22 @@ for kind in pushgate nchan; do
   echo "(c) $CHANNELS channels x 1 publish: $kind" >&2
   run_case c "$kind" "${CMD_C[@]}"
 done
+echo "(c2) $CHANNELS channels x 1 publish, NDJSON batches of $BATCH: pushgate" >&2
+run_case c2 pushgate "${CMD_C2[@]}"
 if [ "$FANOUT" -gt 0 ]; then
-  for kind in pushgate nchan; do
-    echo "(d) $FANOUT subscribers, one burst: $kind" >&2
-    run_case d "$kind" "${CMD_D[@]}"
-  done
+  echo "(d) $FANOUT subscribers, one broadcast: pushgate" >&2
+  run_case d pushgate "${CMD_D_BC[@]}"
+  echo "(d) $FANOUT subscribers, one burst: nchan" >&2
+  run_case d nchan "${CMD_D[@]}"
 fi
+echo "(e) one broadcast to $CHANNELS channels: pushgate" >&2
+run_case e pushgate "${CMD_E[@]}"
 
 # ---------------------------------------------------------------- table
 TABLE=$OUT/table.md
-python3 - "$OUT" "$N" "$CHANNELS" "$RATE" "$FANOUT" >"$TABLE" <<'PY'
+python3 - "$OUT" "$N" "$CHANNELS" "$RATE" "$FANOUT" "$BATCH" >"$TABLE" <<'PY'
 import json, os, sys
-out, n, channels, rate, fanout = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+out, n, channels, rate, fanout, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 
 def load(name):
     try:
@@ -255,8 +278,16 @@ a_p, a_n = load("a-pushgate"), load("a-nchan")
 b_p, b_n = load("b-pushgate"), load("b-nchan")
 c_p, c_n = load("c-pushgate"), load("c-nchan")
 d_p, d_n = load("d-pushgate"), load("d-nchan")
+c2_p, e_p = load("c2-pushgate"), load("e-pushgate")
+floor = load("floor") or {}
+floor_us = floor.get("awake_us_per_send")
+def above(v):
+    return v - floor_us if v is not None and floor_us is not None else None
 print("| workload | pushgate | Nchan | Nchan ÷ pushgate |")
 print("|---|---:|---:|---:|")
+row(f"floor: one {floor.get('bytes', '?')} B loopback TCP send to an awake reader, no server (send-floor)",
+    floor_us, floor_us, "µs CPU", "{:,.2f}", ratio=False)
+row(f"floor: the same, nobody waiting", floor.get("idle_us_per_send"), floor.get("idle_us_per_send"), "µs CPU", "{:,.2f}", ratio=False)
 row(f"(a) idle WebSockets connected", conns(a_p), conns(a_n), "", ratio=False)
 row(f"(a) idle WebSocket, server user space", mem(a_p), mem(a_n), "B/conn")
 row(f"(b) held long-polls connected", conns(b_p), conns(b_n), "", ratio=False)
@@ -266,10 +297,19 @@ row(f"(c) server CPU per delivery", per_delivery("c-pushgate", c_p), per_deliver
 row(f"(c) same, idle CPU subtracted", per_delivery("c-pushgate", c_p, True), per_delivery("c-nchan", c_n, True), "µs", "{:,.1f}")
 row(f"(c) publish→receive p50", lat(c_p, "p50"), lat(c_n, "p50"), "ms", "{:,.3f}")
 row(f"(c) publish→receive p99", lat(c_p, "p99"), lat(c_n, "p99"), "ms", "{:,.3f}")
+row(f"(c) CPU per delivery above the floor", above(per_delivery("c-pushgate", c_p, True)), above(per_delivery("c-nchan", c_n, True)), "µs", "{:,.1f}")
+row(f"(c2) same in NDJSON batches of {batch}: delivered", check(c2_p), "n/a", "", ratio=False)
+row(f"(c2) server CPU per delivery, idle CPU subtracted", per_delivery("c2-pushgate", c2_p, True), per_delivery("c-nchan", c_n, True), "µs", "{:,.1f}")
+row(f"(c2) CPU per delivery above the floor", above(per_delivery("c2-pushgate", c2_p, True)), above(per_delivery("c-nchan", c_n, True)), "µs", "{:,.1f}")
+row(f"(c2) publish→receive p50", lat(c2_p, "p50"), None, "ms", "{:,.3f}", ratio=False)
+row(f"(c2) publish→receive p99", lat(c2_p, "p99"), None, "ms", "{:,.3f}", ratio=False)
 if fanout:
-    row(f"(d) {fanout} subscribers, 1 burst: delivered", check(d_p), check(d_n), "", ratio=False)
+    row(f"(d) {fanout} subscribers, 1 broadcast (pushgate) / 1 burst (Nchan): delivered", check(d_p), check(d_n), "", ratio=False)
     row(f"(d) time to the last one (max latency)", lat(d_p, "max"), lat(d_n, "max"), "ms", "{:,.2f}")
     row(f"(d) publish→receive p50", lat(d_p, "p50"), lat(d_n, "p50"), "ms", "{:,.2f}")
+row(f"(e) 1 broadcast to {channels} channels: delivered", check(e_p), "n/a", "", ratio=False)
+row(f"(e) time to the last one (max latency)", lat(e_p, "max"), None, "ms", "{:,.2f}", ratio=False)
+row(f"(e) server CPU per delivery", per_delivery("e-pushgate", e_p), None, "µs", "{:,.1f}", ratio=False)
 print("\n".join(rows))
 
 def breakdown(r):
@@ -312,7 +352,7 @@ if [ -z "${NO_RECORD:-}" ]; then
     echo
     echo "### $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
-    echo "- command: \`$(cd "$ROOT" && echo "benches/compare.sh $*") \` (N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT)"
+    echo "- command: \`$(cd "$ROOT" && echo "benches/compare.sh $*") \` (N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT BATCH=$BATCH)"
     echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), open files $(ulimit -n), load average before the run: $LOAD_BEFORE"
     echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), Nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo unknown); pushgate $(git -C "$ROOT" describe --always --dirty)"
     echo "- loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"

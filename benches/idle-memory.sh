@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
 # Idle memory per connection on one worker process: starts a fresh gateway with one local
-# worker, opens N idle clients of one transport through /v1/assign with loadgen, and
-# prints the worker's RSS growth / connections (loadgen's `memory` figures).
+# worker, opens N idle clients of one transport through /v1/assign with loadgen, then
+# publishes a burst to every channel (BURST_ROUNDS messages of BURST_BYTES each), waits
+# until every message is delivered and the settle time has passed, and prints the worker's
+# RSS growth / connections twice: idle before the burst, and idle after it (what the
+# worker keeps once the burst has passed: grown buffers must have been released). Long-poll
+# clients re-poll after each answer, so "after" counts the re-held polls.
 #
-#   benches/idle-memory.sh [N=10000] [TRANSPORTS="ws poll sse"]
+#   benches/idle-memory.sh [N=18000] [TRANSPORTS="ws poll sse"]
 #
-# Each transport is measured on its own, freshly started worker. Traffic stays on loopback.
-# Needs: a Rust toolchain, curl and python3.
+# Environment (defaults): BURST_ROUNDS=4 messages per channel (0 = no burst, idle figure
+# only), BURST_BYTES=4096 payload bytes, BURST_RATE=2 rounds per second, BURST_BATCH=50
+# messages per NDJSON publish, SETTLE=5s before each memory reading, OUT=benches/out.
+#
+# Each transport is measured on its own, freshly started worker. Traffic stays on loopback
+# (clients from 127.0.1.1-127.0.1.40). Needs: a Rust toolchain, curl and python3, and an
+# open-file hard limit above N + 500 (N must fit in one loadgen process).
 set -euo pipefail
-N=${1:-10000}
+N=${1:-18000}
 TRANSPORTS=${2:-"ws poll sse"}
+BURST_ROUNDS=${BURST_ROUNDS:-4}
+BURST_BYTES=${BURST_BYTES:-4096}
+BURST_RATE=${BURST_RATE:-2}
+BURST_BATCH=${BURST_BATCH:-50}
+SETTLE=${SETTLE:-5s}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$ROOT/target/release
 OUT=${OUT:-$ROOT/benches/out}
@@ -21,12 +35,14 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 500)) ]; then
   exit 3
 fi
 (cd "$ROOT" && cargo build --release -q -p gateway -p loadgen)
+SRC=127.0.1.1-127.0.1.40
 
+gw=
+trap '[ -n "$gw" ] && kill $gw 2>/dev/null || true' EXIT
 for t in $TRANSPORTS; do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   "$BIN/gateway" --listen 127.0.0.1:$port --local-workers 1 --local-worker-ips 4 >"$OUT/gateway-$t.log" 2>&1 &
   gw=$!
-  trap 'kill $gw 2>/dev/null || true' EXIT
   healthy=
   for _ in $(seq 100); do
     curl -fs "http://127.0.0.1:$port/v1/workers" | grep -q healthy && { healthy=1; break; }
@@ -35,25 +51,53 @@ for t in $TRANSPORTS; do
   if [ -z "$healthy" ]; then
     echo "$t: no healthy worker after 10 s; see $OUT/gateway-$t.log" >&2
     kill $gw; wait $gw 2>/dev/null || true
+    gw=
     continue
   fi
-  "$BIN/loadgen" connect --gateway "http://127.0.0.1:$port" --clients "$N" --transport "$t" \
-    --ramp 5000/s --hold 3s --source-ips 127.0.1.1-127.0.1.20 --poll-timeout 120 \
-    --json "$OUT/idle-$t.json" --quiet >"$OUT/idle-$t.txt" 2>&1 || true
-  kill $gw; wait $gw 2>/dev/null || true
-  python3 - "$OUT/idle-$t.json" "$t" <<'PY'
-import json, sys
-try:
-    r = json.load(open(sys.argv[1]))
-except (OSError, ValueError) as e:
-    sys.exit(f'{sys.argv[2]}: no result ({e}); see the .txt beside it')
-m = r.get("memory") or {}; c = r["connect"]
-per = m.get("bytes_per_connection")
-print(f'{sys.argv[2]:5} clients_ok={c["ok"]:6} rate={c["rate_per_sec"]:8.0f}/s '
-      f'worker_rss_growth={m.get("workers_delta_bytes")} '
-      f'bytes_per_conn={"n/a" if per is None else f"{per:.1f}"} '
-      f'kernel_bytes_per_socket={(m.get("kernel") or {}).get("bytes_per_socket")}')
+  common=(--gateway "http://127.0.0.1:$port" --clients "$N" --transport "$t" --ramp 5000/s
+    --source-ips "$SRC" --poll-timeout 120 --settle "$SETTLE" --json "$OUT/idle-$t.json" --quiet)
+  if [ "$BURST_ROUNDS" -gt 0 ]; then
+    # --pattern all: --rate counts rounds, each round one message to every channel.
+    duration=$(python3 -c "print($BURST_ROUNDS / $BURST_RATE)")
+    "$BIN/loadgen" run "${common[@]}" --pattern all --rate "$BURST_RATE/s" --duration "${duration}s" \
+      --batch "$BURST_BATCH" --payload-bytes "$BURST_BYTES" --drain 60s --memory-after-drain \
+      >"$OUT/idle-$t.txt" 2>&1 || true
+  else
+    "$BIN/loadgen" connect "${common[@]}" --hold 3s >"$OUT/idle-$t.txt" 2>&1 || true
+  fi
+  # Writes the sockets did not take whole (per-connection buffers), read before the stop.
+  buffered=$(python3 - "http://127.0.0.1:$port" <<'PY' || true
+import json, sys, urllib.request
+ws = json.load(urllib.request.urlopen(sys.argv[1] + "/v1/workers", timeout=5))["workers"]
+m = urllib.request.urlopen("http://" + ws[0]["addresses"][0] + "/metrics", timeout=5).read().decode()
+print(next(l.split()[1] for l in m.splitlines() if l.startswith("pushgate_write_buffered_total ")))
 PY
-  [ "$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["connect"]["ok"])' "$OUT/idle-$t.json" 2>/dev/null)" = "$N" ] \
-    || echo "$t: not every client connected; the figure above is for fewer connections" >&2
+)
+  kill $gw; wait $gw 2>/dev/null || true
+  gw=
+  python3 - "$OUT/idle-$t.json" "$t" "$N" "${buffered:-?}" <<'PY'
+import json, sys
+path, t, n, buffered = sys.argv[1:]
+try:
+    r = json.load(open(path))
+except (OSError, ValueError) as e:
+    sys.exit(f'{t}: no result ({e}); see the .txt beside it')
+def fig(m):
+    m = m or {}
+    per = m.get("bytes_per_connection")
+    return (f'{"n/a" if per is None else f"{per:.1f}"} B/conn '
+            f'(+{m.get("workers_delta_bytes")} B over {m.get("connections")})')
+c = r["connect"]
+line = f'{t:5} clients_ok={c["ok"]:6} rate={c["rate_per_sec"]:6.0f}/s idle: {fig(r.get("memory"))}'
+if r["command"] == "run":
+    k = r["delivery"].get("check") or {}
+    line += (f' | after burst: {fig(r.get("memory_after_drain"))}'
+             f' published={r["publish"]["messages_accepted"]} unique={k.get("unique")}'
+             f' lost={k.get("lost")} buffered_writes={buffered}')
+print(line)
+if int(c["ok"]) != int(n):
+    print(f'{t}: not every client connected; the figures above are for fewer connections', file=sys.stderr)
+if r["command"] == "run" and (not r.get("passed") or r.get("memory_after_drain") is None):
+    print(f'{t}: the burst did not pass cleanly (see {path[:-5]}.txt)', file=sys.stderr)
+PY
 done

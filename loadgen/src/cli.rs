@@ -208,6 +208,10 @@ pub struct RunArgs {
     /// After publishing, wait at most this long for outstanding deliveries.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Read memory again after the drain and `--settle`, clients still open: what the
+    /// workers keep once the messages have passed (`memory_after_drain`). One process only.
+    #[arg(long)]
+    pub memory_after_drain: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -273,6 +277,8 @@ pub struct Plan {
     pub hold: Duration,
     pub drain: Duration,
     pub churn: Option<ChurnPlan>,
+    /// `run`/`churn --memory-after-drain`.
+    pub memory_after_drain: bool,
 }
 
 impl Plan {
@@ -284,6 +290,11 @@ impl Plan {
             settle: Duration::ZERO,
             poll_timeout: 30,
             assign_connections: 4,
+        };
+        let memory_after_drain = match &command {
+            Command::Run(a) => a.memory_after_drain,
+            Command::Churn(c) => c.run.memory_after_drain,
+            _ => false,
         };
         let (mode, common, clients, publish, hold, drain, churn) = match command {
             Command::Connect(a) => (
@@ -350,6 +361,7 @@ impl Plan {
             hold,
             drain,
             churn,
+            memory_after_drain,
         };
         plan.validate()?;
         Ok(plan)

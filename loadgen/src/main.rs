@@ -85,6 +85,11 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<bool> {
     let per_process = shard::clients_per_process(&plan, nofile);
     let raw = if plan.mode != Mode::Publish && plan.clients.clients > per_process {
         let k = plan.clients.clients.div_ceil(per_process);
+        if plan.memory_after_drain {
+            anyhow::bail!(
+                "--memory-after-drain needs one process: at most {per_process} clients here (open-file limit {nofile})"
+            );
+        }
         if !plan.common.quiet {
             eprintln!(
                 "loadgen: {} clients over {k} processes (at most {per_process} each; open-file limit {nofile})",

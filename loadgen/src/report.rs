@@ -297,42 +297,10 @@ pub fn html(s: &Summary) -> String {
         format!("{} {}", s.errors.total, errs.join(" ")),
     );
     if let Some(m) = &s.memory {
-        let f = |x: Option<f64>| {
-            x.map(|v| format!("{v:.0} B"))
-                .unwrap_or_else(|| "n/a".into())
-        };
-        row(
-            &mut table,
-            "memory per connection",
-            format!(
-                "{} over {} connections (workers +{} B)",
-                f(m.bytes_per_connection),
-                m.connections,
-                m.workers_delta_bytes
-            ),
-        );
-        for w in &m.workers {
-            row(
-                &mut table,
-                &format!("worker {}", w.id),
-                format!(
-                    "{} connections, {} per connection",
-                    w.connections,
-                    f(w.bytes_per_connection)
-                ),
-            );
-        }
-        if let Some(k) = &m.kernel {
-            row(
-                &mut table,
-                "kernel TCP memory",
-                format!(
-                    "{} per socket, {} per connection",
-                    f(k.bytes_per_socket),
-                    f(k.bytes_per_connection)
-                ),
-            );
-        }
+        memory_rows(&mut table, "memory", m);
+    }
+    if let Some(m) = &s.memory_after_drain {
+        memory_rows(&mut table, "memory after the drain", m);
     }
     table.push_str("</table>");
 
@@ -458,6 +426,46 @@ svg {{ display: block; margin: 12px 0; }}
         cls = if s.passed { "pass" } else { "fail" },
         res = if s.passed { "PASS" } else { "FAIL" },
     )
+}
+
+/// The memory rows of the summary table.
+fn memory_rows(table: &mut String, title: &str, m: &crate::memory::MemoryResult) {
+    let f = |x: Option<f64>| {
+        x.map(|v| format!("{v:.0} B"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    row(
+        table,
+        &format!("{title} per connection"),
+        format!(
+            "{} over {} connections (workers +{} B)",
+            f(m.bytes_per_connection),
+            m.connections,
+            m.workers_delta_bytes
+        ),
+    );
+    for w in &m.workers {
+        row(
+            table,
+            &format!("worker {}", w.id),
+            format!(
+                "{} connections, {} per connection",
+                w.connections,
+                f(w.bytes_per_connection)
+            ),
+        );
+    }
+    if let Some(k) = &m.kernel {
+        row(
+            table,
+            "kernel TCP memory",
+            format!(
+                "{} per socket, {} per connection",
+                f(k.bytes_per_socket),
+                f(k.bytes_per_connection)
+            ),
+        );
+    }
 }
 
 #[cfg(test)]

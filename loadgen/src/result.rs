@@ -83,6 +83,9 @@ pub struct RawResult {
     pub hists: RawHists,
     pub timeline: Vec<TickRaw>,
     pub memory: Option<MemoryResult>,
+    /// `--memory-after-drain`: against the same baseline as `memory`.
+    #[serde(default)]
+    pub memory_after_drain: Option<MemoryResult>,
 }
 
 impl RawResult {
@@ -253,6 +256,8 @@ pub struct Summary {
     pub delivery: DeliverySummary,
     pub errors: ErrorSummary,
     pub memory: Option<MemoryResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_after_drain: Option<MemoryResult>,
     pub timeline: Vec<TickSummary>,
     pub latency_distribution: Vec<LatencyPoint>,
     pub histograms: RawHists,
@@ -352,6 +357,7 @@ impl Summary {
                 by_kind: raw.errors.clone(),
             },
             memory: raw.memory.clone(),
+            memory_after_drain: raw.memory_after_drain.clone(),
             timeline,
             latency_distribution,
             histograms: raw.hists.clone(),
@@ -434,50 +440,10 @@ impl Summary {
         }
         s.push('\n');
         if let Some(m) = &self.memory {
-            let f = |x: Option<f64>| {
-                x.map(|v| format!("{v:.0} B"))
-                    .unwrap_or_else(|| "n/a".into())
-            };
-            let _ = writeln!(
-                s,
-                "  memory    {} connections: workers +{} B = {} per connection",
-                m.connections,
-                m.workers_delta_bytes,
-                f(m.bytes_per_connection)
-            );
-            for w in &m.workers {
-                let _ =
-                    writeln!(
-                    s,
-                    "            worker {} ({}): {} connections, RSS {} -> {} = {} per connection",
-                    w.id,
-                    w.address.as_deref().unwrap_or("?"),
-                    w.connections,
-                    w.rss_before.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
-                    w.rss_after.map(|v| v.to_string()).unwrap_or_else(|| "?".into()),
-                    f(w.bytes_per_connection)
-                );
-            }
-            if let Some(d) = m.gateway.delta_bytes {
-                let _ = writeln!(s, "            gateway RSS {d:+} B");
-            }
-            if let Some(k) = &m.kernel {
-                let _ = writeln!(
-                    s,
-                    "            kernel TCP buffer mem {} -> {} pages, sockets {} -> {}: {} per socket, {} per connection{}",
-                    k.tcp_mem_pages_before,
-                    k.tcp_mem_pages_after,
-                    k.tcp_inuse_before,
-                    k.tcp_inuse_after,
-                    f(k.bytes_per_socket),
-                    f(k.bytes_per_connection),
-                    if k.bytes_per_socket.is_none() {
-                        " (socket buffers did not grow: idle sockets hold none)"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            memory_lines(&mut s, "memory   ", m);
+        }
+        if let Some(m) = &self.memory_after_drain {
+            memory_lines(&mut s, "drained  ", m);
         }
         let _ = writeln!(
             s,
@@ -485,5 +451,56 @@ impl Summary {
             if self.passed { "PASS" } else { "FAIL" }
         );
         s
+    }
+}
+
+/// The memory lines of the human summary; `label` is 9 characters wide.
+fn memory_lines(out: &mut String, label: &str, m: &MemoryResult) {
+    let f = |x: Option<f64>| {
+        x.map(|v| format!("{v:.0} B"))
+            .unwrap_or_else(|| "n/a".into())
+    };
+    let _ = writeln!(
+        out,
+        "  {label} {} connections: workers +{} B = {} per connection",
+        m.connections,
+        m.workers_delta_bytes,
+        f(m.bytes_per_connection)
+    );
+    for w in &m.workers {
+        let _ = writeln!(
+            out,
+            "            worker {} ({}): {} connections, RSS {} -> {} = {} per connection",
+            w.id,
+            w.address.as_deref().unwrap_or("?"),
+            w.connections,
+            w.rss_before
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            w.rss_after
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            f(w.bytes_per_connection)
+        );
+    }
+    if let Some(d) = m.gateway.delta_bytes {
+        let _ = writeln!(out, "            gateway RSS {d:+} B");
+    }
+    if let Some(k) = &m.kernel {
+        let _ = writeln!(
+            out,
+            "            kernel TCP buffer mem {} -> {} pages, sockets {} -> {}: {} per socket, {} per connection{}",
+            k.tcp_mem_pages_before,
+            k.tcp_mem_pages_after,
+            k.tcp_inuse_before,
+            k.tcp_inuse_after,
+            f(k.bytes_per_socket),
+            f(k.bytes_per_connection),
+            if k.bytes_per_socket.is_none() {
+                " (socket buffers did not grow: idle sockets hold none)"
+            } else {
+                ""
+            }
+        );
     }
 }

@@ -175,10 +175,15 @@ pub async fn run_process(
             .collect(),
     };
     let mut memory_result = None;
+    // The first reading is the baseline of the after-drain one too.
+    let mut baseline = None;
     match barrier {
         Barrier::Local {
             before: Some(before),
         } if !stop_all.is_cancelled() => {
+            if plan.memory_after_drain {
+                baseline = Some(before.clone());
+            }
             let after = tokio::select! {
                 _ = stop_all.cancelled() => None,
                 a = crate::target::settled_snapshot(&plan) => Some(a),
@@ -196,6 +201,7 @@ pub async fn run_process(
     // Main phase.
     let mut publish_secs = 0.0;
     let mut deliver_secs = 0.0;
+    let mut memory_after_drain = None;
     let table: Arc<Vec<Published>> = Arc::new({
         let channels = match (&plan.publish, plan.mode) {
             (Some(p), Mode::Publish) => p.channels.unwrap_or(100),
@@ -247,6 +253,19 @@ pub async fn run_process(
             }
             deliver_secs = t0.elapsed().as_secs_f64();
             crate::target::cpu_mark(&plan, "drained");
+            if let Some(before) = baseline.take() {
+                // Clients still open; long-polls have re-polled during the settle time.
+                let after = tokio::select! {
+                    _ = stop_all.cancelled() => None,
+                    a = crate::target::settled_snapshot(&plan) => Some(a),
+                };
+                if let Some(after) = after {
+                    let connected = stats.connected.load(Ordering::Relaxed).max(0) as u64;
+                    let per_worker = stats.per_worker.lock().unwrap().clone();
+                    memory_after_drain =
+                        Some(memory::compare(before, after, &per_worker, connected));
+                }
+            }
         }
         _ => {}
     }
@@ -323,6 +342,7 @@ pub async fn run_process(
         },
         timeline: stats.timeline.lock().unwrap().clone(),
         memory: memory_result,
+        memory_after_drain,
     };
     Ok(result)
 }

@@ -428,6 +428,7 @@ mod tests {
             },
             timeline: Vec::new(),
             memory: None,
+            memory_after_drain: None,
         }
     }
 }

@@ -7,6 +7,7 @@ use crate::http1::{self, HeadError, Request};
 use crate::metrics::{metrics, CloseReason, Transport};
 use crate::poll::PollBody;
 use crate::shared::{split_sub_id, sub_id, Cmd, Shared};
+use crate::trim::Trim;
 use crate::{sockets, sse, ws};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -28,6 +29,10 @@ const READ_BUF: usize = 16 * 1024;
 const LINGER_SECS: u32 = 2;
 /// Pause after EMFILE/ENFILE before accepting again.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Entries (8 bytes each) a wheel slot keeps room for once fired or compacted.
+const WHEEL_SLOT_KEEP: usize = 256;
+/// Inbox commands (64 bytes each) a loop thread keeps room for between wake-ups.
+const SPARE_CMDS: usize = 256;
 /// Default long-poll hold.
 const DEFAULT_POLL_TIMEOUT: u64 = 30;
 
@@ -185,6 +190,7 @@ fn write_conn(
         // Keep the rest even when over the bound: the socket has part of a message, and
         // the stream must stay whole for the close frame that follows a `Slow`.
         let rest = &data[off..];
+        metrics().write_buffered.inc();
         let ex = conn.extra();
         ex.write.clear();
         ex.written = 0;
@@ -224,6 +230,8 @@ struct Wheel {
     slots: Vec<Vec<(u32, u32)>>,
     /// Next second to fire.
     next: u32,
+    /// Entries in all slots, stale ones included.
+    len: usize,
 }
 
 impl Wheel {
@@ -231,6 +239,7 @@ impl Wheel {
         Wheel {
             slots: (0..span + 2).map(|_| Vec::new()).collect(),
             next: now,
+            len: 0,
         }
     }
 
@@ -238,20 +247,37 @@ impl Wheel {
         let len = self.slots.len() as u32;
         let at = at.clamp(self.next, self.next + len - 1);
         self.slots[(at % len) as usize].push((key as u32, gen));
+        self.len += 1;
     }
 
     /// Takes the entries of second `sec` (only when it is the next one due).
     fn take(&mut self, sec: u32) -> Vec<(u32, u32)> {
         let len = self.slots.len() as u32;
-        std::mem::take(&mut self.slots[(sec % len) as usize])
+        let v = std::mem::take(&mut self.slots[(sec % len) as usize]);
+        self.len -= v.len();
+        v
+    }
+
+    /// Drops the entries `live` rejects (a re-held long-poll leaves its previous deadlines
+    /// behind, up to two minutes ahead) and gives back the room they took.
+    fn compact(&mut self, live: impl Fn(u32, u32) -> bool) {
+        self.len = 0;
+        for slot in &mut self.slots {
+            slot.retain(|&(key, gen)| live(key, gen));
+            if slot.capacity() > WHEEL_SLOT_KEEP && slot.capacity() > 2 * slot.len() {
+                slot.shrink_to_fit();
+            }
+            self.len += slot.len();
+        }
     }
 
     fn put_back(&mut self, sec: u32, mut v: Vec<(u32, u32)>) {
         let len = self.slots.len() as u32;
         let slot = &mut self.slots[(sec % len) as usize];
         v.clear();
-        if v.capacity() > 4096 {
-            v.shrink_to(256);
+        if v.capacity() > WHEEL_SLOT_KEEP {
+            // Its next use is a wheel turn away: no room is kept for a burst that passed.
+            v = Vec::new();
         }
         if slot.is_empty() {
             // Keep the allocation unless entries were added to this slot meanwhile.
@@ -295,6 +321,7 @@ pub(crate) struct EventLoop {
     batch_gap: Option<(u64, u64)>,
     /// The batch being gathered holds a Backlog: its bytes are exempt (see `Extra`).
     batch_backlog: bool,
+    trim: Trim,
 }
 
 impl EventLoop {
@@ -344,6 +371,7 @@ impl EventLoop {
             batch_count: 0,
             batch_gap: None,
             batch_backlog: false,
+            trim: Trim::default(),
             shared,
         }
     }
@@ -424,6 +452,23 @@ impl EventLoop {
         t
     }
 
+    /// Allocator work was done: this thread and the link thread collect soon (see `trim`).
+    fn busy(&mut self) {
+        self.trim.busy();
+        self.shared.link_trim.store(true, Ordering::Relaxed);
+    }
+
+    /// Schedules `on_deadline(key, gen)` at second `at`. Entries of older generations stay
+    /// in the wheel until their second; once they outnumber the connections, they go.
+    fn add_deadline(&mut self, at: u32, key: usize, gen: u32) {
+        self.wheel.add(at, key, gen);
+        if self.wheel.len > 2 * self.conns.len() + 1024 {
+            let conns = &self.conns;
+            self.wheel
+                .compact(|key, gen| conns.get(key as usize).is_some_and(|c| c.gen == gen));
+        }
+    }
+
     fn gen(&mut self) -> u32 {
         self.next_gen = self.next_gen.wrapping_add(1);
         self.next_gen
@@ -458,6 +503,7 @@ impl EventLoop {
                 }
             };
             metrics().accepted.inc();
+            self.busy();
             if self.shared.open.load(Ordering::Relaxed) >= self.shared.capacity {
                 let mut out = Vec::new();
                 http1::write_error(
@@ -508,7 +554,7 @@ impl EventLoop {
             self.shared.open.fetch_add(1, Ordering::Relaxed);
             metrics().open(Transport::Http).inc();
             let at = self.now + self.shared.config.handshake_timeout_secs;
-            self.wheel.add(at, key, gen);
+            self.add_deadline(at, key, gen);
             tracing::trace!(thread = self.index, key, "accepted");
         }
     }
@@ -563,6 +609,7 @@ impl EventLoop {
 
     /// Drops the connection now.
     fn close_now(&mut self, key: usize, reason: CloseReason) {
+        self.busy();
         self.account_close(key, reason);
         if self.conns.try_remove(key).is_some() {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
@@ -586,7 +633,7 @@ impl EventLoop {
             conn.flags |= WRITE_SHUT;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
-        self.wheel.add(self.now + LINGER_SECS, key, gen);
+        self.add_deadline(self.now + LINGER_SECS, key, gen);
     }
 
     /// Writes `self.out` to the connection; closes it when the client is too slow or gone.
@@ -733,6 +780,7 @@ impl EventLoop {
         let res = http1::parse_request(&buf[..len], max_head);
         match res {
             Ok(Some(req)) => {
+                self.busy();
                 self.handle_request(key, &req);
             }
             Ok(None) => {
@@ -1081,7 +1129,7 @@ impl EventLoop {
                     .unwrap_or(DEFAULT_POLL_TIMEOUT)
                     .min(self.shared.config.max_poll_timeout_secs as u64)
                     as u32;
-                self.wheel.add(self.now + timeout + 1, key, gen);
+                self.add_deadline(self.now + timeout + 1, key, gen);
             }
         }
         self.send_out(key);
@@ -1097,6 +1145,9 @@ impl EventLoop {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             std::mem::swap(&mut *inbox, &mut cmds);
+        }
+        if !cmds.is_empty() {
+            self.busy();
         }
         let mut cur: Option<usize> = None;
         for cmd in cmds.drain(..) {
@@ -1178,8 +1229,10 @@ impl EventLoop {
             }
         }
         self.flush_batch(&mut cur);
-        if cmds.capacity() > 65536 {
-            cmds = Vec::new();
+        // A burst's long inbox is given back once handled (the other vector, now the
+        // inbox, is the previous spare: bounded too).
+        if cmds.capacity() > SPARE_CMDS {
+            cmds.shrink_to(SPARE_CMDS);
         }
         self.spare_cmds = cmds;
     }
@@ -1262,7 +1315,7 @@ impl EventLoop {
                 let gen = self.gen();
                 let conn = &mut self.conns[key];
                 conn.gen = gen;
-                self.wheel.add(
+                self.add_deadline(
                     self.now + self.shared.config.handshake_timeout_secs,
                     key,
                     gen,
@@ -1410,6 +1463,9 @@ impl EventLoop {
     // ---- schedule ----
 
     fn tick(&mut self) {
+        if self.wheel.next <= self.now {
+            self.trim.second();
+        }
         while self.wheel.next <= self.now {
             let sec = self.wheel.next;
             let due = self.wheel.take(sec);

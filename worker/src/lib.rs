@@ -23,6 +23,7 @@ pub mod poll;
 mod shared;
 pub mod sockets;
 pub mod sse;
+mod trim;
 pub mod ws;
 
 pub use config::Config;
@@ -109,6 +110,7 @@ impl Worker {
             shutdown: AtomicBool::new(false),
             ports,
             up_tx,
+            link_trim: AtomicBool::new(false),
         });
         Ok(Worker {
             shared,
@@ -134,6 +136,7 @@ impl Worker {
     /// connections, WebSockets get close 1001, held polls are answered, SSE streams end,
     /// pending output gets up to 2 s.
     pub fn start(self, shutdown: CancellationToken) -> WorkerHandle {
+        trim::configure();
         if self.shared.secret.is_none() {
             tracing::warn!(
                 "NO --subscriber-secret: every client may subscribe to any channel without a token (open mode)"
@@ -168,12 +171,30 @@ impl Worker {
                         .enable_all()
                         .build()
                         .expect("link runtime");
+                    rt.spawn(link_trim(shared.clone()));
                     rt.block_on(link::run(shared.clone(), up_rx, setup, shutdown.clone()));
                     shared.begin_shutdown();
                 })
                 .expect("spawn link thread"),
         );
         WorkerHandle { threads }
+    }
+}
+
+/// The link thread's share of `trim`: it collects while loop threads report work.
+async fn link_trim(shared: Arc<Shared>) {
+    let mut trim = trim::Trim::default();
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if shared
+            .link_trim
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            trim.busy();
+        }
+        trim.second();
     }
 }
 

@@ -96,6 +96,7 @@ pub struct Metrics {
     pub link_up: IntGauge,
     pub slow_client_closes: IntCounter,
     pub link_queue_full: IntCounter,
+    pub write_buffered: IntCounter,
 }
 
 impl Metrics {
@@ -148,6 +149,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Subscribe/Unsubscribe requests refused because the link queue was full",
     )
     .expect("metric");
+    let write_buffered = IntCounter::new(
+        "pushgate_write_buffered_total",
+        "Writes the socket did not take whole: the rest waited in a per-connection buffer",
+    )
+    .expect("metric");
     for c in [
         Box::new(open_vec.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(closed_vec.clone()),
@@ -156,6 +162,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(link_up.clone()),
         Box::new(slow.clone()),
         Box::new(queue_full.clone()),
+        Box::new(write_buffered.clone()),
     ] {
         registry.register(c).expect("register metric");
     }
@@ -173,6 +180,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         link_up,
         slow_client_closes: slow,
         link_queue_full: queue_full,
+        write_buffered,
         registry,
     }
 });

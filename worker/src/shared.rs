@@ -56,6 +56,9 @@ pub struct Shared {
     pub shutdown: AtomicBool,
     pub ports: Vec<ThreadPort>,
     pub up_tx: mpsc::Sender<Up>,
+    /// Set by loop threads that did allocator work (much of it reaches the link thread):
+    /// the link thread collects soon, see `trim`.
+    pub link_trim: AtomicBool,
 }
 
 impl Shared {
