@@ -330,11 +330,9 @@ echo "loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
 if [ -z "${NO_RECORD:-}" ]; then
   RESULTS=$ROOT/benches/RESULTS.md
   HEADING="## pushgate vs Nchan (benches/compare.sh)"
-  last_h2=""
-  [ -f "$RESULTS" ] && last_h2=$(grep '^## ' "$RESULTS" | tail -1 || true)
+  RUN=$OUT/run.md
   {
-    if [ "$last_h2" != "$HEADING" ]; then
-      [ -s "$RESULTS" ] && echo
+    if ! grep -qxF "$HEADING" "$RESULTS" 2>/dev/null; then
       echo "$HEADING"
       echo
       echo "Each workload runs on a freshly started server, one server at a time, with the same"
@@ -348,8 +346,8 @@ if [ -z "${NO_RECORD:-}" ]; then
       echo "publishing) × the publish+delivery time. CPU is in clock ticks (10 ms), so small runs"
       echo "are coarse. Latency: publish (loadgen's send time in the payload) → receive, WebSocket"
       echo "subscribers; loadgen runs on the same 2-core machine as the server."
+      echo
     fi
-    echo
     echo "### $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- command: \`$(cd "$ROOT" && echo "benches/compare.sh $*") \` (N=$N CHANNELS=$CHANNELS RATE=$RATE/s FANOUT=$FANOUT BATCH=$BATCH)"
@@ -358,6 +356,26 @@ if [ -z "${NO_RECORD:-}" ]; then
     echo "- loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
     echo
     cat "$TABLE"
-  } >>"$RESULTS"
+    echo
+  } >"$RUN"
+  # The run goes at the end of the section (before the next "## " heading), or starts the
+  # section at the end of the file.
+  python3 - "$RESULTS" "$RUN" "$HEADING" <<'PY'
+import os, sys
+path, run, heading = sys.argv[1:]
+text = open(path).read() if os.path.exists(path) else ""
+block = open(run).read().rstrip("\n") + "\n"
+lines = text.splitlines(keepends=True)
+if heading + "\n" in lines:
+    i = lines.index(heading + "\n") + 1
+    while i < len(lines) and not lines[i].startswith("## "):
+        i += 1
+    head = "".join(lines[:i]).rstrip("\n") + "\n\n"
+    tail = "".join(lines[i:])
+    text = head + block + ("\n" + tail if tail else "")
+else:
+    text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
+open(path, "w").write(text.rstrip("\n") + "\n")
+PY
   echo "appended to $RESULTS" >&2
 fi
