@@ -275,6 +275,13 @@ pub fn html(s: &Summary) -> String {
             ms(l.max)
         ),
     );
+    if let Some(v) = d.span_ms {
+        row(
+            &mut table,
+            "first sent → last received",
+            format!("{v:.2} ms"),
+        );
+    }
     if let Some(k) = &d.check {
         row(
             &mut table,

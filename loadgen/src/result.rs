@@ -86,6 +86,10 @@ pub struct RawResult {
     /// `--memory-after-drain`: against the same baseline as `memory`.
     #[serde(default)]
     pub memory_after_drain: Option<MemoryResult>,
+    /// Earliest send stamp and latest receive time (Unix ns) over the stamped messages
+    /// received: the span of the whole delivery (see `DeliverySummary::span_ms`).
+    #[serde(default)]
+    pub span_ns: Option<(u64, u64)>,
 }
 
 impl RawResult {
@@ -97,6 +101,10 @@ impl RawResult {
         self.connect_phase_secs = self.connect_phase_secs.max(o.connect_phase_secs);
         self.publish_secs = self.publish_secs.max(o.publish_secs);
         self.deliver_secs = self.deliver_secs.max(o.deliver_secs);
+        self.span_ns = match (self.span_ns, o.span_ns) {
+            (Some((a0, a1)), Some((b0, b1))) => Some((a0.min(b0), a1.max(b1))),
+            (a, b) => a.or(b),
+        };
         if o.stopped_by != "completed" {
             self.stopped_by = o.stopped_by.clone();
         }
@@ -207,6 +215,10 @@ pub struct DeliverySummary {
     pub received: u64,
     pub rate_per_sec: f64,
     pub latency_us: HistSummary,
+    /// From the earliest send stamp to the latest receive over every message received
+    /// (ms): for one burst or one broadcast, the time to the last client.
+    #[serde(default)]
+    pub span_ms: Option<f64>,
     /// Loss/duplicate/order check (absent for `connect` and `publish`).
     pub check: Option<CheckTotals>,
 }
@@ -350,6 +362,9 @@ impl Summary {
                 received: c.delivered,
                 rate_per_sec: rate(c.delivered, raw.deliver_secs),
                 latency_us: HistSummary::of(&latency),
+                span_ms: raw
+                    .span_ns
+                    .map(|(first, last)| last.saturating_sub(first) as f64 / 1e6),
                 check: raw.check,
             },
             errors: ErrorSummary {
@@ -417,14 +432,17 @@ impl Summary {
             let l = &d.latency_us;
             let _ = writeln!(
                 s,
-                "  deliver   {} received = {:.0}/s; latency p50 {} p90 {} p99 {} p99.9 {} max {}",
+                "  deliver   {} received = {:.0}/s; latency p50 {} p90 {} p99 {} p99.9 {} max {}{}",
                 d.received,
                 d.rate_per_sec,
                 ms(l.p50),
                 ms(l.p90),
                 ms(l.p99),
                 ms(l.p999),
-                ms(l.max)
+                ms(l.max),
+                d.span_ms
+                    .map(|v| format!("; first sent -> last received {v:.2} ms"))
+                    .unwrap_or_default()
             );
         }
         if let Some(k) = &d.check {

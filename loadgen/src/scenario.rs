@@ -343,6 +343,7 @@ pub async fn run_process(
         timeline: stats.timeline.lock().unwrap().clone(),
         memory: memory_result,
         memory_after_drain,
+        span_ns: stats.span(),
     };
     Ok(result)
 }

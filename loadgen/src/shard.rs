@@ -429,6 +429,7 @@ mod tests {
             timeline: Vec::new(),
             memory: None,
             memory_after_drain: None,
+            span_ns: None,
         }
     }
 }

@@ -98,6 +98,10 @@ pub struct Stats {
     pub publish_attempted: AtomicU64,
     pub publish_rejected: AtomicU64,
     pub delivered: AtomicU64,
+    /// Earliest send stamp (Unix ns) among the messages received; `u64::MAX` until one is.
+    pub first_sent_ns: AtomicU64,
+    /// Latest receive time (Unix ns) of a stamped message; 0 until one is received.
+    pub last_received_ns: AtomicU64,
     pub errors_total: AtomicU64,
     pub errors: Mutex<BTreeMap<String, u64>>,
     pub publish_status: Mutex<BTreeMap<String, u64>>,
@@ -130,6 +134,8 @@ impl Stats {
             publish_attempted: AtomicU64::new(0),
             publish_rejected: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
+            first_sent_ns: AtomicU64::new(u64::MAX),
+            last_received_ns: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
             publish_status: Mutex::new(BTreeMap::new()),
@@ -185,6 +191,22 @@ impl Stats {
         let mut h = self.hists.lock().unwrap();
         h.connect.saturating_record(connect_us.max(1));
         h.assign.saturating_record(assign_us.max(1));
+    }
+
+    /// A stamped message arrived: its latency, and the span from the earliest send to the
+    /// latest receive (the time to the last client of a burst or a broadcast).
+    pub fn record_delivery(&self, sent_ns: u64) {
+        let now = unix_nanos();
+        self.first_sent_ns.fetch_min(sent_ns, Ordering::Relaxed);
+        self.last_received_ns.fetch_max(now, Ordering::Relaxed);
+        self.record_latency(now.saturating_sub(sent_ns) / 1000);
+    }
+
+    /// First send → last receive over every stamped message received, in ns.
+    pub fn span(&self) -> Option<(u64, u64)> {
+        let first = self.first_sent_ns.load(Ordering::Relaxed);
+        let last = self.last_received_ns.load(Ordering::Relaxed);
+        (first != u64::MAX && last != 0).then_some((first, last))
     }
 
     pub fn record_latency(&self, us: u64) {
@@ -257,6 +279,19 @@ mod tests {
         merge_b64(&mut sa, &hist_to_b64(&new_hist())).unwrap();
         assert_eq!(hist_from_b64(&sa).unwrap().len(), 2000);
         assert!(hist_from_b64("not base64!").is_err());
+    }
+
+    #[test]
+    fn span_runs_from_the_first_send_to_the_last_receive() {
+        let s = Stats::new();
+        assert_eq!(s.span(), None);
+        let t = unix_nanos();
+        s.record_delivery(t - 2_000_000);
+        s.record_delivery(t - 5_000_000);
+        let (first, last) = s.span().expect("two deliveries");
+        assert_eq!(first, t - 5_000_000);
+        assert!(last >= t && last - first >= 5_000_000, "{first} {last}");
+        assert_eq!(s.hists.lock().unwrap().latency.len(), 2);
     }
 
     #[test]

@@ -126,7 +126,7 @@ pub fn on_raw(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, payload: &[u
                 slot.max_seq
                     .fetch_max(s.i, std::sync::atomic::Ordering::Relaxed);
             }
-            stats.record_latency(unix_nanos().saturating_sub(s.t) / 1000);
+            stats.record_delivery(s.t);
         }
         Err(_) => stats.error("bad_frame"),
     }

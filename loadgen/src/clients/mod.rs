@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checker::{Seen, SeqChecker};
 use crate::cli::{Plan, Transport};
 use crate::net::{HttpPool, SourceIps};
-use crate::stats::{unix_nanos, Stats};
+use crate::stats::Stats;
 
 /// What every client task of a process shares.
 pub struct ClientCtx {
@@ -123,7 +123,7 @@ fn on_message(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, seq: u64, da
         slot.max_seq.fetch_max(seq, Ordering::Relaxed);
     }
     if let Some(Data::Stamped { t }) = data {
-        stats.record_latency(unix_nanos().saturating_sub(t) / 1000);
+        stats.record_delivery(t);
     }
 }
 
@@ -298,6 +298,7 @@ async fn open(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stats::unix_nanos;
 
     #[test]
     fn frames() {
