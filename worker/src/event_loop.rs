@@ -232,6 +232,8 @@ struct Wheel {
     next: u32,
     /// Entries in all slots, stale ones included.
     len: usize,
+    /// Entries left by the last [`Wheel::compact`].
+    compacted_len: usize,
 }
 
 impl Wheel {
@@ -240,6 +242,7 @@ impl Wheel {
             slots: (0..span + 2).map(|_| Vec::new()).collect(),
             next: now,
             len: 0,
+            compacted_len: 0,
         }
     }
 
@@ -269,6 +272,15 @@ impl Wheel {
             }
             self.len += slot.len();
         }
+        self.compacted_len = self.len;
+    }
+
+    /// Whether stale entries are worth a [`Wheel::compact`] with `conns` connections open:
+    /// the entries grew past twice both what the last compaction left and the connections,
+    /// so a compaction (one pass over every entry) comes after at least as many adds as it
+    /// visits, and stale entries stay a bounded multiple of live ones.
+    fn wants_compact(&self, conns: usize) -> bool {
+        self.len > 2 * self.compacted_len.max(conns) + 1024
     }
 
     fn put_back(&mut self, sec: u32, mut v: Vec<(u32, u32)>) {
@@ -455,14 +467,17 @@ impl EventLoop {
     /// Allocator work was done: this thread and the link thread collect soon (see `trim`).
     fn busy(&mut self) {
         self.trim.busy();
-        self.shared.link_trim.store(true, Ordering::Relaxed);
+        // Read first: a store on every event would bounce the line between loop threads.
+        if !self.shared.link_trim.load(Ordering::Relaxed) {
+            self.shared.link_trim.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Schedules `on_deadline(key, gen)` at second `at`. Entries of older generations stay
     /// in the wheel until their second; once they outnumber the connections, they go.
     fn add_deadline(&mut self, at: u32, key: usize, gen: u32) {
         self.wheel.add(at, key, gen);
-        if self.wheel.len > 2 * self.conns.len() + 1024 {
+        if self.wheel.wants_compact(self.conns.len()) {
             let conns = &self.conns;
             self.wheel
                 .compact(|key, gen| conns.get(key as usize).is_some_and(|c| c.gen == gen));
@@ -1609,5 +1624,31 @@ mod tests {
         assert!(w.take(11).is_empty());
         w.next = 12;
         assert_eq!(w.take(12), vec![(1, 1)]);
+    }
+
+    #[test]
+    fn wheel_compaction_drops_stale_entries_and_is_amortized() {
+        let mut w = Wheel::new(120, 0);
+        // 2,000 connections, each re-armed 5 times: only the newest generation is live.
+        for gen in 1..=5u32 {
+            for key in 0..2000usize {
+                w.add(gen * 10, key, gen);
+            }
+        }
+        assert_eq!(w.len, 10_000);
+        assert!(w.wants_compact(2000));
+        w.compact(|_, gen| gen == 5);
+        assert_eq!(w.len, 2000);
+        assert!(!w.wants_compact(2000));
+        // The live entries survive, in their slot.
+        assert_eq!(w.slots[50].len(), 2000);
+        assert!(w.slots[10].is_empty() && w.slots[10].capacity() == 0);
+        // With many live entries left, the next compaction waits for as many adds again,
+        // even if the connections went away meanwhile.
+        for i in 0..=(2000 + 1024) {
+            assert!(!w.wants_compact(0), "after {i} adds");
+            w.add(60, i, 6);
+        }
+        assert!(w.wants_compact(0));
     }
 }
