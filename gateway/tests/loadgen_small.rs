@@ -99,6 +99,9 @@ async fn loadgen_broadcast_reaches_every_channel_in_order() {
         "--broadcast",
         "--publish-connections",
         "1",
+        "--memory-after-drain",
+        "--settle",
+        "1s",
     ];
     let r = run_loadgen(&gw.base, 500, &args).await;
     assert_eq!(r["publish"]["requests"], 3, "{}", r["publish"]);
@@ -112,5 +115,17 @@ async fn loadgen_broadcast_reaches_every_channel_in_order() {
     assert!(
         span >= max_latency_ms,
         "span {span} ms < max latency {max_latency_ms} ms"
+    );
+    // --memory-after-drain: the worker's RSS read again after the messages passed, over
+    // the same 500 connections and against the same baseline as the idle reading.
+    let (idle, drained) = (&r["memory"], &r["memory_after_drain"]);
+    assert_eq!(drained["connections"], 500, "{drained}");
+    assert_eq!(
+        drained["workers"][0]["rss_before"],
+        idle["workers"][0]["rss_before"]
+    );
+    assert!(
+        drained["workers"][0]["rss_after"].as_u64().unwrap() > 0,
+        "{drained}"
     );
 }
