@@ -178,14 +178,13 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
                 }
                 stats.published.fetch_add(1, Ordering::Relaxed);
             }
-            Ok((status, _)) => {
-                stats.publish_status(status.as_str(), 1);
-                stats.error(format!("publish_http_{}", status.as_u16()));
-            }
-            Err(e) => {
-                stats.publish_status(e.kind(), 1);
-                stats.error(format!("publish_{}", e.kind()));
-            }
+            Ok((status, _)) => count_failed(
+                stats,
+                status.as_str(),
+                &format!("http_{}", status.as_u16()),
+                1,
+            ),
+            Err(e) => count_failed(stats, e.kind(), e.kind(), 1),
         }
         return;
     }
@@ -233,34 +232,45 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
                             accepted += 1;
                         }
                     }
-                    if accepted != a.accepted {
-                        stats.error("publish_batch_count_mismatch");
-                    }
                     let rejected = a.rejected.len() as u64;
-                    stats.publish_status(status.as_str(), accepted);
-                    stats.published.fetch_add(accepted, Ordering::Relaxed);
-                    if rejected > 0 {
-                        stats
-                            .publish_rejected
-                            .fetch_add(rejected, Ordering::Relaxed);
-                        stats.publish_status("rejected", rejected);
-                        for _ in 0..rejected {
-                            stats.error("publish_line_rejected");
-                        }
-                    }
+                    count_answered(stats, status.as_str(), accepted, a.accepted, rejected);
                 }
                 Err(_) => stats.error("publish_bad_body"),
             }
         }
-        Ok((status, _)) => {
-            stats.publish_status(status.as_str(), batch);
-            stats.error(format!("publish_http_{}", status.as_u16()));
-        }
-        Err(e) => {
-            stats.publish_status(e.kind(), batch);
-            stats.error(format!("publish_{}", e.kind()));
+        Ok((status, _)) => count_failed(
+            stats,
+            status.as_str(),
+            &format!("http_{}", status.as_u16()),
+            batch,
+        ),
+        Err(e) => count_failed(stats, e.kind(), e.kind(), batch),
+    }
+}
+
+/// Counts an answered batch or broadcast: `accepted` messages (the answer claimed
+/// `claimed`), `rejected` refused one by one.
+fn count_answered(stats: &Stats, status: &str, accepted: u64, claimed: u64, rejected: u64) {
+    if accepted != claimed {
+        stats.error("publish_batch_count_mismatch");
+    }
+    stats.publish_status(status, accepted);
+    stats.published.fetch_add(accepted, Ordering::Relaxed);
+    if rejected > 0 {
+        stats
+            .publish_rejected
+            .fetch_add(rejected, Ordering::Relaxed);
+        stats.publish_status("rejected", rejected);
+        for _ in 0..rejected {
+            stats.error("publish_line_rejected");
         }
     }
+}
+
+/// Counts `n` messages of a request that failed as a whole (`publish_<what>` error).
+fn count_failed(stats: &Stats, status: &str, what: &str, n: u64) {
+    stats.publish_status(status, n);
+    stats.error(format!("publish_{what}"));
 }
 
 #[derive(Deserialize)]
@@ -328,33 +338,18 @@ async fn send_broadcast(
                             accepted += 1;
                         }
                     }
-                    if accepted != a.accepted {
-                        stats.error("publish_batch_count_mismatch");
-                    }
-                    let rejected = n - accepted;
-                    stats.publish_status(status.as_str(), accepted);
-                    stats.published.fetch_add(accepted, Ordering::Relaxed);
-                    if rejected > 0 {
-                        stats
-                            .publish_rejected
-                            .fetch_add(rejected, Ordering::Relaxed);
-                        stats.publish_status("rejected", rejected);
-                        for _ in 0..rejected {
-                            stats.error("publish_line_rejected");
-                        }
-                    }
+                    count_answered(stats, status.as_str(), accepted, a.accepted, n - accepted);
                 }
                 Err(_) => stats.error("publish_bad_body"),
             }
         }
-        Ok((status, _)) => {
-            stats.publish_status(status.as_str(), n);
-            stats.error(format!("publish_http_{}", status.as_u16()));
-        }
-        Err(e) => {
-            stats.publish_status(e.kind(), n);
-            stats.error(format!("publish_{}", e.kind()));
-        }
+        Ok((status, _)) => count_failed(
+            stats,
+            status.as_str(),
+            &format!("http_{}", status.as_u16()),
+            n,
+        ),
+        Err(e) => count_failed(stats, e.kind(), e.kind(), n),
     }
 }
 

@@ -184,15 +184,7 @@ pub async fn run_process(
             if plan.memory_after_drain {
                 baseline = Some(before.clone());
             }
-            let after = tokio::select! {
-                _ = stop_all.cancelled() => None,
-                a = crate::target::settled_snapshot(&plan) => Some(a),
-            };
-            if let Some(after) = after {
-                let connected = stats.connected.load(Ordering::Relaxed).max(0) as u64;
-                let per_worker = stats.per_worker.lock().unwrap().clone();
-                memory_result = Some(memory::compare(before, after, &per_worker, connected));
-            }
+            memory_result = memory_since(&plan, &stats, &stop_all, before).await;
         }
         Barrier::Local { .. } => {}
         Barrier::Child => child_barrier(&ready, stop_all.clone()).await,
@@ -255,16 +247,7 @@ pub async fn run_process(
             crate::target::cpu_mark(&plan, "drained");
             if let Some(before) = baseline.take() {
                 // Clients still open; long-polls have re-polled during the settle time.
-                let after = tokio::select! {
-                    _ = stop_all.cancelled() => None,
-                    a = crate::target::settled_snapshot(&plan) => Some(a),
-                };
-                if let Some(after) = after {
-                    let connected = stats.connected.load(Ordering::Relaxed).max(0) as u64;
-                    let per_worker = stats.per_worker.lock().unwrap().clone();
-                    memory_after_drain =
-                        Some(memory::compare(before, after, &per_worker, connected));
-                }
+                memory_after_drain = memory_since(&plan, &stats, &stop_all, before).await;
             }
         }
         _ => {}
@@ -346,6 +329,23 @@ pub async fn run_process(
         span_ns: stats.span(),
     };
     Ok(result)
+}
+
+/// Reads memory once the settle time has passed (nothing if stopped first) and compares
+/// it with `before` over the clients connected now.
+async fn memory_since(
+    plan: &Plan,
+    stats: &Stats,
+    stop: &CancellationToken,
+    before: memory::Snapshot,
+) -> Option<memory::MemoryResult> {
+    let after = tokio::select! {
+        _ = stop.cancelled() => return None,
+        a = crate::target::settled_snapshot(plan) => a,
+    };
+    let connected = stats.connected.load(Ordering::Relaxed).max(0) as u64;
+    let per_worker = stats.per_worker.lock().unwrap().clone();
+    Some(memory::compare(before, after, &per_worker, connected))
 }
 
 /// The cumulative counters as of the last tick (so the final tick is a delta).
