@@ -38,6 +38,18 @@ pub fn text_payload(n: usize) -> bytes::Bytes {
     v.into()
 }
 
+/// The number after `name` in `args`, or `default` (the floor binaries' flags).
+pub fn arg(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}: not a number: {v}"))
+        })
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,8 +21,8 @@ use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// mimalloc, as in the gateway and worker, is the global allocator of `pushgate_benches`.
+use pushgate_benches::arg;
 
 const ASSIGN_REQ: usize = 150;
 const ASSIGN_RESP: usize = 400;
@@ -34,17 +34,6 @@ const WS_LISTENER: Token = Token(usize::MAX - 1);
 const ASSIGN_LISTENER: Token = Token(usize::MAX - 2);
 /// Client side: assign connection `j` has token `ASSIGN_BASE + j`.
 const ASSIGN_BASE: usize = 1 << 40;
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}: not a number: {v}"))
-        })
-        .unwrap_or(default)
-}
 
 fn listener() -> TcpListener {
     let s =

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// mimalloc, as in the gateway and worker, is the global allocator of `pushgate_benches`.
+use pushgate_benches::arg;
 
 fn thread_cpu_us() -> f64 {
     // SAFETY: getrusage writes into the zeroed struct it is given.
@@ -29,17 +29,6 @@ fn thread_cpu_us() -> f64 {
     unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
     let tv = |t: libc::timeval| t.tv_sec as f64 * 1e6 + t.tv_usec as f64;
     tv(u.ru_utime) + tv(u.ru_stime)
-}
-
-fn arg(args: &[String], name: &str, default: usize) -> usize {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(|v| {
-            v.parse()
-                .unwrap_or_else(|_| panic!("{name}: not a number: {v}"))
-        })
-        .unwrap_or(default)
 }
 
 /// Reads every receiving socket that becomes readable until `stop`; returns bytes read.
