@@ -8,7 +8,7 @@ use crate::metrics::{metrics, CloseReason, Transport};
 use crate::poll::PollBody;
 use crate::shared::{split_sub_id, sub_id, Cmd, Shared};
 use crate::trim::Trim;
-use crate::{sockets, sse, ws};
+use crate::{sse, ws};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use protocol::link::{Down, KickReason, Up};
@@ -327,7 +327,6 @@ pub(crate) struct EventLoop {
     sweep_cursor: usize,
     resub_cursor: Option<usize>,
     drain_deadline: Option<Instant>,
-    sock_opts: sockets::SocketOptions,
     // Per-batch state of the connection whose deliveries are being gathered.
     batch_count: u64,
     batch_gap: Option<(u64, u64)>,
@@ -337,12 +336,7 @@ pub(crate) struct EventLoop {
 }
 
 impl EventLoop {
-    pub fn new(
-        index: usize,
-        shared: Arc<Shared>,
-        setup: LoopSetup,
-        sock_opts: sockets::SocketOptions,
-    ) -> EventLoop {
+    pub fn new(index: usize, shared: Arc<Shared>, setup: LoopSetup) -> EventLoop {
         let c = &shared.config;
         let span = c
             .max_poll_timeout_secs
@@ -379,7 +373,6 @@ impl EventLoop {
             sweep_cursor: 0,
             resub_cursor: None,
             drain_deadline: None,
-            sock_opts,
             batch_count: 0,
             batch_gap: None,
             batch_backlog: false,
@@ -533,11 +526,6 @@ impl EventLoop {
                 metrics().closed(CloseReason::Refused).inc();
                 continue;
             }
-            let _ = sockets::apply(
-                socket2::SockRef::from(&stream),
-                sockets::Role::Accepted,
-                &self.sock_opts,
-            );
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             if self

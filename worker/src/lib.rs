@@ -45,7 +45,6 @@ pub struct Worker {
     up_rx: mpsc::Receiver<protocol::link::Up>,
     addrs: Vec<SocketAddr>,
     id: String,
-    sock_opts: sockets::SocketOptions,
 }
 
 /// The running worker's threads.
@@ -118,7 +117,6 @@ impl Worker {
             up_rx,
             addrs,
             id,
-            sock_opts,
         })
     }
 
@@ -144,7 +142,7 @@ impl Worker {
         }
         let mut threads = Vec::new();
         for (i, setup) in self.setups.into_iter().enumerate() {
-            let lp = EventLoop::new(i, self.shared.clone(), setup, self.sock_opts);
+            let lp = EventLoop::new(i, self.shared.clone(), setup);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("pushgate-loop-{i}"))

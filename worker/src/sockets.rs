@@ -5,15 +5,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Which socket the options are for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A listening socket (before `bind`).
-    Listener,
-    /// A connection just accepted from a listener.
-    Accepted,
-}
-
 /// Socket options taken from the config.
 #[derive(Debug, Clone, Copy)]
 pub struct SocketOptions {
@@ -25,18 +16,15 @@ pub struct SocketOptions {
     pub keepalive_idle: Duration,
 }
 
-/// Applies every option for `role`: reuseaddr, reuseport, nodelay, keepalive, buffer
-/// sizes, non-blocking.
+/// Applies every option to a listening socket (before `bind`): reuseaddr, reuseport,
+/// nodelay, keepalive, buffer sizes, non-blocking.
 ///
-/// An accepted socket needs nothing: Linux copies nodelay, keepalive (with its idle time,
+/// Accepted sockets get none set: Linux copies nodelay, keepalive (with its idle time,
 /// interval and count) and the buffer sizes from the listener to every socket it accepts
 /// (`accepted_sockets_inherit_the_listener_options` below checks it on the running kernel),
 /// and mio's `accept4` already makes it non-blocking. Setting them again took 7 syscalls per
 /// connection, ~5 % of the worker's CPU in a connect burst (`perf`, 15,000 connects).
-pub fn apply(sock: SockRef<'_>, role: Role, opts: &SocketOptions) -> io::Result<()> {
-    if role == Role::Accepted {
-        return Ok(());
-    }
+pub fn apply_listener(sock: SockRef<'_>, opts: &SocketOptions) -> io::Result<()> {
     sock.set_reuse_address(true)?;
     sock.set_reuse_port(true)?;
     sock.set_tcp_nodelay(true)?;
@@ -58,7 +46,7 @@ pub fn apply(sock: SockRef<'_>, role: Role, opts: &SocketOptions) -> io::Result<
 /// Binds one SO_REUSEPORT listening socket to `addr` and starts listening.
 pub fn bind_listener(addr: SocketAddr, opts: &SocketOptions) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    apply(SockRef::from(&socket), Role::Listener, opts)?;
+    apply_listener(SockRef::from(&socket), opts)?;
     socket.bind(&addr.into())?;
     socket.listen(opts.backlog)?;
     Ok(socket.into())
@@ -97,7 +85,6 @@ mod tests {
         let l = SockRef::from(&listener);
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        apply(SockRef::from(&accepted), Role::Accepted, &opts).unwrap();
         let a = SockRef::from(&accepted);
         assert!(a.tcp_nodelay().unwrap());
         assert!(a.keepalive().unwrap());
