@@ -16,9 +16,10 @@
 
 /// Makes mimalloc (v3, the crate's default) return freed memory to the OS at once instead
 /// of after `purge_delay` (1 s): a delayed purge needs a later allocator call, which an
-/// idle worker does not make, and a forced collect does not reach every pending one. Measured with benches/idle-memory.sh 18000 poll (4 x 4 KiB burst): 208-302 B per
-/// held long-poll after the burst with the delay, 138-154 B without. An operator's own
-/// `MIMALLOC_PURGE_DELAY` is left alone.
+/// idle worker does not make, and a forced collect does not reach every pending one.
+/// Measured with the run of benches/idle-memory.sh 18000 poll (4 x 4 KiB burst): 208-316 B
+/// per held long-poll after the burst with the delay, 138-154 B without (see
+/// benches/RESULTS.md). An operator's own `MIMALLOC_PURGE_DELAY` is left alone.
 pub(crate) fn configure() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a plain option value; mimalloc reads options atomically.
