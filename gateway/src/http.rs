@@ -17,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use protocol::query::{percent_decode, percent_encode_into, query_pairs};
 use serde_json::json;
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -190,6 +191,14 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream) {
     }
 }
 
+/// A channel name from a path segment; one that does not decode is empty (refused as a bad
+/// channel name by the handler).
+fn decode_segment(s: &str) -> String {
+    percent_decode(s, false)
+        .map(|c| c.into_owned())
+        .unwrap_or_default()
+}
+
 enum Route {
     Dashboard,
     Healthz,
@@ -217,9 +226,9 @@ impl Route {
             protocol::link::LINK_PATH => Route::Link,
             _ => {
                 if let Some(c) = path.strip_prefix("/v1/publish/") {
-                    Route::Publish(percent_decode(c, false).unwrap_or_default())
+                    Route::Publish(decode_segment(c))
                 } else if let Some(c) = path.strip_prefix("/v1/channels/") {
-                    Route::Channel(percent_decode(c, false).unwrap_or_default())
+                    Route::Channel(decode_segment(c))
                 } else {
                     Route::NotFound
                 }
@@ -337,10 +346,17 @@ fn unix_now() -> u64 {
 fn assign(app: &App, query: &str) -> Resp {
     let mut channel_param = None;
     let mut token_param = None;
-    for (k, v) in query_pairs(query) {
-        match k.as_str() {
-            "channel" => channel_param = Some(v),
-            "token" => token_param = Some(v),
+    for pair in query_pairs(query) {
+        let Ok((k, v)) = pair else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "the query string has a malformed percent-escape",
+            );
+        };
+        match &*k {
+            "channel" => channel_param = Some(v.into_owned()),
+            "token" => token_param = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -841,79 +857,9 @@ fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
     r
 }
 
-/// Splits a query string into decoded pairs (`+` is a space); undecodable pairs are skipped.
-pub fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((percent_decode(k, true)?, percent_decode(v, true)?))
-        })
-}
-
-/// Decodes `%XX` escapes (and `+` as space when `plus` is set); `None` if not UTF-8 or malformed.
-pub fn percent_decode(s: &str, plus: bool) -> Option<String> {
-    if !s.contains(['%', '+']) {
-        return Some(s.to_owned());
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' if plus => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Appends `s` encoded for a query value: unreserved characters and `:` `@` stay as they are.
-pub fn percent_encode_into(out: &mut String, s: &str) {
-    for &c in s.as_bytes() {
-        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b':' | b'@') {
-            out.push(c as char);
-        } else {
-            let _ = write!(out, "%{c:02X}");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn percent_coding() {
-        assert_eq!(percent_decode("a%3Ab+c", true).as_deref(), Some("a:b c"));
-        assert_eq!(percent_decode("a+b", false).as_deref(), Some("a+b"));
-        assert_eq!(percent_decode("%zz", true), None);
-        assert_eq!(percent_decode("%4", true), None);
-        let mut s = String::new();
-        percent_encode_into(&mut s, "user:1@x y&z=é");
-        assert_eq!(s, "user:1@x%20y%26z%3D%C3%A9");
-        let pairs: Vec<_> = query_pairs("channel=a%40b&token=t.x-y_&&flag").collect();
-        assert_eq!(
-            pairs,
-            vec![
-                ("channel".into(), "a@b".into()),
-                ("token".into(), "t.x-y_".into()),
-                ("flag".into(), "".into())
-            ]
-        );
-    }
 
     #[test]
     fn cors_matching() {

@@ -259,6 +259,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 epoch,
                 resume,
                 channel,
+                ..
             } => {
                 if protocol::validate_channel(&channel).is_err() {
                     debug!(worker = %link.worker_id, "subscribe for an invalid channel name");
@@ -283,6 +284,37 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         sub_id,
                         reason: KickReason::Refused,
                     });
+                }
+            }
+            Up::Fetch {
+                sub_id,
+                since,
+                epoch,
+                channel,
+                ..
+            } => {
+                if protocol::validate_channel(&channel).is_err() {
+                    continue;
+                }
+                link.room(room).await;
+                match app.store.fetch(&channel, since, epoch, now).await {
+                    Ok(Down::Backlog {
+                        epoch,
+                        last_seq,
+                        gap_first_seq,
+                        messages,
+                        ..
+                    }) => {
+                        link.send(Down::Backlog {
+                            sub_id,
+                            epoch,
+                            last_seq,
+                            gap_first_seq,
+                            messages,
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(worker = %link.worker_id, error = %e, "fetch refused"),
                 }
             }
             Up::Unsubscribe { sub_id, channel } => {
@@ -342,6 +374,7 @@ mod tests {
     fn deliver(seq: u64) -> Down {
         Down::Deliver {
             sub_id: 1,
+            epoch: 1,
             seq,
             data: bytes::Bytes::from_static(b"1"),
         }

@@ -627,7 +627,10 @@ async fn a_large_resume_backlog_is_not_mistaken_for_a_slow_client() {
 async fn worker_links_need_the_link_key_when_one_is_set() {
     let mut c = start(&["--link-key", "k-123"], 0, &[]).await;
     for auth in [None, Some("Bearer wrong"), Some("k-123")] {
-        let mut headers = vec![("Connection", "Upgrade"), ("Upgrade", "pushgate-link/1")];
+        let mut headers = vec![
+            ("Connection", "Upgrade"),
+            ("Upgrade", protocol::link::LINK_UPGRADE),
+        ];
         if let Some(a) = auth {
             headers.push(("Authorization", a));
         }

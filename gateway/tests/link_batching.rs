@@ -24,6 +24,7 @@ async fn many_delivers_are_batched_and_ordered() {
                 sub_id: 5,
                 seq,
                 data,
+                ..
             } => {
                 assert_eq!(seq, i);
                 assert_eq!(data, i.to_string().as_bytes());

@@ -92,7 +92,9 @@ async fn backlog_then_live_delivery_in_order_and_idempotency() {
         4
     );
     match w.recv().await {
-        Down::Deliver { sub_id, seq, data } => {
+        Down::Deliver {
+            sub_id, seq, data, ..
+        } => {
             assert_eq!((sub_id, seq), (7, 4));
             assert_eq!(&data[..], br#""plain text""#);
         }

@@ -2,7 +2,8 @@
 //!
 //! - [`channel`]: channel-name rules of the external contract;
 //! - [`envelope`]: the JSON a client receives (`{"seq":N,"data":...}`, the gap signal, errors);
-//! - [`link`]: the binary frames on the gateway<->worker link;
+//! - [`link`]: the binary frames on the gateway<->worker link and its upgrade handshake;
+//! - [`query`]: query strings and percent-encoding (one decoder for both binaries);
 //! - [`token`]: HS256 subscriber tokens.
 //!
 //! Everything here is plain functions over bytes: no I/O, no clocks (callers pass `now`).
@@ -10,6 +11,7 @@
 pub mod channel;
 pub mod envelope;
 pub mod link;
+pub mod query;
 pub mod token;
 
 pub use channel::{validate_channel, ChannelError, MAX_CHANNEL_LEN};

@@ -16,8 +16,43 @@ use bytes::{Buf, Bytes, BytesMut};
 
 /// Path of the upgrade request that opens a link.
 pub const LINK_PATH: &str = "/v1/link";
-/// `Upgrade:` token of the link protocol.
-pub const LINK_UPGRADE: &str = "pushgate-link/1";
+/// `Upgrade:` token of the link protocol. The version changes with the frame layout, so a
+/// worker and a gateway from different releases refuse each other with a clear status
+/// instead of misreading frames.
+pub const LINK_UPGRADE: &str = "pushgate-link/2";
+/// The request a worker sends to open a link: `host` as it goes in the `Host` header
+/// (`ip:port`, an IPv6 address in brackets), `link_key` as a bearer token when set.
+pub fn upgrade_request(host: &str, link_key: Option<&str>) -> String {
+    let auth = match link_key {
+        Some(key) => format!("Authorization: Bearer {key}\r\n"),
+        None => String::new(),
+    };
+    format!(
+        "GET {LINK_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {LINK_UPGRADE}\r\n{auth}\r\n"
+    )
+}
+
+/// Whether an `Upgrade:` header value (a comma-separated list) names this link protocol.
+pub fn wants_link_upgrade(upgrade: &str) -> bool {
+    upgrade
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case(LINK_UPGRADE))
+}
+
+/// Length of the response head at the start of `buf` (through the blank line), once whole.
+pub fn response_head_len(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+/// Checks the gateway's answer to [`upgrade_request`]: `Ok` for `101`, else its status line.
+pub fn check_upgrade_response(head: &[u8]) -> Result<(), String> {
+    if head.starts_with(b"HTTP/1.1 101") {
+        return Ok(());
+    }
+    let line = head.split(|&b| b == b'\r').next().unwrap_or(&[]);
+    Err(String::from_utf8_lossy(line).into_owned())
+}
+
 /// Largest frame either side accepts (a backlog of retained messages is one frame).
 pub const MAX_FRAME: usize = 256 * 1024 * 1024;
 
@@ -33,6 +68,11 @@ pub enum LinkError {
     #[error("string is not UTF-8")]
     BadUtf8,
 }
+
+/// Kick reason bytes this build does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kick reason {0}")]
+pub struct UnknownKickReason(pub u8);
 
 /// The worker introduces itself (first frame on a link).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,11 +102,24 @@ pub enum Up {
     /// `sub_id` is the worker's handle for the connection; every `Down` for it carries it.
     /// `resume`: the worker re-sends this for a connection it already held when its link
     /// came back; a newer holder of the channel then keeps it (the resumer is kicked).
+    /// `max_bytes`: most payload bytes the answering `Backlog` may carry (at least one
+    /// message is always sent); the rest is asked for with `Fetch` as the client drains.
     Subscribe {
         sub_id: u64,
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
+        max_bytes: u32,
+        channel: String,
+    },
+    /// Retained messages of `channel` after `since` (the last seq the connection sent, in
+    /// `epoch`), at most `max_bytes` of payload: the next page of a resume, or the messages
+    /// of a hole. Answered with a `Backlog`; the directory is not touched.
+    Fetch {
+        sub_id: u64,
+        since: u64,
+        epoch: Option<u64>,
+        max_bytes: u32,
         channel: String,
     },
     /// The connection behind `sub_id` is gone (or its long-poll was answered).
@@ -90,14 +143,28 @@ pub enum KickReason {
     Refused = 3,
 }
 
+impl TryFrom<u8> for KickReason {
+    type Error = UnknownKickReason;
+
+    fn try_from(b: u8) -> Result<Self, Self::Error> {
+        match b {
+            1 => Ok(KickReason::Replaced),
+            2 => Ok(KickReason::Resync),
+            3 => Ok(KickReason::Refused),
+            other => Err(UnknownKickReason(other)),
+        }
+    }
+}
+
 /// Frames the gateway sends to a worker.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Down {
     /// Answer to `Hello`.
     Welcome { gateway_id: String },
-    /// Answer to `Subscribe`: what is retained after `since`, in order, and whether the
-    /// resume could not be served whole (`gap_first_seq`: the first seq that follows).
-    /// After it, the subscription is live: `Deliver` frames follow for newer messages.
+    /// Answer to `Subscribe` and `Fetch`: what is retained after `since`, in order, at most
+    /// the asked-for bytes (the oldest first; `last_seq` tells whether more exists), and
+    /// whether the resume could not be served whole (`gap_first_seq`: the first seq that
+    /// follows). After the first one, the subscription is live: `Deliver` frames follow.
     Backlog {
         sub_id: u64,
         epoch: u64,
@@ -105,8 +172,14 @@ pub enum Down {
         gap_first_seq: Option<u64>,
         messages: Vec<(u64, Bytes)>,
     },
-    /// One live message; `data` is the rendered JSON of the `data` field.
-    Deliver { sub_id: u64, seq: u64, data: Bytes },
+    /// One live message of the channel's log `epoch`; `data` is the rendered JSON of the
+    /// `data` field. The worker orders by (epoch, seq): the link's order is not relied on.
+    Deliver {
+        sub_id: u64,
+        epoch: u64,
+        seq: u64,
+        data: Bytes,
+    },
     /// Drop the subscriber behind `sub_id` (its close reason given by `reason`).
     Kick { sub_id: u64, reason: KickReason },
 }
@@ -115,6 +188,7 @@ const UP_HELLO: u8 = 1;
 const UP_LOAD: u8 = 2;
 const UP_SUBSCRIBE: u8 = 3;
 const UP_UNSUBSCRIBE: u8 = 4;
+const UP_FETCH: u8 = 5;
 const DOWN_WELCOME: u8 = 10;
 const DOWN_BACKLOG: u8 = 11;
 const DOWN_DELIVER: u8 = 12;
@@ -145,6 +219,7 @@ impl Up {
                 since,
                 epoch,
                 resume,
+                max_bytes,
                 channel,
             } => {
                 out.push(UP_SUBSCRIBE);
@@ -152,6 +227,21 @@ impl Up {
                 put_opt(out, *since);
                 put_opt(out, *epoch);
                 out.push(*resume as u8);
+                out.extend_from_slice(&max_bytes.to_be_bytes());
+                put_str(out, channel);
+            }
+            Up::Fetch {
+                sub_id,
+                since,
+                epoch,
+                max_bytes,
+                channel,
+            } => {
+                out.push(UP_FETCH);
+                put_u64(out, *sub_id);
+                put_u64(out, *since);
+                put_opt(out, *epoch);
+                out.extend_from_slice(&max_bytes.to_be_bytes());
                 put_str(out, channel);
             }
             Up::Unsubscribe { sub_id, channel } => {
@@ -190,6 +280,14 @@ impl Up {
                 since: get_opt(&mut f)?,
                 epoch: get_opt(&mut f)?,
                 resume: get_u8(&mut f)? != 0,
+                max_bytes: get_u32(&mut f)?,
+                channel: get_string(&mut f)?,
+            },
+            UP_FETCH => Up::Fetch {
+                sub_id: get_u64(&mut f)?,
+                since: get_u64(&mut f)?,
+                epoch: get_opt(&mut f)?,
+                max_bytes: get_u32(&mut f)?,
                 channel: get_string(&mut f)?,
             },
             UP_UNSUBSCRIBE => Up::Unsubscribe {
@@ -202,10 +300,25 @@ impl Up {
 }
 
 impl Down {
+    /// The subscription a frame is for (`None` for `Welcome`).
+    pub fn sub_id(&self) -> Option<u64> {
+        match self {
+            Down::Backlog { sub_id, .. }
+            | Down::Deliver { sub_id, .. }
+            | Down::Kick { sub_id, .. } => Some(*sub_id),
+            Down::Welcome { .. } => None,
+        }
+    }
+
     /// Appends this frame (length prefix included) to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
-            Down::Deliver { sub_id, seq, data } => encode_deliver(out, *sub_id, *seq, data),
+            Down::Deliver {
+                sub_id,
+                epoch,
+                seq,
+                data,
+            } => encode_deliver(out, *sub_id, *epoch, *seq, data),
             Down::Welcome { gateway_id } => {
                 let start = begin(out);
                 out.push(DOWN_WELCOME);
@@ -270,17 +383,20 @@ impl Down {
             }
             DOWN_DELIVER => {
                 let sub_id = get_u64(&mut f)?;
+                let epoch = get_u64(&mut f)?;
                 let seq = get_u64(&mut f)?;
                 let data = get_bytes(&mut f)?;
-                Down::Deliver { sub_id, seq, data }
+                Down::Deliver {
+                    sub_id,
+                    epoch,
+                    seq,
+                    data,
+                }
             }
             DOWN_KICK => {
                 let sub_id = get_u64(&mut f)?;
-                let reason = match get_u8(&mut f)? {
-                    1 => KickReason::Replaced,
-                    3 => KickReason::Refused,
-                    _ => KickReason::Resync,
-                };
+                // A reason from a newer gateway: the safe default is to reconnect.
+                let reason = KickReason::try_from(get_u8(&mut f)?).unwrap_or(KickReason::Resync);
                 Down::Kick { sub_id, reason }
             }
             k => return Err(LinkError::UnknownKind(k)),
@@ -289,10 +405,11 @@ impl Down {
 }
 
 /// Appends a `Deliver` frame without building a [`Down`] (the hot path).
-pub fn encode_deliver(out: &mut Vec<u8>, sub_id: u64, seq: u64, data: &[u8]) {
+pub fn encode_deliver(out: &mut Vec<u8>, sub_id: u64, epoch: u64, seq: u64, data: &[u8]) {
     let start = begin(out);
     out.push(DOWN_DELIVER);
     put_u64(out, sub_id);
+    put_u64(out, epoch);
     put_u64(out, seq);
     put_bytes(out, data);
     finish(out, start);
@@ -427,6 +544,14 @@ mod tests {
             since: Some(5),
             epoch: None,
             resume: true,
+            max_bytes: 256 * 1024,
+            channel: "c:1".into(),
+        });
+        roundtrip_up(Up::Fetch {
+            sub_id: 4,
+            since: 17,
+            epoch: Some(3),
+            max_bytes: 1,
             channel: "c:1".into(),
         });
         roundtrip_up(Up::Unsubscribe {
@@ -448,20 +573,87 @@ mod tests {
         });
         roundtrip_down(Down::Deliver {
             sub_id: 9,
+            epoch: 77,
             seq: 13,
             data: Bytes::from_static(b"{}"),
         });
-        roundtrip_down(Down::Kick {
-            sub_id: 2,
-            reason: KickReason::Replaced,
-        });
+        for reason in [
+            KickReason::Replaced,
+            KickReason::Resync,
+            KickReason::Refused,
+        ] {
+            roundtrip_down(Down::Kick { sub_id: 2, reason });
+            assert_eq!(KickReason::try_from(reason as u8), Ok(reason));
+        }
+    }
+
+    #[test]
+    fn unknown_kick_reasons_mean_resync() {
+        assert_eq!(KickReason::try_from(0), Err(UnknownKickReason(0)));
+        let mut out = Vec::new();
+        Down::Kick {
+            sub_id: 5,
+            reason: KickReason::Refused,
+        }
+        .encode(&mut out);
+        *out.last_mut().unwrap() = 200;
+        let mut buf = BytesMut::from(&out[..]);
+        let body = split_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            Down::decode(body).unwrap(),
+            Down::Kick {
+                sub_id: 5,
+                reason: KickReason::Resync
+            }
+        );
+    }
+
+    #[test]
+    fn sub_id_of_every_frame() {
+        let d = Down::Deliver {
+            sub_id: 7,
+            epoch: 1,
+            seq: 1,
+            data: Bytes::new(),
+        };
+        assert_eq!(d.sub_id(), Some(7));
+        assert_eq!(
+            Down::Welcome {
+                gateway_id: "g".into()
+            }
+            .sub_id(),
+            None
+        );
+    }
+
+    #[test]
+    fn upgrade_handshake() {
+        let req = upgrade_request("[::1]:80", Some("k"));
+        assert!(
+            req.starts_with("GET /v1/link HTTP/1.1\r\nHost: [::1]:80\r\n"),
+            "{req}"
+        );
+        assert!(req.contains("Upgrade: pushgate-link/2\r\n"));
+        assert!(req.contains("Authorization: Bearer k\r\n"));
+        assert!(req.ends_with("\r\n\r\n"));
+        assert!(!upgrade_request("h:1", None).contains("Authorization"));
+        assert!(wants_link_upgrade("foo, PUSHGATE-LINK/2"));
+        assert!(!wants_link_upgrade("pushgate-link/1"));
+        let ok = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: pushgate-link/2\r\n\r\nrest";
+        assert_eq!(response_head_len(ok), Some(ok.len() - 4));
+        assert_eq!(check_upgrade_response(ok), Ok(()));
+        assert_eq!(
+            check_upgrade_response(b"HTTP/1.1 401 Unauthorized\r\n\r\n"),
+            Err("HTTP/1.1 401 Unauthorized".to_string())
+        );
+        assert_eq!(response_head_len(b"HTTP/1.1 101\r\n"), None);
     }
 
     #[test]
     fn frames_split_across_reads() {
         let mut out = Vec::new();
-        encode_deliver(&mut out, 1, 2, b"hello");
-        encode_deliver(&mut out, 1, 3, b"world");
+        encode_deliver(&mut out, 1, 9, 2, b"hello");
+        encode_deliver(&mut out, 1, 9, 3, b"world");
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
         for byte in out {

@@ -1066,6 +1066,7 @@ impl EventLoop {
             since,
             epoch: q.epoch,
             resume: false,
+            max_bytes: u32::MAX,
             channel: q.channel.clone(),
         };
         match self.shared.up_tx.try_send(up) {
@@ -1446,6 +1447,7 @@ impl EventLoop {
                         since: c.has(HAS_POS).then_some(c.pos),
                         epoch: c.has(HAS_EPOCH).then_some(c.epoch),
                         resume: true,
+                        max_bytes: u32::MAX,
                         channel: c.channel.as_deref().unwrap_or_default().to_owned(),
                     };
                     match self.shared.up_tx.try_send(up) {

@@ -1,8 +1,6 @@
 //! HTTP/1.1 request heads (httparse over a caller's buffer), query strings and the
 //! responses the worker writes. No I/O.
 
-use std::borrow::Cow;
-
 /// Most header lines a request may carry.
 pub const MAX_HEADERS: usize = 48;
 
@@ -107,57 +105,6 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
     Ok(Some(out))
 }
 
-/// `key=value` pairs of a query string, percent-decoded (`+` is a space).
-pub fn query_pairs(query: &str) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (percent_decode(k), percent_decode(v))
-    })
-}
-
-/// Percent-decodes `s` (`+` becomes a space); invalid escapes are kept as they are and
-/// invalid UTF-8 is replaced.
-pub fn percent_decode(s: &str) -> Cow<'_, str> {
-    if !s.bytes().any(|b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(s);
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                }
-                _ => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// The query parameters of the subscribe endpoints.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SubscribeQuery {
@@ -176,7 +123,8 @@ pub type QueryError = (&'static str, String);
 pub fn parse_subscribe_query(query: &str) -> Result<SubscribeQuery, QueryError> {
     let mut q = SubscribeQuery::default();
     let mut channel = None;
-    for (k, v) in query_pairs(query) {
+    for pair in protocol::query::query_pairs(query) {
+        let (k, v) = pair.map_err(|e| ("bad_query", format!("the query string: {e}")))?;
         match &*k {
             "channel" => channel = Some(v.into_owned()),
             "token" => q.token = Some(v.into_owned()),
@@ -367,10 +315,10 @@ Origin: https://app.example\r\n\r\nleftover";
 
     #[test]
     fn query_decoding() {
-        assert_eq!(percent_decode("a%3Ab+c"), "a:b c");
-        assert_eq!(percent_decode("100%"), "100%");
-        assert_eq!(percent_decode("%zz%41"), "%zzA");
-        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(
+            parse_subscribe_query("channel=a&x=100%").unwrap_err().0,
+            "bad_query"
+        );
         let q =
             parse_subscribe_query("channel=user%3A42&token=t.k%2Bx&since=7&epoch=9&timeout=1&x=y")
                 .unwrap();

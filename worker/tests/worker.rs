@@ -93,26 +93,31 @@ async fn websocket_backlog_gap_deliver_dedupe_and_kick() {
     h.link
         .send_all(vec![
             Down::Deliver {
+                epoch: 7,
                 sub_id: sub,
                 seq: 6,
                 data: data("0"),
             },
             Down::Deliver {
+                epoch: 7,
                 sub_id: sub ^ 1,
                 seq: 100,
                 data: data("0"),
             },
             Down::Deliver {
+                epoch: 7,
                 sub_id: sub,
                 seq: 7,
                 data: data("7"),
             },
             Down::Deliver {
+                epoch: 7,
                 sub_id: sub,
                 seq: 7,
                 data: data("0"),
             },
             Down::Deliver {
+                epoch: 7,
                 sub_id: sub,
                 seq: 8,
                 data: data("8"),
@@ -231,6 +236,7 @@ async fn poll_immediate_held_timeout_and_keep_alive() {
         .await;
     h.link
         .send(Down::Deliver {
+            epoch: 4,
             sub_id: sub2,
             seq: 4,
             data: data("4"),
@@ -338,6 +344,7 @@ async fn sse_events_last_event_id_and_kick() {
                 messages: vec![(10, data("10")), (11, data(r#""eleven""#))],
             },
             Down::Deliver {
+                epoch: 3,
                 sub_id: sub,
                 seq: 12,
                 data: data("[12]"),
@@ -577,6 +584,7 @@ async fn link_drop_resubscribes_from_last_seq() {
                 messages: vec![(2, data("2"))],
             },
             Down::Deliver {
+                epoch: 5,
                 sub_id: sub,
                 seq: 3,
                 data: data("3"),
@@ -626,6 +634,7 @@ async fn link_drop_resubscribes_from_last_seq() {
     );
     h.link
         .send(Down::Deliver {
+            epoch: 5,
             sub_id: sub_live,
             seq: 41,
             data: data("41"),
@@ -721,6 +730,7 @@ async fn slow_client_is_closed_and_counted() {
     let mut frames = Vec::new();
     for seq in 1..=200 {
         frames.push(Down::Deliver {
+            epoch: 1,
             sub_id: sub,
             seq,
             data: payload.clone(),
@@ -762,6 +772,7 @@ async fn slow_websocket_gets_whole_frames_then_a_4003_close() {
     let payload = Bytes::from(format!("\"{}\"", "x".repeat(32 * 1024)));
     let frames = (1..=400)
         .map(|seq| Down::Deliver {
+            epoch: 1,
             sub_id: sub,
             seq,
             data: payload.clone(),
@@ -820,6 +831,7 @@ async fn a_repeated_backlog_does_not_send_messages_twice() {
             backlog(),
             backlog(),
             Down::Deliver {
+                epoch: 7,
                 sub_id: sub,
                 seq: 6,
                 data: Bytes::from_static(b"6"),

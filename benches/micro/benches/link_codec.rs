@@ -12,7 +12,7 @@ const BATCH: u64 = 1000;
 
 fn encode(out: &mut Vec<u8>, data: &[u8]) {
     for i in 0..BATCH {
-        encode_deliver(out, (i << 32) | 7, 1_000_000 + i, data);
+        encode_deliver(out, (i << 32) | 7, 3, 1_000_000 + i, data);
     }
 }
 
@@ -40,7 +40,9 @@ fn codec(c: &mut Criterion) {
                     let mut n = 0u64;
                     while let Some(frame) = split_frame(&mut buf).unwrap() {
                         match Down::decode(frame).unwrap() {
-                            Down::Deliver { sub_id, seq, data } => {
+                            Down::Deliver {
+                                sub_id, seq, data, ..
+                            } => {
                                 black_box((sub_id, seq, data));
                                 n += 1;
                             }

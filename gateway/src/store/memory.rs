@@ -530,6 +530,7 @@ impl MemoryStore {
                 let sent = sub.is_alive()
                     && sub.link.send(Down::Deliver {
                         sub_id: sub.sub_id,
+                        epoch: state.log.epoch,
                         seq: a.seq,
                         data,
                     });
@@ -622,6 +623,32 @@ impl MemoryStore {
         }
         self.finish(shard, evicted);
         Ok(())
+    }
+
+    /// Synchronous core of [`Store::fetch`].
+    pub fn fetch_now(
+        &self,
+        channel: &str,
+        since: u64,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<Down, StoreError> {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        self.ensure_channel(shard, channel, now)?;
+        let state = shard.channels.get_mut(channel).expect("just ensured");
+        let mut evicted = Evicted::default();
+        state.log.expire(now, &self.retention, &mut evicted);
+        let backlog = state.log.backlog(Some(since), epoch);
+        let down = Down::Backlog {
+            sub_id: 0,
+            epoch: state.log.epoch,
+            last_seq: state.log.last_seq,
+            gap_first_seq: backlog.gap_first_seq,
+            messages: backlog.messages,
+        };
+        self.finish(shard, evicted);
+        Ok(down)
     }
 
     /// Synchronous core of [`Store::unsubscribe`].
@@ -821,6 +848,16 @@ impl Store for MemoryStore {
         now: Instant,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
         std::future::ready(self.subscribe_inner(channel, sub, since, epoch, resume, now))
+    }
+
+    fn fetch(
+        &self,
+        channel: &str,
+        since: u64,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> impl std::future::Future<Output = Result<Down, StoreError>> + Send {
+        std::future::ready(self.fetch_now(channel, since, epoch, now))
     }
 
     fn unsubscribe(
@@ -1305,6 +1342,7 @@ mod tests {
             sub_id,
             seq,
             data: d,
+            ..
         }) = rx.try_recv()
         {
             assert_eq!(d.as_ptr(), data.as_ptr());

@@ -136,6 +136,16 @@ pub trait Store: Send + Sync + 'static {
         now: Instant,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// The retained messages after `since` as a `Backlog` frame (its `sub_id` left 0 for
+    /// the caller), without touching the directory.
+    fn fetch(
+        &self,
+        channel: &str,
+        since: u64,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> impl Future<Output = Result<protocol::link::Down, StoreError>> + Send;
+
     /// Clears the channel's holder if it is still `sub`.
     fn unsubscribe(
         &self,
@@ -196,6 +206,18 @@ impl Store for AnyStore {
     ) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(m) => m.subscribe(channel, sub, since, epoch, resume, now).await,
+        }
+    }
+
+    async fn fetch(
+        &self,
+        channel: &str,
+        since: u64,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<protocol::link::Down, StoreError> {
+        match self {
+            AnyStore::Memory(m) => m.fetch(channel, since, epoch, now).await,
         }
     }
 

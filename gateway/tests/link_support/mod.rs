@@ -171,9 +171,7 @@ pub struct FakeWorker {
 impl FakeWorker {
     pub async fn connect(addr: SocketAddr) -> FakeWorker {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let req = format!(
-            "GET /v1/link HTTP/1.1\r\nHost: {addr}\r\nConnection: Upgrade\r\nUpgrade: pushgate-link/1\r\n\r\n"
-        );
+        let req = protocol::link::upgrade_request(&addr.to_string(), None);
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
@@ -228,6 +226,7 @@ impl FakeWorker {
             since,
             epoch,
             resume: false,
+            max_bytes: u32::MAX,
             channel: channel.into(),
         })
         .await;

@@ -41,16 +41,21 @@ impl FakeGateway {
                         let head = buf.split_to(p + 4);
                         let head = String::from_utf8_lossy(&head).to_string();
                         assert!(head.starts_with("GET /v1/link HTTP/1.1\r\n"), "{head}");
-                        assert!(head.contains("Upgrade: pushgate-link/1"), "{head}");
+                        assert!(
+                            head.contains(&format!("Upgrade: {}", protocol::link::LINK_UPGRADE)),
+                            "{head}"
+                        );
                         break;
                     }
                     if s.read_buf(&mut buf).await.unwrap() == 0 {
                         return;
                     }
                 }
-                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: pushgate-link/1\r\n\r\n")
-                    .await
-                    .unwrap();
+                let answer = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {}\r\n\r\n",
+                    protocol::link::LINK_UPGRADE
+                );
+                s.write_all(answer.as_bytes()).await.unwrap();
                 let (mut rd, wr) = s.into_split();
                 let (up_tx, ups) = mpsc::unbounded_channel();
                 let reader = tokio::spawn(async move {
