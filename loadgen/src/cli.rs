@@ -411,6 +411,11 @@ impl Plan {
         Ok(())
     }
 
+    /// The server this plan drives.
+    pub fn server(&self) -> &'static dyn crate::target::Server {
+        crate::target::server(self.common.target.target)
+    }
+
     /// Channel name of global client/channel index `i`.
     pub fn channel(&self, i: u64) -> String {
         format!("{}-{}", self.prefix, i)

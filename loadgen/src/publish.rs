@@ -15,6 +15,7 @@ use crate::checker::Published;
 use crate::cli::{Pattern, Plan, PublishOpts};
 use crate::net::{HttpPool, SourceIps, Target};
 use crate::stats::{unix_nanos, Stats};
+use crate::target::SingleAnswer;
 
 /// Schedule of an open-loop sender: message k is due `k / rate` seconds after the start.
 #[derive(Debug, Clone, Copy)]
@@ -67,11 +68,6 @@ impl PublishCtx {
 }
 
 #[derive(Deserialize)]
-struct SeqAnswer {
-    seq: u64,
-}
-
-#[derive(Deserialize)]
 struct BatchAnswer {
     accepted: u64,
     #[serde(default)]
@@ -89,7 +85,7 @@ pub async fn publish_phase(
     src: Arc<SourceIps>,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    let gateway = Target::parse(crate::target::publish_base(&ctx.plan))?;
+    let gateway = Target::parse(ctx.plan.server().publish_base(&ctx.plan))?;
     let pool = Arc::new(HttpPool::new(
         gateway,
         src,
@@ -141,15 +137,10 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
     let started = Instant::now();
     if batch == 1 {
         let ch = ctx.channel_of(k, channels);
-        let path = crate::target::publish_path(&ctx.plan, &ctx.plan.channel(ctx.channel_base + ch));
-        // Nchan sends the payload as is: `i` is then a per-channel counter from 1, the seq
-        // the check uses.
-        let nchan = crate::target::is_nchan(&ctx.plan);
-        let i = if nchan {
-            ctx.table[ch as usize].sent.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            k
-        };
+        let server = ctx.plan.server();
+        let path = server.publish_path(&ctx.plan.channel(ctx.channel_base + ch));
+        let entry = &ctx.table[ch as usize];
+        let i = server.stamp(entry, k);
         let body = Bytes::from(ctx.payload(i));
         let r = pool
             .send(
@@ -162,28 +153,25 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
             .await;
         stats.record_publish(started.elapsed().as_micros() as u64);
         match r {
-            Ok((status, _)) if nchan && (200..=202).contains(&status.as_u16()) => {
-                stats.publish_status(status.as_str(), 1);
-                ctx.table[ch as usize].accepted_seq(i);
-                stats.published.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok((status, body)) if status == 202 || status == 200 => {
-                stats.publish_status(status.as_str(), 1);
-                match serde_json::from_slice::<SeqAnswer>(&body) {
-                    Ok(a) => ctx.table[ch as usize].accepted_seq(a.seq),
-                    Err(_) => {
-                        ctx.table[ch as usize].accepted_count(1);
-                        stats.error("publish_bad_body");
-                    }
+            Ok((status, body)) => match server.single_answer(status, &body, i) {
+                SingleAnswer::Seq(seq) => {
+                    stats.publish_status(status.as_str(), 1);
+                    entry.accepted_seq(seq);
+                    stats.published.fetch_add(1, Ordering::Relaxed);
                 }
-                stats.published.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok((status, _)) => count_failed(
-                stats,
-                status.as_str(),
-                &format!("http_{}", status.as_u16()),
-                1,
-            ),
+                SingleAnswer::Unnumbered => {
+                    stats.publish_status(status.as_str(), 1);
+                    entry.accepted_count(1);
+                    stats.error("publish_bad_body");
+                    stats.published.fetch_add(1, Ordering::Relaxed);
+                }
+                SingleAnswer::Refused => count_failed(
+                    stats,
+                    status.as_str(),
+                    &format!("http_{}", status.as_u16()),
+                    1,
+                ),
+            },
             Err(e) => count_failed(stats, e.kind(), e.kind(), 1),
         }
         return;

@@ -81,7 +81,7 @@ pub fn show_progress(plan: &Plan) -> bool {
     !plan.common.quiet && !plan.is_child() && std::io::stderr().is_terminal()
 }
 
-/// Runs one process's share of the scenario.
+/// Runs one process's share of the scenario, phase by phase.
 pub async fn run_process(
     plan: Arc<Plan>,
     mut barrier: Barrier,
@@ -89,246 +89,362 @@ pub async fn run_process(
     why: StopReason,
 ) -> anyhow::Result<RawResult> {
     let started_unix_ms = crate::stats::unix_nanos() / 1_000_000;
-    let stats = Arc::new(Stats::new());
-    let n = if plan.mode == Mode::Publish {
-        0
-    } else {
-        plan.clients.clients
-    };
-    let src = Arc::new(SourceIps::new(
-        plan.common
-            .source_ips
-            .clone()
-            .map(|l| l.0)
-            .unwrap_or_default(),
-    ));
-    let gateway = Target::parse(&plan.common.gateway)?;
-    let assign = Arc::new(HttpPool::new(
-        gateway,
-        src.clone(),
-        plan.clients.assign_connections,
-        plan.common.request_timeout,
-    ));
-    let clients_stop = CancellationToken::new();
-    let ticker_stop = CancellationToken::new();
-    let ticker = tokio::spawn(ticker(plan.clone(), stats.clone(), n, ticker_stop.clone()));
-
+    let mut p = Process::new(plan.clone(), stop_all)?;
     if let Barrier::Local { before } = &mut barrier {
         if plan.mode != Mode::Publish {
             *before = Some(crate::target::snapshot(&plan).await);
         }
     }
-
-    // Connect phase.
-    let ctx = Arc::new(ClientCtx {
-        plan: plan.clone(),
-        stats: stats.clone(),
-        src: src.clone(),
-        assign,
-        stop: clients_stop.clone(),
-        initial_since: if plan.mode == Mode::Connect {
-            None
-        } else {
-            Some(0)
-        },
-    });
-    let mut slots = Vec::with_capacity(n as usize);
-    let mut handles = Vec::with_capacity(n as usize);
-    let connect_start = tokio::time::Instant::now();
-    for i in 0..n {
-        let due = connect_start + Duration::from_secs_f64(i as f64 / plan.clients.ramp);
-        tokio::select! {
-            _ = stop_all.cancelled() => break,
-            _ = tokio::time::sleep_until(due) => {}
-        }
-        let slot = Arc::new(Slot::default());
-        slots.push(slot.clone());
-        handles.push(tokio::spawn(client_task(
-            ctx.clone(),
-            plan.common.client_offset + i,
-            slot,
-        )));
-    }
-    let spawned = handles.len() as u64;
-    while stats.first_done.load(Ordering::Relaxed) < spawned && !stop_all.is_cancelled() {
-        tokio::select! {
-            _ = stop_all.cancelled() => {}
-            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-        }
-    }
-    crate::target::cpu_mark(&plan, "connected");
-    let connect_phase_secs = if n > 0 {
-        connect_start.elapsed().as_secs_f64()
-    } else {
-        0.0
-    };
-
-    // Barrier.
-    let ready = Ready {
-        connected: stats.connected.load(Ordering::Relaxed).max(0) as u64,
-        per_worker: stats
-            .per_worker
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), *v))
-            .collect(),
-    };
-    let mut memory_result = None;
-    // The first reading is the baseline of the after-drain one too.
-    let mut baseline = None;
-    match barrier {
-        Barrier::Local {
-            before: Some(before),
-        } if !stop_all.is_cancelled() => {
-            if plan.memory_after_drain {
-                baseline = Some(before.clone());
-            }
-            memory_result = memory_since(&plan, &stats, &stop_all, before).await;
-        }
-        Barrier::Local { .. } => {}
-        Barrier::Child => child_barrier(&ready, stop_all.clone()).await,
-    }
-
-    // Main phase.
-    let mut publish_secs = 0.0;
-    let mut deliver_secs = 0.0;
-    let mut memory_after_drain = None;
-    let table: Arc<Vec<Published>> = Arc::new({
-        let channels = match (&plan.publish, plan.mode) {
-            (Some(p), Mode::Publish) => p.channels.unwrap_or(100),
-            (Some(p), _) => p.channels.unwrap_or(n).min(n),
-            (None, _) => 0,
-        };
-        (0..channels).map(|_| Published::default()).collect()
-    });
-    match plan.mode {
-        Mode::Connect => {
-            tokio::select! {
-                _ = stop_all.cancelled() => {}
-                _ = tokio::time::sleep(plan.hold) => {}
-            }
-        }
-        Mode::Run | Mode::Churn | Mode::Publish if !stop_all.is_cancelled() => {
-            let opts = plan
-                .publish
-                .clone()
-                .expect("publishing mode has publish options");
-            let pctx = Arc::new(PublishCtx {
-                plan: plan.clone(),
-                opts: opts.clone(),
-                stats: stats.clone(),
-                table: table.clone(),
-                channel_base: plan.common.client_offset,
-                stop: stop_all.clone(),
-            });
-            crate::target::cpu_mark(&plan, "publish_start");
-            let t0 = Instant::now();
-            let churn_stop = CancellationToken::new();
-            let churner = plan.churn.clone().map(|c| {
-                tokio::spawn(churn_loop(
-                    slots.clone(),
-                    c.fraction,
-                    c.rate,
-                    churn_stop.clone(),
-                ))
-            });
-            let r = publish_phase(pctx, src.clone(), opts.duration).await;
-            churn_stop.cancel();
-            if let Some(c) = churner {
-                let _ = c.await;
-            }
-            publish_secs = t0.elapsed().as_secs_f64();
-            r?;
-            if plan.mode != Mode::Publish {
-                drain(&slots, &table, plan.drain, &stop_all).await;
-            }
-            deliver_secs = t0.elapsed().as_secs_f64();
-            crate::target::cpu_mark(&plan, "drained");
-            if let Some(before) = baseline.take() {
-                // Clients still open; long-polls have re-polled during the settle time.
-                memory_after_drain = memory_since(&plan, &stats, &stop_all, before).await;
-            }
-        }
-        _ => {}
-    }
-
-    // Close and check.
-    clients_stop.cancel();
-    let mut checkers: Vec<SeqChecker> = Vec::with_capacity(handles.len());
-    for h in handles {
-        match tokio::time::timeout(Duration::from_secs(10), h).await {
-            Ok(Ok(c)) => checkers.push(c),
-            _ => checkers.push(SeqChecker::default()),
-        }
-    }
-    let check = (plan.mode == Mode::Run || plan.mode == Mode::Churn).then(|| {
-        let mut t = CheckTotals::default();
-        let none = SeqChecker::default();
-        for (i, p) in table.iter().enumerate() {
-            // A client never started (stopped during the ramp) received nothing.
-            t.add_channel(checkers.get(i).unwrap_or(&none), p);
-        }
-        for c in checkers.iter().skip(table.len()) {
-            t.add_channel(c, &Published::default());
-        }
-        t
-    });
-    ticker_stop.cancel();
-    let _ = ticker.await;
-    let mut prev = stats_prev(&stats);
-    stats.tick(&mut prev);
-
-    let h = stats.hists.lock().unwrap();
-    let first_ok = stats.first_ok.load(Ordering::Relaxed);
-    let first_done = stats.first_done.load(Ordering::Relaxed);
-    let result = RawResult {
-        command: plan.mode.name().to_string(),
-        transport: plan.clients.transport.name().to_string(),
-        gateway: plan.common.gateway.clone(),
-        channel_prefix: plan.prefix.clone(),
-        clients: n,
-        shards: 1,
+    let connected = p.connect_phase().await;
+    let (ready, memory, baseline) = p.barrier(barrier).await;
+    let main = p.main_phase(&connected.slots, baseline).await?;
+    let check = p.close_and_check(connected.handles, &main.table).await;
+    Ok(p.result(ResultParts {
         started_unix_ms,
-        elapsed_secs: stats.start.elapsed().as_secs_f64(),
-        connect_phase_secs,
-        publish_secs,
-        deliver_secs,
-        stopped_by: why.get().to_string(),
-        max_errors: plan.common.max_errors,
-        counters: Counters {
-            connect_attempts: stats.connect_attempts.load(Ordering::Relaxed),
-            connects_ok: stats.connects_ok.load(Ordering::Relaxed),
-            first_ok,
-            first_failed: first_done
-                .saturating_sub(first_ok)
-                .min(n.saturating_sub(first_ok)),
-            reconnects: stats.reconnects.load(Ordering::Relaxed),
-            dropped_on_purpose: stats.dropped_on_purpose.load(Ordering::Relaxed),
-            peak_connected: stats.peak_connected.load(Ordering::Relaxed).max(0) as u64,
-            connected_at_ready: ready.connected,
-            publish_requests: stats.publish_requests.load(Ordering::Relaxed),
-            publish_attempted: stats.publish_attempted.load(Ordering::Relaxed),
-            published: stats.published.load(Ordering::Relaxed),
-            publish_rejected: stats.publish_rejected.load(Ordering::Relaxed),
-            delivered: stats.delivered.load(Ordering::Relaxed),
-        },
+        connect_phase_secs: connected.secs,
+        ready,
+        memory,
+        main,
         check,
-        errors: stats.errors.lock().unwrap().clone(),
-        publish_status: stats.publish_status.lock().unwrap().clone(),
-        per_worker: ready.per_worker.clone(),
-        hists: RawHists {
-            connect_us: hist_to_b64(&h.connect),
-            assign_us: hist_to_b64(&h.assign),
-            latency_us: hist_to_b64(&h.latency),
-            publish_us: hist_to_b64(&h.publish),
-        },
-        timeline: stats.timeline.lock().unwrap().clone(),
-        memory: memory_result,
-        memory_after_drain,
-        span_ns: stats.span(),
-    };
-    Ok(result)
+        stopped_by: why.get(),
+    }))
+}
+
+/// What one process's phases share.
+struct Process {
+    plan: Arc<Plan>,
+    stats: Arc<Stats>,
+    src: Arc<SourceIps>,
+    /// Clients this process opens (0 for `publish`).
+    n: u64,
+    stop_all: CancellationToken,
+    clients_stop: CancellationToken,
+    ctx: Arc<ClientCtx>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+    ticker_stop: CancellationToken,
+}
+
+/// The connect phase's outcome.
+struct Connected {
+    slots: Vec<Arc<Slot>>,
+    handles: Vec<tokio::task::JoinHandle<SeqChecker>>,
+    secs: f64,
+}
+
+/// The main phase's outcome.
+struct MainPhase {
+    table: Arc<Vec<Published>>,
+    publish_secs: f64,
+    deliver_secs: f64,
+    memory_after_drain: Option<memory::MemoryResult>,
+}
+
+/// Everything [`Process::result`] puts together.
+struct ResultParts {
+    started_unix_ms: u64,
+    connect_phase_secs: f64,
+    ready: Ready,
+    memory: Option<memory::MemoryResult>,
+    main: MainPhase,
+    check: Option<CheckTotals>,
+    stopped_by: &'static str,
+}
+
+impl Process {
+    /// Shared state, the assign pool and the progress ticker.
+    fn new(plan: Arc<Plan>, stop_all: CancellationToken) -> anyhow::Result<Process> {
+        let stats = Arc::new(Stats::new());
+        let n = if plan.mode == Mode::Publish {
+            0
+        } else {
+            plan.clients.clients
+        };
+        let src = Arc::new(SourceIps::new(
+            plan.common
+                .source_ips
+                .clone()
+                .map(|l| l.0)
+                .unwrap_or_default(),
+        ));
+        let gateway = Target::parse(&plan.common.gateway)?;
+        let assign = Arc::new(HttpPool::new(
+            gateway,
+            src.clone(),
+            plan.clients.assign_connections,
+            plan.common.request_timeout,
+        ));
+        let clients_stop = CancellationToken::new();
+        let ticker_stop = CancellationToken::new();
+        let ticker = tokio::spawn(ticker(plan.clone(), stats.clone(), n, ticker_stop.clone()));
+        let ctx = Arc::new(ClientCtx {
+            plan: plan.clone(),
+            stats: stats.clone(),
+            src: src.clone(),
+            assign,
+            stop: clients_stop.clone(),
+            initial_since: if plan.mode == Mode::Connect {
+                None
+            } else {
+                Some(0)
+            },
+        });
+        Ok(Process {
+            plan,
+            stats,
+            src,
+            n,
+            stop_all,
+            clients_stop,
+            ctx,
+            ticker: Some(ticker),
+            ticker_stop,
+        })
+    }
+
+    /// Starts the clients at the ramp and waits until each has connected once or failed.
+    async fn connect_phase(&self) -> Connected {
+        let (plan, stats) = (&self.plan, &self.stats);
+        let mut slots = Vec::with_capacity(self.n as usize);
+        let mut handles = Vec::with_capacity(self.n as usize);
+        let connect_start = tokio::time::Instant::now();
+        for i in 0..self.n {
+            let due = connect_start + Duration::from_secs_f64(i as f64 / plan.clients.ramp);
+            tokio::select! {
+                _ = self.stop_all.cancelled() => break,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            let slot = Arc::new(Slot::default());
+            slots.push(slot.clone());
+            handles.push(tokio::spawn(client_task(
+                self.ctx.clone(),
+                plan.common.client_offset + i,
+                slot,
+            )));
+        }
+        let spawned = handles.len() as u64;
+        while stats.first_done.load(Ordering::Relaxed) < spawned && !self.stop_all.is_cancelled() {
+            tokio::select! {
+                _ = self.stop_all.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+            }
+        }
+        crate::target::cpu_mark(plan, "connected");
+        let secs = if self.n > 0 {
+            connect_start.elapsed().as_secs_f64()
+        } else {
+            0.0
+        };
+        Connected {
+            slots,
+            handles,
+            secs,
+        }
+    }
+
+    /// Meets the barrier: a standalone process reads memory, a shard waits for `GO`.
+    /// Returns what is connected, the memory reading, and the baseline for the reading
+    /// after the drain (the first reading, when asked for).
+    async fn barrier(
+        &self,
+        barrier: Barrier,
+    ) -> (
+        Ready,
+        Option<memory::MemoryResult>,
+        Option<memory::Snapshot>,
+    ) {
+        let stats = &self.stats;
+        let ready = Ready {
+            connected: stats.connected.load(Ordering::Relaxed).max(0) as u64,
+            per_worker: stats
+                .per_worker
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        };
+        let mut memory_result = None;
+        let mut baseline = None;
+        match barrier {
+            Barrier::Local {
+                before: Some(before),
+            } if !self.stop_all.is_cancelled() => {
+                if self.plan.memory_after_drain {
+                    baseline = Some(before.clone());
+                }
+                memory_result = memory_since(&self.plan, stats, &self.stop_all, before).await;
+            }
+            Barrier::Local { .. } => {}
+            Barrier::Child => child_barrier(&ready, self.stop_all.clone()).await,
+        }
+        (ready, memory_result, baseline)
+    }
+
+    /// Holds (`connect`) or publishes, churns and drains (`run`, `churn`, `publish`).
+    async fn main_phase(
+        &self,
+        slots: &[Arc<Slot>],
+        mut baseline: Option<memory::Snapshot>,
+    ) -> anyhow::Result<MainPhase> {
+        let plan = &self.plan;
+        let mut main = MainPhase {
+            table: Arc::new({
+                let channels = match (&plan.publish, plan.mode) {
+                    (Some(p), Mode::Publish) => p.channels.unwrap_or(100),
+                    (Some(p), _) => p.channels.unwrap_or(self.n).min(self.n),
+                    (None, _) => 0,
+                };
+                (0..channels).map(|_| Published::default()).collect()
+            }),
+            publish_secs: 0.0,
+            deliver_secs: 0.0,
+            memory_after_drain: None,
+        };
+        match plan.mode {
+            Mode::Connect => {
+                tokio::select! {
+                    _ = self.stop_all.cancelled() => {}
+                    _ = tokio::time::sleep(plan.hold) => {}
+                }
+            }
+            Mode::Run | Mode::Churn | Mode::Publish if !self.stop_all.is_cancelled() => {
+                let opts = plan
+                    .publish
+                    .clone()
+                    .expect("publishing mode has publish options");
+                let pctx = Arc::new(PublishCtx {
+                    plan: plan.clone(),
+                    opts: opts.clone(),
+                    stats: self.stats.clone(),
+                    table: main.table.clone(),
+                    channel_base: plan.common.client_offset,
+                    stop: self.stop_all.clone(),
+                });
+                crate::target::cpu_mark(plan, "publish_start");
+                let t0 = Instant::now();
+                let churn_stop = CancellationToken::new();
+                let churner = plan.churn.clone().map(|c| {
+                    tokio::spawn(churn_loop(
+                        slots.to_vec(),
+                        c.fraction,
+                        c.rate,
+                        churn_stop.clone(),
+                    ))
+                });
+                let r = publish_phase(pctx, self.src.clone(), opts.duration).await;
+                churn_stop.cancel();
+                if let Some(c) = churner {
+                    let _ = c.await;
+                }
+                main.publish_secs = t0.elapsed().as_secs_f64();
+                r?;
+                if plan.mode != Mode::Publish {
+                    drain(slots, &main.table, plan.drain, &self.stop_all).await;
+                }
+                main.deliver_secs = t0.elapsed().as_secs_f64();
+                crate::target::cpu_mark(plan, "drained");
+                if let Some(before) = baseline.take() {
+                    // Clients still open; long-polls have re-polled during the settle time.
+                    main.memory_after_drain =
+                        memory_since(plan, &self.stats, &self.stop_all, before).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(main)
+    }
+
+    /// Closes every client, collects what each received and checks it against what was
+    /// published (`run`, `churn`); stops the ticker.
+    async fn close_and_check(
+        &mut self,
+        handles: Vec<tokio::task::JoinHandle<SeqChecker>>,
+        table: &[Published],
+    ) -> Option<CheckTotals> {
+        self.clients_stop.cancel();
+        let mut checkers: Vec<SeqChecker> = Vec::with_capacity(handles.len());
+        for h in handles {
+            match tokio::time::timeout(Duration::from_secs(10), h).await {
+                Ok(Ok(c)) => checkers.push(c),
+                _ => checkers.push(SeqChecker::default()),
+            }
+        }
+        let mode = self.plan.mode;
+        let check = (mode == Mode::Run || mode == Mode::Churn).then(|| {
+            let mut t = CheckTotals::default();
+            let none = SeqChecker::default();
+            for (i, p) in table.iter().enumerate() {
+                // A client never started (stopped during the ramp) received nothing.
+                t.add_channel(checkers.get(i).unwrap_or(&none), p);
+            }
+            for c in checkers.iter().skip(table.len()) {
+                t.add_channel(c, &Published::default());
+            }
+            t
+        });
+        self.ticker_stop.cancel();
+        if let Some(t) = self.ticker.take() {
+            let _ = t.await;
+        }
+        check
+    }
+
+    /// The process's result from its counters, histograms and phases.
+    fn result(self, parts: ResultParts) -> RawResult {
+        let Process { plan, stats, n, .. } = self;
+        let mut prev = stats_prev(&stats);
+        stats.tick(&mut prev);
+        let h = stats.hists.lock().unwrap();
+        let first_ok = stats.first_ok.load(Ordering::Relaxed);
+        let first_done = stats.first_done.load(Ordering::Relaxed);
+        let result = RawResult {
+            command: plan.mode.name().to_string(),
+            transport: plan.clients.transport.name().to_string(),
+            gateway: plan.common.gateway.clone(),
+            channel_prefix: plan.prefix.clone(),
+            clients: n,
+            shards: 1,
+            started_unix_ms: parts.started_unix_ms,
+            elapsed_secs: stats.start.elapsed().as_secs_f64(),
+            connect_phase_secs: parts.connect_phase_secs,
+            publish_secs: parts.main.publish_secs,
+            deliver_secs: parts.main.deliver_secs,
+            stopped_by: parts.stopped_by.to_string(),
+            max_errors: plan.common.max_errors,
+            counters: Counters {
+                connect_attempts: stats.connect_attempts.load(Ordering::Relaxed),
+                connects_ok: stats.connects_ok.load(Ordering::Relaxed),
+                first_ok,
+                first_failed: first_done
+                    .saturating_sub(first_ok)
+                    .min(n.saturating_sub(first_ok)),
+                reconnects: stats.reconnects.load(Ordering::Relaxed),
+                dropped_on_purpose: stats.dropped_on_purpose.load(Ordering::Relaxed),
+                peak_connected: stats.peak_connected.load(Ordering::Relaxed).max(0) as u64,
+                connected_at_ready: parts.ready.connected,
+                publish_requests: stats.publish_requests.load(Ordering::Relaxed),
+                publish_attempted: stats.publish_attempted.load(Ordering::Relaxed),
+                published: stats.published.load(Ordering::Relaxed),
+                publish_rejected: stats.publish_rejected.load(Ordering::Relaxed),
+                delivered: stats.delivered.load(Ordering::Relaxed),
+            },
+            check: parts.check,
+            errors: stats.errors.lock().unwrap().clone(),
+            publish_status: stats.publish_status.lock().unwrap().clone(),
+            per_worker: parts.ready.per_worker,
+            hists: RawHists {
+                connect_us: hist_to_b64(&h.connect),
+                assign_us: hist_to_b64(&h.assign),
+                latency_us: hist_to_b64(&h.latency),
+                publish_us: hist_to_b64(&h.publish),
+            },
+            timeline: stats.timeline.lock().unwrap().clone(),
+            memory: parts.memory,
+            memory_after_drain: parts.main.memory_after_drain,
+            span_ns: stats.span(),
+        };
+        result
+    }
 }
 
 /// Reads memory once the settle time has passed (nothing if stopped first) and compares

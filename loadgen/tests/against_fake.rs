@@ -104,6 +104,54 @@ async fn run_ws_on_a_correct_fake_is_clean() {
     assert!(!j["timeline"].as_array().unwrap().is_empty());
 }
 
+/// `--target nchan`: no assign, raw payloads checked by the publisher's per-channel counter.
+async fn nchan_run(mode: Mode, transport: &str) -> (Outcome, u64) {
+    let f = fake::start(mode, Options::default()).await;
+    let o = loadgen(
+        &f.url(),
+        &format!("nchan-{mode:?}-{transport}"),
+        &[
+            "run",
+            "--target",
+            "nchan",
+            "--nchan-url",
+            &f.url(),
+            "--clients",
+            "10",
+            "--transport",
+            transport,
+            "--rate",
+            "100/s",
+            "--duration",
+            "1s",
+            "--settle",
+            "0s",
+            "--drain",
+            "2s",
+        ],
+    )
+    .await;
+    let published = f.published();
+    (o, published)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nchan_target_is_checked_by_its_counter() {
+    for transport in ["ws", "poll"] {
+        let (o, published) = nchan_run(Mode::Correct, transport).await;
+        assert_eq!(o.code, 0, "{transport}: {}", o.stderr);
+        let check = &o.json["delivery"]["check"];
+        assert!(published >= 50, "{transport}: published {published}");
+        assert_eq!(n(check, "unique"), published, "{transport}");
+        assert_eq!(n(check, "lost") + n(check, "duplicated"), 0, "{transport}");
+        assert_eq!(o.json["connect"]["per_worker"]["nchan"].as_i64(), Some(10));
+    }
+    // The same path catches a server that loses messages.
+    let (o, _) = nchan_run(Mode::Lossy, "ws").await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(n(&o.json["delivery"]["check"], "lost") > 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_mixed_batched_with_auth_is_clean() {
     let opts = Options {

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::checker::{Seen, SeqChecker};
-use crate::cli::{Plan, Transport};
+use crate::cli::Plan;
 use crate::net::{HttpPool, SourceIps};
 use crate::stats::Stats;
 
@@ -37,11 +37,7 @@ pub struct ClientCtx {
 impl ClientCtx {
     /// One text message (WebSocket frame / SSE event data) as the target sends it.
     pub fn on_text(&self, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) {
-        if crate::target::is_nchan(&self.plan) {
-            crate::target::on_raw(&self.stats, checker, slot, text);
-        } else {
-            on_frame(&self.stats, checker, slot, text);
-        }
+        self.plan.server().on_text(&self.stats, checker, slot, text);
     }
 }
 
@@ -169,11 +165,11 @@ pub async fn assign(ctx: &ClientCtx, channel: &str) -> Result<Assignment, String
 }
 
 /// An open connection of one transport.
-enum Conn {
+pub enum Conn {
     Ws(ws::WsConn),
     Sse(sse::SseConn),
     Poll(poll::PollConn),
-    NchanPoll(crate::target::NchanPoll),
+    NchanPoll(crate::target::nchan::NchanPoll),
 }
 
 /// A client's whole life: returns what it received, for the final check.
@@ -198,7 +194,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
         let started = Instant::now();
         let opened = tokio::select! {
             _ = ctx.stop.cancelled() => break,
-            r = tokio::time::timeout(plan.common.connect_timeout, open(&ctx, &channel, transport, since, started)) => r,
+            r = tokio::time::timeout(plan.common.connect_timeout, plan.server().open(&ctx, &channel, transport, since, started)) => r,
         };
         let failed = match opened {
             Ok(Ok((worker, conn))) => Ok((worker, conn)),
@@ -234,7 +230,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
             Conn::Sse(c) => sse::session(&ctx, c, &mut checker, &slot).await,
             Conn::Poll(c) => poll::session(&ctx, c, since.unwrap_or(0), &mut checker, &slot).await,
             Conn::NchanPoll(c) => {
-                crate::target::nchan_poll_session(&ctx, c, &mut checker, &slot).await
+                crate::target::nchan::nchan_poll_session(&ctx, c, &mut checker, &slot).await
             }
         };
         ctx.stats.down(&worker);
@@ -259,40 +255,6 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
         ctx.stats.first_done.fetch_add(1, Ordering::Relaxed);
     }
     checker
-}
-
-/// Assign + connect; records connect and assign time on success.
-async fn open(
-    ctx: &ClientCtx,
-    channel: &str,
-    transport: Transport,
-    since: Option<u64>,
-    started: Instant,
-) -> Result<(String, Conn), String> {
-    if crate::target::is_nchan(&ctx.plan) {
-        // No assign step; Nchan sends what it retains from the oldest message on, so no `since`.
-        let (ws_url, http_url) = crate::target::nchan_urls(&ctx.plan, channel);
-        let conn = match transport {
-            Transport::Ws => Conn::Ws(ws::connect(ctx, &ws_url, None).await?),
-            Transport::Sse => Conn::Sse(sse::connect(ctx, &http_url, None).await?),
-            Transport::Poll | Transport::Mixed => {
-                Conn::NchanPoll(crate::target::nchan_poll_connect(ctx, &http_url).await?)
-            }
-        };
-        ctx.stats
-            .record_connect(started.elapsed().as_micros() as u64, 0);
-        return Ok((crate::target::NCHAN_WORKER.to_string(), conn));
-    }
-    let a = assign(ctx, channel).await?;
-    let assign_us = started.elapsed().as_micros() as u64;
-    let conn = match transport {
-        Transport::Ws => Conn::Ws(ws::connect(ctx, &a.ws_url, since).await?),
-        Transport::Sse => Conn::Sse(sse::connect(ctx, &a.sse_url, since).await?),
-        Transport::Poll | Transport::Mixed => Conn::Poll(poll::connect(ctx, &a.poll_url).await?),
-    };
-    ctx.stats
-        .record_connect(started.elapsed().as_micros() as u64, assign_us);
-    Ok((a.worker, conn))
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! A small in-test fake of pushgate's public contract (gateway and one worker in one hyper
 //! server): assign, ws/poll/sse with `since` resume, publish (single and NDJSON), workers,
-//! metrics. `Mode::Lossy` / `Mode::Duplicating` break delivery on purpose.
+//! metrics. `Mode::Lossy` / `Mode::Duplicating` break delivery on purpose. It also speaks
+//! the part of Nchan loadgen's `--target nchan` uses: `POST /pub/<ch>` and `GET /sub/<ch>`
+//! (WebSocket, or a long-poll keyed by `If-None-Match`), raw payloads from the oldest on.
 
 #![allow(dead_code)]
 
@@ -168,11 +170,21 @@ impl State {
 
     /// Frames after `since`, as this mode delivers them: (seq, json).
     fn after(&self, c: &Chan, since: u64) -> Vec<(u64, String)> {
+        self.render_after(c, since, false)
+    }
+
+    /// [`Self::after`]; `raw`: the payload itself, as Nchan sends it.
+    fn render_after(&self, c: &Chan, since: u64, raw: bool) -> Vec<(u64, String)> {
         let log = c.log.lock().unwrap();
         let mut out = Vec::new();
         for (seq, data) in log.iter().filter(|(s, _)| *s > since) {
             for _ in 0..self.mode.copies(*seq) {
-                out.push((*seq, format!(r#"{{"seq":{seq},"data":{data}}}"#)));
+                let frame = if raw {
+                    data.clone()
+                } else {
+                    format!(r#"{{"seq":{seq},"data":{data}}}"#)
+                };
+                out.push((*seq, frame));
             }
         }
         out
@@ -223,6 +235,20 @@ async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>,
                     r#"{{"worker":"fake-1","ws_url":"ws://{a}/v1/ws?{auth}","poll_url":"http://{a}/v1/poll?{auth}","sse_url":"http://{a}/v1/sse?{auth}","expires_in":60}}"#
                 ),
             )
+        }
+        ("POST", p) if p.starts_with("/pub/") => {
+            let channel = p["/pub/".len()..].to_string();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            s.publish(&channel, String::from_utf8_lossy(&body).into_owned());
+            full(StatusCode::CREATED, "queued messages: 1")
+        }
+        ("GET", p) if p.starts_with("/sub/") => {
+            let channel = p["/sub/".len()..].to_string();
+            if req.headers().contains_key("sec-websocket-key") {
+                ws_stream(s, req, channel, 0, true)
+            } else {
+                nchan_poll(s, req, channel).await
+            }
         }
         ("GET", "/v1/ws") => ws(s, req, q),
         ("GET", "/v1/poll") => poll(s, q).await,
@@ -311,6 +337,18 @@ fn ws(s: Arc<State>, mut req: Request<Incoming>, q: HashMap<String, String>) -> 
         .get("since")
         .and_then(|v| v.parse().ok())
         .unwrap_or(u64::MAX);
+    ws_stream(s, req, channel, since, false)
+}
+
+/// A WebSocket of `channel` from after `since` (`u64::MAX`: live only); `raw` as in
+/// [`State::render_after`].
+fn ws_stream(
+    s: Arc<State>,
+    mut req: Request<Incoming>,
+    channel: String,
+    since: u64,
+    raw: bool,
+) -> Response<Body> {
     let Some(key) = req.headers().get("sec-websocket-key").cloned() else {
         return full(StatusCode::BAD_REQUEST, r#"{"error":"not a websocket"}"#);
     };
@@ -330,7 +368,7 @@ fn ws(s: Arc<State>, mut req: Request<Incoming>, q: HashMap<String, String>) -> 
         };
         'outer: loop {
             rx.borrow_and_update();
-            for (seq, frame) in s.after(&c, sent) {
+            for (seq, frame) in s.render_after(&c, sent, raw) {
                 if ws.send(Message::text(frame)).await.is_err() {
                     break 'outer;
                 }
@@ -385,6 +423,36 @@ async fn poll(s: Arc<State>, q: HashMap<String, String>) -> Response<Body> {
         StatusCode::OK,
         format!(r#"{{"messages":[{}],"next":{next}}}"#, msgs.join(",")),
     )
+}
+
+/// Nchan's long-poll: the first message after the one named by `If-None-Match` (its
+/// index), held until there is one; answered with `Etag` = that message's index.
+async fn nchan_poll(s: Arc<State>, req: Request<Incoming>, channel: String) -> Response<Body> {
+    let since: u64 = req
+        .headers()
+        .get("if-none-match")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let c = s.chan(&channel);
+    let mut rx = c.tx.subscribe();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if *rx.borrow_and_update() > since {
+            break;
+        }
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = tokio::time::sleep_until(deadline) => return full(StatusCode::NOT_MODIFIED, ""),
+        }
+    }
+    let (seq, body) = s.render_after(&c, since, true).remove(0);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("etag", seq.to_string())
+        .header("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT")
+        .body(Full::new(Bytes::from(body)).boxed_unsync())
+        .unwrap()
 }
 
 fn sse(s: Arc<State>, req: Request<Incoming>, q: HashMap<String, String>) -> Response<Body> {
