@@ -328,7 +328,7 @@ async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>,
     Ok(r)
 }
 
-fn ws(s: Arc<State>, mut req: Request<Incoming>, q: HashMap<String, String>) -> Response<Body> {
+fn ws(s: Arc<State>, req: Request<Incoming>, q: HashMap<String, String>) -> Response<Body> {
     let channel = match s.subscriber_channel(&q) {
         Ok(c) => c,
         Err(st) => return full(st, r#"{"error":"auth"}"#),
