@@ -4,6 +4,7 @@
 //! Thin binary, real library: `main` calls [`main_with_args`], tests and tools call [`run`]
 //! with their own listener, exactly as production does.
 
+pub mod app;
 pub mod broadcast;
 pub mod config;
 pub mod http;
@@ -58,7 +59,7 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let app = Arc::new(http::App::new(config, store, gateway_id, shutdown.clone()));
+    let app = Arc::new(app::App::new(config, store, gateway_id, shutdown.clone()));
 
     let sweeper = {
         let app = app.clone();
@@ -77,7 +78,7 @@ pub async fn run(
     local::describe(&specs);
     let mut children = local::start(specs, shutdown.clone());
 
-    http::serve(listener, app.clone()).await;
+    http::server::serve(listener, app.clone()).await;
 
     // Shutdown: no new connections; links close on the token; wait for tasks and children.
     app.registry.close_all();

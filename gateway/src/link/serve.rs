@@ -1,27 +1,22 @@
-//! Worker links: `GET /v1/link` with `Upgrade: pushgate-link/1` turns an HTTP connection into
-//! a stream of binary frames ([`protocol::link`]). The worker says `Hello`, the gateway
-//! registers it and answers `Welcome`; then `Load` heartbeats, `Subscribe` and `Unsubscribe`
-//! come up, `Backlog`, `Deliver` and `Kick` go down.
+//! One upgraded worker link, run to its end. The worker says `Hello`, the gateway
+//! registers it and answers `Welcome`; then `Load` heartbeats, `Subscribe`, `Fetch` and
+//! `Unsubscribe` come up, `Backlog`, `Deliver` and `Kick` go down.
 //!
-//! Outbound frames go through a bounded queue per link ([`LinkHandle`]); one writer drains it
-//! in batches (`recv_many`) into one reused buffer, one `write_all` per batch. A full queue
-//! closes the link on purpose: the worker reconnects and resubscribes with `since`, and the
-//! store's backlog fills the hole, so nothing is lost.
+//! Outbound frames go through the link's bounded queue ([`LinkHandle`]); one writer drains
+//! it in batches (`recv_many`) into one reused buffer, one `write_all` per batch.
 
-use crate::http::App;
+use super::handle::LinkHandle;
+use crate::app::App;
 use crate::metrics;
 use crate::store::{Store, SubRef};
 use bytes::BytesMut;
 use protocol::link::{split_frame, Down, KickReason, Up};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 /// How long a new link may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,110 +24,6 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BATCH_FRAMES: usize = 4096;
 /// Write buffer kept between batches; a larger one (a big backlog) is released after use.
 const KEEP_BUFFER: usize = 1024 * 1024;
-
-/// One worker link as the rest of the gateway sees it: identity, generation and the
-/// bounded outbound queue.
-pub struct LinkHandle {
-    pub worker_id: Arc<str>,
-    /// The worker's registry slot.
-    pub slot: usize,
-    /// Bumped each time the worker (re)connects; stale handles are recognized by it.
-    pub generation: u64,
-    tx: mpsc::Sender<Down>,
-    alive: AtomicBool,
-    closed: CancellationToken,
-    /// Signalled by the writer each time it takes frames off the queue ([`Self::room`]).
-    drained: tokio::sync::Notify,
-}
-
-impl LinkHandle {
-    /// A handle with a queue of `queue` frames, and the receiving end for its writer.
-    pub fn new(
-        worker_id: Arc<str>,
-        slot: usize,
-        generation: u64,
-        queue: usize,
-    ) -> (Arc<Self>, mpsc::Receiver<Down>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
-        let handle = Arc::new(LinkHandle {
-            worker_id,
-            slot,
-            generation,
-            tx,
-            alive: AtomicBool::new(true),
-            closed: CancellationToken::new(),
-            drained: tokio::sync::Notify::new(),
-        });
-        (handle, rx)
-    }
-
-    /// Whether frames can still be queued.
-    pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
-    }
-
-    /// Queues `frame` without waiting. A full queue closes the link (counted in
-    /// `pushgate_link_overflows_total`). Returns whether the frame was queued.
-    pub fn send(&self, frame: Down) -> bool {
-        if !self.is_alive() {
-            return false;
-        }
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
-                if self.alive.swap(false, Ordering::AcqRel) {
-                    metrics::LINK_OVERFLOWS.inc();
-                    warn!(worker = %self.worker_id, "worker link queue full; closing the link so the worker resumes");
-                }
-                self.closed.cancel();
-                false
-            }
-            Err(TrySendError::Closed(_)) => {
-                self.close();
-                false
-            }
-        }
-    }
-
-    /// Waits until at least `n` frames fit in the queue (or the link is closed). The link
-    /// reader calls it before each `Subscribe`, so a reconnecting worker that resubscribes
-    /// many connections at once is slowed down by TCP backpressure instead of overflowing
-    /// its own queue with backlogs.
-    ///
-    /// It only watches the free space: it takes no permits, so publishes keep their queue
-    /// room while it waits (reserving permits would starve them into an overflow).
-    pub async fn room(&self, n: usize) {
-        let n = n.clamp(1, self.tx.max_capacity());
-        loop {
-            let drained = self.drained.notified();
-            tokio::pin!(drained);
-            drained.as_mut().enable();
-            if self.tx.capacity() >= n || !self.is_alive() {
-                return;
-            }
-            tokio::select! {
-                _ = drained => {}
-                _ = self.closed.cancelled() => return,
-            }
-        }
-    }
-
-    /// Wakes [`Self::room`] waiters: the writer took frames off the queue.
-    pub fn notify_drained(&self) {
-        self.drained.notify_waiters();
-    }
-
-    /// Marks the link dead and wakes its tasks so the connection is dropped.
-    pub fn close(&self) {
-        self.alive.store(false, Ordering::Release);
-        self.closed.cancel();
-    }
-
-    /// Completes when the link is closed.
-    pub async fn closed(&self) {
-        self.closed.cancelled().await
-    }
-}
 
 /// Why a link ended (for the log line).
 #[derive(Debug, thiserror::Error)]
@@ -364,60 +255,5 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if out.capacity() > KEEP_BUFFER {
             out.shrink_to(64 * 1024);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn deliver(seq: u64) -> Down {
-        Down::Deliver {
-            sub_id: 1,
-            epoch: 1,
-            seq,
-            data: bytes::Bytes::from_static(b"1"),
-        }
-    }
-
-    #[tokio::test]
-    async fn room_waits_for_the_writer_and_overflow_closes() {
-        let (link, mut rx) = LinkHandle::new(Arc::from("w"), 0, 1, 8);
-        for i in 0..8 {
-            assert!(link.send(deliver(i)));
-        }
-        let waiter = {
-            let link = link.clone();
-            tokio::spawn(async move { link.room(4).await })
-        };
-        tokio::task::yield_now().await;
-        assert!(!waiter.is_finished());
-        // A publish while room() waits still finds the space the writer frees: the waiter
-        // takes none of it.
-        rx.recv().await.unwrap();
-        link.notify_drained();
-        tokio::task::yield_now().await;
-        assert!(
-            link.send(deliver(100)),
-            "a publish must not be starved by room()"
-        );
-        assert!(link.is_alive());
-        assert!(!waiter.is_finished());
-        for _ in 0..5 {
-            rx.recv().await.unwrap();
-        }
-        link.notify_drained();
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
-        for i in 0..5 {
-            assert!(link.send(deliver(i)));
-        }
-        assert!(!link.send(deliver(99)), "full queue: refused");
-        assert!(!link.is_alive(), "and the link is closed");
-        tokio::time::timeout(Duration::from_secs(5), link.closed())
-            .await
-            .unwrap();
     }
 }

@@ -1,0 +1,252 @@
+//! Publishing: `POST /v1/publish/{channel}` (one message), `POST /v1/publish` (an NDJSON
+//! batch) and `POST /v1/broadcast` (one message on many channels). Parsing lives in
+//! [`crate::ndjson`] and [`crate::broadcast`]; this file checks, appends and answers.
+
+use super::auth::refuse_publisher;
+use super::body::read_body;
+use super::reply::{error, json_resp, Resp};
+use crate::app::App;
+use crate::broadcast;
+use crate::metrics;
+use crate::ndjson;
+use crate::store::{Published, Store, StoreError};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Request, StatusCode};
+use serde_json::json;
+use std::fmt::Write as _;
+use tokio::time::Instant;
+
+/// Channels of one broadcast handed to the store at a time.
+const BROADCAST_CHUNK: usize = 4096;
+
+fn store_error(e: &StoreError) -> Resp {
+    metrics::PUBLISH_REJECTED
+        .with_label_values(&[e.code()])
+        .inc();
+    error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string())
+}
+
+pub async fn publish(app: &App, channel: &str, req: Request<Incoming>) -> Resp {
+    if let Some(r) = refuse_publisher(app, req.headers()) {
+        return r;
+    }
+    if let Err(e) = protocol::validate_channel(channel) {
+        metrics::PUBLISH_REJECTED
+            .with_label_values(&["bad_channel"])
+            .inc();
+        return error(StatusCode::BAD_REQUEST, "bad_channel", &e.to_string());
+    }
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().ok().map(str::trim) {
+            Some(k) if ndjson::check_key(k).is_ok() => Some(k.to_owned()),
+            _ => {
+                metrics::PUBLISH_REJECTED
+                    .with_label_values(&["bad_request"])
+                    .inc();
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_idempotency_key",
+                    &format!(
+                        "Idempotency-Key must be 1-{} visible ASCII bytes",
+                        ndjson::MAX_KEY_LEN
+                    ),
+                );
+            }
+        },
+    };
+    let body = match read_body(req, app.config.max_message_bytes, "the message").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let data = protocol::envelope::payload_to_data(body);
+    match app
+        .store
+        .publish(channel, data, key.as_deref(), Instant::now())
+        .await
+    {
+        Ok(p) => {
+            if !p.duplicate {
+                metrics::PUBLISH_TOTAL.inc();
+            }
+            let mut out = String::with_capacity(24);
+            let _ = write!(out, "{{\"seq\":{}}}", p.seq);
+            json_resp(StatusCode::ACCEPTED, out)
+        }
+        Err(e) => store_error(&e),
+    }
+}
+
+pub async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
+    if let Some(r) = refuse_publisher(app, req.headers()) {
+        return r;
+    }
+    let is_ndjson = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"));
+    if !is_ndjson {
+        metrics::PUBLISH_REJECTED
+            .with_label_values(&["bad_request"])
+            .inc();
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "POST /v1/publish takes Content-Type: application/x-ndjson",
+        );
+    }
+    let body = match read_body(req, app.config.max_batch_bytes, "the batch").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let (lines, mut rejected) = match ndjson::parse_batch(
+        &body,
+        app.config.max_batch_lines,
+        app.config.max_message_bytes,
+    ) {
+        Ok(x) => x,
+        Err(e) => {
+            metrics::PUBLISH_REJECTED
+                .with_label_values(&["too_large"])
+                .inc();
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_many_lines",
+                &e.to_string(),
+            );
+        }
+    };
+    drop(body);
+    if !rejected.is_empty() {
+        metrics::PUBLISH_REJECTED
+            .with_label_values(&["bad_request"])
+            .inc_by(rejected.len() as u64);
+    }
+    let now = Instant::now();
+    let mut results = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let r = app
+            .store
+            .publish(&line.channel, line.data.clone(), line.key.as_deref(), now)
+            .await;
+        results.push(r);
+    }
+    let accepted = tally(&results, |i, code| {
+        rejected.push(ndjson::Rejected {
+            line: lines[i].line,
+            error: code.to_owned(),
+        })
+    });
+    rejected.sort_by_key(|r| r.line);
+    let rejected: Vec<_> = rejected
+        .iter()
+        .map(|r| json!({"line": r.line, "error": r.error}))
+        .collect();
+    json_resp(
+        StatusCode::OK,
+        json!({"accepted": accepted, "rejected": rejected}).to_string(),
+    )
+}
+
+/// Counts the accepted appends of a batch (NDJSON or broadcast), meters new publishes and
+/// refusals, and hands each refusal (its index, its code) to `reject`.
+fn tally(
+    results: &[Result<Published, StoreError>],
+    mut reject: impl FnMut(usize, &'static str),
+) -> u64 {
+    let mut accepted = 0;
+    let mut published = 0;
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(p) => {
+                accepted += 1;
+                published += u64::from(!p.duplicate);
+            }
+            Err(e) => {
+                metrics::PUBLISH_REJECTED
+                    .with_label_values(&[e.code()])
+                    .inc();
+                reject(i, e.code());
+            }
+        }
+    }
+    metrics::PUBLISH_TOTAL.inc_by(published);
+    accepted
+}
+
+/// `POST /v1/broadcast`: the same message on every listed channel, each a normal append
+/// with its own seq. The data is rendered once and the same `Bytes` goes to every channel;
+/// the store takes each shard lock once for all the channels it holds.
+pub async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
+    if let Some(r) = refuse_publisher(app, req.headers()) {
+        return r;
+    }
+    let body = match read_body(req, app.config.max_batch_bytes, "the broadcast").await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let parsed = match broadcast::parse(
+        &body,
+        app.config.max_broadcast_channels,
+        app.config.max_message_bytes,
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            let (status, code, reason) = match e {
+                broadcast::BroadcastError::Invalid(_) => {
+                    (StatusCode::BAD_REQUEST, "bad_request", "bad_request")
+                }
+                broadcast::BroadcastError::TooManyChannels(_) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_many_channels",
+                    "too_large",
+                ),
+                broadcast::BroadcastError::DataTooLarge(_) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "too_large",
+                ),
+            };
+            metrics::PUBLISH_REJECTED.with_label_values(&[reason]).inc();
+            return error(status, code, &e.to_string());
+        }
+    };
+    let (channels, mut rejected) = broadcast::split_channels(&parsed.channels);
+    if !rejected.is_empty() {
+        metrics::PUBLISH_REJECTED
+            .with_label_values(&["bad_channel"])
+            .inc_by(rejected.len() as u64);
+    }
+    // In chunks, yielding in between: a 100,000-channel broadcast does not hold a runtime
+    // thread for its whole length, and link writers start on the first chunk's deliveries.
+    let now = Instant::now();
+    let mut results = Vec::with_capacity(channels.len());
+    for (i, chunk) in channels.chunks(BROADCAST_CHUNK).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        results.extend(
+            app.store
+                .publish_many(chunk, parsed.data.clone(), parsed.key.as_deref(), now)
+                .await,
+        );
+    }
+    let accepted = tally(&results, |i, code| {
+        rejected.push(broadcast::Rejected {
+            channel: channels[i].to_owned(),
+            error: code.to_owned(),
+        })
+    });
+    metrics::BROADCAST_TOTAL.inc();
+    let rejected: Vec<_> = rejected
+        .iter()
+        .map(|r| json!({"channel": r.channel, "error": r.error}))
+        .collect();
+    json_resp(
+        StatusCode::OK,
+        json!({"accepted": accepted, "rejected": rejected}).to_string(),
+    )
+}

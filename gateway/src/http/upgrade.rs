@@ -1,0 +1,80 @@
+//! The worker link upgrade: `GET /v1/link` with `Upgrade: pushgate-link/2` answers 101 and
+//! hands the connection to [`crate::link::serve::serve_link`].
+
+use super::auth::{bearer, constant_time_eq};
+use super::reply::{empty, error, Resp};
+use crate::app::App;
+use crate::link;
+use bytes::BytesMut;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// `GET /v1/link` with `Upgrade: pushgate-link/1`: answers 101 and hands the connection to
+/// [`link::serve::serve_link`].
+pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case(protocol::link::LINK_UPGRADE))
+        });
+    if !wants {
+        let mut r = error(
+            StatusCode::UPGRADE_REQUIRED,
+            "upgrade_required",
+            "worker links upgrade to pushgate-link/1",
+        );
+        r.headers_mut().insert(
+            header::UPGRADE,
+            HeaderValue::from_static(protocol::link::LINK_UPGRADE),
+        );
+        return r;
+    }
+    if let Some(key) = &app.config.link_key {
+        let given = bearer(req.headers()).unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "link_key",
+                "a worker link needs the gateway's link key (Authorization: Bearer <key>)",
+            );
+        }
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let app2 = app.clone();
+    app.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(error = %e, "worker link upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                let read_buf = BytesMut::from(&parts.read_buf[..]);
+                let (r, w) = parts.io.into_inner().into_split();
+                link::serve::serve_link(app2, r, w, read_buf).await;
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                link::serve::serve_link(app2, r, w, BytesMut::new()).await;
+            }
+        }
+    });
+    let mut r = empty(StatusCode::SWITCHING_PROTOCOLS);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    r.headers_mut().insert(
+        header::UPGRADE,
+        HeaderValue::from_static(protocol::link::LINK_UPGRADE),
+    );
+    r
+}
