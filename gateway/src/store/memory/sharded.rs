@@ -1,0 +1,638 @@
+//! The in-memory store: channels spread over mutex-guarded shards by hash; each channel is a
+//! [`ChannelLog`] (pure: seq, epoch, retention, idempotency keys; `now` passed in) plus its
+//! directory entry ([`SubRef`]).
+//!
+//! Deliveries are enqueued on the subscriber's link while the shard lock is held, so the
+//! order of frames for a channel on a link is exactly the store's order.
+//!
+//! Memory bound: every retained message costs its data length + [`MESSAGE_OVERHEAD`](super::log::MESSAGE_OVERHEAD) + its
+//! idempotency key length. The bound is store-wide: each shard keeps a FIFO of
+//! `(channel, epoch, seq)` in append order and publishes its byte count into one atomic
+//! total. A shard may grow past its share (`retention_total_bytes / shards`) while the total
+//! is under the bound, so one busy channel can use the whole budget; once the total is over,
+//! the shard being written evicts its own oldest down to its share, and then, with no lock
+//! held, every other shard over its share does the same (one lock at a time). FIFO entries
+//! already gone by count or age are skipped lazily, and compacted when they pile up.
+
+use super::log::{ChannelLog, Evicted, Retention};
+use crate::metrics;
+use crate::store::contract::{ChannelInfo, Published, Store, StoreError, StoreStats};
+use crate::store::directory::SubRef;
+use bytes::Bytes;
+use protocol::link::{Down, KickReason};
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// Epochs stay below 2^53 so JSON clients parse them exactly.
+const EPOCH_MASK: u64 = (1 << 53) - 1;
+
+/// Default number of shards.
+pub const DEFAULT_SHARDS: usize = 64;
+
+/// A channel in the store: its log and its directory entry.
+struct ChannelState {
+    name: Arc<str>,
+    log: ChannelLog,
+    sub: Option<SubRef>,
+    last_active: Instant,
+}
+
+/// A FIFO entry for the memory bound.
+struct FifoEntry {
+    channel: Arc<str>,
+    epoch: u64,
+    seq: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    channels: HashMap<Arc<str>, ChannelState>,
+    fifo: VecDeque<FifoEntry>,
+    bytes: usize,
+    /// `bytes` as last added into the store-wide total.
+    accounted: usize,
+    messages: usize,
+}
+
+impl Shard {
+    fn is_live(&self, e: &FifoEntry) -> bool {
+        self.channels.get(&*e.channel).is_some_and(|c| {
+            c.log.epoch() == e.epoch
+                && e.seq <= c.log.last_seq()
+                && c.log.front_seq().is_some_and(|f| e.seq >= f)
+        })
+    }
+
+    /// Evicts oldest-first while over `budget`, then drops stale FIFO entries at the front
+    /// and compacts the FIFO when most of it is stale.
+    fn enforce_budget(&mut self, budget: usize) {
+        let mut evicted = 0u64;
+        while self.bytes > budget {
+            let Some(e) = self.fifo.pop_front() else {
+                break;
+            };
+            let Some(c) = self.channels.get_mut(&*e.channel) else {
+                continue;
+            };
+            if c.log.epoch() == e.epoch && c.log.front_seq() == Some(e.seq) {
+                let cost = c.log.evict_oldest().expect("front exists");
+                self.bytes -= cost;
+                self.messages -= 1;
+                evicted += 1;
+            }
+        }
+        if evicted > 0 {
+            metrics::MESSAGES_EVICTED
+                .with_label_values(&["memory"])
+                .inc_by(evicted);
+        }
+        while let Some(front) = self.fifo.front() {
+            if self.is_live(front) {
+                break;
+            }
+            self.fifo.pop_front();
+        }
+        if self.fifo.len() > 2 * self.messages + 1024 {
+            let fifo = std::mem::take(&mut self.fifo);
+            self.fifo = fifo.into_iter().filter(|e| self.is_live(e)).collect();
+        }
+    }
+}
+
+/// The in-memory [`Store`].
+pub struct MemoryStore {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// `--retention-total-bytes`.
+    total_budget: usize,
+    /// Fair share of one shard: a shard over it evicts when the total is over budget.
+    shard_share: usize,
+    /// Bytes retained over all shards (each shard adds its changes when settled).
+    total: AtomicUsize,
+    retention: Retention,
+    max_channels: usize,
+    channels: AtomicUsize,
+    next_epoch: AtomicU64,
+    sweep_cursor: AtomicUsize,
+}
+
+impl MemoryStore {
+    /// A store with [`DEFAULT_SHARDS`] shards.
+    pub fn new(retention: Retention, total_bytes: usize, max_channels: usize) -> Self {
+        Self::with_shards(DEFAULT_SHARDS, retention, total_bytes, max_channels)
+    }
+
+    /// A store with `shards` shards, each owning `total_bytes / shards` of the memory bound.
+    pub fn with_shards(
+        shards: usize,
+        retention: Retention,
+        total_bytes: usize,
+        max_channels: usize,
+    ) -> Self {
+        let shards = shards.max(1);
+        // Epochs: unique per log creation; a per-process base from the clock keeps them
+        // distinct across restarts, and < 2^53 so they survive JSON number parsing.
+        let base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1)
+            & EPOCH_MASK;
+        MemoryStore {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: Default::default(),
+            total_budget: total_bytes,
+            shard_share: total_bytes / shards,
+            total: AtomicUsize::new(0),
+            retention,
+            max_channels,
+            channels: AtomicUsize::new(0),
+            next_epoch: AtomicU64::new(base.max(1)),
+            sweep_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
+        lock(&self.shards[self.shard_index(channel)])
+    }
+
+    fn new_epoch(&self) -> u64 {
+        self.next_epoch.fetch_add(1, Ordering::Relaxed) & EPOCH_MASK
+    }
+
+    /// Makes sure `channel` exists in `shard`, counting it against `--max-channels`.
+    fn ensure_channel(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        if shard.channels.contains_key(channel) {
+            return Ok(());
+        }
+        let prev = self.channels.fetch_add(1, Ordering::Relaxed);
+        if prev >= self.max_channels {
+            self.channels.fetch_sub(1, Ordering::Relaxed);
+            return Err(StoreError::TooManyChannels);
+        }
+        let name: Arc<str> = Arc::from(channel);
+        shard.channels.insert(
+            name.clone(),
+            ChannelState {
+                name,
+                log: ChannelLog::new(self.new_epoch()),
+                sub: None,
+                last_active: now,
+            },
+        );
+        Ok(())
+    }
+
+    fn shard_index(&self, channel: &str) -> usize {
+        (self.hasher.hash_one(channel) % self.shards.len() as u64) as usize
+    }
+
+    /// Synchronous core of [`Store::publish`].
+    pub fn publish_now(
+        &self,
+        channel: &str,
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> Result<Published, StoreError> {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        let mut evicted = Evicted::default();
+        let r = self.append_locked(shard, channel, data, key, now, &mut evicted);
+        self.finish(shard, evicted);
+        drop(guard);
+        self.rebalance();
+        r
+    }
+
+    /// Synchronous core of [`Store::publish_many`]: channels are grouped by shard and each
+    /// shard is locked once; every channel gets a normal append (own seq, retention,
+    /// idempotency key, live delivery) sharing `data`. Results are in `channels` order.
+    pub fn publish_many_now(
+        &self,
+        channels: &[&str],
+        data: &Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> Vec<Result<Published, StoreError>> {
+        let n = self.shards.len();
+        let order = group_by_shard(channels.iter().map(|c| self.shard_index(c)), n);
+        let mut results: Vec<Result<Published, StoreError>> = vec![
+            Ok(Published {
+                seq: 0,
+                duplicate: false
+            });
+            channels.len()
+        ];
+        for (shard_i, idxs) in order {
+            let mut guard = lock(&self.shards[shard_i]);
+            let shard = &mut *guard;
+            let mut ev = Evicted::default();
+            for &i in idxs.iter() {
+                results[i] =
+                    self.append_locked(shard, channels[i], data.clone(), key, now, &mut ev);
+            }
+            self.finish(shard, ev);
+            drop(guard);
+        }
+        self.rebalance();
+        results
+    }
+
+    /// One append under the shard lock: ensures the channel, appends, and enqueues the live
+    /// delivery. The caller settles `evicted` and the memory budget.
+    fn append_locked(
+        &self,
+        shard: &mut Shard,
+        channel: &str,
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+        evicted: &mut Evicted,
+    ) -> Result<Published, StoreError> {
+        self.ensure_channel(shard, channel, now)?;
+        let state = shard.channels.get_mut(channel).expect("just ensured");
+        let a = state
+            .log
+            .append(data.clone(), key, now, &self.retention, evicted);
+        state.last_active = now;
+        if !a.duplicate {
+            shard.fifo.push_back(FifoEntry {
+                channel: state.name.clone(),
+                epoch: state.log.epoch(),
+                seq: a.seq,
+            });
+            shard.bytes += a.cost;
+            shard.messages += 1;
+            if let Some(sub) = &state.sub {
+                let sent = sub.is_alive()
+                    && sub.link.send(Down::Deliver {
+                        sub_id: sub.sub_id,
+                        epoch: state.log.epoch(),
+                        seq: a.seq,
+                        data,
+                    });
+                if !sent {
+                    state.sub = None;
+                }
+            }
+        }
+        Ok(Published {
+            seq: a.seq,
+            duplicate: a.duplicate,
+        })
+    }
+
+    /// Synchronous core of [`Store::subscribe`].
+    pub fn subscribe_now(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        self.subscribe_inner(channel, sub, since, epoch, false, now)
+    }
+
+    /// [`Self::subscribe_now`] for a worker re-subscribing a connection it already held.
+    pub fn resubscribe_now(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        self.subscribe_inner(channel, sub, since, epoch, true, now)
+    }
+
+    fn subscribe_inner(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        resume: bool,
+        now: Instant,
+    ) -> Result<(), StoreError> {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        self.ensure_channel(shard, channel, now)?;
+        let state = shard.channels.get_mut(channel).expect("just ensured");
+        let mut evicted = Evicted::default();
+        state.log.expire(now, &self.retention, &mut evicted);
+        state.last_active = now;
+        if resume
+            && state
+                .sub
+                .as_ref()
+                .is_some_and(|cur| *cur != sub && cur.is_alive())
+        {
+            // A newer connection took the channel while this worker's link was down: it
+            // keeps it, and the resuming connection is the one replaced.
+            sub.link.send(Down::Kick {
+                sub_id: sub.sub_id,
+                reason: KickReason::Replaced,
+            });
+            self.finish(shard, evicted);
+            return Ok(());
+        }
+        // Directory first, then the backlog: a concurrent publish is either in the backlog
+        // or delivered live after it (same lock).
+        if let Some(old) = state.sub.replace(sub.clone()) {
+            if old != sub && old.is_alive() {
+                old.link.send(Down::Kick {
+                    sub_id: old.sub_id,
+                    reason: KickReason::Replaced,
+                });
+            }
+        }
+        let backlog = state.log.backlog(since, epoch);
+        let sent = sub.link.send(Down::Backlog {
+            sub_id: sub.sub_id,
+            epoch: state.log.epoch(),
+            last_seq: state.log.last_seq(),
+            gap_first_seq: backlog.gap_first_seq,
+            messages: backlog.messages,
+        });
+        if !sent {
+            state.sub = None;
+        }
+        self.finish(shard, evicted);
+        Ok(())
+    }
+
+    /// Synchronous core of [`Store::fetch`].
+    pub fn fetch_now(
+        &self,
+        channel: &str,
+        since: u64,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> Result<Down, StoreError> {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        self.ensure_channel(shard, channel, now)?;
+        let state = shard.channels.get_mut(channel).expect("just ensured");
+        let mut evicted = Evicted::default();
+        state.log.expire(now, &self.retention, &mut evicted);
+        let backlog = state.log.backlog(Some(since), epoch);
+        let down = Down::Backlog {
+            sub_id: 0,
+            epoch: state.log.epoch(),
+            last_seq: state.log.last_seq(),
+            gap_first_seq: backlog.gap_first_seq,
+            messages: backlog.messages,
+        };
+        self.finish(shard, evicted);
+        Ok(down)
+    }
+
+    /// Synchronous core of [`Store::unsubscribe`].
+    pub fn unsubscribe_now(&self, channel: &str, sub: &SubRef, now: Instant) {
+        let mut shard = self.shard(channel);
+        if let Some(state) = shard.channels.get_mut(channel) {
+            if state.sub.as_ref() == Some(sub) {
+                state.sub = None;
+                state.last_active = now;
+            }
+        }
+    }
+
+    /// Synchronous core of [`Store::channel_info`].
+    pub fn channel_info_now(&self, channel: &str, now: Instant) -> ChannelInfo {
+        let mut guard = self.shard(channel);
+        let shard = &mut *guard;
+        let Some(state) = shard.channels.get_mut(channel) else {
+            return ChannelInfo {
+                online: false,
+                worker: None,
+                last_seq: 0,
+                buffered: 0,
+            };
+        };
+        let mut evicted = Evicted::default();
+        state.log.expire(now, &self.retention, &mut evicted);
+        let holder = state.sub.as_ref().filter(|s| s.is_alive());
+        let info = ChannelInfo {
+            online: holder.is_some(),
+            worker: holder.map(|s| s.link.worker_id.clone()),
+            last_seq: state.log.last_seq(),
+            buffered: state.log.len() as u64,
+        };
+        self.finish(shard, evicted);
+        info
+    }
+
+    /// Settles what a locked operation evicted by count or age: the shard's counters, the
+    /// eviction metrics, and the store-wide memory bound ([`Self::settle`]).
+    fn finish(&self, shard: &mut Shard, evicted: Evicted) {
+        shard.bytes -= evicted.bytes;
+        shard.messages -= evicted.messages();
+        evicted.record();
+        self.settle(shard);
+    }
+
+    /// Adds `shard`'s byte changes into the store-wide total and, when the total is over
+    /// the bound, evicts the shard's oldest messages down to its share (or until the total
+    /// fits). Always drops stale FIFO entries.
+    fn settle(&self, shard: &mut Shard) {
+        self.account(shard);
+        let total = self.total.load(Ordering::Relaxed);
+        let target = if total > self.total_budget && shard.bytes > self.shard_share {
+            shard
+                .bytes
+                .saturating_sub(total - self.total_budget)
+                .max(self.shard_share)
+        } else {
+            usize::MAX
+        };
+        shard.enforce_budget(target);
+        self.account(shard);
+    }
+
+    fn account(&self, shard: &mut Shard) {
+        if shard.bytes == shard.accounted {
+            // No write to the shared total's cache line when nothing changed.
+            return;
+        }
+        if shard.bytes > shard.accounted {
+            self.total
+                .fetch_add(shard.bytes - shard.accounted, Ordering::Relaxed);
+        } else {
+            self.total
+                .fetch_sub(shard.accounted - shard.bytes, Ordering::Relaxed);
+        }
+        shard.accounted = shard.bytes;
+    }
+
+    /// When the total is still over the bound, brings every shard down to its share, one
+    /// lock at a time (called with no shard lock held).
+    fn rebalance(&self) {
+        if self.total.load(Ordering::Relaxed) <= self.total_budget {
+            return;
+        }
+        for shard in self.shards.iter() {
+            if self.total.load(Ordering::Relaxed) <= self.total_budget {
+                break;
+            }
+            let mut guard = lock(shard);
+            self.settle(&mut guard);
+        }
+    }
+
+    /// Synchronous core of [`Store::sweep`]: visits a quarter of the shards per call (so a
+    /// full pass takes four calls), expiring by age, dropping dead directory entries and
+    /// forgetting channels that are empty, unsubscribed and idle for longer than retention.
+    pub fn sweep_now(&self, now: Instant) {
+        let n = self.shards.len();
+        let per_call = n.div_ceil(4);
+        let start = self.sweep_cursor.fetch_add(per_call, Ordering::Relaxed);
+        for i in start..start + per_call {
+            self.sweep_shard(i % n, now);
+        }
+    }
+
+    /// Sweeps every shard once.
+    pub fn sweep_all(&self, now: Instant) {
+        for i in 0..self.shards.len() {
+            self.sweep_shard(i, now);
+        }
+    }
+
+    fn sweep_shard(&self, i: usize, now: Instant) {
+        let mut guard = lock(&self.shards[i]);
+        let shard = &mut *guard;
+        let mut evicted = Evicted::default();
+        let before = shard.channels.len();
+        shard.channels.retain(|_, c| {
+            c.log.expire(now, &self.retention, &mut evicted);
+            if c.sub.as_ref().is_some_and(|s| !s.is_alive()) {
+                c.sub = None;
+            }
+            let idle = now.saturating_duration_since(c.last_active) > self.retention.max_age;
+            !(c.log.is_empty() && c.sub.is_none() && idle)
+        });
+        let removed = before - shard.channels.len();
+        self.channels.fetch_sub(removed, Ordering::Relaxed);
+        self.finish(shard, evicted);
+    }
+
+    /// Synchronous core of [`Store::stats`].
+    pub fn stats_now(&self) -> StoreStats {
+        let mut s = StoreStats::default();
+        for shard in self.shards.iter() {
+            let shard = lock(shard);
+            s.bytes += shard.bytes as u64;
+            s.messages += shard.messages as u64;
+        }
+        s.channels = self.channels.load(Ordering::Relaxed) as u64;
+        s
+    }
+}
+
+/// Groups item indices by shard (`shard_of` yields each item's shard, `< shards`): the
+/// non-empty shards in ascending order, each with its items in their original order.
+pub fn group_by_shard(
+    shard_of: impl ExactSizeIterator<Item = usize>,
+    shards: usize,
+) -> Vec<(usize, Vec<usize>)> {
+    let mut buckets: Vec<Vec<usize>> = vec![Vec::new(); shards];
+    for (i, s) in shard_of.enumerate() {
+        buckets[s].push(i);
+    }
+    buckets
+        .into_iter()
+        .enumerate()
+        .filter(|(_, b)| !b.is_empty())
+        .collect()
+}
+
+fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // A panic while holding a shard lock leaves consistent-enough state (counters at worst);
+    // keep serving rather than poisoning every later request.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Store for MemoryStore {
+    fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> impl std::future::Future<Output = Result<Published, StoreError>> + Send {
+        std::future::ready(self.publish_now(channel, data, key, now))
+    }
+
+    fn publish_many(
+        &self,
+        channels: &[&str],
+        data: Bytes,
+        key: Option<&str>,
+        now: Instant,
+    ) -> impl std::future::Future<Output = Vec<Result<Published, StoreError>>> + Send {
+        std::future::ready(self.publish_many_now(channels, &data, key, now))
+    }
+
+    fn subscribe(
+        &self,
+        channel: &str,
+        sub: SubRef,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        resume: bool,
+        now: Instant,
+    ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
+        std::future::ready(self.subscribe_inner(channel, sub, since, epoch, resume, now))
+    }
+
+    fn fetch(
+        &self,
+        channel: &str,
+        since: u64,
+        epoch: Option<u64>,
+        now: Instant,
+    ) -> impl std::future::Future<Output = Result<Down, StoreError>> + Send {
+        std::future::ready(self.fetch_now(channel, since, epoch, now))
+    }
+
+    fn unsubscribe(
+        &self,
+        channel: &str,
+        sub: &SubRef,
+        now: Instant,
+    ) -> impl std::future::Future<Output = ()> + Send {
+        self.unsubscribe_now(channel, sub, now);
+        std::future::ready(())
+    }
+
+    fn channel_info(
+        &self,
+        channel: &str,
+        now: Instant,
+    ) -> impl std::future::Future<Output = ChannelInfo> + Send {
+        std::future::ready(self.channel_info_now(channel, now))
+    }
+
+    fn sweep(&self, now: Instant) -> impl std::future::Future<Output = ()> + Send {
+        self.sweep_now(now);
+        std::future::ready(())
+    }
+
+    fn stats(&self) -> impl std::future::Future<Output = StoreStats> + Send {
+        std::future::ready(self.stats_now())
+    }
+}
+
+#[cfg(test)]
+mod tests;
