@@ -1,11 +1,13 @@
 //! `GET /v1/assign`: the least-loaded healthy worker for a channel, as URLs that already
 //! carry everything the client needs (channel, token).
 
-use super::reply::{error, json_resp, Resp};
+use super::rejection::Rejection;
+use super::reply::{json_resp, Resp};
 use crate::app::App;
 use crate::metrics;
 use hyper::StatusCode;
 use protocol::query::{percent_encode_into, query_pairs};
+use protocol::token::TokenError;
 use serde_json::json;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
@@ -18,16 +20,14 @@ fn unix_now() -> u64 {
 }
 
 pub fn assign(app: &App, query: &str) -> Resp {
+    pick(app, query).unwrap_or_else(|r| r.response())
+}
+
+fn pick(app: &App, query: &str) -> Result<Resp, Rejection> {
     let mut channel_param = None;
     let mut token_param = None;
     for pair in query_pairs(query) {
-        let Ok((k, v)) = pair else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_query",
-                "the query string has a malformed percent-escape",
-            );
-        };
+        let (k, v) = pair.map_err(|_| Rejection::BadQuery)?;
         match &*k {
             "channel" => channel_param = Some(v.into_owned()),
             "token" => token_param = Some(v.into_owned()),
@@ -37,42 +37,24 @@ pub fn assign(app: &App, query: &str) -> Resp {
     let (channel, token, expires_in) = match &app.config.subscriber_secret {
         Some(secret) => {
             let token = token_param.unwrap_or_default();
-            let claims = match protocol::token::decode(secret.as_bytes(), &token, unix_now()) {
-                Ok(c) => c,
-                Err(e) => {
-                    let status =
-                        StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
-                    return error(status, e.code(), &e.to_string());
-                }
-            };
+            let claims = protocol::token::decode(secret.as_bytes(), &token, unix_now())
+                .map_err(Rejection::Token)?;
             if channel_param.as_ref().is_some_and(|c| *c != claims.channel) {
-                let e = protocol::token::TokenError::WrongChannel;
-                return error(StatusCode::FORBIDDEN, e.code(), &e.to_string());
+                return Err(Rejection::Token(TokenError::WrongChannel));
             }
             let expires_in = claims.exp.saturating_sub(unix_now());
             (claims.channel, Some(token), expires_in)
         }
         None => {
-            let Some(channel) = channel_param else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_channel",
-                    "the channel query parameter is required",
-                );
-            };
+            let channel = channel_param.ok_or(Rejection::MissingChannel)?;
             (channel, None, app.config.token_expires_secs)
         }
     };
-    if let Err(e) = protocol::validate_channel(&channel) {
-        return error(StatusCode::BAD_REQUEST, "bad_channel", &e.to_string());
-    }
-    let Some(a) = app.registry.pick(Instant::now()) else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "no_worker",
-            "no healthy worker with free capacity is registered",
-        );
-    };
+    protocol::validate_channel(&channel).map_err(Rejection::BadChannel)?;
+    let a = app
+        .registry
+        .pick(Instant::now())
+        .ok_or(Rejection::NoWorker)?;
     metrics::ASSIGN_TOTAL.inc();
     let mut query =
         String::with_capacity(channel.len() + token.as_ref().map_or(0, |t| t.len()) + 16);
@@ -94,5 +76,5 @@ pub fn assign(app: &App, query: &str) -> Resp {
         "sse_url": format!("{http}://{}/v1/sse?{query}", a.addr),
         "expires_in": expires_in,
     });
-    json_resp(StatusCode::OK, body.to_string())
+    Ok(json_resp(StatusCode::OK, body.to_string()))
 }

@@ -1,10 +1,8 @@
 //! Bearer keys: publisher keys on the publish endpoints, the link key on worker links.
 
-use super::reply::{error, Resp};
+use super::rejection::Rejection;
 use crate::app::App;
-use crate::metrics;
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::StatusCode;
+use hyper::header::{self, HeaderMap};
 
 /// The key of an `Authorization: Bearer <key>` header (scheme case-insensitive).
 pub fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -13,11 +11,11 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
-/// Checks `Authorization: Bearer <key>` against the configured publisher keys; `Some` is
-/// the refusal to send.
-pub fn refuse_publisher(app: &App, headers: &HeaderMap) -> Option<Resp> {
+/// Checks `Authorization: Bearer <key>` against the configured publisher keys (every key
+/// compared in constant time).
+pub fn check_publisher(app: &App, headers: &HeaderMap) -> Result<(), Rejection> {
     if app.config.publisher_keys.is_empty() {
-        return None;
+        return Ok(());
     }
     let ok = bearer(headers).is_some_and(|p| {
         app.config.publisher_keys.iter().fold(false, |acc, k| {
@@ -25,19 +23,10 @@ pub fn refuse_publisher(app: &App, headers: &HeaderMap) -> Option<Resp> {
         })
     });
     if ok {
-        return None;
+        Ok(())
+    } else {
+        Err(Rejection::Unauthorized)
     }
-    metrics::PUBLISH_REJECTED
-        .with_label_values(&["unauthorized"])
-        .inc();
-    let mut r = error(
-        StatusCode::UNAUTHORIZED,
-        "unauthorized",
-        "a valid publisher key is required (Authorization: Bearer <key>)",
-    );
-    r.headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    Some(r)
 }
 
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -2,7 +2,8 @@
 //! loop and connection settings ([`server`]), routing ([`routes`]), CORS ([`cors`]),
 //! assign ([`assign`]), publish, NDJSON batches and broadcast ([`publish`]), the read-only
 //! views ([`views`]), the worker link upgrade ([`upgrade`]), publisher keys ([`auth`]),
-//! bodies with limits ([`body`]) and response helpers ([`reply`]). Every error is JSON
+//! bodies with limits ([`body`]), every refusal ([`rejection`]) and response helpers
+//! ([`reply`]). Every error is JSON
 //! `{"error":code,"message":text}`.
 //!
 //! This file only declares the rooms: a parent that re-exported its children's items while
@@ -13,6 +14,7 @@ pub mod auth;
 pub mod body;
 pub mod cors;
 pub mod publish;
+pub mod rejection;
 pub mod reply;
 pub mod routes;
 pub mod server;

@@ -1,13 +1,15 @@
 //! Publishing: `POST /v1/publish/{channel}` (one message), `POST /v1/publish` (an NDJSON
 //! batch) and `POST /v1/broadcast` (one message on many channels). Parsing lives in
-//! [`crate::ndjson`] and [`crate::broadcast`]; this file checks, appends and answers.
+//! [`crate::ndjson`] and [`crate::broadcast`]; this file checks, appends and answers. A
+//! refusal is a [`Rejection`], counted in `pushgate_publish_rejected_total` here, once.
 
-use super::auth::refuse_publisher;
+use super::auth::check_publisher;
 use super::body::read_body;
-use super::reply::{error, json_resp, Resp};
+use super::rejection::{store_reason, Rejection};
+use super::reply::{json_resp, Resp};
 use crate::app::App;
 use crate::broadcast;
-use crate::metrics;
+use crate::metrics::{self, RejectReason};
 use crate::ndjson;
 use crate::store::{Published, Store, StoreError};
 use hyper::body::Incoming;
@@ -20,68 +22,45 @@ use tokio::time::Instant;
 /// Channels of one broadcast handed to the store at a time.
 const BROADCAST_CHUNK: usize = 4096;
 
-fn store_error(e: &StoreError) -> Resp {
-    metrics::PUBLISH_REJECTED
-        .with_label_values(&[e.code()])
-        .inc();
-    error(StatusCode::SERVICE_UNAVAILABLE, e.code(), &e.to_string())
+/// `POST /v1/publish/{channel}`.
+pub async fn publish(app: &App, channel: &str, req: Request<Incoming>) -> Resp {
+    publish_one(app, channel, req)
+        .await
+        .unwrap_or_else(|r| r.counted())
 }
 
-pub async fn publish(app: &App, channel: &str, req: Request<Incoming>) -> Resp {
-    if let Some(r) = refuse_publisher(app, req.headers()) {
-        return r;
-    }
-    if let Err(e) = protocol::validate_channel(channel) {
-        metrics::PUBLISH_REJECTED
-            .with_label_values(&["bad_channel"])
-            .inc();
-        return error(StatusCode::BAD_REQUEST, "bad_channel", &e.to_string());
-    }
+async fn publish_one(app: &App, channel: &str, req: Request<Incoming>) -> Result<Resp, Rejection> {
+    check_publisher(app, req.headers())?;
+    protocol::validate_channel(channel).map_err(Rejection::BadChannel)?;
     let key = match req.headers().get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str().ok().map(str::trim) {
             Some(k) if ndjson::check_key(k).is_ok() => Some(k.to_owned()),
-            _ => {
-                metrics::PUBLISH_REJECTED
-                    .with_label_values(&["bad_request"])
-                    .inc();
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_idempotency_key",
-                    &format!(
-                        "Idempotency-Key must be 1-{} visible ASCII bytes",
-                        ndjson::MAX_KEY_LEN
-                    ),
-                );
-            }
+            _ => return Err(Rejection::BadIdempotencyKey),
         },
     };
-    let body = match read_body(req, app.config.max_message_bytes, "the message").await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = read_body(req, app.config.max_message_bytes, "the message").await?;
     let data = protocol::envelope::payload_to_data(body);
-    match app
+    let p = app
         .store
         .publish(channel, data, key.as_deref(), Instant::now())
         .await
-    {
-        Ok(p) => {
-            if !p.duplicate {
-                metrics::PUBLISH_TOTAL.inc();
-            }
-            let mut out = String::with_capacity(24);
-            let _ = write!(out, "{{\"seq\":{}}}", p.seq);
-            json_resp(StatusCode::ACCEPTED, out)
-        }
-        Err(e) => store_error(&e),
+        .map_err(Rejection::Store)?;
+    if !p.duplicate {
+        metrics::PUBLISH_TOTAL.inc();
     }
+    let mut out = String::with_capacity(24);
+    let _ = write!(out, "{{\"seq\":{}}}", p.seq);
+    Ok(json_resp(StatusCode::ACCEPTED, out))
 }
 
+/// `POST /v1/publish` with an NDJSON body.
 pub async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
-    if let Some(r) = refuse_publisher(app, req.headers()) {
-        return r;
-    }
+    batch(app, req).await.unwrap_or_else(|r| r.counted())
+}
+
+async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
+    check_publisher(app, req.headers())?;
     let is_ndjson = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -89,42 +68,17 @@ pub async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
         .and_then(|v| v.split(';').next())
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"));
     if !is_ndjson {
-        metrics::PUBLISH_REJECTED
-            .with_label_values(&["bad_request"])
-            .inc();
-        return error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "POST /v1/publish takes Content-Type: application/x-ndjson",
-        );
+        return Err(Rejection::NotNdjson);
     }
-    let body = match read_body(req, app.config.max_batch_bytes, "the batch").await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let (lines, mut rejected) = match ndjson::parse_batch(
+    let body = read_body(req, app.config.max_batch_bytes, "the batch").await?;
+    let (lines, mut rejected) = ndjson::parse_batch(
         &body,
         app.config.max_batch_lines,
         app.config.max_message_bytes,
-    ) {
-        Ok(x) => x,
-        Err(e) => {
-            metrics::PUBLISH_REJECTED
-                .with_label_values(&["too_large"])
-                .inc();
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_many_lines",
-                &e.to_string(),
-            );
-        }
-    };
+    )
+    .map_err(Rejection::TooManyLines)?;
     drop(body);
-    if !rejected.is_empty() {
-        metrics::PUBLISH_REJECTED
-            .with_label_values(&["bad_request"])
-            .inc_by(rejected.len() as u64);
-    }
+    RejectReason::BadRequest.count(rejected.len() as u64);
     let now = Instant::now();
     let mut results = Vec::with_capacity(lines.len());
     for line in &lines {
@@ -145,10 +99,10 @@ pub async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
         .iter()
         .map(|r| json!({"line": r.line, "error": r.error}))
         .collect();
-    json_resp(
+    Ok(json_resp(
         StatusCode::OK,
         json!({"accepted": accepted, "rejected": rejected}).to_string(),
-    )
+    ))
 }
 
 /// Counts the accepted appends of a batch (NDJSON or broadcast), meters new publishes and
@@ -166,9 +120,7 @@ fn tally(
                 published += u64::from(!p.duplicate);
             }
             Err(e) => {
-                metrics::PUBLISH_REJECTED
-                    .with_label_values(&[e.code()])
-                    .inc();
+                store_reason(e).count(1);
                 reject(i, e.code());
             }
         }
@@ -181,45 +133,22 @@ fn tally(
 /// with its own seq. The data is rendered once and the same `Bytes` goes to every channel;
 /// the store takes each shard lock once for all the channels it holds.
 pub async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
-    if let Some(r) = refuse_publisher(app, req.headers()) {
-        return r;
-    }
-    let body = match read_body(req, app.config.max_batch_bytes, "the broadcast").await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let parsed = match broadcast::parse(
+    broadcast_all(app, req)
+        .await
+        .unwrap_or_else(|r| r.counted())
+}
+
+async fn broadcast_all(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
+    check_publisher(app, req.headers())?;
+    let body = read_body(req, app.config.max_batch_bytes, "the broadcast").await?;
+    let parsed = broadcast::parse(
         &body,
         app.config.max_broadcast_channels,
         app.config.max_message_bytes,
-    ) {
-        Ok(p) => p,
-        Err(e) => {
-            let (status, code, reason) = match e {
-                broadcast::BroadcastError::Invalid(_) => {
-                    (StatusCode::BAD_REQUEST, "bad_request", "bad_request")
-                }
-                broadcast::BroadcastError::TooManyChannels(_) => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_many_channels",
-                    "too_large",
-                ),
-                broadcast::BroadcastError::DataTooLarge(_) => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "too_large",
-                ),
-            };
-            metrics::PUBLISH_REJECTED.with_label_values(&[reason]).inc();
-            return error(status, code, &e.to_string());
-        }
-    };
+    )
+    .map_err(Rejection::Broadcast)?;
     let (channels, mut rejected) = broadcast::split_channels(&parsed.channels);
-    if !rejected.is_empty() {
-        metrics::PUBLISH_REJECTED
-            .with_label_values(&["bad_channel"])
-            .inc_by(rejected.len() as u64);
-    }
+    RejectReason::BadChannel.count(rejected.len() as u64);
     // In chunks, yielding in between: a 100,000-channel broadcast does not hold a runtime
     // thread for its whole length, and link writers start on the first chunk's deliveries.
     let now = Instant::now();
@@ -245,8 +174,8 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
         .iter()
         .map(|r| json!({"channel": r.channel, "error": r.error}))
         .collect();
-    json_resp(
+    Ok(json_resp(
         StatusCode::OK,
         json!({"accepted": accepted, "rejected": rejected}).to_string(),
-    )
+    ))
 }

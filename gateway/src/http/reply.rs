@@ -1,5 +1,5 @@
-//! Response helpers every handler shares: the response type, empty and JSON answers, and
-//! the contract's error body `{"error":code,"message":text}`.
+//! Response helpers every handler shares: the response type, empty and JSON answers (error
+//! answers are built by [`super::rejection::Rejection`]).
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,9 +25,4 @@ pub fn json_resp(status: StatusCode, body: impl Into<Bytes>) -> Resp {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-/// A contract error response.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Resp {
-    json_resp(status, protocol::envelope::error_body(code, message))
 }

@@ -1,7 +1,8 @@
 //! Routing: which handler answers a request (by path and method), preflights, `405` with
 //! `Allow`, and the CORS headers of the endpoint groups that have them.
 
-use super::reply::{empty, error, Resp};
+use super::rejection::Rejection;
+use super::reply::{empty, Resp};
 use super::{assign, publish, upgrade, views};
 use crate::app::App;
 use hyper::body::Incoming;
@@ -93,7 +94,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
         }
     } else {
         match (&route, &method) {
-            (Route::NotFound, _) => error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+            (Route::NotFound, _) => Rejection::NotFound.response(),
             (Route::Dashboard, &Method::GET) => views::dashboard(),
             (Route::Healthz, &Method::GET) => views::healthz(),
             (Route::Metrics, &Method::GET) => views::metrics_resp(&app).await,
@@ -104,19 +105,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             (Route::Channel(channel), &Method::GET) => views::channel_info(&app, channel).await,
             (Route::Workers, &Method::GET) => views::workers(&app),
             (Route::Link, &Method::GET) => upgrade::upgrade_link(&app, req),
-            _ => {
-                let mut r = error(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method_not_allowed",
-                    &format!(
-                        "{method} is not allowed here (allowed: {})",
-                        route.allowed()
-                    ),
-                );
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static(route.allowed()));
-                r
+            _ => Rejection::MethodNotAllowed {
+                method,
+                allowed: route.allowed(),
             }
+            .response(),
         }
     };
     if let Some(c) = cors {

@@ -2,7 +2,8 @@
 //! hands the connection to [`crate::link::serve::serve_link`].
 
 use super::auth::{bearer, constant_time_eq};
-use super::reply::{empty, error, Resp};
+use super::rejection::Rejection;
+use super::reply::{empty, Resp};
 use crate::app::App;
 use crate::link;
 use bytes::BytesMut;
@@ -14,37 +15,21 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 use tracing::debug;
 
-/// `GET /v1/link` with `Upgrade: pushgate-link/1`: answers 101 and hands the connection to
+/// `GET /v1/link` with `Upgrade: pushgate-link/2`: answers 101 and hands the connection to
 /// [`link::serve::serve_link`].
 pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
     let wants = req
         .headers()
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case(protocol::link::LINK_UPGRADE))
-        });
+        .is_some_and(protocol::link::wants_link_upgrade);
     if !wants {
-        let mut r = error(
-            StatusCode::UPGRADE_REQUIRED,
-            "upgrade_required",
-            "worker links upgrade to pushgate-link/1",
-        );
-        r.headers_mut().insert(
-            header::UPGRADE,
-            HeaderValue::from_static(protocol::link::LINK_UPGRADE),
-        );
-        return r;
+        return Rejection::UpgradeRequired.response();
     }
     if let Some(key) = &app.config.link_key {
         let given = bearer(req.headers()).unwrap_or("");
         if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "link_key",
-                "a worker link needs the gateway's link key (Authorization: Bearer <key>)",
-            );
+            return Rejection::LinkKey.response();
         }
     }
     let on_upgrade = hyper::upgrade::on(&mut req);

@@ -1,7 +1,8 @@
 //! The read-only views: the dashboard page, `/healthz`, `/metrics`,
 //! `GET /v1/channels/{channel}` and `GET /v1/workers`.
 
-use super::reply::{error, json_resp, Resp};
+use super::rejection::Rejection;
+use super::reply::{json_resp, Resp};
 use crate::app::App;
 use crate::metrics;
 use crate::store::Store;
@@ -33,7 +34,7 @@ pub fn healthz() -> Resp {
 
 pub async fn channel_info(app: &App, channel: &str) -> Resp {
     if let Err(e) = protocol::validate_channel(channel) {
-        return error(StatusCode::BAD_REQUEST, "bad_channel", &e.to_string());
+        return Rejection::BadChannel(e).response();
     }
     let info = app.store.channel_info(channel, Instant::now()).await;
     json_resp(
