@@ -68,7 +68,7 @@ pub async fn run(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.store.sweep(tokio::time::Instant::now()).await,
+                    _ = tick.tick() => app.store.sweep(store::now_ms()).await,
                     _ = app.shutdown.cancelled() => break,
                 }
             }

@@ -386,7 +386,6 @@ fn broadcast_store_cost_for_10k_channels() {
     use gateway::link::LinkHandle;
     use gateway::store::{MemoryStore, Retention, SubRef};
     use std::sync::Arc;
-    use tokio::time::Instant;
 
     let s = MemoryStore::new(
         Retention {
@@ -404,7 +403,8 @@ fn broadcast_store_cost_for_10k_channels() {
             link: link.clone(),
             sub_id: i as u64,
         };
-        s.subscribe_now(n, sub, None, None, Instant::now()).unwrap();
+        s.subscribe_now(n, sub, None, None, gateway::store::now_ms())
+            .unwrap();
     }
     while rx.try_recv().is_ok() {}
     let body = json!({"channels": names, "data": {"cmd": "refresh"}}).to_string();
@@ -415,7 +415,7 @@ fn broadcast_store_cost_for_10k_channels() {
     let data = Bytes::from_static(br#"{"cmd":"refresh"}"#);
     for round in 0..4 {
         let t0 = std::time::Instant::now();
-        let r = s.publish_many_now(&refs, &data, None, Instant::now());
+        let r = s.publish_many_now(&refs, &data, None, gateway::store::now_ms());
         let took = t0.elapsed();
         let mut delivered = 0;
         while rx.try_recv().is_ok() {

@@ -16,7 +16,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 const RETENTION: Retention = Retention {
     max_messages: 100,
@@ -49,7 +48,7 @@ fn publish_timed(
     s: &MemoryStore,
     channels: &[String],
     data: &Bytes,
-    now: Instant,
+    now: u64,
     rx: &mut Option<mpsc::Receiver<Down>>,
     cursor: &mut usize,
     iters: u64,
@@ -83,7 +82,7 @@ fn publish(c: &mut Criterion) {
     for n_channels in [1usize, 10_000] {
         for subscribed in [false, true] {
             let s = store();
-            let now = Instant::now();
+            let now = gateway::store::now_ms();
             let channels: Vec<String> = (0..n_channels)
                 .map(|i| format!("user:{i}.notifications"))
                 .collect();
@@ -144,7 +143,7 @@ fn subscribe(c: &mut Criterion) {
     let data = payload_to_data(json_payload(64));
     let mut g = c.benchmark_group("store/subscribe");
     let s = store();
-    let now = Instant::now();
+    let now = gateway::store::now_ms();
     for _ in 0..RETENTION.max_messages {
         s.publish_now("room", data.clone(), None, now).unwrap();
     }
@@ -183,7 +182,7 @@ fn channel_log(c: &mut Criterion) {
     let mut g = c.benchmark_group("store/channel_log");
     g.throughput(Throughput::Elements(1));
     let mut log = ChannelLog::new(1);
-    let now = Instant::now();
+    let now = gateway::store::now_ms();
     let mut evicted = Evicted::default();
     g.bench_function("append_at_retention", |b| {
         b.iter(|| {

@@ -11,13 +11,12 @@ use crate::app::App;
 use crate::broadcast;
 use crate::metrics::{self, RejectReason};
 use crate::ndjson;
-use crate::store::{Published, Store, StoreError};
+use crate::store::{now_ms, Published, Store, StoreError};
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Request, StatusCode};
 use serde_json::json;
 use std::fmt::Write as _;
-use tokio::time::Instant;
 
 /// Channels of one broadcast handed to the store at a time.
 const BROADCAST_CHUNK: usize = 4096;
@@ -43,7 +42,7 @@ async fn publish_one(app: &App, channel: &str, req: Request<Incoming>) -> Result
     let data = protocol::envelope::payload_to_data(body);
     let p = app
         .store
-        .publish(channel, data, key.as_deref(), Instant::now())
+        .publish(channel, data, key.as_deref(), now_ms())
         .await
         .map_err(Rejection::Store)?;
     if !p.duplicate {
@@ -79,7 +78,7 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     .map_err(Rejection::TooManyLines)?;
     drop(body);
     RejectReason::BadRequest.count(rejected.len() as u64);
-    let now = Instant::now();
+    let now = now_ms();
     let mut results = Vec::with_capacity(lines.len());
     for line in &lines {
         let r = app
@@ -151,7 +150,7 @@ async fn broadcast_all(app: &App, req: Request<Incoming>) -> Result<Resp, Reject
     RejectReason::BadChannel.count(rejected.len() as u64);
     // In chunks, yielding in between: a 100,000-channel broadcast does not hold a runtime
     // thread for its whole length, and link writers start on the first chunk's deliveries.
-    let now = Instant::now();
+    let now = now_ms();
     let mut results = Vec::with_capacity(channels.len());
     for (i, chunk) in channels.chunks(BROADCAST_CHUNK).enumerate() {
         if i > 0 {

@@ -5,7 +5,7 @@ use super::rejection::Rejection;
 use super::reply::{json_resp, Resp};
 use crate::app::App;
 use crate::metrics;
-use crate::store::Store;
+use crate::store::{now_ms, Store};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
@@ -36,7 +36,7 @@ pub async fn channel_info(app: &App, channel: &str) -> Resp {
     if let Err(e) = protocol::validate_channel(channel) {
         return Rejection::BadChannel(e).response();
     }
-    let info = app.store.channel_info(channel, Instant::now()).await;
+    let info = app.store.channel_info(channel, now_ms()).await;
     json_resp(
         StatusCode::OK,
         json!({

@@ -8,7 +8,7 @@
 use super::handle::LinkHandle;
 use crate::app::App;
 use crate::metrics;
-use crate::store::{Store, SubRef};
+use crate::store::{now_ms, Store, SubRef};
 use bytes::BytesMut;
 use protocol::link::{split_frame, Down, KickReason, Up};
 use std::sync::Arc;
@@ -139,10 +139,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(u) => u,
             Err(e) => return e.into(),
         };
-        let now = Instant::now();
+        let now = now_ms();
         match up {
             Up::Load { connections } => {
-                app.registry.heartbeat(link, connections, now);
+                app.registry.heartbeat(link, connections, Instant::now());
             }
             Up::Subscribe {
                 sub_id,

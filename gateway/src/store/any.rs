@@ -4,7 +4,6 @@ use super::contract::{ChannelInfo, Published, Store, StoreError, StoreStats};
 use super::directory::SubRef;
 use super::memory::MemoryStore;
 use bytes::Bytes;
-use tokio::time::Instant;
 
 /// The configured backend (enum dispatch; Redis joins as a second variant).
 pub enum AnyStore {
@@ -17,10 +16,10 @@ impl Store for AnyStore {
         channel: &str,
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<Published, StoreError> {
         match self {
-            AnyStore::Memory(m) => m.publish(channel, data, key, now).await,
+            AnyStore::Memory(m) => m.publish(channel, data, key, now_ms).await,
         }
     }
 
@@ -29,10 +28,10 @@ impl Store for AnyStore {
         channels: &[&str],
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> Vec<Result<Published, StoreError>> {
         match self {
-            AnyStore::Memory(m) => m.publish_many(channels, data, key, now).await,
+            AnyStore::Memory(m) => m.publish_many(channels, data, key, now_ms).await,
         }
     }
 
@@ -43,10 +42,13 @@ impl Store for AnyStore {
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
-            AnyStore::Memory(m) => m.subscribe(channel, sub, since, epoch, resume, now).await,
+            AnyStore::Memory(m) => {
+                m.subscribe(channel, sub, since, epoch, resume, now_ms)
+                    .await
+            }
         }
     }
 
@@ -55,28 +57,28 @@ impl Store for AnyStore {
         channel: &str,
         since: u64,
         epoch: Option<u64>,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<protocol::link::Down, StoreError> {
         match self {
-            AnyStore::Memory(m) => m.fetch(channel, since, epoch, now).await,
+            AnyStore::Memory(m) => m.fetch(channel, since, epoch, now_ms).await,
         }
     }
 
-    async fn unsubscribe(&self, channel: &str, sub: &SubRef, now: Instant) {
+    async fn unsubscribe(&self, channel: &str, sub: &SubRef, now_ms: u64) {
         match self {
-            AnyStore::Memory(m) => m.unsubscribe(channel, sub, now).await,
+            AnyStore::Memory(m) => m.unsubscribe(channel, sub, now_ms).await,
         }
     }
 
-    async fn channel_info(&self, channel: &str, now: Instant) -> ChannelInfo {
+    async fn channel_info(&self, channel: &str, now_ms: u64) -> ChannelInfo {
         match self {
-            AnyStore::Memory(m) => m.channel_info(channel, now).await,
+            AnyStore::Memory(m) => m.channel_info(channel, now_ms).await,
         }
     }
 
-    async fn sweep(&self, now: Instant) {
+    async fn sweep(&self, now_ms: u64) {
         match self {
-            AnyStore::Memory(m) => m.sweep(now).await,
+            AnyStore::Memory(m) => m.sweep(now_ms).await,
         }
     }
 

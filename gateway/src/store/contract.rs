@@ -9,7 +9,14 @@ use super::directory::SubRef;
 use bytes::Bytes;
 use std::future::Future;
 use std::sync::Arc;
-use tokio::time::Instant;
+
+/// Wall-clock milliseconds since the Unix epoch: the time every [`Store`] method takes.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 /// Result of an accepted publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +63,8 @@ impl StoreError {
     }
 }
 
-/// A store backend. `now` is passed in so retention is testable with paused time.
+/// A store backend. Time is passed in as wall-clock milliseconds (`now_ms`, see [`now_ms`]):
+/// gateways that share a store share no `Instant`, and tests pass explicit times.
 pub trait Store: Send + Sync + 'static {
     /// Appends `data` to `channel` (idempotent on `key` within retention) and, if the
     /// channel has a live subscriber, enqueues the delivery on its link.
@@ -65,7 +73,7 @@ pub trait Store: Send + Sync + 'static {
         channel: &str,
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> impl Future<Output = Result<Published, StoreError>> + Send;
 
     /// Publishes the same `data` on every channel of `channels` (names already validated):
@@ -77,7 +85,7 @@ pub trait Store: Send + Sync + 'static {
         channels: &[&str],
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> impl Future<Output = Vec<Result<Published, StoreError>>> + Send;
 
     /// Makes `sub` the channel's holder (kicking any previous one) and enqueues its
@@ -91,7 +99,7 @@ pub trait Store: Send + Sync + 'static {
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
-        now: Instant,
+        now_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// The retained messages after `since` as a `Backlog` frame (its `sub_id` left 0 for
@@ -101,7 +109,7 @@ pub trait Store: Send + Sync + 'static {
         channel: &str,
         since: u64,
         epoch: Option<u64>,
-        now: Instant,
+        now_ms: u64,
     ) -> impl Future<Output = Result<protocol::link::Down, StoreError>> + Send;
 
     /// Clears the channel's holder if it is still `sub`.
@@ -109,15 +117,14 @@ pub trait Store: Send + Sync + 'static {
         &self,
         channel: &str,
         sub: &SubRef,
-        now: Instant,
+        now_ms: u64,
     ) -> impl Future<Output = ()> + Send;
 
     /// Online state, holder and log position of `channel`.
-    fn channel_info(&self, channel: &str, now: Instant)
-        -> impl Future<Output = ChannelInfo> + Send;
+    fn channel_info(&self, channel: &str, now_ms: u64) -> impl Future<Output = ChannelInfo> + Send;
 
     /// Periodic housekeeping: age expiry, forgetting idle channels.
-    fn sweep(&self, now: Instant) -> impl Future<Output = ()> + Send;
+    fn sweep(&self, now_ms: u64) -> impl Future<Output = ()> + Send;
 
     /// Totals for metrics.
     fn stats(&self) -> impl Future<Output = StoreStats> + Send;

@@ -13,6 +13,6 @@ pub mod directory;
 pub mod memory;
 
 pub use any::AnyStore;
-pub use contract::{ChannelInfo, Published, Store, StoreError, StoreStats};
+pub use contract::{now_ms, ChannelInfo, Published, Store, StoreError, StoreStats};
 pub use directory::SubRef;
 pub use memory::{ChannelLog, MemoryStore, Retention};

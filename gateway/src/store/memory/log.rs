@@ -1,13 +1,13 @@
 //! One channel's message log, pure: seq, epoch, retention by count and age, idempotency
 //! keys, and the backlog a resuming subscriber gets (with its gap rules). No clock, no
-//! I/O: `now` is passed in.
+//! I/O: `now_ms` (wall-clock milliseconds, which every gateway and a shared store agree
+//! on, unlike a process-local `Instant`) is passed in.
 
 use crate::metrics;
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Bytes accounted per retained message on top of its data and key.
 pub const MESSAGE_OVERHEAD: usize = 64;
@@ -26,11 +26,19 @@ pub struct Retention {
     pub max_age: Duration,
 }
 
+impl Retention {
+    /// [`Self::max_age`] in milliseconds.
+    pub fn max_age_ms(&self) -> u64 {
+        self.max_age.as_millis().try_into().unwrap_or(u64::MAX)
+    }
+}
+
 /// One retained message.
 #[derive(Debug, Clone)]
 struct Retained {
     seq: u64,
-    at: Instant,
+    /// When it was appended (wall-clock ms): 8 bytes where an `Instant` takes 16.
+    at_ms: u64,
     data: Bytes,
     key: Option<Arc<str>>,
 }
@@ -153,11 +161,11 @@ impl ChannelLog {
         &mut self,
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
         retention: &Retention,
         evicted: &mut Evicted,
     ) -> Appended {
-        self.expire(now, retention, evicted);
+        self.expire(now_ms, retention, evicted);
         if let Some(k) = key {
             if let Some(&seq) = self.keys.as_ref().and_then(|m| m.get(k)) {
                 return Appended {
@@ -177,7 +185,7 @@ impl ChannelLog {
         }
         let msg = Retained {
             seq,
-            at: now,
+            at_ms: now_ms,
             data,
             key,
         };
@@ -196,9 +204,10 @@ impl ChannelLog {
     }
 
     /// Drops messages older than the retention age.
-    pub fn expire(&mut self, now: Instant, retention: &Retention, evicted: &mut Evicted) {
+    pub fn expire(&mut self, now_ms: u64, retention: &Retention, evicted: &mut Evicted) {
+        let max_age = retention.max_age_ms();
         while let Some(front) = self.retained.front() {
-            if now.saturating_duration_since(front.at) < retention.max_age {
+            if now_ms.saturating_sub(front.at_ms) < max_age {
                 break;
             }
             let m = self.pop_front().expect("non-empty");
@@ -276,6 +285,9 @@ mod tests {
         max_age: Duration::from_secs(10),
     };
 
+    /// Some wall-clock time, in ms.
+    const T0: u64 = 1_700_000_000_000;
+
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
     }
@@ -286,7 +298,7 @@ mod tests {
 
     #[test]
     fn seq_starts_at_one_and_count_retention_drops_oldest() {
-        let t = Instant::now();
+        let t = T0;
         let mut log = ChannelLog::new(7);
         let mut ev = Evicted::default();
         for i in 1..=5 {
@@ -302,23 +314,23 @@ mod tests {
 
     #[test]
     fn age_retention() {
-        let t0 = Instant::now();
+        let t0 = T0;
         let mut log = ChannelLog::new(1);
         let mut ev = Evicted::default();
         log.append(b("1"), None, t0, &R, &mut ev);
-        log.append(b("2"), None, t0 + Duration::from_secs(5), &R, &mut ev);
-        log.expire(t0 + Duration::from_millis(9_999), &R, &mut ev);
+        log.append(b("2"), None, t0 + 5_000, &R, &mut ev);
+        log.expire(t0 + 9_999, &R, &mut ev);
         assert_eq!(seqs(&log), [1, 2]);
-        log.expire(t0 + Duration::from_secs(10), &R, &mut ev);
+        log.expire(t0 + 10_000, &R, &mut ev);
         assert_eq!(seqs(&log), [2]);
-        log.expire(t0 + Duration::from_secs(16), &R, &mut ev);
+        log.expire(t0 + 16_000, &R, &mut ev);
         assert!(log.is_empty());
         assert_eq!((ev.by_age, log.last_seq(), log.first_seq()), (2, 2, 3));
     }
 
     #[test]
     fn idempotency_within_retention() {
-        let t = Instant::now();
+        let t = T0;
         let mut log = ChannelLog::new(1);
         let mut ev = Evicted::default();
         assert_eq!(log.append(b("a"), Some("k"), t, &R, &mut ev).seq, 1);
@@ -336,7 +348,7 @@ mod tests {
 
     #[test]
     fn backlog_and_gap_rules() {
-        let t = Instant::now();
+        let t = T0;
         let mut log = ChannelLog::new(42);
         let mut ev = Evicted::default();
         // Nothing published yet.
@@ -378,7 +390,7 @@ mod tests {
         // since beyond last_seq (e.g. from a lost history).
         assert_eq!(log.backlog(Some(9), None).gap_first_seq, Some(3));
         // Nothing retained but messages existed: since < last_seq is a gap, since == last_seq not.
-        log.expire(t + Duration::from_secs(60), &R, &mut ev);
+        log.expire(t + 60_000, &R, &mut ev);
         assert_eq!(log.backlog(Some(2), None).gap_first_seq, Some(6));
         assert_eq!(log.backlog(Some(5), None).gap_first_seq, None);
         assert_eq!(log.backlog(Some(5), Some(1)).gap_first_seq, Some(6));
@@ -386,7 +398,7 @@ mod tests {
 
     #[test]
     fn backlog_is_capped_to_one_frame() {
-        let t = Instant::now();
+        let t = T0;
         let big = Retention {
             max_messages: 10,
             max_age: Duration::from_secs(10),

@@ -1,5 +1,5 @@
 //! The in-memory store: channels spread over mutex-guarded shards by hash; each channel is a
-//! [`ChannelLog`] (pure: seq, epoch, retention, idempotency keys; `now` passed in) plus its
+//! [`ChannelLog`] (pure: seq, epoch, retention, idempotency keys; `now_ms` passed in) plus its
 //! directory entry ([`SubRef`]).
 //!
 //! Deliveries are enqueued on the subscriber's link while the shard lock is held, so the
@@ -25,7 +25,6 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::time::Instant;
 
 /// Epochs stay below 2^53 so JSON clients parse them exactly.
 const EPOCH_MASK: u64 = (1 << 53) - 1;
@@ -38,7 +37,8 @@ struct ChannelState {
     name: Arc<str>,
     log: ChannelLog,
     sub: Option<SubRef>,
-    last_active: Instant,
+    /// Wall-clock ms of the last append, subscribe or unsubscribe.
+    last_active: u64,
 }
 
 /// A FIFO entry for the memory bound.
@@ -168,7 +168,7 @@ impl MemoryStore {
         &self,
         shard: &mut Shard,
         channel: &str,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         if shard.channels.contains_key(channel) {
             return Ok(());
@@ -185,7 +185,7 @@ impl MemoryStore {
                 name,
                 log: ChannelLog::new(self.new_epoch()),
                 sub: None,
-                last_active: now,
+                last_active: now_ms,
             },
         );
         Ok(())
@@ -201,12 +201,12 @@ impl MemoryStore {
         channel: &str,
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<Published, StoreError> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
         let mut evicted = Evicted::default();
-        let r = self.append_locked(shard, channel, data, key, now, &mut evicted);
+        let r = self.append_locked(shard, channel, data, key, now_ms, &mut evicted);
         self.finish(shard, evicted);
         drop(guard);
         self.rebalance();
@@ -221,7 +221,7 @@ impl MemoryStore {
         channels: &[&str],
         data: &Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> Vec<Result<Published, StoreError>> {
         let n = self.shards.len();
         let order = group_by_shard(channels.iter().map(|c| self.shard_index(c)), n);
@@ -238,7 +238,7 @@ impl MemoryStore {
             let mut ev = Evicted::default();
             for &i in idxs.iter() {
                 results[i] =
-                    self.append_locked(shard, channels[i], data.clone(), key, now, &mut ev);
+                    self.append_locked(shard, channels[i], data.clone(), key, now_ms, &mut ev);
             }
             self.finish(shard, ev);
             drop(guard);
@@ -255,15 +255,15 @@ impl MemoryStore {
         channel: &str,
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
         evicted: &mut Evicted,
     ) -> Result<Published, StoreError> {
-        self.ensure_channel(shard, channel, now)?;
+        self.ensure_channel(shard, channel, now_ms)?;
         let state = shard.channels.get_mut(channel).expect("just ensured");
         let a = state
             .log
-            .append(data.clone(), key, now, &self.retention, evicted);
-        state.last_active = now;
+            .append(data.clone(), key, now_ms, &self.retention, evicted);
+        state.last_active = now_ms;
         if !a.duplicate {
             shard.fifo.push_back(FifoEntry {
                 channel: state.name.clone(),
@@ -298,9 +298,9 @@ impl MemoryStore {
         sub: SubRef,
         since: Option<u64>,
         epoch: Option<u64>,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.subscribe_inner(channel, sub, since, epoch, false, now)
+        self.subscribe_inner(channel, sub, since, epoch, false, now_ms)
     }
 
     /// [`Self::subscribe_now`] for a worker re-subscribing a connection it already held.
@@ -310,9 +310,9 @@ impl MemoryStore {
         sub: SubRef,
         since: Option<u64>,
         epoch: Option<u64>,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.subscribe_inner(channel, sub, since, epoch, true, now)
+        self.subscribe_inner(channel, sub, since, epoch, true, now_ms)
     }
 
     fn subscribe_inner(
@@ -322,15 +322,15 @@ impl MemoryStore {
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
-        self.ensure_channel(shard, channel, now)?;
+        self.ensure_channel(shard, channel, now_ms)?;
         let state = shard.channels.get_mut(channel).expect("just ensured");
         let mut evicted = Evicted::default();
-        state.log.expire(now, &self.retention, &mut evicted);
-        state.last_active = now;
+        state.log.expire(now_ms, &self.retention, &mut evicted);
+        state.last_active = now_ms;
         if resume
             && state
                 .sub
@@ -377,14 +377,14 @@ impl MemoryStore {
         channel: &str,
         since: u64,
         epoch: Option<u64>,
-        now: Instant,
+        now_ms: u64,
     ) -> Result<Down, StoreError> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
-        self.ensure_channel(shard, channel, now)?;
+        self.ensure_channel(shard, channel, now_ms)?;
         let state = shard.channels.get_mut(channel).expect("just ensured");
         let mut evicted = Evicted::default();
-        state.log.expire(now, &self.retention, &mut evicted);
+        state.log.expire(now_ms, &self.retention, &mut evicted);
         let backlog = state.log.backlog(Some(since), epoch);
         let down = Down::Backlog {
             sub_id: 0,
@@ -398,18 +398,18 @@ impl MemoryStore {
     }
 
     /// Synchronous core of [`Store::unsubscribe`].
-    pub fn unsubscribe_now(&self, channel: &str, sub: &SubRef, now: Instant) {
+    pub fn unsubscribe_now(&self, channel: &str, sub: &SubRef, now_ms: u64) {
         let mut shard = self.shard(channel);
         if let Some(state) = shard.channels.get_mut(channel) {
             if state.sub.as_ref() == Some(sub) {
                 state.sub = None;
-                state.last_active = now;
+                state.last_active = now_ms;
             }
         }
     }
 
     /// Synchronous core of [`Store::channel_info`].
-    pub fn channel_info_now(&self, channel: &str, now: Instant) -> ChannelInfo {
+    pub fn channel_info_now(&self, channel: &str, now_ms: u64) -> ChannelInfo {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
         let Some(state) = shard.channels.get_mut(channel) else {
@@ -421,7 +421,7 @@ impl MemoryStore {
             };
         };
         let mut evicted = Evicted::default();
-        state.log.expire(now, &self.retention, &mut evicted);
+        state.log.expire(now_ms, &self.retention, &mut evicted);
         let holder = state.sub.as_ref().filter(|s| s.is_alive());
         let info = ChannelInfo {
             online: holder.is_some(),
@@ -493,33 +493,33 @@ impl MemoryStore {
     /// Synchronous core of [`Store::sweep`]: visits a quarter of the shards per call (so a
     /// full pass takes four calls), expiring by age, dropping dead directory entries and
     /// forgetting channels that are empty, unsubscribed and idle for longer than retention.
-    pub fn sweep_now(&self, now: Instant) {
+    pub fn sweep_now(&self, now_ms: u64) {
         let n = self.shards.len();
         let per_call = n.div_ceil(4);
         let start = self.sweep_cursor.fetch_add(per_call, Ordering::Relaxed);
         for i in start..start + per_call {
-            self.sweep_shard(i % n, now);
+            self.sweep_shard(i % n, now_ms);
         }
     }
 
     /// Sweeps every shard once.
-    pub fn sweep_all(&self, now: Instant) {
+    pub fn sweep_all(&self, now_ms: u64) {
         for i in 0..self.shards.len() {
-            self.sweep_shard(i, now);
+            self.sweep_shard(i, now_ms);
         }
     }
 
-    fn sweep_shard(&self, i: usize, now: Instant) {
+    fn sweep_shard(&self, i: usize, now_ms: u64) {
         let mut guard = lock(&self.shards[i]);
         let shard = &mut *guard;
         let mut evicted = Evicted::default();
         let before = shard.channels.len();
         shard.channels.retain(|_, c| {
-            c.log.expire(now, &self.retention, &mut evicted);
+            c.log.expire(now_ms, &self.retention, &mut evicted);
             if c.sub.as_ref().is_some_and(|s| !s.is_alive()) {
                 c.sub = None;
             }
-            let idle = now.saturating_duration_since(c.last_active) > self.retention.max_age;
+            let idle = now_ms.saturating_sub(c.last_active) > self.retention.max_age_ms();
             !(c.log.is_empty() && c.sub.is_none() && idle)
         });
         let removed = before - shard.channels.len();
@@ -569,9 +569,9 @@ impl Store for MemoryStore {
         channel: &str,
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> impl std::future::Future<Output = Result<Published, StoreError>> + Send {
-        std::future::ready(self.publish_now(channel, data, key, now))
+        std::future::ready(self.publish_now(channel, data, key, now_ms))
     }
 
     fn publish_many(
@@ -579,9 +579,9 @@ impl Store for MemoryStore {
         channels: &[&str],
         data: Bytes,
         key: Option<&str>,
-        now: Instant,
+        now_ms: u64,
     ) -> impl std::future::Future<Output = Vec<Result<Published, StoreError>>> + Send {
-        std::future::ready(self.publish_many_now(channels, &data, key, now))
+        std::future::ready(self.publish_many_now(channels, &data, key, now_ms))
     }
 
     fn subscribe(
@@ -591,9 +591,9 @@ impl Store for MemoryStore {
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
-        now: Instant,
+        now_ms: u64,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(self.subscribe_inner(channel, sub, since, epoch, resume, now))
+        std::future::ready(self.subscribe_inner(channel, sub, since, epoch, resume, now_ms))
     }
 
     fn fetch(
@@ -601,31 +601,31 @@ impl Store for MemoryStore {
         channel: &str,
         since: u64,
         epoch: Option<u64>,
-        now: Instant,
+        now_ms: u64,
     ) -> impl std::future::Future<Output = Result<Down, StoreError>> + Send {
-        std::future::ready(self.fetch_now(channel, since, epoch, now))
+        std::future::ready(self.fetch_now(channel, since, epoch, now_ms))
     }
 
     fn unsubscribe(
         &self,
         channel: &str,
         sub: &SubRef,
-        now: Instant,
+        now_ms: u64,
     ) -> impl std::future::Future<Output = ()> + Send {
-        self.unsubscribe_now(channel, sub, now);
+        self.unsubscribe_now(channel, sub, now_ms);
         std::future::ready(())
     }
 
     fn channel_info(
         &self,
         channel: &str,
-        now: Instant,
+        now_ms: u64,
     ) -> impl std::future::Future<Output = ChannelInfo> + Send {
-        std::future::ready(self.channel_info_now(channel, now))
+        std::future::ready(self.channel_info_now(channel, now_ms))
     }
 
-    fn sweep(&self, now: Instant) -> impl std::future::Future<Output = ()> + Send {
-        self.sweep_now(now);
+    fn sweep(&self, now_ms: u64) -> impl std::future::Future<Output = ()> + Send {
+        self.sweep_now(now_ms);
         std::future::ready(())
     }
 

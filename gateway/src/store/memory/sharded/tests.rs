@@ -7,6 +7,9 @@ use crate::store::memory::log::MESSAGE_OVERHEAD;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Some wall-clock time, in ms.
+const T0: u64 = 1_700_000_000_000;
+
 fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
@@ -44,7 +47,7 @@ fn one_busy_channel_may_use_the_whole_budget_and_the_total_holds() {
         max_age: Duration::from_secs(600),
     };
     let s = MemoryStore::with_shards(64, big, per * 640, 10_000);
-    let t = Instant::now();
+    let t = T0;
     for _ in 0..600 {
         s.publish_now("hot", b("0123456789"), None, t).unwrap();
     }
@@ -71,7 +74,7 @@ fn one_busy_channel_may_use_the_whole_budget_and_the_total_holds() {
 fn total_bytes_evicts_oldest_first_across_channels() {
     let per = 10 + MESSAGE_OVERHEAD;
     let s = store(per * 4, 100);
-    let t = Instant::now();
+    let t = T0;
     let memory = metrics::MESSAGES_EVICTED.with_label_values(&["memory"]);
     let before = memory.get();
     for i in 0..6 {
@@ -101,7 +104,7 @@ fn total_bytes_evicts_oldest_first_across_channels() {
 #[test]
 fn max_channels_bounds_new_channels() {
     let s = store(1 << 20, 2);
-    let t = Instant::now();
+    let t = T0;
     s.publish_now("a", b("1"), None, t).unwrap();
     s.publish_now("b", b("1"), None, t).unwrap();
     assert_eq!(
@@ -120,7 +123,7 @@ fn max_channels_bounds_new_channels() {
 #[test]
 fn a_resuming_worker_does_not_take_the_channel_from_a_newer_holder() {
     let s = store(1 << 20, 100);
-    let t = Instant::now();
+    let t = T0;
     let (l1, mut rx1) = link(16);
     let (l2, mut rx2) = link(16);
     let old = SubRef {
@@ -161,7 +164,7 @@ fn a_resuming_worker_does_not_take_the_channel_from_a_newer_holder() {
 #[test]
 fn subscribe_backlog_then_live_and_kick_on_replace() {
     let s = store(1 << 20, 100);
-    let t = Instant::now();
+    let t = T0;
     s.publish_now("c", b("1"), None, t).unwrap();
     s.publish_now("c", b("2"), None, t).unwrap();
     let (l1, mut rx1) = link(16);
@@ -254,7 +257,7 @@ fn subscribe_backlog_then_live_and_kick_on_replace() {
 #[test]
 fn full_link_queue_closes_the_link() {
     let s = store(1 << 20, 100);
-    let t = Instant::now();
+    let t = T0;
     let (l, _rx) = link(2);
     s.subscribe_now(
         "c",
@@ -296,7 +299,7 @@ fn publish_many_appends_per_channel_and_shares_the_payload() {
         1 << 20,
         100,
     );
-    let t = Instant::now();
+    let t = T0;
     s.publish_now("b", b("0"), None, t).unwrap();
     let (l, mut rx) = link(64);
     for (i, ch) in ["a", "b"].iter().enumerate() {
@@ -349,10 +352,11 @@ fn publish_many_appends_per_channel_and_shares_the_payload() {
     assert_eq!(r.iter().filter(|p| p.is_err()).count(), 1, "{r:?}");
 }
 
-#[tokio::test(start_paused = true)]
-async fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
+#[test]
+fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
     let s = store(1 << 20, 100);
-    s.publish_now("c", b("1"), None, Instant::now()).unwrap();
+    let mut t = T0;
+    s.publish_now("c", b("1"), None, t).unwrap();
     let (l, mut rx) = link(16);
     s.subscribe_now(
         "c",
@@ -362,7 +366,7 @@ async fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
         },
         Some(0),
         None,
-        Instant::now(),
+        t,
     )
     .unwrap();
     let epoch = match rx.try_recv().unwrap() {
@@ -370,14 +374,14 @@ async fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
         other => panic!("{other:?}"),
     };
     let age = s.metrics_age_count();
-    tokio::time::advance(Duration::from_secs(11)).await;
-    s.sweep_all(Instant::now());
+    t += 11_000;
+    s.sweep_all(t);
     assert!(s.metrics_age_count() > age);
     assert_eq!(s.stats_now().messages, 0);
     assert_eq!(s.stats_now().channels, 1, "subscribed channels stay");
     l.close();
-    tokio::time::advance(Duration::from_secs(11)).await;
-    s.sweep_all(Instant::now());
+    t += 11_000;
+    s.sweep_all(t);
     assert_eq!(
         s.stats_now().channels,
         0,
@@ -392,7 +396,7 @@ async fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
         },
         Some(1),
         Some(epoch),
-        Instant::now(),
+        t,
     )
     .unwrap();
     match rx2.try_recv().unwrap() {
