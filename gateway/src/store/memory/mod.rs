@@ -1,6 +1,8 @@
 //! The in-memory store (the default; nothing to run beside the gateway): the pure per-channel
-//! log ([`log`]) and the sharded store around it ([`sharded`]).
+//! log ([`log`]), the memory bound's bookkeeping ([`ledger`]) and the sharded store that
+//! applies both under its shard locks ([`sharded`]).
 
+pub mod ledger;
 pub mod log;
 pub mod sharded;
 

@@ -5,22 +5,18 @@
 //! Deliveries are enqueued on the subscriber's link while the shard lock is held, so the
 //! order of frames for a channel on a link is exactly the store's order.
 //!
-//! Memory bound: every retained message costs its data length + [`MESSAGE_OVERHEAD`](super::log::MESSAGE_OVERHEAD) + its
-//! idempotency key length. The bound is store-wide: each shard keeps a FIFO of
-//! `(channel, epoch, seq)` in append order and publishes its byte count into one atomic
-//! total. A shard may grow past its share (`retention_total_bytes / shards`) while the total
-//! is under the bound, so one busy channel can use the whole budget; once the total is over,
-//! the shard being written evicts its own oldest down to its share, and then, with no lock
-//! held, every other shard over its share does the same (one lock at a time). FIFO entries
-//! already gone by count or age are skipped lazily, and compacted when they pile up.
+//! The memory bound's bookkeeping (a FIFO per shard, one store-wide total) lives in
+//! [`super::ledger`]; this file applies it under each shard's lock, and with no lock held
+//! brings every other shard over its share down too (one lock at a time, never two).
 
+use super::ledger::{Budget, Channels, FifoEntry, Ledger};
 use super::log::{ChannelLog, Evicted, Retention};
 use crate::metrics;
 use crate::store::contract::{ChannelInfo, Published, Store, StoreError, StoreStats};
 use crate::store::directory::SubRef;
 use bytes::Bytes;
 use protocol::link::{Down, KickReason};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -41,65 +37,28 @@ struct ChannelState {
     last_active: u64,
 }
 
-/// A FIFO entry for the memory bound.
-struct FifoEntry {
-    channel: Arc<str>,
-    epoch: u64,
-    seq: u64,
-}
-
 #[derive(Default)]
 struct Shard {
     channels: HashMap<Arc<str>, ChannelState>,
-    fifo: VecDeque<FifoEntry>,
-    bytes: usize,
-    /// `bytes` as last added into the store-wide total.
-    accounted: usize,
-    messages: usize,
+    ledger: Ledger,
 }
 
-impl Shard {
-    fn is_live(&self, e: &FifoEntry) -> bool {
-        self.channels.get(&*e.channel).is_some_and(|c| {
+impl Channels for HashMap<Arc<str>, ChannelState> {
+    fn evict_oldest(&mut self, e: &FifoEntry) -> Option<usize> {
+        let c = self.get_mut(&*e.channel)?;
+        if c.log.epoch() == e.epoch && c.log.front_seq() == Some(e.seq) {
+            c.log.evict_oldest()
+        } else {
+            None
+        }
+    }
+
+    fn retains(&self, e: &FifoEntry) -> bool {
+        self.get(&*e.channel).is_some_and(|c| {
             c.log.epoch() == e.epoch
                 && e.seq <= c.log.last_seq()
                 && c.log.front_seq().is_some_and(|f| e.seq >= f)
         })
-    }
-
-    /// Evicts oldest-first while over `budget`, then drops stale FIFO entries at the front
-    /// and compacts the FIFO when most of it is stale.
-    fn enforce_budget(&mut self, budget: usize) {
-        let mut evicted = 0u64;
-        while self.bytes > budget {
-            let Some(e) = self.fifo.pop_front() else {
-                break;
-            };
-            let Some(c) = self.channels.get_mut(&*e.channel) else {
-                continue;
-            };
-            if c.log.epoch() == e.epoch && c.log.front_seq() == Some(e.seq) {
-                let cost = c.log.evict_oldest().expect("front exists");
-                self.bytes -= cost;
-                self.messages -= 1;
-                evicted += 1;
-            }
-        }
-        if evicted > 0 {
-            metrics::MESSAGES_EVICTED
-                .with_label_values(&["memory"])
-                .inc_by(evicted);
-        }
-        while let Some(front) = self.fifo.front() {
-            if self.is_live(front) {
-                break;
-            }
-            self.fifo.pop_front();
-        }
-        if self.fifo.len() > 2 * self.messages + 1024 {
-            let fifo = std::mem::take(&mut self.fifo);
-            self.fifo = fifo.into_iter().filter(|e| self.is_live(e)).collect();
-        }
     }
 }
 
@@ -107,12 +66,8 @@ impl Shard {
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
-    /// `--retention-total-bytes`.
-    total_budget: usize,
-    /// Fair share of one shard: a shard over it evicts when the total is over budget.
-    shard_share: usize,
-    /// Bytes retained over all shards (each shard adds its changes when settled).
-    total: AtomicUsize,
+    /// `--retention-total-bytes` over all shards.
+    budget: Budget,
     retention: Retention,
     max_channels: usize,
     channels: AtomicUsize,
@@ -144,9 +99,7 @@ impl MemoryStore {
         MemoryStore {
             shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
             hasher: Default::default(),
-            total_budget: total_bytes,
-            shard_share: total_bytes / shards,
-            total: AtomicUsize::new(0),
+            budget: Budget::new(total_bytes, shards),
             retention,
             max_channels,
             channels: AtomicUsize::new(0),
@@ -265,13 +218,9 @@ impl MemoryStore {
             .append(data.clone(), key, now_ms, &self.retention, evicted);
         state.last_active = now_ms;
         if !a.duplicate {
-            shard.fifo.push_back(FifoEntry {
-                channel: state.name.clone(),
-                epoch: state.log.epoch(),
-                seq: a.seq,
-            });
-            shard.bytes += a.cost;
-            shard.messages += 1;
+            shard
+                .ledger
+                .appended(state.name.clone(), state.log.epoch(), a.seq, a.cost);
             if let Some(sub) = &state.sub {
                 let sent = sub.is_alive()
                     && sub.link.send(Down::Deliver {
@@ -433,11 +382,10 @@ impl MemoryStore {
         info
     }
 
-    /// Settles what a locked operation evicted by count or age: the shard's counters, the
+    /// Settles what a locked operation evicted by count or age: the shard's ledger, the
     /// eviction metrics, and the store-wide memory bound ([`Self::settle`]).
     fn finish(&self, shard: &mut Shard, evicted: Evicted) {
-        shard.bytes -= evicted.bytes;
-        shard.messages -= evicted.messages();
+        shard.ledger.released(&evicted);
         evicted.record();
         self.settle(shard);
     }
@@ -446,43 +394,25 @@ impl MemoryStore {
     /// the bound, evicts the shard's oldest messages down to its share (or until the total
     /// fits). Always drops stale FIFO entries.
     fn settle(&self, shard: &mut Shard) {
-        self.account(shard);
-        let total = self.total.load(Ordering::Relaxed);
-        let target = if total > self.total_budget && shard.bytes > self.shard_share {
-            shard
-                .bytes
-                .saturating_sub(total - self.total_budget)
-                .max(self.shard_share)
-        } else {
-            usize::MAX
-        };
-        shard.enforce_budget(target);
-        self.account(shard);
-    }
-
-    fn account(&self, shard: &mut Shard) {
-        if shard.bytes == shard.accounted {
-            // No write to the shared total's cache line when nothing changed.
-            return;
+        self.budget.account(&mut shard.ledger);
+        let target = self.budget.target(&shard.ledger);
+        let evicted = shard.ledger.enforce(target, &mut shard.channels);
+        if evicted > 0 {
+            metrics::MESSAGES_EVICTED
+                .with_label_values(&["memory"])
+                .inc_by(evicted);
         }
-        if shard.bytes > shard.accounted {
-            self.total
-                .fetch_add(shard.bytes - shard.accounted, Ordering::Relaxed);
-        } else {
-            self.total
-                .fetch_sub(shard.accounted - shard.bytes, Ordering::Relaxed);
-        }
-        shard.accounted = shard.bytes;
+        self.budget.account(&mut shard.ledger);
     }
 
     /// When the total is still over the bound, brings every shard down to its share, one
     /// lock at a time (called with no shard lock held).
     fn rebalance(&self) {
-        if self.total.load(Ordering::Relaxed) <= self.total_budget {
+        if !self.budget.over() {
             return;
         }
         for shard in self.shards.iter() {
-            if self.total.load(Ordering::Relaxed) <= self.total_budget {
+            if !self.budget.over() {
                 break;
             }
             let mut guard = lock(shard);
@@ -532,8 +462,8 @@ impl MemoryStore {
         let mut s = StoreStats::default();
         for shard in self.shards.iter() {
             let shard = lock(shard);
-            s.bytes += shard.bytes as u64;
-            s.messages += shard.messages as u64;
+            s.bytes += shard.ledger.bytes() as u64;
+            s.messages += shard.ledger.messages() as u64;
         }
         s.channels = self.channels.load(Ordering::Relaxed) as u64;
         s

@@ -63,7 +63,7 @@ fn one_busy_channel_may_use_the_whole_budget_and_the_total_holds() {
     }
     let st = s.stats_now();
     assert!(st.bytes <= (per * 640) as u64, "{} > bound", st.bytes);
-    assert_eq!(s.total.load(Ordering::Relaxed) as u64, st.bytes);
+    assert_eq!(s.budget.total() as u64, st.bytes);
     // The hot channel lost its oldest messages; the newcomers kept theirs.
     let hot = s.channel_info_now("hot", t).buffered;
     assert!(hot < 600, "{hot}");
@@ -98,7 +98,7 @@ fn total_bytes_evicts_oldest_first_across_channels() {
     }
     let st = lone.stats_now();
     assert_eq!((st.messages, st.bytes), (100, (per * 100) as u64));
-    assert!(lone.shards[0].lock().unwrap().fifo.len() <= 2 * 100 + 1024);
+    assert!(lone.shards[0].lock().unwrap().ledger.fifo_len() <= 2 * 100 + 1024);
 }
 
 #[test]
