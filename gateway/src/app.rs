@@ -1,18 +1,23 @@
-//! The gateway's shared state: configuration, store, worker registry, the CORS settings of
-//! the endpoint groups, and the shutdown wiring every task watches.
+//! The gateway's shared state: configuration, store, worker registry, the router the store
+//! delivers through, the CORS settings of the endpoint groups, and the shutdown wiring
+//! every task watches.
 
 use crate::config::Config;
 use crate::http::cors::Cors;
 use crate::registry::Registry;
+use crate::router::Router;
 use crate::store::AnyStore;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Shared state of the gateway: configuration, store, registry, shutdown wiring.
 pub struct App {
     pub config: Config,
-    pub store: AnyStore,
+    pub store: AnyStore<Arc<Router>>,
     pub registry: Registry,
+    /// The worker links deliveries go out on (the store holds the same router).
+    pub router: Arc<Router>,
     /// Sent to workers in `Welcome`.
     pub gateway_id: String,
     pub shutdown: CancellationToken,
@@ -27,7 +32,8 @@ pub struct App {
 impl App {
     pub fn new(
         config: Config,
-        store: AnyStore,
+        store: AnyStore<Arc<Router>>,
+        router: Arc<Router>,
         gateway_id: String,
         shutdown: CancellationToken,
     ) -> Self {
@@ -39,6 +45,7 @@ impl App {
             config,
             store,
             registry,
+            router,
             gateway_id,
             shutdown,
             tracker: TaskTracker::new(),

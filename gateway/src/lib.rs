@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod ndjson;
 pub mod net;
 pub mod registry;
+pub mod router;
 pub mod store;
 
 pub use config::Config;
@@ -45,6 +46,7 @@ pub async fn run(
     }
     metrics::init();
     let addr = listener.local_addr().context("listener address")?;
+    let router = Arc::new(router::Router::new());
     let store = AnyStore::Memory(MemoryStore::new(
         Retention {
             max_messages: config.retention_messages,
@@ -52,6 +54,7 @@ pub async fn run(
         },
         config.retention_total_bytes,
         config.max_channels,
+        router.clone(),
     ));
     let gateway_id = format!("gateway@{addr}");
     let specs = if config.local_workers > 0 {
@@ -59,7 +62,13 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let app = Arc::new(app::App::new(config, store, gateway_id, shutdown.clone()));
+    let app = Arc::new(app::App::new(
+        config,
+        store,
+        router,
+        gateway_id,
+        shutdown.clone(),
+    ));
 
     let sweeper = {
         let app = app.clone();

@@ -4,6 +4,8 @@
 //! resubscribes with `since`, and the store's backlog fills the hole, so nothing is lost.
 
 use crate::metrics;
+use crate::store::contract::BacklogPage;
+use crate::store::directory::WorkerRef;
 use protocol::link::Down;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,6 +22,9 @@ pub struct LinkHandle {
     pub slot: usize,
     /// Bumped each time the worker (re)connects; stale handles are recognized by it.
     pub generation: u64,
+    /// The same as data: what directory entries made over this link name (the incarnation
+    /// is the generation).
+    pub worker: WorkerRef,
     tx: mpsc::Sender<Down>,
     alive: AtomicBool,
     closed: CancellationToken,
@@ -37,6 +42,7 @@ impl LinkHandle {
     ) -> (Arc<Self>, mpsc::Receiver<Down>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = Arc::new(LinkHandle {
+            worker: WorkerRef::new(worker_id.clone(), generation),
             worker_id,
             slot,
             generation,
@@ -74,6 +80,17 @@ impl LinkHandle {
                 false
             }
         }
+    }
+
+    /// Queues `page` as the `Backlog` of subscription `sub_id` (see [`Self::send`]).
+    pub fn send_backlog(&self, sub_id: u64, page: BacklogPage) -> bool {
+        self.send(Down::Backlog {
+            sub_id,
+            epoch: page.epoch,
+            last_seq: page.last_seq,
+            gap_first_seq: page.gap_first_seq,
+            messages: page.messages,
+        })
     }
 
     /// Waits until at least `n` frames fit in the queue (or the link is closed). The link

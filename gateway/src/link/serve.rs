@@ -8,7 +8,7 @@
 use super::handle::LinkHandle;
 use crate::app::App;
 use crate::metrics;
-use crate::store::{now_ms, Store, SubRef};
+use crate::store::{now_ms, Holder, Store};
 use bytes::BytesMut;
 use protocol::link::{split_frame, Down, KickReason, Up};
 use std::sync::Arc;
@@ -81,6 +81,7 @@ where
             link
         });
     let rx = rx_slot.expect("register calls make_link");
+    app.router.attach(&link);
     link.send(Down::Welcome {
         gateway_id: app.gateway_id.clone(),
     });
@@ -99,6 +100,7 @@ where
         _ = link.closed() => LinkEnd::Closed,
         _ = app.shutdown.cancelled() => LinkEnd::Shutdown,
     };
+    app.router.detach(&link);
     app.registry.disconnect(&link);
     metrics::LINKS_OPEN.dec();
     info!(worker = %hello.id, generation = link.generation, reason = %end, "worker link down");
@@ -161,13 +163,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     continue;
                 }
                 link.room(room).await;
-                let sub = SubRef {
-                    link: link.clone(),
+                let holder = Holder {
+                    worker: link.worker.clone(),
                     sub_id,
                 };
                 if let Err(e) = app
                     .store
-                    .subscribe(&channel, sub, since, epoch, resume, now)
+                    .subscribe(&channel, holder, since, epoch, resume, now)
                     .await
                 {
                     debug!(worker = %link.worker_id, error = %e, "subscribe refused");
@@ -189,31 +191,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 }
                 link.room(room).await;
                 match app.store.fetch(&channel, since, epoch, now).await {
-                    Ok(Down::Backlog {
-                        epoch,
-                        last_seq,
-                        gap_first_seq,
-                        messages,
-                        ..
-                    }) => {
-                        link.send(Down::Backlog {
-                            sub_id,
-                            epoch,
-                            last_seq,
-                            gap_first_seq,
-                            messages,
-                        });
+                    // The page goes to the asking subscription on this link; the directory
+                    // is not consulted.
+                    Ok(page) => {
+                        link.send_backlog(sub_id, page);
                     }
-                    Ok(_) => {}
                     Err(e) => debug!(worker = %link.worker_id, error = %e, "fetch refused"),
                 }
             }
             Up::Unsubscribe { sub_id, channel } => {
-                let sub = SubRef {
-                    link: link.clone(),
+                let holder = Holder {
+                    worker: link.worker.clone(),
                     sub_id,
                 };
-                app.store.unsubscribe(&channel, &sub, now).await;
+                app.store.unsubscribe(&channel, &holder, now).await;
             }
             Up::Hello(_) => {
                 debug!(worker = %link.worker_id, "repeated Hello on a link; ignored");

@@ -1,16 +1,16 @@
 //! The configured backend, by enum dispatch (Redis joins as a second variant).
 
-use super::contract::{ChannelInfo, Published, Store, StoreError, StoreStats};
-use super::directory::SubRef;
+use super::contract::{BacklogPage, ChannelInfo, Outbox, Published, Store, StoreError, StoreStats};
+use super::directory::Holder;
 use super::memory::MemoryStore;
 use bytes::Bytes;
 
-/// The configured backend (enum dispatch; Redis joins as a second variant).
-pub enum AnyStore {
-    Memory(MemoryStore),
+/// The configured backend; every variant delivers through an outbox of type `O`.
+pub enum AnyStore<O: Outbox> {
+    Memory(MemoryStore<O>),
 }
 
-impl Store for AnyStore {
+impl<O: Outbox> Store for AnyStore<O> {
     async fn publish(
         &self,
         channel: &str,
@@ -38,7 +38,7 @@ impl Store for AnyStore {
     async fn subscribe(
         &self,
         channel: &str,
-        sub: SubRef,
+        holder: Holder,
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
@@ -46,7 +46,7 @@ impl Store for AnyStore {
     ) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(m) => {
-                m.subscribe(channel, sub, since, epoch, resume, now_ms)
+                m.subscribe(channel, holder, since, epoch, resume, now_ms)
                     .await
             }
         }
@@ -58,15 +58,15 @@ impl Store for AnyStore {
         since: u64,
         epoch: Option<u64>,
         now_ms: u64,
-    ) -> Result<protocol::link::Down, StoreError> {
+    ) -> Result<BacklogPage, StoreError> {
         match self {
             AnyStore::Memory(m) => m.fetch(channel, since, epoch, now_ms).await,
         }
     }
 
-    async fn unsubscribe(&self, channel: &str, sub: &SubRef, now_ms: u64) {
+    async fn unsubscribe(&self, channel: &str, holder: &Holder, now_ms: u64) {
         match self {
-            AnyStore::Memory(m) => m.unsubscribe(channel, sub, now_ms).await,
+            AnyStore::Memory(m) => m.unsubscribe(channel, holder, now_ms).await,
         }
     }
 

@@ -1,12 +1,18 @@
-//! What every store backend implements ([`Store`]) and the data it answers with.
+//! What every store backend implements ([`Store`]), the data it answers with, and the
+//! [`Outbox`] it hands deliveries to.
 //!
-//! Contract every backend keeps: `publish` appends and, when the channel has a live
-//! subscriber, enqueues the `Deliver` on that subscriber's link in the same step, and
-//! `subscribe` sets the directory entry before it reads the backlog, so a message is either
-//! in the backlog or delivered live (the worker drops seqs it already sent).
+//! Contract every backend keeps: `publish` appends and, when the channel has a holder,
+//! hands the delivery to the outbox in the same step, and `subscribe` sets the directory
+//! entry before it reads the backlog, so a message is either in the backlog or delivered
+//! live (the worker drops seqs it already sent). The store never builds a wire frame nor
+//! holds a transport handle: a directory entry is data ([`Holder`]), and the memory store
+//! calls the outbox under its shard lock (which orders a channel's frames on a link),
+//! where a Redis store would get "deliver to worker W, sub S" back from one script and
+//! call the same outbox.
 
-use super::directory::SubRef;
+use super::directory::{Holder, WorkerRef};
 use bytes::Bytes;
+use protocol::link::KickReason;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -25,6 +31,46 @@ pub struct Published {
     /// The idempotency key was seen within retention: nothing was appended or delivered,
     /// `seq` is the original one.
     pub duplicate: bool,
+}
+
+/// What a subscriber gets first (and what a `Fetch` gets): retained messages after
+/// `since`, oldest first, and whether the resume could not be served whole
+/// (`gap_first_seq`: the first seq that follows).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BacklogPage {
+    pub epoch: u64,
+    pub last_seq: u64,
+    pub gap_first_seq: Option<u64>,
+    pub messages: Vec<(u64, Bytes)>,
+}
+
+/// Where a store sends what a holder must get. The gateway implements it over its worker
+/// links ([`crate::router::Router`]); store tests record what they are given.
+pub trait Outbox: Send + Sync + 'static {
+    /// Queues one live message for `to`. `false`: `to` cannot be reached (its worker is gone
+    /// or its link refused the frame), and the store forgets `to` as the holder.
+    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool;
+    /// Queues `to`'s backlog page; `false` as for [`Self::deliver`].
+    fn backlog(&self, to: &Holder, page: BacklogPage) -> bool;
+    /// Tells `to`'s worker to drop it (a no-op for a worker that is gone).
+    fn kick(&self, to: &Holder, reason: KickReason);
+    /// Whether deliveries can still reach `worker`.
+    fn is_live(&self, worker: &WorkerRef) -> bool;
+}
+
+impl<O: Outbox + ?Sized> Outbox for Arc<O> {
+    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool {
+        (**self).deliver(to, epoch, seq, data)
+    }
+    fn backlog(&self, to: &Holder, page: BacklogPage) -> bool {
+        (**self).backlog(to, page)
+    }
+    fn kick(&self, to: &Holder, reason: KickReason) {
+        (**self).kick(to, reason)
+    }
+    fn is_live(&self, worker: &WorkerRef) -> bool {
+        (**self).is_live(worker)
+    }
 }
 
 /// What `GET /v1/channels/{channel}` reports.
@@ -67,7 +113,7 @@ impl StoreError {
 /// gateways that share a store share no `Instant`, and tests pass explicit times.
 pub trait Store: Send + Sync + 'static {
     /// Appends `data` to `channel` (idempotent on `key` within retention) and, if the
-    /// channel has a live subscriber, enqueues the delivery on its link.
+    /// channel has a holder, hands the delivery to the outbox.
     fn publish(
         &self,
         channel: &str,
@@ -88,35 +134,35 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = Vec<Result<Published, StoreError>>> + Send;
 
-    /// Makes `sub` the channel's holder (kicking any previous one) and enqueues its
-    /// `Backlog` (retained messages after `since`, gap signalled) on `sub`'s link. With
-    /// `resume` (a worker re-subscribing after its link came back) a live newer holder keeps
-    /// the channel and `sub` is kicked instead.
+    /// Makes `holder` the channel's holder (kicking any previous one) and hands its backlog
+    /// (retained messages after `since`, gap signalled) to the outbox. With `resume` (a
+    /// worker re-subscribing after its link came back) a live newer holder keeps the
+    /// channel and `holder` is kicked instead.
     fn subscribe(
         &self,
         channel: &str,
-        sub: SubRef,
+        holder: Holder,
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
         now_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The retained messages after `since` as a `Backlog` frame (its `sub_id` left 0 for
-    /// the caller), without touching the directory.
+    /// The retained messages after `since`, without touching the directory (the caller
+    /// answers the asking subscription itself).
     fn fetch(
         &self,
         channel: &str,
         since: u64,
         epoch: Option<u64>,
         now_ms: u64,
-    ) -> impl Future<Output = Result<protocol::link::Down, StoreError>> + Send;
+    ) -> impl Future<Output = Result<BacklogPage, StoreError>> + Send;
 
-    /// Clears the channel's holder if it is still `sub`.
+    /// Clears the channel's holder if it is still `holder`.
     fn unsubscribe(
         &self,
         channel: &str,
-        sub: &SubRef,
+        holder: &Holder,
         now_ms: u64,
     ) -> impl Future<Output = ()> + Send;
 

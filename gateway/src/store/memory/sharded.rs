@@ -1,9 +1,9 @@
 //! The in-memory store: channels spread over mutex-guarded shards by hash; each channel is a
 //! [`ChannelLog`] (pure: seq, epoch, retention, idempotency keys; `now_ms` passed in) plus its
-//! directory entry ([`SubRef`]).
+//! directory entry ([`Holder`], data).
 //!
-//! Deliveries are enqueued on the subscriber's link while the shard lock is held, so the
-//! order of frames for a channel on a link is exactly the store's order.
+//! Deliveries, backlogs and kicks go to the [`Outbox`] while the shard lock is held, so the
+//! order of a channel's frames on a link is exactly the store's order.
 //!
 //! The memory bound's bookkeeping (a FIFO per shard, one store-wide total) lives in
 //! [`super::ledger`]; this file applies it under each shard's lock, and with no lock held
@@ -12,10 +12,12 @@
 use super::ledger::{Budget, Channels, FifoEntry, Ledger};
 use super::log::{ChannelLog, Evicted, Retention};
 use crate::metrics;
-use crate::store::contract::{ChannelInfo, Published, Store, StoreError, StoreStats};
-use crate::store::directory::SubRef;
+use crate::store::contract::{
+    BacklogPage, ChannelInfo, Outbox, Published, Store, StoreError, StoreStats,
+};
+use crate::store::directory::Holder;
 use bytes::Bytes;
-use protocol::link::{Down, KickReason};
+use protocol::link::KickReason;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,7 +34,8 @@ pub const DEFAULT_SHARDS: usize = 64;
 struct ChannelState {
     name: Arc<str>,
     log: ChannelLog,
-    sub: Option<SubRef>,
+    /// The directory entry: who holds the channel (data; the outbox knows how to reach it).
+    holder: Option<Holder>,
     /// Wall-clock ms of the last append, subscribe or unsubscribe.
     last_active: u64,
 }
@@ -62,8 +65,8 @@ impl Channels for HashMap<Arc<str>, ChannelState> {
     }
 }
 
-/// The in-memory [`Store`].
-pub struct MemoryStore {
+/// The in-memory [`Store`], delivering through the outbox `O`.
+pub struct MemoryStore<O> {
     shards: Box<[Mutex<Shard>]>,
     hasher: std::collections::hash_map::RandomState,
     /// `--retention-total-bytes` over all shards.
@@ -73,12 +76,14 @@ pub struct MemoryStore {
     channels: AtomicUsize,
     next_epoch: AtomicU64,
     sweep_cursor: AtomicUsize,
+    /// Called under the shard lock for every delivery, backlog and kick.
+    outbox: O,
 }
 
-impl MemoryStore {
+impl<O: Outbox> MemoryStore<O> {
     /// A store with [`DEFAULT_SHARDS`] shards.
-    pub fn new(retention: Retention, total_bytes: usize, max_channels: usize) -> Self {
-        Self::with_shards(DEFAULT_SHARDS, retention, total_bytes, max_channels)
+    pub fn new(retention: Retention, total_bytes: usize, max_channels: usize, outbox: O) -> Self {
+        Self::with_shards(DEFAULT_SHARDS, retention, total_bytes, max_channels, outbox)
     }
 
     /// A store with `shards` shards, each owning `total_bytes / shards` of the memory bound.
@@ -87,6 +92,7 @@ impl MemoryStore {
         retention: Retention,
         total_bytes: usize,
         max_channels: usize,
+        outbox: O,
     ) -> Self {
         let shards = shards.max(1);
         // Epochs: unique per log creation; a per-process base from the clock keeps them
@@ -105,6 +111,7 @@ impl MemoryStore {
             channels: AtomicUsize::new(0),
             next_epoch: AtomicU64::new(base.max(1)),
             sweep_cursor: AtomicUsize::new(0),
+            outbox,
         }
     }
 
@@ -137,7 +144,7 @@ impl MemoryStore {
             ChannelState {
                 name,
                 log: ChannelLog::new(self.new_epoch()),
-                sub: None,
+                holder: None,
                 last_active: now_ms,
             },
         );
@@ -200,8 +207,8 @@ impl MemoryStore {
         results
     }
 
-    /// One append under the shard lock: ensures the channel, appends, and enqueues the live
-    /// delivery. The caller settles `evicted` and the memory budget.
+    /// One append under the shard lock: ensures the channel, appends, and hands the live
+    /// delivery to the outbox. The caller settles `evicted` and the memory budget.
     fn append_locked(
         &self,
         shard: &mut Shard,
@@ -221,16 +228,9 @@ impl MemoryStore {
             shard
                 .ledger
                 .appended(state.name.clone(), state.log.epoch(), a.seq, a.cost);
-            if let Some(sub) = &state.sub {
-                let sent = sub.is_alive()
-                    && sub.link.send(Down::Deliver {
-                        sub_id: sub.sub_id,
-                        epoch: state.log.epoch(),
-                        seq: a.seq,
-                        data,
-                    });
-                if !sent {
-                    state.sub = None;
+            if let Some(holder) = &state.holder {
+                if !self.outbox.deliver(holder, state.log.epoch(), a.seq, data) {
+                    state.holder = None;
                 }
             }
         }
@@ -244,30 +244,30 @@ impl MemoryStore {
     pub fn subscribe_now(
         &self,
         channel: &str,
-        sub: SubRef,
+        holder: Holder,
         since: Option<u64>,
         epoch: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.subscribe_inner(channel, sub, since, epoch, false, now_ms)
+        self.subscribe_inner(channel, holder, since, epoch, false, now_ms)
     }
 
     /// [`Self::subscribe_now`] for a worker re-subscribing a connection it already held.
     pub fn resubscribe_now(
         &self,
         channel: &str,
-        sub: SubRef,
+        holder: Holder,
         since: Option<u64>,
         epoch: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.subscribe_inner(channel, sub, since, epoch, true, now_ms)
+        self.subscribe_inner(channel, holder, since, epoch, true, now_ms)
     }
 
     fn subscribe_inner(
         &self,
         channel: &str,
-        sub: SubRef,
+        holder: Holder,
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
@@ -282,39 +282,26 @@ impl MemoryStore {
         state.last_active = now_ms;
         if resume
             && state
-                .sub
+                .holder
                 .as_ref()
-                .is_some_and(|cur| *cur != sub && cur.is_alive())
+                .is_some_and(|cur| *cur != holder && self.outbox.is_live(&cur.worker))
         {
             // A newer connection took the channel while this worker's link was down: it
             // keeps it, and the resuming connection is the one replaced.
-            sub.link.send(Down::Kick {
-                sub_id: sub.sub_id,
-                reason: KickReason::Replaced,
-            });
+            self.outbox.kick(&holder, KickReason::Replaced);
             self.finish(shard, evicted);
             return Ok(());
         }
         // Directory first, then the backlog: a concurrent publish is either in the backlog
         // or delivered live after it (same lock).
-        if let Some(old) = state.sub.replace(sub.clone()) {
-            if old != sub && old.is_alive() {
-                old.link.send(Down::Kick {
-                    sub_id: old.sub_id,
-                    reason: KickReason::Replaced,
-                });
+        if let Some(old) = state.holder.replace(holder.clone()) {
+            if old != holder {
+                self.outbox.kick(&old, KickReason::Replaced);
             }
         }
-        let backlog = state.log.backlog(since, epoch);
-        let sent = sub.link.send(Down::Backlog {
-            sub_id: sub.sub_id,
-            epoch: state.log.epoch(),
-            last_seq: state.log.last_seq(),
-            gap_first_seq: backlog.gap_first_seq,
-            messages: backlog.messages,
-        });
-        if !sent {
-            state.sub = None;
+        let page = page(&state.log, since, epoch);
+        if !self.outbox.backlog(&holder, page) {
+            state.holder = None;
         }
         self.finish(shard, evicted);
         Ok(())
@@ -327,31 +314,24 @@ impl MemoryStore {
         since: u64,
         epoch: Option<u64>,
         now_ms: u64,
-    ) -> Result<Down, StoreError> {
+    ) -> Result<BacklogPage, StoreError> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
         self.ensure_channel(shard, channel, now_ms)?;
         let state = shard.channels.get_mut(channel).expect("just ensured");
         let mut evicted = Evicted::default();
         state.log.expire(now_ms, &self.retention, &mut evicted);
-        let backlog = state.log.backlog(Some(since), epoch);
-        let down = Down::Backlog {
-            sub_id: 0,
-            epoch: state.log.epoch(),
-            last_seq: state.log.last_seq(),
-            gap_first_seq: backlog.gap_first_seq,
-            messages: backlog.messages,
-        };
+        let page = page(&state.log, Some(since), epoch);
         self.finish(shard, evicted);
-        Ok(down)
+        Ok(page)
     }
 
     /// Synchronous core of [`Store::unsubscribe`].
-    pub fn unsubscribe_now(&self, channel: &str, sub: &SubRef, now_ms: u64) {
+    pub fn unsubscribe_now(&self, channel: &str, holder: &Holder, now_ms: u64) {
         let mut shard = self.shard(channel);
         if let Some(state) = shard.channels.get_mut(channel) {
-            if state.sub.as_ref() == Some(sub) {
-                state.sub = None;
+            if state.holder.as_ref() == Some(holder) {
+                state.holder = None;
                 state.last_active = now_ms;
             }
         }
@@ -371,10 +351,13 @@ impl MemoryStore {
         };
         let mut evicted = Evicted::default();
         state.log.expire(now_ms, &self.retention, &mut evicted);
-        let holder = state.sub.as_ref().filter(|s| s.is_alive());
+        let holder = state
+            .holder
+            .as_ref()
+            .filter(|h| self.outbox.is_live(&h.worker));
         let info = ChannelInfo {
             online: holder.is_some(),
-            worker: holder.map(|s| s.link.worker_id.clone()),
+            worker: holder.map(|h| h.worker.id().clone()),
             last_seq: state.log.last_seq(),
             buffered: state.log.len() as u64,
         };
@@ -421,8 +404,8 @@ impl MemoryStore {
     }
 
     /// Synchronous core of [`Store::sweep`]: visits a quarter of the shards per call (so a
-    /// full pass takes four calls), expiring by age, dropping dead directory entries and
-    /// forgetting channels that are empty, unsubscribed and idle for longer than retention.
+    /// full pass takes four calls), expiring by age and forgetting channels that are empty,
+    /// idle for longer than retention and without a live holder.
     pub fn sweep_now(&self, now_ms: u64) {
         let n = self.shards.len();
         let per_call = n.div_ceil(4);
@@ -446,11 +429,19 @@ impl MemoryStore {
         let before = shard.channels.len();
         shard.channels.retain(|_, c| {
             c.log.expire(now_ms, &self.retention, &mut evicted);
-            if c.sub.as_ref().is_some_and(|s| !s.is_alive()) {
-                c.sub = None;
-            }
             let idle = now_ms.saturating_sub(c.last_active) > self.retention.max_age_ms();
-            !(c.log.is_empty() && c.sub.is_none() && idle)
+            if !(c.log.is_empty() && idle) {
+                return true;
+            }
+            // Only a channel that could otherwise be forgotten has its holder looked up: a
+            // stale entry elsewhere costs nothing and the next delivery to it clears it.
+            if c.holder
+                .as_ref()
+                .is_some_and(|h| !self.outbox.is_live(&h.worker))
+            {
+                c.holder = None;
+            }
+            c.holder.is_some()
         });
         let removed = before - shard.channels.len();
         self.channels.fetch_sub(removed, Ordering::Relaxed);
@@ -493,7 +484,19 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Store for MemoryStore {
+/// The page for a subscriber resuming after `since` (live only when `None`) that last saw
+/// `epoch`.
+fn page(log: &ChannelLog, since: Option<u64>, epoch: Option<u64>) -> BacklogPage {
+    let backlog = log.backlog(since, epoch);
+    BacklogPage {
+        epoch: log.epoch(),
+        last_seq: log.last_seq(),
+        gap_first_seq: backlog.gap_first_seq,
+        messages: backlog.messages,
+    }
+}
+
+impl<O: Outbox> Store for MemoryStore<O> {
     fn publish(
         &self,
         channel: &str,
@@ -517,13 +520,13 @@ impl Store for MemoryStore {
     fn subscribe(
         &self,
         channel: &str,
-        sub: SubRef,
+        holder: Holder,
         since: Option<u64>,
         epoch: Option<u64>,
         resume: bool,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(self.subscribe_inner(channel, sub, since, epoch, resume, now_ms))
+        std::future::ready(self.subscribe_inner(channel, holder, since, epoch, resume, now_ms))
     }
 
     fn fetch(
@@ -532,17 +535,17 @@ impl Store for MemoryStore {
         since: u64,
         epoch: Option<u64>,
         now_ms: u64,
-    ) -> impl std::future::Future<Output = Result<Down, StoreError>> + Send {
+    ) -> impl std::future::Future<Output = Result<BacklogPage, StoreError>> + Send {
         std::future::ready(self.fetch_now(channel, since, epoch, now_ms))
     }
 
     fn unsubscribe(
         &self,
         channel: &str,
-        sub: &SubRef,
+        holder: &Holder,
         now_ms: u64,
     ) -> impl std::future::Future<Output = ()> + Send {
-        self.unsubscribe_now(channel, sub, now_ms);
+        self.unsubscribe_now(channel, holder, now_ms);
         std::future::ready(())
     }
 

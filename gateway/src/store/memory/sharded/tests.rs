@@ -1,11 +1,14 @@
 //! The sharded memory store end to end: the memory bound, the channel bound, the
-//! directory (kick on replace, resume), live delivery and the sweep.
+//! directory (kick on replace, resume), live delivery and the sweep. Deliveries go to a
+//! recording outbox: each worker records what it is handed as the frames a link would carry.
 
 use super::*;
-use crate::link::LinkHandle;
+use crate::store::directory::WorkerRef;
 use crate::store::memory::log::MESSAGE_OVERHEAD;
+use protocol::link::Down;
+use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Some wall-clock time, in ms.
 const T0: u64 = 1_700_000_000_000;
@@ -14,11 +17,108 @@ fn b(s: &str) -> Bytes {
     Bytes::copy_from_slice(s.as_bytes())
 }
 
-fn link(queue: usize) -> (Arc<LinkHandle>, mpsc::Receiver<Down>) {
-    LinkHandle::new(Arc::from("w"), 0, 1, queue)
+/// One worker incarnation as the recording outbox sees it: a queue of `room` frames; a
+/// frame refused for want of room makes it gone, like a full link.
+struct Rec {
+    worker: WorkerRef,
+    frames: Mutex<VecDeque<Down>>,
+    alive: AtomicBool,
+    room: usize,
 }
 
-fn store(total: usize, max_channels: usize) -> MemoryStore {
+impl Rec {
+    fn holder(&self, sub_id: u64) -> Holder {
+        Holder {
+            worker: self.worker.clone(),
+            sub_id,
+        }
+    }
+    fn try_recv(&self) -> Option<Down> {
+        self.frames.lock().unwrap().pop_front()
+    }
+    fn close(&self) {
+        self.alive.store(false, Ordering::Relaxed);
+    }
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+    fn push(&self, frame: Down) -> bool {
+        let mut frames = self.frames.lock().unwrap();
+        if !self.is_alive() {
+            return false;
+        }
+        if frames.len() >= self.room {
+            self.close();
+            return false;
+        }
+        frames.push_back(frame);
+        true
+    }
+}
+
+/// The recording outbox: its workers.
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Arc<Rec>>>);
+
+impl Recorder {
+    fn find(&self, w: &WorkerRef) -> Option<Arc<Rec>> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|r| r.worker == *w)
+            .cloned()
+    }
+}
+
+impl Outbox for Recorder {
+    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool {
+        self.find(&to.worker).is_some_and(|r| {
+            r.push(Down::Deliver {
+                sub_id: to.sub_id,
+                epoch,
+                seq,
+                data,
+            })
+        })
+    }
+    fn backlog(&self, to: &Holder, page: BacklogPage) -> bool {
+        self.find(&to.worker).is_some_and(|r| {
+            r.push(Down::Backlog {
+                sub_id: to.sub_id,
+                epoch: page.epoch,
+                last_seq: page.last_seq,
+                gap_first_seq: page.gap_first_seq,
+                messages: page.messages,
+            })
+        })
+    }
+    fn kick(&self, to: &Holder, reason: KickReason) {
+        if let Some(r) = self.find(&to.worker) {
+            r.push(Down::Kick {
+                sub_id: to.sub_id,
+                reason,
+            });
+        }
+    }
+    fn is_live(&self, worker: &WorkerRef) -> bool {
+        self.find(worker).is_some_and(|r| r.is_alive())
+    }
+}
+
+/// A worker `id` (incarnation 1) the store's outbox records for, with a queue of `room`.
+fn link(s: &MemoryStore<Recorder>, id: &str, room: usize) -> Arc<Rec> {
+    let r = Arc::new(Rec {
+        worker: WorkerRef::new(Arc::from(id), 1),
+        frames: Mutex::new(VecDeque::new()),
+        alive: AtomicBool::new(true),
+        room,
+    });
+    s.outbox.0.lock().unwrap().push(r.clone());
+    r
+}
+
+fn store(total: usize, max_channels: usize) -> MemoryStore<Recorder> {
     MemoryStore::with_shards(
         1,
         Retention {
@@ -27,6 +127,7 @@ fn store(total: usize, max_channels: usize) -> MemoryStore {
         },
         total,
         max_channels,
+        Recorder::default(),
     )
 }
 
@@ -46,7 +147,7 @@ fn one_busy_channel_may_use_the_whole_budget_and_the_total_holds() {
         max_messages: 1000,
         max_age: Duration::from_secs(600),
     };
-    let s = MemoryStore::with_shards(64, big, per * 640, 10_000);
+    let s = MemoryStore::with_shards(64, big, per * 640, 10_000, Recorder::default());
     let t = T0;
     for _ in 0..600 {
         s.publish_now("hot", b("0123456789"), None, t).unwrap();
@@ -112,8 +213,8 @@ fn max_channels_bounds_new_channels() {
         Err(StoreError::TooManyChannels)
     );
     assert_eq!(s.publish_now("a", b("2"), None, t).unwrap().seq, 2);
-    let (l, _rx) = link(16);
-    let sub = SubRef { link: l, sub_id: 1 };
+    let l = link(&s, "w", 16);
+    let sub = l.holder(1);
     assert_eq!(
         s.subscribe_now("d", sub, None, None, t),
         Err(StoreError::TooManyChannels)
@@ -124,39 +225,33 @@ fn max_channels_bounds_new_channels() {
 fn a_resuming_worker_does_not_take_the_channel_from_a_newer_holder() {
     let s = store(1 << 20, 100);
     let t = T0;
-    let (l1, mut rx1) = link(16);
-    let (l2, mut rx2) = link(16);
-    let old = SubRef {
-        link: l1.clone(),
-        sub_id: 1,
-    };
-    let newer = SubRef {
-        link: l2.clone(),
-        sub_id: 2,
-    };
+    let l1 = link(&s, "w", 16);
+    let l2 = link(&s, "w2", 16);
+    let old = l1.holder(1);
+    let newer = l2.holder(2);
     // The newer client took the channel while the old one's link was down.
     s.subscribe_now("c", newer.clone(), None, None, t).unwrap();
-    assert!(matches!(rx2.try_recv().unwrap(), Down::Backlog { .. }));
+    assert!(matches!(l2.try_recv().unwrap(), Down::Backlog { .. }));
     s.resubscribe_now("c", old.clone(), Some(0), None, t)
         .unwrap();
     assert!(matches!(
-        rx1.try_recv().unwrap(),
+        l1.try_recv().unwrap(),
         Down::Kick {
             sub_id: 1,
             reason: KickReason::Replaced
         }
     ));
-    assert!(rx2.try_recv().is_err(), "the newer holder is not kicked");
+    assert!(l2.try_recv().is_none(), "the newer holder is not kicked");
     s.publish_now("c", b("x"), None, t).unwrap();
     assert!(matches!(
-        rx2.try_recv().unwrap(),
+        l2.try_recv().unwrap(),
         Down::Deliver { sub_id: 2, .. }
     ));
     // With nobody holding the channel, a resume takes it as usual.
     s.unsubscribe_now("c", &newer, t);
     s.resubscribe_now("c", old, Some(0), None, t).unwrap();
     assert!(matches!(
-        rx1.try_recv().unwrap(),
+        l1.try_recv().unwrap(),
         Down::Backlog { sub_id: 1, .. }
     ));
 }
@@ -167,15 +262,12 @@ fn subscribe_backlog_then_live_and_kick_on_replace() {
     let t = T0;
     s.publish_now("c", b("1"), None, t).unwrap();
     s.publish_now("c", b("2"), None, t).unwrap();
-    let (l1, mut rx1) = link(16);
-    let (l2, mut rx2) = link(16);
-    let first = SubRef {
-        link: l1.clone(),
-        sub_id: 11,
-    };
+    let l1 = link(&s, "w", 16);
+    let l2 = link(&s, "w2", 16);
+    let first = l1.holder(11);
     s.subscribe_now("c", first.clone(), Some(0), None, t)
         .unwrap();
-    match rx1.try_recv().unwrap() {
+    match l1.try_recv().unwrap() {
         Down::Backlog {
             sub_id,
             last_seq,
@@ -190,7 +282,7 @@ fn subscribe_backlog_then_live_and_kick_on_replace() {
     }
     s.publish_now("c", b("3"), None, t).unwrap();
     assert!(matches!(
-        rx1.try_recv().unwrap(),
+        l1.try_recv().unwrap(),
         Down::Deliver {
             sub_id: 11,
             seq: 3,
@@ -203,39 +295,36 @@ fn subscribe_backlog_then_live_and_kick_on_replace() {
         (true, Some("w"), 3)
     );
 
-    let second = SubRef {
-        link: l2,
-        sub_id: 22,
-    };
+    let second = l2.holder(22);
     s.subscribe_now("c", second.clone(), None, None, t).unwrap();
     assert!(matches!(
-        rx1.try_recv().unwrap(),
+        l1.try_recv().unwrap(),
         Down::Kick {
             sub_id: 11,
             reason: KickReason::Replaced
         }
     ));
     assert!(matches!(
-        rx2.try_recv().unwrap(),
+        l2.try_recv().unwrap(),
         Down::Backlog { sub_id: 22, .. }
     ));
     // The old holder's unsubscribe does not clear the new holder.
     s.unsubscribe_now("c", &first, t);
     s.publish_now("c", b("4"), None, t).unwrap();
     assert!(matches!(
-        rx2.try_recv().unwrap(),
+        l2.try_recv().unwrap(),
         Down::Deliver {
             sub_id: 22,
             seq: 4,
             ..
         }
     ));
-    assert!(rx1.try_recv().is_err());
+    assert!(l1.try_recv().is_none());
     s.unsubscribe_now("c", &second, t);
     assert!(!s.channel_info_now("c", t).online);
     // A duplicate is not delivered again.
     s.subscribe_now("c", second.clone(), None, None, t).unwrap();
-    let _ = rx2.try_recv();
+    let _ = l2.try_recv();
     s.publish_now("c", b("5"), Some("k"), t).unwrap();
     assert_eq!(
         s.publish_now("c", b("5"), Some("k"), t).unwrap(),
@@ -245,40 +334,13 @@ fn subscribe_backlog_then_live_and_kick_on_replace() {
         }
     );
     assert!(matches!(
-        rx2.try_recv().unwrap(),
+        l2.try_recv().unwrap(),
         Down::Deliver { seq: 5, .. }
     ));
-    assert!(rx2.try_recv().is_err());
+    assert!(l2.try_recv().is_none());
     // A dead link is offline.
-    second.link.close();
+    l2.close();
     assert!(!s.channel_info_now("c", t).online);
-}
-
-#[test]
-fn full_link_queue_closes_the_link() {
-    let s = store(1 << 20, 100);
-    let t = T0;
-    let (l, _rx) = link(2);
-    s.subscribe_now(
-        "c",
-        SubRef {
-            link: l.clone(),
-            sub_id: 1,
-        },
-        None,
-        None,
-        t,
-    )
-    .unwrap();
-    let overflows = metrics::LINK_OVERFLOWS.get();
-    for _ in 0..3 {
-        s.publish_now("c", b("x"), None, t).unwrap();
-    }
-    assert!(!l.is_alive());
-    assert!(metrics::LINK_OVERFLOWS.get() > overflows);
-    assert!(!s.channel_info_now("c", t).online);
-    // Every message is still in the store for the resume.
-    assert_eq!(s.channel_info_now("c", t).buffered, 3);
 }
 
 #[test]
@@ -298,23 +360,15 @@ fn publish_many_appends_per_channel_and_shares_the_payload() {
         },
         1 << 20,
         100,
+        Recorder::default(),
     );
     let t = T0;
     s.publish_now("b", b("0"), None, t).unwrap();
-    let (l, mut rx) = link(64);
+    let l = link(&s, "w", 64);
     for (i, ch) in ["a", "b"].iter().enumerate() {
-        s.subscribe_now(
-            ch,
-            SubRef {
-                link: l.clone(),
-                sub_id: i as u64,
-            },
-            None,
-            None,
-            t,
-        )
-        .unwrap();
-        assert!(matches!(rx.try_recv().unwrap(), Down::Backlog { .. }));
+        s.subscribe_now(ch, l.holder(i as u64), None, None, t)
+            .unwrap();
+        assert!(matches!(l.try_recv().unwrap(), Down::Backlog { .. }));
     }
     let data = Bytes::from(vec![b'7'; 100]);
     let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
@@ -324,12 +378,12 @@ fn publish_many_appends_per_channel_and_shares_the_payload() {
     assert!(r.iter().all(|p| !p.as_ref().unwrap().duplicate));
     // Live deliveries carry the very same buffer, not a copy.
     let mut delivered = Vec::new();
-    while let Ok(Down::Deliver {
+    while let Some(Down::Deliver {
         sub_id,
         seq,
         data: d,
         ..
-    }) = rx.try_recv()
+    }) = l.try_recv()
     {
         assert_eq!(d.as_ptr(), data.as_ptr());
         delivered.push((sub_id, seq));
@@ -339,7 +393,7 @@ fn publish_many_appends_per_channel_and_shares_the_payload() {
     // Idempotency key per channel; count retention per channel.
     let again = s.publish_many_now(&["a", "b"], &data, Some("k"), t);
     assert!(again.iter().all(|p| p.as_ref().unwrap().duplicate));
-    assert!(rx.try_recv().is_err());
+    assert!(l.try_recv().is_none());
     s.publish_many_now(&["b"], &data, None, t);
     let info = s.channel_info_now("b", t);
     assert_eq!((info.last_seq, info.buffered), (3, 2));
@@ -357,19 +411,9 @@ fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
     let s = store(1 << 20, 100);
     let mut t = T0;
     s.publish_now("c", b("1"), None, t).unwrap();
-    let (l, mut rx) = link(16);
-    s.subscribe_now(
-        "c",
-        SubRef {
-            link: l.clone(),
-            sub_id: 1,
-        },
-        Some(0),
-        None,
-        t,
-    )
-    .unwrap();
-    let epoch = match rx.try_recv().unwrap() {
+    let l = link(&s, "w", 16);
+    s.subscribe_now("c", l.holder(1), Some(0), None, t).unwrap();
+    let epoch = match l.try_recv().unwrap() {
         Down::Backlog { epoch, .. } => epoch,
         other => panic!("{other:?}"),
     };
@@ -387,19 +431,10 @@ fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
         0,
         "idle, empty, unsubscribed: forgotten"
     );
-    let (l2, mut rx2) = link(16);
-    s.subscribe_now(
-        "c",
-        SubRef {
-            link: l2,
-            sub_id: 2,
-        },
-        Some(1),
-        Some(epoch),
-        t,
-    )
-    .unwrap();
-    match rx2.try_recv().unwrap() {
+    let l2 = link(&s, "w2", 16);
+    s.subscribe_now("c", l2.holder(2), Some(1), Some(epoch), t)
+        .unwrap();
+    match l2.try_recv().unwrap() {
         Down::Backlog {
             epoch: e2,
             gap_first_seq,
@@ -412,7 +447,7 @@ fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
     }
 }
 
-impl MemoryStore {
+impl<O> MemoryStore<O> {
     fn metrics_age_count(&self) -> u64 {
         metrics::MESSAGES_EVICTED.with_label_values(&["age"]).get()
     }
