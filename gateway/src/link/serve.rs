@@ -8,7 +8,7 @@
 use super::handle::LinkHandle;
 use crate::app::App;
 use crate::metrics;
-use crate::store::{now_ms, Holder, Store};
+use crate::store::{now_ms, Holder, Start, Store};
 use bytes::BytesMut;
 use protocol::link::{split_frame, Down, KickReason, Up};
 use std::sync::Arc;
@@ -151,8 +151,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 since,
                 epoch,
                 resume,
+                max_bytes,
                 channel,
-                ..
             } => {
                 if protocol::validate_channel(&channel).is_err() {
                     debug!(worker = %link.worker_id, "subscribe for an invalid channel name");
@@ -167,11 +167,13 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     worker: link.worker.clone(),
                     sub_id,
                 };
-                if let Err(e) = app
-                    .store
-                    .subscribe(&channel, holder, since, epoch, resume, now)
-                    .await
-                {
+                let start = Start {
+                    since,
+                    epoch,
+                    max_bytes,
+                    resume,
+                };
+                if let Err(e) = app.store.subscribe(&channel, holder, start, now).await {
                     debug!(worker = %link.worker_id, error = %e, "subscribe refused");
                     link.send(Down::Kick {
                         sub_id,
@@ -183,14 +185,18 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 sub_id,
                 since,
                 epoch,
+                max_bytes,
                 channel,
-                ..
             } => {
                 if protocol::validate_channel(&channel).is_err() {
                     continue;
                 }
                 link.room(room).await;
-                match app.store.fetch(&channel, since, epoch, now).await {
+                match app
+                    .store
+                    .fetch(&channel, since, epoch, max_bytes, now)
+                    .await
+                {
                     // The page goes to the asking subscription on this link; the directory
                     // is not consulted.
                     Ok(page) => {

@@ -1,6 +1,8 @@
 //! The configured backend, by enum dispatch (Redis joins as a second variant).
 
-use super::contract::{BacklogPage, ChannelInfo, Outbox, Published, Store, StoreError, StoreStats};
+use super::contract::{
+    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
+};
 use super::directory::Holder;
 use super::memory::MemoryStore;
 use bytes::Bytes;
@@ -39,16 +41,11 @@ impl<O: Outbox> Store for AnyStore<O> {
         &self,
         channel: &str,
         holder: Holder,
-        since: Option<u64>,
-        epoch: Option<u64>,
-        resume: bool,
+        start: Start,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         match self {
-            AnyStore::Memory(m) => {
-                m.subscribe(channel, holder, since, epoch, resume, now_ms)
-                    .await
-            }
+            AnyStore::Memory(m) => m.subscribe(channel, holder, start, now_ms).await,
         }
     }
 
@@ -57,10 +54,11 @@ impl<O: Outbox> Store for AnyStore<O> {
         channel: &str,
         since: u64,
         epoch: Option<u64>,
+        max_bytes: u32,
         now_ms: u64,
     ) -> Result<BacklogPage, StoreError> {
         match self {
-            AnyStore::Memory(m) => m.fetch(channel, since, epoch, now_ms).await,
+            AnyStore::Memory(m) => m.fetch(channel, since, epoch, max_bytes, now_ms).await,
         }
     }
 

@@ -33,9 +33,25 @@ pub struct Published {
     pub duplicate: bool,
 }
 
-/// What a subscriber gets first (and what a `Fetch` gets): retained messages after
-/// `since`, oldest first, and whether the resume could not be served whole
-/// (`gap_first_seq`: the first seq that follows).
+/// How a subscription starts (what `Up::Subscribe` asks for).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    /// Retained messages with `seq > since` come first; `None`: live only.
+    pub since: Option<u64>,
+    /// The epoch the client last saw, when it told.
+    pub epoch: Option<u64>,
+    /// Most payload bytes of the first backlog page (at least one message is always sent;
+    /// the worker fetches the rest).
+    pub max_bytes: u32,
+    /// A worker re-subscribing a connection after its link came back: a live newer holder
+    /// keeps the channel.
+    pub resume: bool,
+}
+
+/// One page of what a subscriber gets first (and what a `Fetch` gets): the oldest retained
+/// messages after `since` that fit the page budget, and whether the resume could not be
+/// served whole (`gap_first_seq`: the first seq that follows). More remaining is not a
+/// gap: `last_seq` beyond the page's last message says so.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BacklogPage {
     pub epoch: u64,
@@ -134,27 +150,28 @@ pub trait Store: Send + Sync + 'static {
         now_ms: u64,
     ) -> impl Future<Output = Vec<Result<Published, StoreError>>> + Send;
 
-    /// Makes `holder` the channel's holder (kicking any previous one) and hands its backlog
-    /// (retained messages after `since`, gap signalled) to the outbox. With `resume` (a
-    /// worker re-subscribing after its link came back) a live newer holder keeps the
-    /// channel and `holder` is kicked instead.
+    /// Makes `holder` the channel's holder (kicking any previous one) and hands the first
+    /// page of its backlog (retained messages after `start.since`, gap signalled, at most
+    /// `start.max_bytes` of payload) to the outbox. With `start.resume` (a worker
+    /// re-subscribing after its link came back) a live newer holder keeps the channel and
+    /// `holder` is kicked instead.
     fn subscribe(
         &self,
         channel: &str,
         holder: Holder,
-        since: Option<u64>,
-        epoch: Option<u64>,
-        resume: bool,
+        start: Start,
         now_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The retained messages after `since`, without touching the directory (the caller
-    /// answers the asking subscription itself).
+    /// The next page of retained messages after `since` (at most `max_bytes` of payload,
+    /// at least one message), without touching the directory: the caller answers the
+    /// asking subscription itself.
     fn fetch(
         &self,
         channel: &str,
         since: u64,
         epoch: Option<u64>,
+        max_bytes: u32,
         now_ms: u64,
     ) -> impl Future<Output = Result<BacklogPage, StoreError>> + Send;
 

@@ -17,7 +17,7 @@ pub mod memory;
 
 pub use any::AnyStore;
 pub use contract::{
-    now_ms, BacklogPage, ChannelInfo, Outbox, Published, Store, StoreError, StoreStats,
+    now_ms, BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
 };
 pub use directory::{Holder, WorkerRef};
 pub use memory::{ChannelLog, MemoryStore, Retention};

@@ -12,7 +12,8 @@ use std::time::Duration;
 /// Bytes accounted per retained message on top of its data and key.
 pub const MESSAGE_OVERHEAD: usize = 64;
 
-/// Most payload bytes one `Backlog` frame carries (well under the link's frame limit).
+/// Most frame bytes one `Backlog` page takes, whatever the worker asks (well under the
+/// link's frame limit).
 pub const BACKLOG_MAX_BYTES: usize = protocol::link::MAX_FRAME / 4;
 /// Frame bytes per backlog message besides its data (seq + length).
 const BACKLOG_ENTRY_OVERHEAD: usize = 12;
@@ -95,8 +96,8 @@ pub struct Appended {
     pub cost: usize,
 }
 
-/// What a subscriber gets first: retained messages after `since`, and whether the resume
-/// could not be served whole.
+/// One page of what a subscriber gets first: retained messages after `since`, oldest first,
+/// and whether the resume could not be served whole.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backlog {
     pub gap_first_seq: Option<u64>,
@@ -232,13 +233,16 @@ impl ChannelLog {
         Some(m)
     }
 
-    /// The backlog for a subscriber resuming after `since` (live only when `None`) that
-    /// last saw `epoch`.
+    /// One page of the backlog for a subscriber resuming after `since` (live only when
+    /// `None`) that last saw `epoch`: the oldest wanted messages that fit `max_bytes` of
+    /// payload and one link frame ([`BACKLOG_MAX_BYTES`]), and always at least one. More
+    /// remaining is not a gap: the page's last seq below `last_seq` tells the worker to
+    /// `Fetch` the rest, as its client drains.
     ///
-    /// Gap (the resume cannot be served whole; everything retained is sent, preceded by
+    /// Gap (the resume cannot be served whole; everything retained is wanted, preceded by
     /// `gap_first_seq` = the first seq that follows): another epoch, `since` beyond
     /// `last_seq`, or messages between `since` and the oldest retained are gone.
-    pub fn backlog(&self, since: Option<u64>, epoch: Option<u64>) -> Backlog {
+    pub fn backlog(&self, since: Option<u64>, epoch: Option<u64>, max_bytes: usize) -> Backlog {
         let Some(since) = since else {
             return Backlog {
                 gap_first_seq: None,
@@ -249,28 +253,21 @@ impl ChannelLog {
         let gap = epoch.is_some_and(|e| e != self.epoch)
             || since > self.last_seq
             || since.saturating_add(1) < first;
-        let mut gap_first_seq = gap.then_some(first);
-        let wanted = self.retained.iter().filter(|m| gap || m.seq > since);
-        // A backlog is one link frame: keep the newest messages that fit and say so.
-        let mut bytes = 0usize;
-        let fitting = wanted
-            .clone()
-            .rev()
-            .take_while(|m| {
-                bytes += m.data.len() + BACKLOG_ENTRY_OVERHEAD;
-                bytes <= BACKLOG_MAX_BYTES
-            })
-            .count();
-        let total = wanted.clone().count();
-        let messages: Vec<(u64, Bytes)> = wanted
-            .skip(total - fitting)
-            .map(|m| (m.seq, m.data.clone()))
-            .collect();
-        if fitting < total {
-            gap_first_seq = Some(messages.first().map_or(self.last_seq + 1, |m| m.0));
+        // Retained seqs are consecutive (appends at the back, evictions at the front), so
+        // the first wanted one is found by arithmetic, not a scan.
+        let skip = if gap { 0 } else { (since + 1 - first) as usize };
+        let (mut payload, mut frame) = (0usize, 0usize);
+        let mut messages = Vec::new();
+        for m in self.retained.range(skip..) {
+            payload += m.data.len();
+            frame += m.data.len() + BACKLOG_ENTRY_OVERHEAD;
+            if !messages.is_empty() && (payload > max_bytes || frame > BACKLOG_MAX_BYTES) {
+                break;
+            }
+            messages.push((m.seq, m.data.clone()));
         }
         Backlog {
-            gap_first_seq,
+            gap_first_seq: gap.then_some(first),
             messages,
         }
     }
@@ -287,6 +284,8 @@ mod tests {
 
     /// Some wall-clock time, in ms.
     const T0: u64 = 1_700_000_000_000;
+    /// A page budget that takes everything (up to the frame limit).
+    const ALL: usize = usize::MAX;
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())
@@ -352,9 +351,9 @@ mod tests {
         let mut log = ChannelLog::new(42);
         let mut ev = Evicted::default();
         // Nothing published yet.
-        assert_eq!(log.backlog(Some(0), None).gap_first_seq, None);
+        assert_eq!(log.backlog(Some(0), None, ALL).gap_first_seq, None);
         assert_eq!(
-            log.backlog(Some(3), None).gap_first_seq,
+            log.backlog(Some(3), None, ALL).gap_first_seq,
             Some(1),
             "since beyond last_seq"
         );
@@ -362,43 +361,94 @@ mod tests {
             log.append(b("m"), None, t, &R, &mut ev);
         }
         // Retained 3, 4, 5.
-        let live = log.backlog(None, None);
+        let live = log.backlog(None, None, ALL);
         assert_eq!((live.gap_first_seq, live.messages.len()), (None, 0));
-        let whole = log.backlog(Some(2), Some(42));
+        let whole = log.backlog(Some(2), Some(42), ALL);
         assert_eq!(whole.gap_first_seq, None);
         assert_eq!(
             whole.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
             [3, 4, 5]
         );
-        let tail = log.backlog(Some(4), None);
+        let tail = log.backlog(Some(4), None, ALL);
         assert_eq!(tail.messages.iter().map(|m| m.0).collect::<Vec<_>>(), [5]);
         assert_eq!(
-            log.backlog(Some(5), None),
+            log.backlog(Some(5), None, ALL),
             Backlog {
                 gap_first_seq: None,
                 messages: vec![]
             }
         );
         // 2 is gone: since=1 cannot be served whole.
-        let gap = log.backlog(Some(1), None);
+        let gap = log.backlog(Some(1), None, ALL);
         assert_eq!(gap.gap_first_seq, Some(3));
         assert_eq!(gap.messages.len(), 3);
         // Another epoch: gap even though since looks fine; everything retained follows.
-        let other = log.backlog(Some(4), Some(41));
+        let other = log.backlog(Some(4), Some(41), ALL);
         assert_eq!(other.gap_first_seq, Some(3));
         assert_eq!(other.messages.len(), 3);
         // since beyond last_seq (e.g. from a lost history).
-        assert_eq!(log.backlog(Some(9), None).gap_first_seq, Some(3));
+        assert_eq!(log.backlog(Some(9), None, ALL).gap_first_seq, Some(3));
         // Nothing retained but messages existed: since < last_seq is a gap, since == last_seq not.
         log.expire(t + 60_000, &R, &mut ev);
-        assert_eq!(log.backlog(Some(2), None).gap_first_seq, Some(6));
-        assert_eq!(log.backlog(Some(5), None).gap_first_seq, None);
-        assert_eq!(log.backlog(Some(5), Some(1)).gap_first_seq, Some(6));
+        assert_eq!(log.backlog(Some(2), None, ALL).gap_first_seq, Some(6));
+        assert_eq!(log.backlog(Some(5), None, ALL).gap_first_seq, None);
+        assert_eq!(log.backlog(Some(5), Some(1), ALL).gap_first_seq, Some(6));
+    }
+
+    /// Seqs of a page.
+    fn page(b: &Backlog) -> Vec<u64> {
+        b.messages.iter().map(|m| m.0).collect()
     }
 
     #[test]
-    fn backlog_is_capped_to_one_frame() {
-        let t = T0;
+    fn backlog_pages_are_the_oldest_messages_and_more_is_not_a_gap() {
+        let big = Retention {
+            max_messages: 10,
+            max_age: Duration::from_secs(10),
+        };
+        let mut log = ChannelLog::new(1);
+        let mut ev = Evicted::default();
+        for _ in 0..5 {
+            log.append(b("0123456789"), None, T0, &big, &mut ev);
+        }
+        // 25 bytes of payload: two 10-byte messages per page, oldest first, no gap.
+        let first = log.backlog(Some(0), None, 25);
+        assert_eq!((page(&first), first.gap_first_seq), (vec![1, 2], None));
+        // The worker asks for the rest from the page's last seq, as its client drains.
+        assert_eq!(page(&log.backlog(Some(2), Some(1), 25)), [3, 4]);
+        assert_eq!(page(&log.backlog(Some(4), Some(1), 25)), [5]);
+        assert!(log.backlog(Some(5), Some(1), 25).messages.is_empty());
+        // Exactly the budget fits.
+        assert_eq!(page(&log.backlog(Some(0), None, 30)), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_backlog_page_carries_at_least_one_message() {
+        let mut log = ChannelLog::new(1);
+        let mut ev = Evicted::default();
+        log.append(b("0123456789"), None, T0, &R, &mut ev);
+        log.append(b("0123456789"), None, T0, &R, &mut ev);
+        assert_eq!(page(&log.backlog(Some(0), None, 0)), [1]);
+        assert_eq!(page(&log.backlog(Some(0), None, 9)), [1]);
+        assert_eq!(page(&log.backlog(Some(1), None, 1)), [2]);
+    }
+
+    #[test]
+    fn a_gap_page_starts_at_the_oldest_retained_and_the_rest_follows_without_one() {
+        let mut log = ChannelLog::new(1);
+        let mut ev = Evicted::default();
+        for _ in 0..5 {
+            log.append(b("0123456789"), None, T0, &R, &mut ev);
+        }
+        // Retained 3, 4, 5: since=0 cannot be served whole.
+        let gap = log.backlog(Some(0), None, 10);
+        assert_eq!((page(&gap), gap.gap_first_seq), (vec![3], Some(3)));
+        let rest = log.backlog(Some(3), Some(1), 10);
+        assert_eq!((page(&rest), rest.gap_first_seq), (vec![4], None));
+    }
+
+    #[test]
+    fn a_backlog_page_never_passes_the_frame_limit() {
         let big = Retention {
             max_messages: 10,
             max_age: Duration::from_secs(10),
@@ -407,13 +457,11 @@ mod tests {
         let mut ev = Evicted::default();
         let chunk = Bytes::from(vec![b'1'; BACKLOG_MAX_BYTES / 3 - 100]);
         for _ in 0..5 {
-            log.append(chunk.clone(), None, t, &big, &mut ev);
+            log.append(chunk.clone(), None, T0, &big, &mut ev);
         }
-        let b = log.backlog(Some(0), None);
-        assert_eq!(
-            b.messages.iter().map(|m| m.0).collect::<Vec<_>>(),
-            [3, 4, 5]
-        );
-        assert_eq!(b.gap_first_seq, Some(3));
+        // Whatever the worker allows, a page is one frame: three of these fit, the oldest.
+        let b = log.backlog(Some(0), None, usize::MAX);
+        assert_eq!((page(&b), b.gap_first_seq), (vec![1, 2, 3], None));
+        assert_eq!(page(&log.backlog(Some(3), None, usize::MAX)), [4, 5]);
     }
 }

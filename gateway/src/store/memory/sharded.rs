@@ -13,7 +13,7 @@ use super::ledger::{Budget, Channels, FifoEntry, Ledger};
 use super::log::{ChannelLog, Evicted, Retention};
 use crate::metrics;
 use crate::store::contract::{
-    BacklogPage, ChannelInfo, Outbox, Published, Store, StoreError, StoreStats,
+    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
 };
 use crate::store::directory::Holder;
 use bytes::Bytes;
@@ -240,7 +240,8 @@ impl<O: Outbox> MemoryStore<O> {
         })
     }
 
-    /// Synchronous core of [`Store::subscribe`].
+    /// [`Store::subscribe`] with the whole backlog in the first page (up to the frame
+    /// limit), as tests and benches want it.
     pub fn subscribe_now(
         &self,
         channel: &str,
@@ -249,7 +250,13 @@ impl<O: Outbox> MemoryStore<O> {
         epoch: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.subscribe_inner(channel, holder, since, epoch, false, now_ms)
+        let start = Start {
+            since,
+            epoch,
+            max_bytes: u32::MAX,
+            resume: false,
+        };
+        self.subscribe_start(channel, holder, start, now_ms)
     }
 
     /// [`Self::subscribe_now`] for a worker re-subscribing a connection it already held.
@@ -261,16 +268,21 @@ impl<O: Outbox> MemoryStore<O> {
         epoch: Option<u64>,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        self.subscribe_inner(channel, holder, since, epoch, true, now_ms)
+        let start = Start {
+            since,
+            epoch,
+            max_bytes: u32::MAX,
+            resume: true,
+        };
+        self.subscribe_start(channel, holder, start, now_ms)
     }
 
-    fn subscribe_inner(
+    /// Synchronous core of [`Store::subscribe`].
+    pub fn subscribe_start(
         &self,
         channel: &str,
         holder: Holder,
-        since: Option<u64>,
-        epoch: Option<u64>,
-        resume: bool,
+        start: Start,
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut guard = self.shard(channel);
@@ -280,7 +292,7 @@ impl<O: Outbox> MemoryStore<O> {
         let mut evicted = Evicted::default();
         state.log.expire(now_ms, &self.retention, &mut evicted);
         state.last_active = now_ms;
-        if resume
+        if start.resume
             && state
                 .holder
                 .as_ref()
@@ -299,7 +311,7 @@ impl<O: Outbox> MemoryStore<O> {
                 self.outbox.kick(&old, KickReason::Replaced);
             }
         }
-        let page = page(&state.log, since, epoch);
+        let page = page(&state.log, start.since, start.epoch, start.max_bytes);
         if !self.outbox.backlog(&holder, page) {
             state.holder = None;
         }
@@ -313,6 +325,7 @@ impl<O: Outbox> MemoryStore<O> {
         channel: &str,
         since: u64,
         epoch: Option<u64>,
+        max_bytes: u32,
         now_ms: u64,
     ) -> Result<BacklogPage, StoreError> {
         let mut guard = self.shard(channel);
@@ -321,7 +334,7 @@ impl<O: Outbox> MemoryStore<O> {
         let state = shard.channels.get_mut(channel).expect("just ensured");
         let mut evicted = Evicted::default();
         state.log.expire(now_ms, &self.retention, &mut evicted);
-        let page = page(&state.log, Some(since), epoch);
+        let page = page(&state.log, Some(since), epoch, max_bytes);
         self.finish(shard, evicted);
         Ok(page)
     }
@@ -485,9 +498,9 @@ fn lock(m: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 }
 
 /// The page for a subscriber resuming after `since` (live only when `None`) that last saw
-/// `epoch`.
-fn page(log: &ChannelLog, since: Option<u64>, epoch: Option<u64>) -> BacklogPage {
-    let backlog = log.backlog(since, epoch);
+/// `epoch`: at most `max_bytes` of payload, at least one message.
+fn page(log: &ChannelLog, since: Option<u64>, epoch: Option<u64>, max_bytes: u32) -> BacklogPage {
+    let backlog = log.backlog(since, epoch, max_bytes as usize);
     BacklogPage {
         epoch: log.epoch(),
         last_seq: log.last_seq(),
@@ -521,12 +534,10 @@ impl<O: Outbox> Store for MemoryStore<O> {
         &self,
         channel: &str,
         holder: Holder,
-        since: Option<u64>,
-        epoch: Option<u64>,
-        resume: bool,
+        start: Start,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<(), StoreError>> + Send {
-        std::future::ready(self.subscribe_inner(channel, holder, since, epoch, resume, now_ms))
+        std::future::ready(self.subscribe_start(channel, holder, start, now_ms))
     }
 
     fn fetch(
@@ -534,9 +545,10 @@ impl<O: Outbox> Store for MemoryStore<O> {
         channel: &str,
         since: u64,
         epoch: Option<u64>,
+        max_bytes: u32,
         now_ms: u64,
     ) -> impl std::future::Future<Output = Result<BacklogPage, StoreError>> + Send {
-        std::future::ready(self.fetch_now(channel, since, epoch, now_ms))
+        std::future::ready(self.fetch_now(channel, since, epoch, max_bytes, now_ms))
     }
 
     fn unsubscribe(
