@@ -70,17 +70,20 @@ pub enum RejectReason {
     BadRequest,
     TooManyChannels,
     StoreUnavailable,
+    /// The body did not arrive within `--body-timeout-secs`.
+    Timeout,
 }
 
 impl RejectReason {
     /// Every label, registered at start so each series shows before traffic.
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::Unauthorized,
         RejectReason::TooLarge,
         RejectReason::BadChannel,
         RejectReason::BadRequest,
         RejectReason::TooManyChannels,
         RejectReason::StoreUnavailable,
+        RejectReason::Timeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +94,7 @@ impl RejectReason {
             RejectReason::BadRequest => "bad_request",
             RejectReason::TooManyChannels => "too_many_channels",
             RejectReason::StoreUnavailable => "store_unavailable",
+            RejectReason::Timeout => "timeout",
         }
     }
 

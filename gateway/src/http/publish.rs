@@ -38,7 +38,13 @@ async fn publish_one(app: &App, channel: &str, req: Request<Incoming>) -> Result
             _ => return Err(Rejection::BadIdempotencyKey),
         },
     };
-    let body = read_body(req, app.config.max_message_bytes, "the message").await?;
+    let body = read_body(
+        req,
+        app.config.max_message_bytes,
+        "the message",
+        app.config.body_timeout(),
+    )
+    .await?;
     let data = protocol::envelope::payload_to_data(body);
     let p = app
         .store
@@ -69,7 +75,13 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     if !is_ndjson {
         return Err(Rejection::NotNdjson);
     }
-    let body = read_body(req, app.config.max_batch_bytes, "the batch").await?;
+    let body = read_body(
+        req,
+        app.config.max_batch_bytes,
+        "the batch",
+        app.config.body_timeout(),
+    )
+    .await?;
     let (lines, mut rejected) = ndjson::parse_batch(
         &body,
         app.config.max_batch_lines,
@@ -139,7 +151,13 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
 
 async fn broadcast_all(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     check_publisher(app, req.headers())?;
-    let body = read_body(req, app.config.max_batch_bytes, "the broadcast").await?;
+    let body = read_body(
+        req,
+        app.config.max_batch_bytes,
+        "the broadcast",
+        app.config.body_timeout(),
+    )
+    .await?;
     let parsed = broadcast::parse(
         &body,
         app.config.max_broadcast_channels,

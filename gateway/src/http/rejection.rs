@@ -26,6 +26,10 @@ pub enum Rejection {
     },
     /// The body could not be read (a broken chunked encoding, a reset).
     BadBody(String),
+    /// The body did not arrive within `--body-timeout-secs`; the connection is closed.
+    BodyTimeout {
+        secs: u64,
+    },
     BadChannel(ChannelError),
     /// `/v1/assign` without `channel` (and without a subscriber secret).
     MissingChannel,
@@ -65,6 +69,7 @@ impl Rejection {
             | Rejection::BadIdempotencyKey
             | Rejection::BadQuery => StatusCode::BAD_REQUEST,
             Rejection::NotNdjson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Rejection::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Rejection::Store(_) | Rejection::NoWorker => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::Token(e) => {
                 StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED)
@@ -81,6 +86,7 @@ impl Rejection {
             Rejection::Unauthorized => "unauthorized",
             Rejection::TooLarge { .. } => "payload_too_large",
             Rejection::BadBody(_) => "bad_request",
+            Rejection::BodyTimeout { .. } => "request_timeout",
             Rejection::BadChannel(_) | Rejection::MissingChannel => "bad_channel",
             Rejection::BadIdempotencyKey => "bad_idempotency_key",
             Rejection::NotNdjson => "unsupported_media_type",
@@ -107,6 +113,9 @@ impl Rejection {
             }
             Rejection::TooLarge { what, limit } => format!("{what} exceeds {limit} bytes"),
             Rejection::BadBody(e) => format!("could not read the body: {e}"),
+            Rejection::BodyTimeout { secs } => {
+                format!("the request body did not arrive within {secs} s")
+            }
             Rejection::BadChannel(e) => e.to_string(),
             Rejection::MissingChannel => "the channel query parameter is required".into(),
             Rejection::BadIdempotencyKey => {
@@ -145,6 +154,7 @@ impl Rejection {
                 RejectReason::BadRequest
             }
             Rejection::BadChannel(_) => RejectReason::BadChannel,
+            Rejection::BodyTimeout { .. } => RejectReason::Timeout,
             Rejection::Store(e) => store_reason(e),
             Rejection::MissingChannel
             | Rejection::BadQuery
@@ -170,6 +180,10 @@ impl Rejection {
                 header::UPGRADE,
                 HeaderValue::from_static(protocol::link::LINK_UPGRADE),
             )),
+            // The rest of the body may still trickle in: hyper closes after this answer.
+            Rejection::BodyTimeout { .. } => {
+                Some((header::CONNECTION, HeaderValue::from_static("close")))
+            }
             _ => None,
         }
     }
@@ -284,6 +298,12 @@ mod tests {
                 503,
                 "store_unavailable",
                 Some("store_unavailable"),
+            ),
+            (
+                Rejection::BodyTimeout { secs: 30 },
+                408,
+                "request_timeout",
+                Some("timeout"),
             ),
             (Rejection::BadQuery, 400, "bad_query", None),
             (
