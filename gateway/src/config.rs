@@ -112,6 +112,11 @@ pub struct Config {
     )]
     pub max_broadcast_channels: usize,
 
+    /// Largest request head (request line + headers) accepted; more gets 431 and the
+    /// connection is closed. Also what a connection with an unfinished head may hold.
+    #[arg(long, env = "PUSHGATE_MAX_HEADER_BYTES", default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
     /// Seconds a request body may take to arrive once its head is in; a slower one gets 408
     /// and the connection is closed.
     #[arg(long, env = "PUSHGATE_BODY_TIMEOUT_SECS", default_value_t = 30)]
@@ -199,6 +204,10 @@ impl Config {
         anyhow::ensure!(
             self.max_broadcast_channels >= 1,
             "--max-broadcast-channels must be at least 1"
+        );
+        anyhow::ensure!(
+            (256..=1024 * 1024).contains(&self.max_header_bytes),
+            "--max-header-bytes must be 256..=1048576"
         );
         anyhow::ensure!(
             self.body_timeout_secs >= 1,
@@ -305,6 +314,7 @@ impl std::fmt::Debug for Config {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_batch_lines", &self.max_batch_lines)
             .field("max_broadcast_channels", &self.max_broadcast_channels)
+            .field("max_header_bytes", &self.max_header_bytes)
             .field("body_timeout_secs", &self.body_timeout_secs)
             .field("worker_timeout_secs", &self.worker_timeout_secs)
             .field("link_queue", &self.link_queue)

@@ -167,3 +167,30 @@ async fn a_stalled_body_gets_408_json_and_the_connection_closes() {
     assert_eq!(c.answer(WAIT).await.status, 202);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_head_over_max_header_bytes_gets_431_and_the_connection_closes() {
+    let gw = Gw::start(&["--max-header-bytes", "1024"]).await;
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(2000));
+    // An unfinished head already past the limit: refused without waiting for the rest.
+    let mut c = Raw::connect(&gw).await;
+    c.send(format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{filler}").as_bytes())
+        .await;
+    assert_eq!(c.answer(WAIT).await.status, 431);
+    assert!(c.closes(WAIT).await);
+    // A whole head past the limit, after a good request on the same connection.
+    let mut c = Raw::connect(&gw).await;
+    c.send(GOOD).await;
+    assert_eq!(c.answer(WAIT).await.status, 200);
+    c.send(format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{filler}\r\n").as_bytes())
+        .await;
+    assert_eq!(c.answer(WAIT).await.status, 431);
+    assert!(c.closes(WAIT).await);
+    // Within the limit: served.
+    let mut c = Raw::connect(&gw).await;
+    let small = format!("X-Filler: {}\r\n", "a".repeat(800));
+    c.send(format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{small}\r\n").as_bytes())
+        .await;
+    assert_eq!(c.answer(WAIT).await.status, 200);
+    gw.stop().await;
+}

@@ -40,6 +40,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
 /// Serves one HTTP/1.1 connection (upgrades included) until it ends or shutdown drains it.
 async fn serve_connection(app: Arc<App>, stream: TcpStream) {
     let shutdown = app.shutdown.clone();
+    let max_header_bytes = app.config.max_header_bytes;
     let svc = hyper::service::service_fn(move |req| {
         let app = app.clone();
         async move { Ok::<_, Infallible>(handle(app, req).await) }
@@ -47,7 +48,10 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream) {
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Checked against an unfinished head too, so a connection holds at most this much
+        // of one (plus one read's reservation); hyper's default let it hold ~400 KiB.
+        .max_header_size(max_header_bytes);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
