@@ -176,7 +176,7 @@ async fn a_head_over_max_header_bytes_gets_431_and_the_connection_closes() {
     let mut c = Raw::connect(&gw).await;
     c.send(format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{filler}").as_bytes())
         .await;
-    assert_eq!(c.answer(WAIT).await.status, 431);
+    assert_error(&c.answer(WAIT).await, 431, "headers_too_large");
     assert!(c.closes(WAIT).await);
     // A whole head past the limit, after a good request on the same connection.
     let mut c = Raw::connect(&gw).await;
@@ -184,7 +184,7 @@ async fn a_head_over_max_header_bytes_gets_431_and_the_connection_closes() {
     assert_eq!(c.answer(WAIT).await.status, 200);
     c.send(format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{filler}\r\n").as_bytes())
         .await;
-    assert_eq!(c.answer(WAIT).await.status, 431);
+    assert_error(&c.answer(WAIT).await, 431, "headers_too_large");
     assert!(c.closes(WAIT).await);
     // Within the limit: served.
     let mut c = Raw::connect(&gw).await;
@@ -192,5 +192,101 @@ async fn a_head_over_max_header_bytes_gets_431_and_the_connection_closes() {
     c.send(format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{small}\r\n").as_bytes())
         .await;
     assert_eq!(c.answer(WAIT).await.status, 200);
+    gw.stop().await;
+}
+
+/// The protocol-level errors of issue 12 defect 7: each input, the status and code it gets.
+fn protocol_errors() -> Vec<(&'static str, Vec<u8>, u16, &'static str)> {
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let huge = format!("X-Filler: {}\r\n", "a".repeat(1024 * 1024));
+    vec![
+        (
+            "a control byte in a header",
+            b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-A: a\x01b\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a bad Content-Length",
+            b"POST /v1/publish/x HTTP/1.1\r\nHost: t\r\nContent-Length: 12abc\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a duplicate Content-Length",
+            b"POST /v1/publish/x HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab"
+                .to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "a garbage request line",
+            b"\x16\x03\x01 garbage garbage\r\n\r\n".to_vec(),
+            400,
+            "bad_request",
+        ),
+        (
+            "120 headers",
+            format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{many}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a 1 MiB head",
+            format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{huge}\r\n").into_bytes(),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "a 100 KB target",
+            format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(100_000)).into_bytes(),
+            414,
+            "uri_too_long",
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn protocol_errors_get_json_on_a_fresh_connection_and_it_closes() {
+    let gw = Gw::start(&[]).await;
+    for (what, input, status, code) in protocol_errors() {
+        let mut c = Raw::connect(&gw).await;
+        c.send(&input).await;
+        let a = c.answer(WAIT).await;
+        assert_eq!(a.status, status, "{what}: {}", a.head);
+        assert_error(&a, status, code);
+        assert_eq!(a.header("connection"), Some("close"), "{what}");
+        assert!(c.closes(WAIT).await, "{what}: closed after the answer");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_errors_get_json_on_a_keep_alive_connection_and_it_closes() {
+    let gw = Gw::start(&[]).await;
+    for (what, input, status, code) in protocol_errors() {
+        // After a good request and its answer.
+        let mut c = Raw::connect(&gw).await;
+        c.send(GOOD).await;
+        assert_eq!(c.answer(WAIT).await.status, 200, "{what}");
+        c.send(&input).await;
+        let a = c.answer(WAIT).await;
+        assert_eq!(a.status, status, "{what}: {}", a.head);
+        assert_error(&a, status, code);
+        assert!(c.closes(WAIT).await, "{what}: closed after the answer");
+        // Pipelined behind a good request (and a publish with a body) in one write: both
+        // good ones are answered in order first.
+        let mut c = Raw::connect(&gw).await;
+        let mut all = GOOD.to_vec();
+        all.extend_from_slice(
+            b"POST /v1/publish/p HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\n7",
+        );
+        all.extend_from_slice(&input);
+        c.send(&all).await;
+        assert_eq!(c.answer(WAIT).await.status, 200, "{what}");
+        assert_eq!(c.answer(WAIT).await.status, 202, "{what}");
+        assert_error(&c.answer(WAIT).await, status, code);
+        assert!(c.closes(WAIT).await, "{what}: closed after the answer");
+    }
     gw.stop().await;
 }

@@ -52,6 +52,20 @@ pub enum Rejection {
     UpgradeRequired,
     /// A worker link without the gateway's link key.
     LinkKey,
+    /// A request head over `--max-header-bytes` (protocol level: answered below hyper).
+    HeadTooLarge {
+        limit: usize,
+    },
+    /// More header lines than hyper takes.
+    TooManyHeaders {
+        max: usize,
+    },
+    /// A request target (or an unfinished request line) over the limit.
+    UriTooLong {
+        limit: usize,
+    },
+    /// A head hyper could not take: why, in a few words.
+    Malformed(String),
 }
 
 impl Rejection {
@@ -77,6 +91,11 @@ impl Rejection {
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Rejection::HeadTooLarge { .. } | Rejection::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Rejection::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -102,6 +121,12 @@ impl Rejection {
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::UpgradeRequired => "upgrade_required",
             Rejection::LinkKey => "link_key",
+            // The worker's codes for the same refusals.
+            Rejection::HeadTooLarge { .. } | Rejection::TooManyHeaders { .. } => {
+                "headers_too_large"
+            }
+            Rejection::UriTooLong { .. } => "uri_too_long",
+            Rejection::Malformed(_) => "bad_request",
         }
     }
 
@@ -140,6 +165,14 @@ impl Rejection {
             Rejection::LinkKey => {
                 "a worker link needs the gateway's link key (Authorization: Bearer <key>)".into()
             }
+            Rejection::HeadTooLarge { limit } => {
+                format!("the request head exceeds {limit} bytes")
+            }
+            Rejection::TooManyHeaders { max } => format!("more than {max} header lines"),
+            Rejection::UriTooLong { limit } => {
+                format!("the request target exceeds {limit} bytes")
+            }
+            Rejection::Malformed(why) => format!("malformed HTTP request: {why}"),
         }
     }
 
@@ -163,7 +196,11 @@ impl Rejection {
             | Rejection::NotFound
             | Rejection::MethodNotAllowed { .. }
             | Rejection::UpgradeRequired
-            | Rejection::LinkKey => return None,
+            | Rejection::LinkKey
+            | Rejection::HeadTooLarge { .. }
+            | Rejection::TooManyHeaders { .. }
+            | Rejection::UriTooLong { .. }
+            | Rejection::Malformed(_) => return None,
         })
     }
 
@@ -198,6 +235,22 @@ impl Rejection {
             r.headers_mut().insert(name, value);
         }
         r
+    }
+
+    /// The whole answer as bytes on the wire, `Connection: close`: for refusals made below
+    /// hyper, where no [`Resp`] can be sent ([`super::guard_io`]).
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = protocol::envelope::error_body(self.code(), &self.message());
+        let status = self.status();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(body.as_bytes());
+        out
     }
 
     /// The answer of a publish endpoint: counted under its label, then answered.
@@ -316,6 +369,25 @@ mod tests {
             (Rejection::NotFound, 404, "not_found", None),
             (Rejection::UpgradeRequired, 426, "upgrade_required", None),
             (Rejection::LinkKey, 401, "link_key", None),
+            (
+                Rejection::HeadTooLarge { limit: 8192 },
+                431,
+                "headers_too_large",
+                None,
+            ),
+            (
+                Rejection::TooManyHeaders { max: 100 },
+                431,
+                "headers_too_large",
+                None,
+            ),
+            (
+                Rejection::UriTooLong { limit: 8192 },
+                414,
+                "uri_too_long",
+                None,
+            ),
+            (Rejection::Malformed("x".into()), 400, "bad_request", None),
         ];
         for (r, status, code, label) in cases {
             assert_eq!(r.status().as_u16(), status, "{r:?}");
@@ -347,6 +419,19 @@ mod tests {
         assert_eq!(auth.headers()[header::WWW_AUTHENTICATE], "Bearer");
         let up = Rejection::UpgradeRequired.response();
         assert_eq!(up.headers()[header::UPGRADE], protocol::link::LINK_UPGRADE);
+    }
+
+    #[test]
+    fn a_raw_answer_is_a_whole_http_response_that_closes() {
+        let raw = Rejection::UriTooLong { limit: 10 }.raw_response();
+        let text = String::from_utf8(raw).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 414 URI Too Long\r\n"), "{head}");
+        assert!(head.contains("\r\nConnection: close"), "{head}");
+        assert!(head.contains(&format!("\r\nContent-Length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"], "uri_too_long");
+        assert_eq!(v["message"], "the request target exceeds 10 bytes");
     }
 
     /// A `Full` body is ready at once: no runtime needed to collect it.

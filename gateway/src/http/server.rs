@@ -1,5 +1,6 @@
 //! The accept loop and the HTTP/1.1 settings of every connection (upgrades included).
 
+use super::guard_io::GuardIo;
 use super::routes::handle;
 use crate::app::App;
 use crate::net;
@@ -49,11 +50,14 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream) {
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
-        // Checked against an unfinished head too, so a connection holds at most this much
-        // of one (plus one read's reservation); hyper's default let it hold ~400 KiB.
-        .max_header_size(max_header_bytes);
+        // The guard below refuses longer heads first; this stays as a backstop.
+        .max_header_size(max_header_bytes)
+        // No read while a request is in flight (hyper's early-EOF probe): the next head is
+        // read, and a bad one refused by the guard, only once this answer is out.
+        .half_close(true);
+    let io = GuardIo::new(stream, max_header_bytes);
     let conn = builder
-        .serve_connection(TokioIo::new(stream), svc)
+        .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {

@@ -2,6 +2,7 @@
 //! hands the connection to [`crate::link::serve::serve_link`].
 
 use super::auth::{bearer, constant_time_eq};
+use super::guard_io::GuardIo;
 use super::rejection::Rejection;
 use super::reply::{empty, Resp};
 use crate::app::App;
@@ -42,10 +43,13 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<GuardIo<TcpStream>>>() {
             Ok(parts) => {
-                let read_buf = BytesMut::from(&parts.read_buf[..]);
-                let (r, w) = parts.io.into_inner().into_split();
+                // What hyper read past the request, then what the guard had read past it.
+                let (stream, rest) = parts.io.into_inner().into_parts();
+                let mut read_buf = BytesMut::from(&parts.read_buf[..]);
+                read_buf.extend_from_slice(&rest);
+                let (r, w) = stream.into_split();
                 link::serve::serve_link(app2, r, w, read_buf).await;
             }
             Err(upgraded) => {
