@@ -18,6 +18,15 @@ fn rss_bytes() -> usize {
     pages * 4096
 }
 
+/// A connection that has sent the start of a head with one long header.
+async fn head_started(gw: &Gw) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Filler: ")
+        .await
+        .unwrap();
+    s
+}
+
 #[tokio::test]
 async fn connections_holding_huge_unfinished_heads_cost_no_more_than_the_limit() {
     const CONNECTIONS: usize = 100;
@@ -29,10 +38,7 @@ async fn connections_holding_huge_unfinished_heads_cost_no_more_than_the_limit()
     let chunk = vec![b'a'; 16 * 1024];
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
-        let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Filler: ")
-            .await
-            .unwrap();
+        let mut s = head_started(&gw).await;
         // As much of a 300 KiB head as the gateway takes; it may refuse and close early.
         let mut sent = 0;
         while sent < ATTEMPT {
@@ -56,10 +62,7 @@ async fn connections_holding_huge_unfinished_heads_cost_no_more_than_the_limit()
     let before = rss_bytes();
     let mut held = Vec::new();
     for _ in 0..CONNECTIONS {
-        let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Filler: ")
-            .await
-            .unwrap();
+        let mut s = head_started(&gw).await;
         s.write_all(&chunk[..8000]).await.unwrap();
         held.push(s);
     }

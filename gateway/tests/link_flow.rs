@@ -339,20 +339,15 @@ fn page_of(frame: Down, sub: u64) -> (Vec<u64>, Option<u64>, u64, u64) {
 async fn a_resume_is_paged_and_fetch_answers_the_next_page() {
     let gw = Gw::start(&[]).await;
     let mut w = gw.worker("w1", &["127.0.0.2:9000"], 100).await;
-    for i in 1..=5 {
-        // 7 bytes of data each: {"n":1}
-        let r = gw
-            .post("/v1/publish/pg", &[], format!("{{\"n\":{i}}}").as_bytes())
-            .await;
-        assert_eq!(r.status, 202, "{}", r.text());
-    }
-    // A page budget of 15 bytes: the two oldest, no gap, last_seq says more exists.
+    // Data 1..=5: one byte each.
+    gw.publish_numbered("pg", 5).await;
+    // A page budget of 2 bytes: the two oldest, no gap, last_seq says more exists.
     w.send(Up::Subscribe {
         sub_id: 3,
         since: Some(0),
         epoch: None,
         resume: false,
-        max_bytes: 15,
+        max_bytes: 2,
         channel: "pg".into(),
     })
     .await;
@@ -363,7 +358,7 @@ async fn a_resume_is_paged_and_fetch_answers_the_next_page() {
         sub_id,
         since,
         epoch,
-        max_bytes: 15,
+        max_bytes: 2,
         channel: "pg".into(),
     };
     w.send(fetch(3, 2, Some(epoch))).await;

@@ -72,18 +72,14 @@ pub async fn metrics_resp(app: &App) -> Resp {
     metrics::STORE_BYTES.set(stats.bytes as i64);
     metrics::STORE_CHANNELS.set(stats.channels as i64);
     let [healthy, stale, disconnected, starting] = app.registry.counts(Instant::now());
-    metrics::WORKERS
-        .with_label_values(&["starting"])
-        .set(starting as i64);
-    metrics::WORKERS
-        .with_label_values(&["healthy"])
-        .set(healthy as i64);
-    metrics::WORKERS
-        .with_label_values(&["stale"])
-        .set(stale as i64);
-    metrics::WORKERS
-        .with_label_values(&["disconnected"])
-        .set(disconnected as i64);
+    for (state, n) in [
+        ("starting", starting),
+        ("healthy", healthy),
+        ("stale", stale),
+        ("disconnected", disconnected),
+    ] {
+        metrics::WORKERS.with_label_values(&[state]).set(n as i64);
+    }
     let mut r = Response::new(Full::new(Bytes::from(metrics::render())));
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -259,24 +259,6 @@ impl<O: Outbox> MemoryStore<O> {
         self.subscribe_start(channel, holder, start, now_ms)
     }
 
-    /// [`Self::subscribe_now`] for a worker re-subscribing a connection it already held.
-    pub fn resubscribe_now(
-        &self,
-        channel: &str,
-        holder: Holder,
-        since: Option<u64>,
-        epoch: Option<u64>,
-        now_ms: u64,
-    ) -> Result<(), StoreError> {
-        let start = Start {
-            since,
-            epoch,
-            max_bytes: u32::MAX,
-            resume: true,
-        };
-        self.subscribe_start(channel, holder, start, now_ms)
-    }
-
     /// Synchronous core of [`Store::subscribe`].
     pub fn subscribe_start(
         &self,
@@ -285,38 +267,31 @@ impl<O: Outbox> MemoryStore<O> {
         start: Start,
         now_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut guard = self.shard(channel);
-        let shard = &mut *guard;
-        self.ensure_channel(shard, channel, now_ms)?;
-        let state = shard.channels.get_mut(channel).expect("just ensured");
-        let mut evicted = Evicted::default();
-        state.log.expire(now_ms, &self.retention, &mut evicted);
-        state.last_active = now_ms;
-        if start.resume
-            && state
-                .holder
-                .as_ref()
-                .is_some_and(|cur| *cur != holder && self.outbox.is_live(&cur.worker))
-        {
-            // A newer connection took the channel while this worker's link was down: it
-            // keeps it, and the resuming connection is the one replaced.
-            self.outbox.kick(&holder, KickReason::Replaced);
-            self.finish(shard, evicted);
-            return Ok(());
-        }
-        // Directory first, then the backlog: a concurrent publish is either in the backlog
-        // or delivered live after it (same lock).
-        if let Some(old) = state.holder.replace(holder.clone()) {
-            if old != holder {
-                self.outbox.kick(&old, KickReason::Replaced);
+        self.on_channel(channel, now_ms, |state| {
+            state.last_active = now_ms;
+            if start.resume
+                && state
+                    .holder
+                    .as_ref()
+                    .is_some_and(|cur| *cur != holder && self.outbox.is_live(&cur.worker))
+            {
+                // A newer connection took the channel while this worker's link was down:
+                // it keeps it, and the resuming connection is the one replaced.
+                self.outbox.kick(&holder, KickReason::Replaced);
+                return;
             }
-        }
-        let page = page(&state.log, start.since, start.epoch, start.max_bytes);
-        if !self.outbox.backlog(&holder, page) {
-            state.holder = None;
-        }
-        self.finish(shard, evicted);
-        Ok(())
+            // Directory first, then the backlog: a concurrent publish is either in the
+            // backlog or delivered live after it (same lock).
+            if let Some(old) = state.holder.replace(holder.clone()) {
+                if old != holder {
+                    self.outbox.kick(&old, KickReason::Replaced);
+                }
+            }
+            let page = page(&state.log, start.since, start.epoch, start.max_bytes);
+            if !self.outbox.backlog(&holder, page) {
+                state.holder = None;
+            }
+        })
     }
 
     /// Synchronous core of [`Store::fetch`].
@@ -328,15 +303,28 @@ impl<O: Outbox> MemoryStore<O> {
         max_bytes: u32,
         now_ms: u64,
     ) -> Result<BacklogPage, StoreError> {
+        self.on_channel(channel, now_ms, |state| {
+            page(&state.log, Some(since), epoch, max_bytes)
+        })
+    }
+
+    /// Runs `f` on `channel` (created if new, age retention applied) under its shard lock,
+    /// then settles the shard.
+    fn on_channel<R>(
+        &self,
+        channel: &str,
+        now_ms: u64,
+        f: impl FnOnce(&mut ChannelState) -> R,
+    ) -> Result<R, StoreError> {
         let mut guard = self.shard(channel);
         let shard = &mut *guard;
         self.ensure_channel(shard, channel, now_ms)?;
         let state = shard.channels.get_mut(channel).expect("just ensured");
         let mut evicted = Evicted::default();
         state.log.expire(now_ms, &self.retention, &mut evicted);
-        let page = page(&state.log, Some(since), epoch, max_bytes);
+        let r = f(state);
         self.finish(shard, evicted);
-        Ok(page)
+        Ok(r)
     }
 
     /// Synchronous core of [`Store::unsubscribe`].

@@ -118,6 +118,16 @@ fn link(s: &MemoryStore<Recorder>, id: &str, room: usize) -> Arc<Rec> {
     r
 }
 
+/// A worker re-subscribing a connection it held, after its link came back.
+fn resume_from(since: u64) -> Start {
+    Start {
+        since: Some(since),
+        epoch: None,
+        max_bytes: u32::MAX,
+        resume: true,
+    }
+}
+
 fn store(total: usize, max_channels: usize) -> MemoryStore<Recorder> {
     MemoryStore::with_shards(
         1,
@@ -232,7 +242,7 @@ fn a_resuming_worker_does_not_take_the_channel_from_a_newer_holder() {
     // The newer client took the channel while the old one's link was down.
     s.subscribe_now("c", newer.clone(), None, None, t).unwrap();
     assert!(matches!(l2.try_recv().unwrap(), Down::Backlog { .. }));
-    s.resubscribe_now("c", old.clone(), Some(0), None, t)
+    s.subscribe_start("c", old.clone(), resume_from(0), t)
         .unwrap();
     assert!(matches!(
         l1.try_recv().unwrap(),
@@ -249,7 +259,7 @@ fn a_resuming_worker_does_not_take_the_channel_from_a_newer_holder() {
     ));
     // With nobody holding the channel, a resume takes it as usual.
     s.unsubscribe_now("c", &newer, t);
-    s.resubscribe_now("c", old, Some(0), None, t).unwrap();
+    s.subscribe_start("c", old, resume_from(0), t).unwrap();
     assert!(matches!(
         l1.try_recv().unwrap(),
         Down::Backlog { sub_id: 1, .. }
