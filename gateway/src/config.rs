@@ -112,6 +112,16 @@ pub struct Config {
     )]
     pub max_broadcast_channels: usize,
 
+    /// Largest request head (request line + headers) accepted; more gets 431 and the
+    /// connection is closed. Also what a connection with an unfinished head may hold.
+    #[arg(long, env = "PUSHGATE_MAX_HEADER_BYTES", default_value_t = 8192)]
+    pub max_header_bytes: usize,
+
+    /// Seconds a request body may take to arrive once its head is in; a slower one gets 408
+    /// and the connection is closed.
+    #[arg(long, env = "PUSHGATE_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+
     /// A worker silent for longer than this is stale and gets no new clients.
     #[arg(long, env = "PUSHGATE_WORKER_TIMEOUT_SECS", default_value_t = 3)]
     pub worker_timeout_secs: u64,
@@ -196,6 +206,14 @@ impl Config {
             "--max-broadcast-channels must be at least 1"
         );
         anyhow::ensure!(
+            (256..=1024 * 1024).contains(&self.max_header_bytes),
+            "--max-header-bytes must be 256..=1048576"
+        );
+        anyhow::ensure!(
+            self.body_timeout_secs >= 1,
+            "--body-timeout-secs must be at least 1"
+        );
+        anyhow::ensure!(
             self.worker_timeout_secs >= 1,
             "--worker-timeout-secs must be at least 1"
         );
@@ -258,6 +276,10 @@ impl Config {
         Duration::from_secs(self.worker_timeout_secs)
     }
 
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
+
     pub fn retention_age(&self) -> Duration {
         Duration::from_secs(self.retention_secs)
     }
@@ -292,6 +314,8 @@ impl std::fmt::Debug for Config {
             .field("max_batch_bytes", &self.max_batch_bytes)
             .field("max_batch_lines", &self.max_batch_lines)
             .field("max_broadcast_channels", &self.max_broadcast_channels)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("body_timeout_secs", &self.body_timeout_secs)
             .field("worker_timeout_secs", &self.worker_timeout_secs)
             .field("link_queue", &self.link_queue)
             .field("token_expires_secs", &self.token_expires_secs)

@@ -4,6 +4,7 @@
 //! Thin binary, real library: `main` calls [`main_with_args`], tests and tools call [`run`]
 //! with their own listener, exactly as production does.
 
+pub mod app;
 pub mod broadcast;
 pub mod config;
 pub mod http;
@@ -13,6 +14,7 @@ pub mod metrics;
 pub mod ndjson;
 pub mod net;
 pub mod registry;
+pub mod router;
 pub mod store;
 
 pub use config::Config;
@@ -44,6 +46,7 @@ pub async fn run(
     }
     metrics::init();
     let addr = listener.local_addr().context("listener address")?;
+    let router = Arc::new(router::Router::new());
     let store = AnyStore::Memory(MemoryStore::new(
         Retention {
             max_messages: config.retention_messages,
@@ -51,6 +54,7 @@ pub async fn run(
         },
         config.retention_total_bytes,
         config.max_channels,
+        router.clone(),
     ));
     let gateway_id = format!("gateway@{addr}");
     let specs = if config.local_workers > 0 {
@@ -58,7 +62,13 @@ pub async fn run(
     } else {
         Vec::new()
     };
-    let app = Arc::new(http::App::new(config, store, gateway_id, shutdown.clone()));
+    let app = Arc::new(app::App::new(
+        config,
+        store,
+        router,
+        gateway_id,
+        shutdown.clone(),
+    ));
 
     let sweeper = {
         let app = app.clone();
@@ -67,7 +77,7 @@ pub async fn run(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.store.sweep(tokio::time::Instant::now()).await,
+                    _ = tick.tick() => app.store.sweep(store::now_ms()).await,
                     _ = app.shutdown.cancelled() => break,
                 }
             }
@@ -77,7 +87,7 @@ pub async fn run(
     local::describe(&specs);
     let mut children = local::start(specs, shutdown.clone());
 
-    http::serve(listener, app.clone()).await;
+    http::server::serve(listener, app.clone()).await;
 
     // Shutdown: no new connections; links close on the token; wait for tasks and children.
     app.registry.close_all();

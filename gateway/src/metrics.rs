@@ -61,19 +61,60 @@ pub static BROADCAST_TOTAL: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
-/// Publishes refused, by reason.
+/// Why a publish was refused: the bounded label set of `pushgate_publish_rejected_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    Unauthorized,
+    TooLarge,
+    BadChannel,
+    BadRequest,
+    TooManyChannels,
+    StoreUnavailable,
+    /// The body did not arrive within `--body-timeout-secs`.
+    Timeout,
+}
+
+impl RejectReason {
+    /// Every label, registered at start so each series shows before traffic.
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::Unauthorized,
+        RejectReason::TooLarge,
+        RejectReason::BadChannel,
+        RejectReason::BadRequest,
+        RejectReason::TooManyChannels,
+        RejectReason::StoreUnavailable,
+        RejectReason::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Unauthorized => "unauthorized",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::BadChannel => "bad_channel",
+            RejectReason::BadRequest => "bad_request",
+            RejectReason::TooManyChannels => "too_many_channels",
+            RejectReason::StoreUnavailable => "store_unavailable",
+            RejectReason::Timeout => "timeout",
+        }
+    }
+
+    /// Counts `n` refusals for this reason.
+    pub fn count(self, n: u64) {
+        if n > 0 {
+            PUBLISH_REJECTED
+                .with_label_values(&[self.as_str()])
+                .inc_by(n);
+        }
+    }
+}
+
+/// Publishes refused, by reason (count through [`RejectReason::count`]).
 pub static PUBLISH_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "pushgate_publish_rejected_total",
         "Publishes refused, by reason.",
         "reason",
-        &[
-            "unauthorized",
-            "too_large",
-            "bad_channel",
-            "bad_request",
-            "too_many_channels",
-        ],
+        &RejectReason::ALL.map(RejectReason::as_str),
     )
 });
 

@@ -384,10 +384,11 @@ async fn broadcast_latency_to_many_clients() {
 fn broadcast_store_cost_for_10k_channels() {
     use bytes::Bytes;
     use gateway::link::LinkHandle;
-    use gateway::store::{MemoryStore, Retention, SubRef};
+    use gateway::router::Router;
+    use gateway::store::{Holder, MemoryStore, Retention};
     use std::sync::Arc;
-    use tokio::time::Instant;
 
+    let router = Arc::new(Router::new());
     let s = MemoryStore::new(
         Retention {
             max_messages: 100,
@@ -395,16 +396,19 @@ fn broadcast_store_cost_for_10k_channels() {
         },
         256 << 20,
         10_000_000,
+        router.clone(),
     );
     let (link, mut rx) = LinkHandle::new(Arc::from("w"), 0, 1, 262_144);
+    router.attach(&link);
     let names: Vec<String> = (0..10_000).map(|i| format!("lat.{i}")).collect();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     for (i, n) in refs.iter().enumerate().take(4000) {
-        let sub = SubRef {
-            link: link.clone(),
+        let sub = Holder {
+            worker: link.worker.clone(),
             sub_id: i as u64,
         };
-        s.subscribe_now(n, sub, None, None, Instant::now()).unwrap();
+        s.subscribe_now(n, sub, None, None, gateway::store::now_ms())
+            .unwrap();
     }
     while rx.try_recv().is_ok() {}
     let body = json!({"channels": names, "data": {"cmd": "refresh"}}).to_string();
@@ -415,7 +419,7 @@ fn broadcast_store_cost_for_10k_channels() {
     let data = Bytes::from_static(br#"{"cmd":"refresh"}"#);
     for round in 0..4 {
         let t0 = std::time::Instant::now();
-        let r = s.publish_many_now(&refs, &data, None, Instant::now());
+        let r = s.publish_many_now(&refs, &data, None, gateway::store::now_ms());
         let took = t0.elapsed();
         let mut delivered = 0;
         while rx.try_recv().is_ok() {

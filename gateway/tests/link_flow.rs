@@ -312,3 +312,77 @@ async fn ndjson_batch_delivers_good_lines_and_reports_bad_ones() {
     assert_eq!(r.json()["error"], "unsupported_media_type");
     gw.stop().await;
 }
+
+/// Seqs of a `Backlog` for `sub`, with its gap and `last_seq`.
+fn page_of(frame: Down, sub: u64) -> (Vec<u64>, Option<u64>, u64, u64) {
+    match frame {
+        Down::Backlog {
+            sub_id,
+            epoch,
+            last_seq,
+            gap_first_seq,
+            messages,
+        } => {
+            assert_eq!(sub_id, sub);
+            (
+                messages.iter().map(|m| m.0).collect(),
+                gap_first_seq,
+                last_seq,
+                epoch,
+            )
+        }
+        other => panic!("expected a Backlog for {sub}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_resume_is_paged_and_fetch_answers_the_next_page() {
+    let gw = Gw::start(&[]).await;
+    let mut w = gw.worker("w1", &["127.0.0.2:9000"], 100).await;
+    // Data 1..=5: one byte each.
+    gw.publish_numbered("pg", 5).await;
+    // A page budget of 2 bytes: the two oldest, no gap, last_seq says more exists.
+    w.send(Up::Subscribe {
+        sub_id: 3,
+        since: Some(0),
+        epoch: None,
+        resume: false,
+        max_bytes: 2,
+        channel: "pg".into(),
+    })
+    .await;
+    let (seqs, gap, last, epoch) = page_of(w.recv().await, 3);
+    assert_eq!((seqs, gap, last), (vec![1, 2], None, 5));
+    // The worker asks for the rest as its client drains.
+    let fetch = |sub_id, since, epoch| Up::Fetch {
+        sub_id,
+        since,
+        epoch,
+        max_bytes: 2,
+        channel: "pg".into(),
+    };
+    w.send(fetch(3, 2, Some(epoch))).await;
+    assert_eq!(page_of(w.recv().await, 3).0, [3, 4]);
+    w.send(fetch(3, 4, Some(epoch))).await;
+    assert_eq!(page_of(w.recv().await, 3).0, [5]);
+    // A Fetch from another epoch is told so; one for another sub_id is answered for it.
+    w.send(fetch(9, 4, Some(epoch + 1))).await;
+    let (seqs, gap, _, _) = page_of(w.recv().await, 9);
+    assert_eq!((seqs, gap), (vec![1, 2], Some(1)));
+    // Fetch never touches the directory: sub 3 still holds the channel and gets live ones.
+    let info = gw.get("/v1/channels/pg").await.json();
+    assert_eq!(
+        (info["online"].as_bool(), info["worker"].as_str()),
+        (Some(true), Some("w1"))
+    );
+    assert_eq!(gw.post("/v1/publish/pg", &[], b"6").await.json()["seq"], 6);
+    assert!(matches!(
+        w.recv().await,
+        Down::Deliver {
+            sub_id: 3,
+            seq: 6,
+            ..
+        }
+    ));
+    gw.stop().await;
+}

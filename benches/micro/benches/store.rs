@@ -1,5 +1,5 @@
-//! `gateway::store`: the in-memory store's publish (append, retention, directory lookup and
-//! the enqueue on the subscriber's link) to one channel and spread over 10,000 channels,
+//! `gateway::store`: the in-memory store's publish (append, retention, directory lookup, the
+//! router's lookup of the worker's link and the enqueue on it) to one channel and spread over 10,000 channels,
 //! with and without a subscriber; subscribe with a 100-message backlog; and a bare
 //! `ChannelLog::append`. Settings are the gateway's defaults (100 messages, 600 s,
 //! 256 MiB, 64 shards). Draining the link queue is done outside the timed part.
@@ -7,8 +7,9 @@
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use gateway::link::LinkHandle;
+use gateway::router::Router;
 use gateway::store::memory::Evicted;
-use gateway::store::{ChannelLog, MemoryStore, Retention, SubRef};
+use gateway::store::{ChannelLog, Holder, MemoryStore, Retention};
 use protocol::envelope::payload_to_data;
 use protocol::link::Down;
 use pushgate_benches::{json_payload, MEASUREMENT, SAMPLES, WARM_UP};
@@ -16,7 +17,6 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 const RETENTION: Retention = Retention {
     max_messages: 100,
@@ -27,12 +27,20 @@ const MAX_CHANNELS: usize = 10_000_000;
 /// Timed publishes between two (untimed) drains of the link queue.
 const CHUNK: u64 = 4096;
 
-fn store() -> MemoryStore {
-    MemoryStore::new(RETENTION, TOTAL_BYTES, MAX_CHANNELS)
-}
-
-fn link() -> (Arc<LinkHandle>, mpsc::Receiver<Down>) {
-    LinkHandle::new(Arc::from("worker-0"), 0, 1, 2 * CHUNK as usize)
+/// A store delivering through the gateway's router, with one worker link attached.
+fn store() -> (
+    MemoryStore<Arc<Router>>,
+    Arc<LinkHandle>,
+    mpsc::Receiver<Down>,
+) {
+    let router = Arc::new(Router::new());
+    let (link, rx) = LinkHandle::new(Arc::from("worker-0"), 0, 1, 2 * CHUNK as usize);
+    router.attach(&link);
+    (
+        MemoryStore::new(RETENTION, TOTAL_BYTES, MAX_CHANNELS, router),
+        link,
+        rx,
+    )
 }
 
 fn drain(rx: &mut mpsc::Receiver<Down>) -> usize {
@@ -46,10 +54,10 @@ fn drain(rx: &mut mpsc::Receiver<Down>) -> usize {
 /// Publishes `iters` times round-robin over `channels` (timed in chunks), draining the
 /// link queue between chunks outside the timing.
 fn publish_timed(
-    s: &MemoryStore,
+    s: &MemoryStore<Arc<Router>>,
     channels: &[String],
     data: &Bytes,
-    now: Instant,
+    now: u64,
     rx: &mut Option<mpsc::Receiver<Down>>,
     cursor: &mut usize,
     iters: u64,
@@ -82,17 +90,16 @@ fn publish(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     for n_channels in [1usize, 10_000] {
         for subscribed in [false, true] {
-            let s = store();
-            let now = Instant::now();
+            let (s, l, rx) = store();
+            let now = gateway::store::now_ms();
             let channels: Vec<String> = (0..n_channels)
                 .map(|i| format!("user:{i}.notifications"))
                 .collect();
-            let (l, rx) = link();
             let mut rx = if subscribed {
                 let mut rx = rx;
                 for (i, ch) in channels.iter().enumerate() {
-                    let sub = SubRef {
-                        link: l.clone(),
+                    let sub = Holder {
+                        worker: l.worker.clone(),
                         sub_id: i as u64,
                     };
                     s.subscribe_now(ch, sub, None, None, now).unwrap();
@@ -143,14 +150,13 @@ fn publish(c: &mut Criterion) {
 fn subscribe(c: &mut Criterion) {
     let data = payload_to_data(json_payload(64));
     let mut g = c.benchmark_group("store/subscribe");
-    let s = store();
-    let now = Instant::now();
+    let (s, l, mut rx) = store();
+    let now = gateway::store::now_ms();
     for _ in 0..RETENTION.max_messages {
         s.publish_now("room", data.clone(), None, now).unwrap();
     }
-    let (l, mut rx) = link();
-    let sub = SubRef {
-        link: l.clone(),
+    let sub = Holder {
+        worker: l.worker.clone(),
         sub_id: 1,
     };
     // since=0: the whole retained log (100 messages) in one Backlog; since=last: none.
@@ -183,7 +189,7 @@ fn channel_log(c: &mut Criterion) {
     let mut g = c.benchmark_group("store/channel_log");
     g.throughput(Throughput::Elements(1));
     let mut log = ChannelLog::new(1);
-    let now = Instant::now();
+    let now = gateway::store::now_ms();
     let mut evicted = Evicted::default();
     g.bench_function("append_at_retention", |b| {
         b.iter(|| {

@@ -1,0 +1,56 @@
+//! The gateway's shared state: configuration, store, worker registry, the router the store
+//! delivers through, the CORS settings of the endpoint groups, and the shutdown wiring
+//! every task watches.
+
+use crate::config::Config;
+use crate::http::cors::Cors;
+use crate::registry::Registry;
+use crate::router::Router;
+use crate::store::AnyStore;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Shared state of the gateway: configuration, store, registry, shutdown wiring.
+pub struct App {
+    pub config: Config,
+    pub store: AnyStore<Arc<Router>>,
+    pub registry: Registry,
+    /// The worker links deliveries go out on (the store holds the same router).
+    pub router: Arc<Router>,
+    /// Sent to workers in `Welcome`.
+    pub gateway_id: String,
+    pub shutdown: CancellationToken,
+    /// Connection and link tasks, awaited (with a deadline) at shutdown.
+    pub tracker: TaskTracker,
+    /// CORS of `/v1/assign`.
+    pub subscribe_cors: Cors,
+    /// CORS of the publish endpoints, when configured.
+    pub publish_cors: Option<Cors>,
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: AnyStore<Arc<Router>>,
+        router: Arc<Router>,
+        gateway_id: String,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let registry = Registry::new(config.worker_timeout());
+        let subscribe_cors = Cors::new(&config.allow_origins, "GET, OPTIONS");
+        let publish_cors = (!config.publish_allow_origins.is_empty())
+            .then(|| Cors::new(&config.publish_allow_origins, "POST, OPTIONS"));
+        App {
+            config,
+            store,
+            registry,
+            router,
+            gateway_id,
+            shutdown,
+            tracker: TaskTracker::new(),
+            subscribe_cors,
+            publish_cors,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Publishing: `POST /v1/publish/{channel}` (one message), `POST /v1/publish` (an NDJSON
+//! batch) and `POST /v1/broadcast` (one message on many channels). Parsing lives in
+//! [`crate::ndjson`] and [`crate::broadcast`]; this file checks, appends and answers. A
+//! refusal is a [`Rejection`], counted in `pushgate_publish_rejected_total` here, once.
+
+use super::auth::check_publisher;
+use super::body::read_body;
+use super::rejection::{store_reason, Rejection};
+use super::reply::{json_resp, Resp};
+use crate::app::App;
+use crate::broadcast;
+use crate::metrics::{self, RejectReason};
+use crate::ndjson;
+use crate::store::{now_ms, Published, Store, StoreError};
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Request, StatusCode};
+use serde_json::json;
+use std::fmt::Write as _;
+
+/// Channels of one broadcast handed to the store at a time.
+const BROADCAST_CHUNK: usize = 4096;
+
+/// `POST /v1/publish/{channel}`.
+pub async fn publish(app: &App, channel: &str, req: Request<Incoming>) -> Resp {
+    publish_one(app, channel, req)
+        .await
+        .unwrap_or_else(|r| r.counted())
+}
+
+async fn publish_one(app: &App, channel: &str, req: Request<Incoming>) -> Result<Resp, Rejection> {
+    check_publisher(app, req.headers())?;
+    protocol::validate_channel(channel).map_err(Rejection::BadChannel)?;
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str().ok().map(str::trim) {
+            Some(k) if ndjson::check_key(k).is_ok() => Some(k.to_owned()),
+            _ => return Err(Rejection::BadIdempotencyKey),
+        },
+    };
+    let body = read_body(
+        req,
+        app.config.max_message_bytes,
+        "the message",
+        app.config.body_timeout(),
+    )
+    .await?;
+    let data = protocol::envelope::payload_to_data(body);
+    let p = app
+        .store
+        .publish(channel, data, key.as_deref(), now_ms())
+        .await
+        .map_err(Rejection::Store)?;
+    if !p.duplicate {
+        metrics::PUBLISH_TOTAL.inc();
+    }
+    let mut out = String::with_capacity(24);
+    let _ = write!(out, "{{\"seq\":{}}}", p.seq);
+    Ok(json_resp(StatusCode::ACCEPTED, out))
+}
+
+/// `POST /v1/publish` with an NDJSON body.
+pub async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
+    batch(app, req).await.unwrap_or_else(|r| r.counted())
+}
+
+async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
+    check_publisher(app, req.headers())?;
+    let is_ndjson = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"));
+    if !is_ndjson {
+        return Err(Rejection::NotNdjson);
+    }
+    let body = read_body(
+        req,
+        app.config.max_batch_bytes,
+        "the batch",
+        app.config.body_timeout(),
+    )
+    .await?;
+    let (lines, mut rejected) = ndjson::parse_batch(
+        &body,
+        app.config.max_batch_lines,
+        app.config.max_message_bytes,
+    )
+    .map_err(Rejection::TooManyLines)?;
+    drop(body);
+    RejectReason::BadRequest.count(rejected.len() as u64);
+    let now = now_ms();
+    let mut results = Vec::with_capacity(lines.len());
+    for line in &lines {
+        let r = app
+            .store
+            .publish(&line.channel, line.data.clone(), line.key.as_deref(), now)
+            .await;
+        results.push(r);
+    }
+    let accepted = tally(&results, |i, code| {
+        rejected.push(ndjson::Rejected {
+            line: lines[i].line,
+            error: code.to_owned(),
+        })
+    });
+    rejected.sort_by_key(|r| r.line);
+    let rejected: Vec<_> = rejected
+        .iter()
+        .map(|r| json!({"line": r.line, "error": r.error}))
+        .collect();
+    Ok(json_resp(
+        StatusCode::OK,
+        json!({"accepted": accepted, "rejected": rejected}).to_string(),
+    ))
+}
+
+/// Counts the accepted appends of a batch (NDJSON or broadcast), meters new publishes and
+/// refusals, and hands each refusal (its index, its code) to `reject`.
+fn tally(
+    results: &[Result<Published, StoreError>],
+    mut reject: impl FnMut(usize, &'static str),
+) -> u64 {
+    let mut accepted = 0;
+    let mut published = 0;
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            Ok(p) => {
+                accepted += 1;
+                published += u64::from(!p.duplicate);
+            }
+            Err(e) => {
+                store_reason(e).count(1);
+                reject(i, e.code());
+            }
+        }
+    }
+    metrics::PUBLISH_TOTAL.inc_by(published);
+    accepted
+}
+
+/// `POST /v1/broadcast`: the same message on every listed channel, each a normal append
+/// with its own seq. The data is rendered once and the same `Bytes` goes to every channel;
+/// the store takes each shard lock once for all the channels it holds.
+pub async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
+    broadcast_all(app, req)
+        .await
+        .unwrap_or_else(|r| r.counted())
+}
+
+async fn broadcast_all(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
+    check_publisher(app, req.headers())?;
+    let body = read_body(
+        req,
+        app.config.max_batch_bytes,
+        "the broadcast",
+        app.config.body_timeout(),
+    )
+    .await?;
+    let parsed = broadcast::parse(
+        &body,
+        app.config.max_broadcast_channels,
+        app.config.max_message_bytes,
+    )
+    .map_err(Rejection::Broadcast)?;
+    let (channels, mut rejected) = broadcast::split_channels(&parsed.channels);
+    RejectReason::BadChannel.count(rejected.len() as u64);
+    // In chunks, yielding in between: a 100,000-channel broadcast does not hold a runtime
+    // thread for its whole length, and link writers start on the first chunk's deliveries.
+    let now = now_ms();
+    let mut results = Vec::with_capacity(channels.len());
+    for (i, chunk) in channels.chunks(BROADCAST_CHUNK).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        results.extend(
+            app.store
+                .publish_many(chunk, parsed.data.clone(), parsed.key.as_deref(), now)
+                .await,
+        );
+    }
+    let accepted = tally(&results, |i, code| {
+        rejected.push(broadcast::Rejected {
+            channel: channels[i].to_owned(),
+            error: code.to_owned(),
+        })
+    });
+    metrics::BROADCAST_TOTAL.inc();
+    let rejected: Vec<_> = rejected
+        .iter()
+        .map(|r| json!({"channel": r.channel, "error": r.error}))
+        .collect();
+    Ok(json_resp(
+        StatusCode::OK,
+        json!({"accepted": accepted, "rejected": rejected}).to_string(),
+    ))
+}

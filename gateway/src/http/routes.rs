@@ -1,0 +1,119 @@
+//! Routing: which handler answers a request (by path and method), preflights, `405` with
+//! `Allow`, and the CORS headers of the endpoint groups that have them.
+
+use super::rejection::Rejection;
+use super::reply::{empty, Resp};
+use super::{assign, publish, upgrade, views};
+use crate::app::App;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use protocol::query::percent_decode;
+use std::sync::Arc;
+
+/// A channel name from a path segment; one that does not decode is empty (refused as a bad
+/// channel name by the handler).
+fn decode_segment(s: &str) -> String {
+    percent_decode(s, false)
+        .map(|c| c.into_owned())
+        .unwrap_or_default()
+}
+
+enum Route {
+    Dashboard,
+    Healthz,
+    Metrics,
+    Assign,
+    PublishBatch,
+    Broadcast,
+    Publish(String),
+    Channel(String),
+    Workers,
+    Link,
+    NotFound,
+}
+
+impl Route {
+    fn parse(path: &str) -> Route {
+        match path {
+            "/" | "/index.html" => Route::Dashboard,
+            "/healthz" => Route::Healthz,
+            "/metrics" => Route::Metrics,
+            "/v1/assign" => Route::Assign,
+            "/v1/publish" => Route::PublishBatch,
+            "/v1/broadcast" => Route::Broadcast,
+            "/v1/workers" => Route::Workers,
+            protocol::link::LINK_PATH => Route::Link,
+            _ => {
+                if let Some(c) = path.strip_prefix("/v1/publish/") {
+                    Route::Publish(decode_segment(c))
+                } else if let Some(c) = path.strip_prefix("/v1/channels/") {
+                    Route::Channel(decode_segment(c))
+                } else {
+                    Route::NotFound
+                }
+            }
+        }
+    }
+
+    fn allowed(&self) -> &'static str {
+        match self {
+            Route::Assign => "GET, OPTIONS",
+            Route::Publish(_) | Route::PublishBatch | Route::Broadcast => "POST, OPTIONS",
+            _ => "GET",
+        }
+    }
+}
+
+/// Answers one request.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
+    let route = Route::parse(req.uri().path());
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let cors = match route {
+        Route::Assign => Some(&app.subscribe_cors),
+        Route::Publish(_) | Route::PublishBatch | Route::Broadcast => app.publish_cors.as_ref(),
+        _ => None,
+    };
+    let method = req.method().clone();
+    let mut resp = if method == Method::OPTIONS
+        && matches!(
+            route,
+            Route::Assign | Route::Publish(_) | Route::PublishBatch | Route::Broadcast
+        ) {
+        match cors {
+            Some(c) => c.preflight(
+                origin.as_ref(),
+                req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS),
+            ),
+            None => {
+                let mut r = empty(StatusCode::NO_CONTENT);
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(route.allowed()));
+                r
+            }
+        }
+    } else {
+        match (&route, &method) {
+            (Route::NotFound, _) => Rejection::NotFound.response(),
+            (Route::Dashboard, &Method::GET) => views::dashboard(),
+            (Route::Healthz, &Method::GET) => views::healthz(),
+            (Route::Metrics, &Method::GET) => views::metrics_resp(&app).await,
+            (Route::Assign, &Method::GET) => assign::assign(&app, req.uri().query().unwrap_or("")),
+            (Route::Publish(channel), &Method::POST) => publish::publish(&app, channel, req).await,
+            (Route::PublishBatch, &Method::POST) => publish::publish_batch(&app, req).await,
+            (Route::Broadcast, &Method::POST) => publish::broadcast(&app, req).await,
+            (Route::Channel(channel), &Method::GET) => views::channel_info(&app, channel).await,
+            (Route::Workers, &Method::GET) => views::workers(&app),
+            (Route::Link, &Method::GET) => upgrade::upgrade_link(&app, req),
+            _ => Rejection::MethodNotAllowed {
+                method,
+                allowed: route.allowed(),
+            }
+            .response(),
+        }
+    };
+    if let Some(c) = cors {
+        c.apply(origin.as_ref(), resp.headers_mut());
+    }
+    resp
+}

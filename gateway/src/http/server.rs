@@ -1,0 +1,74 @@
+//! The accept loop and the HTTP/1.1 settings of every connection (upgrades included).
+
+use super::guard_io::GuardIo;
+use super::routes::handle;
+use crate::app::App;
+use crate::net;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+/// How long a client may take to send request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long open connections get to finish at shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections until `app.shutdown`, one task per connection (tracked).
+pub async fn serve(listener: TcpListener, app: Arc<App>) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = app.shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                net::tune_accepted(&stream);
+                app.tracker.spawn(serve_connection(app.clone(), stream));
+            }
+            Err(e) if net::is_fd_exhaustion(&e) => {
+                warn!(error = %e, "accept failed: out of file descriptors; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => debug!(error = %e, "accept failed"),
+        }
+    }
+}
+
+/// Serves one HTTP/1.1 connection (upgrades included) until it ends or shutdown drains it.
+async fn serve_connection(app: Arc<App>, stream: TcpStream) {
+    let shutdown = app.shutdown.clone();
+    let max_header_bytes = app.config.max_header_bytes;
+    let svc = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(handle(app, req).await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // The guard below refuses longer heads first; this stays as a backstop.
+        .max_header_size(max_header_bytes)
+        // No read while a request is in flight (hyper's early-EOF probe): the next head is
+        // read, and a bad one refused by the guard, only once this answer is out.
+        .half_close(true);
+    let io = GuardIo::new(stream, max_header_bytes);
+    let conn = builder
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                debug!(error = %e, "http connection ended with an error");
+            }
+        }
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn).await;
+        }
+    }
+}

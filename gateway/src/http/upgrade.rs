@@ -1,0 +1,69 @@
+//! The worker link upgrade: `GET /v1/link` with `Upgrade: pushgate-link/2` answers 101 and
+//! hands the connection to [`crate::link::serve::serve_link`].
+
+use super::auth::{bearer, constant_time_eq};
+use super::guard_io::GuardIo;
+use super::rejection::Rejection;
+use super::reply::{empty, Resp};
+use crate::app::App;
+use crate::link;
+use bytes::BytesMut;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+/// `GET /v1/link` with `Upgrade: pushgate-link/2`: answers 101 and hands the connection to
+/// [`link::serve::serve_link`].
+pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
+    let wants = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(protocol::link::wants_link_upgrade);
+    if !wants {
+        return Rejection::UpgradeRequired.response();
+    }
+    if let Some(key) = &app.config.link_key {
+        let given = bearer(req.headers()).unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            return Rejection::LinkKey.response();
+        }
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let app2 = app.clone();
+    app.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                debug!(error = %e, "worker link upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<GuardIo<TcpStream>>>() {
+            Ok(parts) => {
+                // What hyper read past the request, then what the guard had read past it.
+                let (stream, rest) = parts.io.into_inner().into_parts();
+                let mut read_buf = BytesMut::from(&parts.read_buf[..]);
+                read_buf.extend_from_slice(&rest);
+                let (r, w) = stream.into_split();
+                link::serve::serve_link(app2, r, w, read_buf).await;
+            }
+            Err(upgraded) => {
+                let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+                link::serve::serve_link(app2, r, w, BytesMut::new()).await;
+            }
+        }
+    });
+    let mut r = empty(StatusCode::SWITCHING_PROTOCOLS);
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    r.headers_mut().insert(
+        header::UPGRADE,
+        HeaderValue::from_static(protocol::link::LINK_UPGRADE),
+    );
+    r
+}

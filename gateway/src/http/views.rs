@@ -1,0 +1,89 @@
+//! The read-only views: the dashboard page, `/healthz`, `/metrics`,
+//! `GET /v1/channels/{channel}` and `GET /v1/workers`.
+
+use super::rejection::Rejection;
+use super::reply::{json_resp, Resp};
+use crate::app::App;
+use crate::metrics;
+use crate::store::{now_ms, Store};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{self, HeaderValue};
+use hyper::{Response, StatusCode};
+use serde_json::json;
+use tokio::time::Instant;
+
+static DASHBOARD: &str = include_str!("dashboard.html");
+
+/// `GET /`: the self-contained dashboard page.
+pub fn dashboard() -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+/// `GET /healthz`.
+pub fn healthz() -> Resp {
+    json_resp(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+pub async fn channel_info(app: &App, channel: &str) -> Resp {
+    if let Err(e) = protocol::validate_channel(channel) {
+        return Rejection::BadChannel(e).response();
+    }
+    let info = app.store.channel_info(channel, now_ms()).await;
+    json_resp(
+        StatusCode::OK,
+        json!({
+            "online": info.online,
+            "worker": info.worker.as_deref(),
+            "last_seq": info.last_seq,
+            "buffered": info.buffered,
+        })
+        .to_string(),
+    )
+}
+
+pub fn workers(app: &App) -> Resp {
+    let list: Vec<_> = app
+        .registry
+        .list(Instant::now())
+        .into_iter()
+        .map(|w| {
+            json!({
+                "id": &*w.id,
+                "addresses": w.addrs,
+                "connections": w.connections,
+                "capacity": w.capacity,
+                "state": w.state.as_str(),
+            })
+        })
+        .collect();
+    json_resp(StatusCode::OK, json!({ "workers": list }).to_string())
+}
+
+pub async fn metrics_resp(app: &App) -> Resp {
+    let stats = app.store.stats().await;
+    metrics::STORE_BYTES.set(stats.bytes as i64);
+    metrics::STORE_CHANNELS.set(stats.channels as i64);
+    let [healthy, stale, disconnected, starting] = app.registry.counts(Instant::now());
+    for (state, n) in [
+        ("starting", starting),
+        ("healthy", healthy),
+        ("stale", stale),
+        ("disconnected", disconnected),
+    ] {
+        metrics::WORKERS.with_label_values(&[state]).set(n as i64);
+    }
+    let mut r = Response::new(Full::new(Bytes::from(metrics::render())));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}

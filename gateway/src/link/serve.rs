@@ -1,0 +1,256 @@
+//! One upgraded worker link, run to its end. The worker says `Hello`, the gateway
+//! registers it and answers `Welcome`; then `Load` heartbeats, `Subscribe`, `Fetch` and
+//! `Unsubscribe` come up, `Backlog`, `Deliver` and `Kick` go down.
+//!
+//! Outbound frames go through the link's bounded queue ([`LinkHandle`]); one writer drains
+//! it in batches (`recv_many`) into one reused buffer, one `write_all` per batch.
+
+use super::handle::LinkHandle;
+use crate::app::App;
+use crate::metrics;
+use crate::store::{now_ms, Holder, Start, Store};
+use bytes::BytesMut;
+use protocol::link::{split_frame, Down, KickReason, Up};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+/// How long a new link may take to say `Hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most frames drained into one write.
+const BATCH_FRAMES: usize = 4096;
+/// Write buffer kept between batches; a larger one (a big backlog) is released after use.
+const KEEP_BUFFER: usize = 1024 * 1024;
+
+/// Why a link ended (for the log line).
+#[derive(Debug, thiserror::Error)]
+enum LinkEnd {
+    #[error("worker closed the link")]
+    Eof,
+    #[error("link closed by the gateway")]
+    Closed,
+    #[error("gateway shutting down")]
+    Shutdown,
+    #[error("no Hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("first frame was not Hello")]
+    NoHello,
+    #[error("bad frame: {0}")]
+    Frame(#[from] protocol::link::LinkError),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs one upgraded link connection to its end. `read_buf` holds bytes the HTTP layer
+/// had already read past the upgrade request.
+pub async fn serve_link<R, W>(app: Arc<App>, mut reader: R, writer: W, read_buf: BytesMut)
+where
+    R: AsyncRead + Unpin + Send,
+    W: AsyncWrite + Unpin + Send,
+{
+    let mut buf = read_buf;
+    let hello = tokio::select! {
+        r = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader, &mut buf)) => match r {
+            Err(_) => Err(LinkEnd::HelloTimeout(HELLO_TIMEOUT)),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(frame)) => match Up::decode(frame) {
+                Ok(Up::Hello(h)) => Ok(h),
+                Ok(_) => Err(LinkEnd::NoHello),
+                Err(e) => Err(e.into()),
+            },
+        },
+        _ = app.shutdown.cancelled() => Err(LinkEnd::Shutdown),
+    };
+    let hello = match hello {
+        Ok(h) => h,
+        Err(e) => {
+            debug!(error = %e, "worker link refused before Hello");
+            return;
+        }
+    };
+    let queue = app.config.link_queue;
+    let mut rx_slot = None;
+    let link = app
+        .registry
+        .register(&hello, Instant::now(), |slot, generation, id| {
+            let (link, rx) = LinkHandle::new(id, slot, generation, queue);
+            rx_slot = Some(rx);
+            link
+        });
+    let rx = rx_slot.expect("register calls make_link");
+    app.router.attach(&link);
+    link.send(Down::Welcome {
+        gateway_id: app.gateway_id.clone(),
+    });
+    metrics::LINKS_OPEN.inc();
+    info!(
+        worker = %hello.id,
+        generation = link.generation,
+        addrs = ?hello.addrs,
+        capacity = hello.capacity,
+        "worker link up"
+    );
+
+    let end = tokio::select! {
+        r = read_loop(&app, &link, &mut reader, &mut buf) => r,
+        r = write_loop(&link, rx, writer) => r,
+        _ = link.closed() => LinkEnd::Closed,
+        _ = app.shutdown.cancelled() => LinkEnd::Shutdown,
+    };
+    app.router.detach(&link);
+    app.registry.disconnect(&link);
+    metrics::LINKS_OPEN.dec();
+    info!(worker = %hello.id, generation = link.generation, reason = %end, "worker link down");
+}
+
+/// Reads one frame body, buffering as needed.
+async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, LinkEnd> {
+    loop {
+        if let Some(frame) = split_frame(buf)? {
+            return Ok(frame);
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        if reader.read_buf(buf).await? == 0 {
+            return Err(LinkEnd::Eof);
+        }
+    }
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    app: &App,
+    link: &Arc<LinkHandle>,
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> LinkEnd {
+    // Room kept free for deliveries while backlogs are queued.
+    let room = app.config.link_queue / 4;
+    loop {
+        let frame = match read_frame(reader, buf).await {
+            Ok(f) => f,
+            Err(e) => return e,
+        };
+        let up = match Up::decode(frame) {
+            Ok(u) => u,
+            Err(e) => return e.into(),
+        };
+        let now = now_ms();
+        match up {
+            Up::Load { connections } => {
+                app.registry.heartbeat(link, connections, Instant::now());
+            }
+            Up::Subscribe {
+                sub_id,
+                since,
+                epoch,
+                resume,
+                max_bytes,
+                channel,
+            } => {
+                if protocol::validate_channel(&channel).is_err() {
+                    debug!(worker = %link.worker_id, "subscribe for an invalid channel name");
+                    link.send(Down::Kick {
+                        sub_id,
+                        reason: KickReason::Refused,
+                    });
+                    continue;
+                }
+                link.room(room).await;
+                let holder = Holder {
+                    worker: link.worker.clone(),
+                    sub_id,
+                };
+                let start = Start {
+                    since,
+                    epoch,
+                    max_bytes,
+                    resume,
+                };
+                if let Err(e) = app.store.subscribe(&channel, holder, start, now).await {
+                    debug!(worker = %link.worker_id, error = %e, "subscribe refused");
+                    link.send(Down::Kick {
+                        sub_id,
+                        reason: KickReason::Refused,
+                    });
+                }
+            }
+            Up::Fetch {
+                sub_id,
+                since,
+                epoch,
+                max_bytes,
+                channel,
+            } => {
+                if protocol::validate_channel(&channel).is_err() {
+                    continue;
+                }
+                link.room(room).await;
+                match app
+                    .store
+                    .fetch(&channel, since, epoch, max_bytes, now)
+                    .await
+                {
+                    // The page goes to the asking subscription on this link; the directory
+                    // is not consulted.
+                    Ok(page) => {
+                        link.send_backlog(sub_id, page);
+                    }
+                    Err(e) => debug!(worker = %link.worker_id, error = %e, "fetch refused"),
+                }
+            }
+            Up::Unsubscribe { sub_id, channel } => {
+                let holder = Holder {
+                    worker: link.worker.clone(),
+                    sub_id,
+                };
+                app.store.unsubscribe(&channel, &holder, now).await;
+            }
+            Up::Hello(_) => {
+                debug!(worker = %link.worker_id, "repeated Hello on a link; ignored");
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    link: &LinkHandle,
+    mut rx: mpsc::Receiver<Down>,
+    mut writer: W,
+) -> LinkEnd {
+    let mut frames: Vec<Down> = Vec::with_capacity(BATCH_FRAMES);
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let n = rx.recv_many(&mut frames, BATCH_FRAMES).await;
+        if n == 0 || !link.is_alive() {
+            return LinkEnd::Closed;
+        }
+        link.notify_drained();
+        for frame in frames.drain(..) {
+            frame.encode(&mut out);
+            // Backlogs can be large: write as the buffer fills rather than holding a whole
+            // batch of them in memory at once.
+            if out.len() >= KEEP_BUFFER {
+                if let Err(e) = writer.write_all(&out).await {
+                    return e.into();
+                }
+                out.clear();
+            }
+        }
+        if let Err(e) = writer.write_all(&out).await {
+            return e.into();
+        }
+        metrics::LINK_FRAMES_SENT.inc_by(n as u64);
+        metrics::LINK_BATCHES_SENT.inc();
+        out.clear();
+        if out.capacity() > KEEP_BUFFER {
+            out.shrink_to(64 * 1024);
+        }
+    }
+}
