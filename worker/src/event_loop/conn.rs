@@ -1,0 +1,321 @@
+//! The connection record (`Conn`, `Extra`) and its write/flush/close path.
+
+use super::{send_up, EventLoop, LINGER_SECS};
+use crate::metrics::{metrics, CloseReason, Transport};
+use crate::shared::sub_id;
+use crate::ws;
+use mio::net::TcpStream;
+use protocol::link::Up;
+use std::io::{self, Write};
+use std::sync::atomic::Ordering;
+
+// Conn flags.
+/// A `Subscribe` was sent for the current generation: an `Unsubscribe` is owed.
+pub(super) const SUBSCRIBED: u8 = 1;
+/// Its `Backlog` arrived.
+pub(super) const LIVE: u8 = 2;
+/// `pos` is meaningful: every message with `seq <= pos` was sent (or asked to be skipped).
+pub(super) const HAS_POS: u8 = 4;
+/// `epoch` is meaningful.
+pub(super) const HAS_EPOCH: u8 = 8;
+/// Long-poll connection stays open after the answer.
+pub(super) const KEEP_ALIVE: u8 = 16;
+/// Final bytes queued; read and discard until EOF or the linger deadline.
+pub(super) const CLOSING: u8 = 32;
+/// Must re-send `Subscribe` (the link came back).
+pub(super) const RESUB: u8 = 64;
+/// Our write side is shut down.
+pub(super) const WRITE_SHUT: u8 = 128;
+
+/// Buffers a connection owns only while it needs them.
+#[derive(Debug, Default)]
+pub(super) struct Extra {
+    /// Bytes of an incomplete request head or WebSocket frame header/control frame.
+    pub(super) read: Vec<u8>,
+    /// Output the socket did not take yet, from `written` on.
+    pub(super) write: Vec<u8>,
+    /// u32 (with `exempt_end`) keeps `Extra` at 64 bytes. The buffer is compacted before
+    /// every append, so it never holds more than `--max-pending-bytes` (≤ 1 GiB) of live
+    /// output plus one resume backlog (≤ the link's backlog cap): both fit.
+    pub(super) written: u32,
+    /// `write[..exempt_end]` is (or ends with) a resume backlog: those bytes do not count
+    /// against `--max-pending-bytes`, which bounds live output; the gateway's retention
+    /// bounds a backlog already.
+    pub(super) exempt_end: u32,
+    /// Unread payload bytes of an ignored client data frame.
+    pub(super) ws_skip: u64,
+}
+
+impl Extra {
+    pub(super) fn is_empty(&self) -> bool {
+        self.read.is_empty() && self.write.is_empty() && self.ws_skip == 0
+    }
+
+    pub(super) fn pending(&self) -> usize {
+        self.write.len() - self.written as usize
+    }
+
+    /// Drops the bytes already written, so a client that keeps up but never drains fully
+    /// does not make the buffer grow with everything ever sent to it.
+    pub(super) fn compact(&mut self) {
+        if self.written > 0 {
+            self.write.drain(..self.written as usize);
+            self.exempt_end = self.exempt_end.saturating_sub(self.written);
+            self.written = 0;
+        }
+    }
+
+    /// Pending bytes that count against `--max-pending-bytes` (after [`Self::compact`]).
+    pub(super) fn counted(&self) -> usize {
+        self.write.len() - (self.exempt_end as usize).min(self.write.len())
+    }
+}
+
+/// One client connection: the only per-connection memory while it is idle.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(super) stream: TcpStream,
+    /// Changes on accept, on every (re)subscription and when closing starts; part of `sub_id`.
+    pub(super) gen: u32,
+    /// Seconds since worker start of the last bytes received.
+    pub(super) last_active: u32,
+    pub(super) transport: Transport,
+    pub(super) flags: u8,
+    /// 0: no CORS header; else 1 + index into `--allow-origin`.
+    pub(super) cors: u16,
+    /// Last seq sent (or the client's `since`), see `HAS_POS`.
+    pub(super) pos: u64,
+    /// Epoch of the last Backlog (or the client's `epoch`), see `HAS_EPOCH`.
+    pub(super) epoch: u64,
+    pub(super) channel: Option<Box<str>>,
+    pub(super) extra: Option<Box<Extra>>,
+}
+
+impl Conn {
+    pub(super) fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+
+    pub(super) fn pending(&self) -> usize {
+        self.extra.as_ref().map_or(0, |e| e.pending())
+    }
+
+    pub(super) fn extra(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    pub(super) fn trim_extra(&mut self) {
+        if self.extra.as_ref().is_some_and(|e| e.is_empty()) {
+            self.extra = None;
+        }
+    }
+}
+
+/// Why a write could not be completed.
+pub(super) enum WriteErr {
+    Slow,
+    Io,
+}
+
+/// Writes `data` (after any pending bytes), keeping what the socket refuses. Live output
+/// pending is bounded by `max_pending`; `exempt` output (a resume backlog) is not counted.
+/// On `Slow` the pending bytes still end at a message boundary, so a close frame can follow.
+pub(super) fn write_conn(
+    conn: &mut Conn,
+    data: &[u8],
+    max_pending: usize,
+    exempt: bool,
+) -> Result<(), WriteErr> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    if conn.pending() > 0 {
+        // The client may have caught up since the last writable event.
+        flush_conn(conn)?;
+    }
+    if conn.pending() > 0 {
+        let ex = conn.extra();
+        ex.compact();
+        if !exempt && ex.counted() + data.len() > max_pending {
+            return Err(WriteErr::Slow);
+        }
+        ex.write.extend_from_slice(data);
+        if exempt {
+            ex.exempt_end = ex.write.len() as u32;
+        }
+        return Ok(());
+    }
+    let mut off = 0;
+    while off < data.len() {
+        match conn.stream.write(&data[off..]) {
+            Ok(0) => return Err(WriteErr::Io),
+            Ok(n) => off += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(WriteErr::Io),
+        }
+    }
+    if off < data.len() {
+        // Keep the rest even when over the bound: the socket has part of a message, and
+        // the stream must stay whole for the close frame that follows a `Slow`.
+        let rest = &data[off..];
+        metrics().write_buffered.inc();
+        let ex = conn.extra();
+        ex.write.clear();
+        ex.written = 0;
+        ex.write.extend_from_slice(rest);
+        ex.exempt_end = if exempt { rest.len() as u32 } else { 0 };
+        if !exempt && rest.len() > max_pending {
+            return Err(WriteErr::Slow);
+        }
+    }
+    Ok(())
+}
+
+/// Writes pending bytes; frees the buffer once drained.
+pub(super) fn flush_conn(conn: &mut Conn) -> Result<(), WriteErr> {
+    let Some(ex) = conn.extra.as_mut() else {
+        return Ok(());
+    };
+    while (ex.written as usize) < ex.write.len() {
+        match conn.stream.write(&ex.write[ex.written as usize..]) {
+            Ok(0) => return Err(WriteErr::Io),
+            Ok(n) => ex.written += n as u32,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return Err(WriteErr::Io),
+        }
+    }
+    ex.write = Vec::new();
+    ex.written = 0;
+    ex.exempt_end = 0;
+    conn.trim_extra();
+    Ok(())
+}
+
+impl EventLoop {
+    // ---- closing ----
+
+    /// Counts the close, settles the link and the gauges; idempotent.
+    pub(super) fn account_close(&mut self, key: usize, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.has(CLOSING) {
+            return;
+        }
+        conn.flags |= CLOSING;
+        metrics().closed(reason).inc();
+        metrics().open(conn.transport).dec();
+        if reason == CloseReason::SlowClient {
+            metrics().slow_client_closes.inc();
+        }
+        tracing::debug!(
+            thread = self.index,
+            key,
+            transport = conn.transport.as_str(),
+            reason = reason.as_str(),
+            "connection closing"
+        );
+        if conn.has(SUBSCRIBED) {
+            conn.flags &= !(SUBSCRIBED | RESUB);
+            let sub = sub_id(self.index, key, conn.gen);
+            if let Some(ch) = conn.channel.take() {
+                send_up(
+                    &self.shared,
+                    Up::Unsubscribe {
+                        sub_id: sub,
+                        channel: ch.into(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Drops the connection now.
+    pub(super) fn close_now(&mut self, key: usize, reason: CloseReason) {
+        self.busy();
+        self.account_close(key, reason);
+        if self.conns.try_remove(key).is_some() {
+            self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Lets queued bytes go out, shuts our side and waits (bounded) for the client's EOF.
+    pub(super) fn close_after_flush(&mut self, key: usize, reason: CloseReason) {
+        self.account_close(key, reason);
+        let gen = self.gen();
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.gen = gen;
+        if let Some(ex) = conn.extra.as_mut() {
+            ex.read = Vec::new();
+            ex.ws_skip = 0;
+        }
+        conn.trim_extra();
+        if conn.pending() == 0 && !conn.has(WRITE_SHUT) {
+            conn.flags |= WRITE_SHUT;
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        }
+        self.add_deadline(self.now + LINGER_SECS, key, gen);
+    }
+
+    /// Writes `self.out` to the connection; closes it when the client is too slow or gone.
+    /// Returns whether the connection is still usable.
+    pub(super) fn send_out(&mut self, key: usize) -> bool {
+        self.send_out_as(key, false)
+    }
+
+    /// [`Self::send_out`]; `exempt` output (a resume backlog) does not count against
+    /// `--max-pending-bytes`.
+    pub(super) fn send_out_as(&mut self, key: usize, exempt: bool) -> bool {
+        let max = self.shared.config.max_pending_bytes;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let res = write_conn(conn, &self.out, max, exempt);
+        if self.out.capacity() > 1 << 20 {
+            self.out = Vec::with_capacity(4096);
+        } else {
+            self.out.clear();
+        }
+        match res {
+            Ok(()) => true,
+            Err(WriteErr::Slow) => {
+                if conn.transport == Transport::Ws {
+                    // After what is pending (which ends at a frame boundary), within the
+                    // close linger.
+                    ws::write_close(
+                        &mut conn.extra().write,
+                        ws::close::TOO_SLOW,
+                        "client too slow",
+                    );
+                    self.close_after_flush(key, CloseReason::SlowClient);
+                } else {
+                    self.close_now(key, CloseReason::SlowClient);
+                }
+                false
+            }
+            Err(WriteErr::Io) => {
+                self.close_now(key, CloseReason::IoError);
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conn_stays_small() {
+        // mio's TcpStream carries a selector id in debug builds (16 bytes instead of 4), so
+        // Conn is 72 bytes there; the release layout (what the budget counts) is 56.
+        let bound = if cfg!(debug_assertions) { 72 } else { 56 };
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= bound, "Conn is {size} bytes");
+        assert!(std::mem::size_of::<Extra>() <= 64);
+    }
+}

@@ -1,0 +1,213 @@
+//! Socket events: writable (flush), readable (requests, WebSocket frames, discard).
+
+use super::conn::{flush_conn, CLOSING, WRITE_SHUT};
+use super::EventLoop;
+use crate::http1::{self, HeadError};
+use crate::metrics::{CloseReason, Transport};
+use crate::ws;
+use std::io::{self, Read};
+
+impl EventLoop {
+    // ---- socket events ----
+
+    pub(super) fn on_writable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.pending() == 0 {
+            return;
+        }
+        match flush_conn(conn) {
+            Ok(()) => {
+                if conn.pending() == 0 && conn.has(CLOSING) && !conn.has(WRITE_SHUT) {
+                    conn.flags |= WRITE_SHUT;
+                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                }
+            }
+            Err(_) => self.close_now(key, CloseReason::IoError),
+        }
+    }
+
+    pub(super) fn on_readable(&mut self, key: usize) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if conn.has(CLOSING) {
+            self.discard_input(key, CloseReason::Done);
+            return;
+        }
+        match conn.transport {
+            Transport::Http => self.read_request(key),
+            Transport::Ws => self.read_ws(key),
+            Transport::Sse | Transport::Poll => self.discard_input(key, CloseReason::ClientClosed),
+        }
+    }
+
+    /// Reads and drops whatever arrives; EOF or an error closes.
+    pub(super) fn discard_input(&mut self, key: usize, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        loop {
+            match conn.stream.read(&mut self.read_buf) {
+                Ok(0) => break,
+                Ok(_) => conn.last_active = self.now,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.close_now(key, reason);
+    }
+
+    /// Reads into the scratch buffer after any kept partial bytes. Returns the filled
+    /// length and whether the peer is gone (EOF/error); `None` if the connection is gone.
+    pub(super) fn fill_read_buf(&mut self, key: usize) -> (usize, bool) {
+        let conn = &mut self.conns[key];
+        let mut len = 0;
+        if let Some(ex) = conn.extra.as_mut() {
+            if !ex.read.is_empty() {
+                len = ex.read.len().min(self.read_buf.len());
+                self.read_buf[..len].copy_from_slice(&ex.read[..len]);
+                ex.read = Vec::new();
+            }
+        }
+        conn.trim_extra();
+        let mut eof = false;
+        while len < self.read_buf.len() {
+            match conn.stream.read(&mut self.read_buf[len..]) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    len += n;
+                    conn.last_active = self.now;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        (len, eof)
+    }
+
+    pub(super) fn read_request(&mut self, key: usize) {
+        let (len, eof) = self.fill_read_buf(key);
+        if len == 0 {
+            if eof {
+                self.close_now(key, CloseReason::ClientClosed);
+            }
+            return;
+        }
+        let full = len == self.read_buf.len();
+        let buf = std::mem::take(&mut self.read_buf);
+        let max_head = self.shared.config.max_header_bytes;
+        let res = http1::parse_request(&buf[..len], max_head);
+        match res {
+            Ok(Some(req)) => {
+                self.busy();
+                self.handle_request(key, &req);
+            }
+            Ok(None) => {
+                if eof {
+                    self.close_now(key, CloseReason::ClientClosed);
+                } else {
+                    let conn = &mut self.conns[key];
+                    conn.extra().read = buf[..len].to_vec();
+                }
+            }
+            Err(HeadError::TooLarge) => {
+                self.reply_error(
+                    key,
+                    431,
+                    "headers_too_large",
+                    "request head too large",
+                    None,
+                );
+            }
+            Err(HeadError::Malformed) => {
+                self.reply_error(key, 400, "bad_request", "malformed HTTP request", None);
+            }
+        }
+        self.read_buf = buf;
+        // With an edge-triggered poll, a full buffer means more may be waiting.
+        if full && self.conns.get(key).is_some_and(|c| !c.has(CLOSING)) {
+            self.on_readable(key);
+        } else if eof && self.conns.get(key).is_some_and(|c| !c.has(CLOSING)) {
+            self.close_now(key, CloseReason::ClientClosed);
+        }
+    }
+
+    pub(super) fn read_ws(&mut self, key: usize) {
+        let max_frame = self.shared.config.max_client_frame_bytes;
+        loop {
+            let (len, eof) = self.fill_read_buf(key);
+            let mut skip = self.conns[key].extra.as_ref().map_or(0, |e| e.ws_skip);
+            let mut off = 0;
+            self.out.clear();
+            let mut close: Option<(u16, CloseReason)> = None;
+            while off < len {
+                match ws::decode(&self.read_buf[off..len], &mut skip, max_frame) {
+                    Ok((0, _)) => break,
+                    Ok((n, f)) => {
+                        off += n;
+                        match f {
+                            Some(ws::Frame::Ping(p)) => ws::write_pong(&mut self.out, p.as_slice()),
+                            Some(ws::Frame::Close(code)) => {
+                                // Codes RFC 6455 forbids on the wire (1004-1006, 1015,
+                                // unassigned ranges) are a protocol error, not echoed.
+                                close = Some(match code {
+                                    None => (ws::close::NORMAL, CloseReason::ClientClosed),
+                                    Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => {
+                                        (c, CloseReason::ClientClosed)
+                                    }
+                                    Some(_) => (ws::close::PROTOCOL, CloseReason::ProtocolError),
+                                });
+                                break;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(e) => {
+                        close = Some((e.close_code(), CloseReason::ProtocolError));
+                        break;
+                    }
+                }
+            }
+            if let Some((code, reason)) = close {
+                ws::write_close(&mut self.out, code, "");
+                if self.send_out(key) {
+                    self.close_after_flush(key, reason);
+                }
+                return;
+            }
+            {
+                let conn = &mut self.conns[key];
+                if off < len || skip > 0 {
+                    let ex = conn.extra();
+                    ex.ws_skip = skip;
+                    ex.read.clear();
+                    ex.read.extend_from_slice(&self.read_buf[off..len]);
+                } else if let Some(ex) = conn.extra.as_mut() {
+                    ex.ws_skip = 0;
+                    ex.read = Vec::new();
+                    conn.trim_extra();
+                }
+            }
+            if !self.out.is_empty() && !self.send_out(key) {
+                return;
+            }
+            if eof {
+                self.close_now(key, CloseReason::ClientClosed);
+                return;
+            }
+            if len < self.read_buf.len() {
+                return;
+            }
+        }
+    }
+}

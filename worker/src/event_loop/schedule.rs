@@ -1,0 +1,124 @@
+//! The schedule: wheel ticks, deadlines, the ping sweep and the shutdown drain.
+
+use super::conn::{CLOSING, SUBSCRIBED};
+use super::{EventLoop, LINGER_SECS};
+use crate::metrics::{CloseReason, Transport};
+use crate::{sse, ws};
+use std::time::{Duration, Instant};
+
+impl EventLoop {
+    // ---- schedule ----
+
+    pub(super) fn tick(&mut self) {
+        if self.wheel.next <= self.now {
+            self.trim.second();
+        }
+        while self.wheel.next <= self.now {
+            let sec = self.wheel.next;
+            let due = self.wheel.take(sec);
+            self.wheel.next += 1;
+            for &(key, gen) in &due {
+                self.on_deadline(key as usize, gen);
+            }
+            self.wheel.put_back(sec, due);
+            self.sweep();
+        }
+    }
+
+    pub(super) fn on_deadline(&mut self, key: usize, gen: u32) {
+        let Some(conn) = self.conns.get(key) else {
+            return;
+        };
+        if conn.gen != gen {
+            return;
+        }
+        if conn.has(CLOSING) {
+            self.close_now(key, CloseReason::Done);
+            return;
+        }
+        match conn.transport {
+            Transport::Http => self.close_now(key, CloseReason::Timeout),
+            Transport::Poll if conn.has(SUBSCRIBED) => {
+                self.body.clear();
+                self.answer_poll(key, None, false);
+            }
+            _ => {}
+        }
+    }
+
+    /// Visits the next slice of the slab so every connection is seen once per ping interval.
+    pub(super) fn sweep(&mut self) {
+        let interval = self.shared.config.ping_interval_secs;
+        let cap = self.conns.capacity();
+        if cap == 0 {
+            return;
+        }
+        let per_tick = cap.div_ceil(interval as usize);
+        let dead_after = interval.saturating_mul(5) / 2;
+        for _ in 0..per_tick {
+            if self.sweep_cursor >= cap {
+                self.sweep_cursor = 0;
+            }
+            let key = self.sweep_cursor;
+            self.sweep_cursor += 1;
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            if conn.has(CLOSING) {
+                continue;
+            }
+            match conn.transport {
+                Transport::Ws => {
+                    if self.now.saturating_sub(conn.last_active) > dead_after {
+                        self.close_now(key, CloseReason::Timeout);
+                    } else {
+                        self.out.clear();
+                        ws::write_ping(&mut self.out);
+                        self.send_out(key);
+                    }
+                }
+                Transport::Sse => {
+                    self.out.clear();
+                    self.out.extend_from_slice(sse::HEARTBEAT);
+                    self.send_out(key);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub(super) fn begin_drain(&mut self) {
+        self.drain_deadline = Some(Instant::now() + Duration::from_secs(LINGER_SECS as u64));
+        for l in self.listeners.drain(..) {
+            let mut sock = l.sock;
+            let _ = self.poll.registry().deregister(&mut sock);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            if conn.has(CLOSING) {
+                continue;
+            }
+            self.out.clear();
+            match conn.transport {
+                Transport::Ws => {
+                    ws::write_close(&mut self.out, ws::close::GOING_AWAY, "server shutting down");
+                    if self.send_out(key) {
+                        self.close_after_flush(key, CloseReason::Shutdown);
+                    }
+                }
+                Transport::Poll if conn.has(SUBSCRIBED) => {
+                    self.body.clear();
+                    self.answer_poll(key, None, false);
+                }
+                // Idle between requests: nothing is owed, close at once.
+                Transport::Http if conn.pending() == 0 => {
+                    self.close_now(key, CloseReason::Shutdown)
+                }
+                _ => self.close_after_flush(key, CloseReason::Shutdown),
+            }
+        }
+    }
+}
