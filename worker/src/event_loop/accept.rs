@@ -39,7 +39,7 @@ impl EventLoop {
                         libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
                     ) {
                         tracing::warn!(error = %e, "accept failed; pausing this listener for 100 ms");
-                        self.listeners[i].paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+                        self.listeners[i].paused_until = Some(self.now.at + ACCEPT_PAUSE);
                         return;
                     }
                     // Per-connection failures (ECONNABORTED, ...): go on at once.
@@ -81,7 +81,7 @@ impl EventLoop {
             entry.insert(Conn {
                 stream,
                 gen,
-                last_active: self.now,
+                last_active: self.now.secs,
                 transport: Transport::Http,
                 flags: 0,
                 cors: 0,
@@ -92,16 +92,18 @@ impl EventLoop {
             });
             self.shared.open.fetch_add(1, Ordering::Relaxed);
             metrics().open(Transport::Http).inc();
-            let at = self.now + self.shared.config.handshake_timeout_secs;
+            let at = self.now.secs + self.shared.config.handshake_timeout_secs;
             self.add_deadline(at, key, gen);
             tracing::trace!(thread = self.index, key, "accepted");
         }
     }
 
     pub(super) fn resume_paused_listeners(&mut self) {
-        let now = Instant::now();
         for i in 0..self.listeners.len() {
-            if self.listeners[i].paused_until.is_some_and(|u| u <= now) {
+            if self.listeners[i]
+                .paused_until
+                .is_some_and(|u| u <= self.now.at)
+            {
                 self.listeners[i].paused_until = None;
                 self.accept(i);
             }

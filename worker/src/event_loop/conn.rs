@@ -2,6 +2,7 @@
 
 use super::{send_up, EventLoop, LINGER_SECS};
 use crate::metrics::{metrics, CloseReason, Transport};
+use crate::session::{self, End, Goodbye};
 use crate::shared::sub_id;
 use crate::ws;
 use mio::net::TcpStream;
@@ -102,6 +103,13 @@ impl Conn {
 
     pub(super) fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Moves the connection to another transport, and its `connections_open` gauge with it.
+    pub(super) fn set_transport(&mut self, t: Transport) {
+        metrics().open(self.transport).dec();
+        metrics().open(t).inc();
+        self.transport = t;
     }
 
     pub(super) fn trim_extra(&mut self) {
@@ -258,7 +266,14 @@ impl EventLoop {
             conn.flags |= WRITE_SHUT;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
-        self.add_deadline(self.now + LINGER_SECS, key, gen);
+        self.add_deadline(self.now.secs + LINGER_SECS, key, gen);
+    }
+
+    /// Writes `self.out` as the connection's last words, then closes after the flush.
+    pub(super) fn send_final(&mut self, key: usize, reason: CloseReason) {
+        if self.send_out(key) {
+            self.close_after_flush(key, reason);
+        }
     }
 
     /// Writes `self.out` to the connection; closes it when the client is too slow or gone.
@@ -283,17 +298,14 @@ impl EventLoop {
         match res {
             Ok(()) => true,
             Err(WriteErr::Slow) => {
-                if conn.transport == Transport::Ws {
-                    // After what is pending (which ends at a frame boundary), within the
-                    // close linger.
-                    ws::write_close(
-                        &mut conn.extra().write,
-                        ws::close::TOO_SLOW,
-                        "client too slow",
-                    );
-                    self.close_after_flush(key, CloseReason::SlowClient);
-                } else {
-                    self.close_now(key, CloseReason::SlowClient);
+                match session::goodbye(conn.transport, End::Slow) {
+                    Goodbye::Close { code, reason } => {
+                        // After what is pending (which ends at a frame boundary), within
+                        // the close linger.
+                        ws::write_close(&mut conn.extra().write, code, reason);
+                        self.close_after_flush(key, CloseReason::SlowClient);
+                    }
+                    _ => self.close_now(key, CloseReason::SlowClient),
                 }
                 false
             }

@@ -2,20 +2,16 @@
 //! resubscribing.
 
 use super::conn::{CLOSING, HAS_EPOCH, HAS_POS, KEEP_ALIVE, LIVE, RESUB, SUBSCRIBED, WRITE_SHUT};
-use super::{send_up, EventLoop};
+use super::{render, send_up, EventLoop};
 use crate::http1;
 use crate::metrics::{metrics, CloseReason, Transport};
+use crate::session::End;
 use crate::shared::{split_sub_id, sub_id, Cmd};
-use crate::{sse, ws};
 use protocol::link::{Down, KickReason, Up};
 use tokio::sync::mpsc::error::TrySendError;
 
 /// Inbox commands (64 bytes each) a loop thread keeps room for between wake-ups.
 pub(super) const SPARE_CMDS: usize = 256;
-
-pub(super) const REPLACED_MSG: &str = "replaced by a newer connection on this channel";
-pub(super) const RESYNC_MSG: &str = "reconnect with since";
-pub(super) const REFUSED_MSG: &str = "the gateway refused the subscription; try again later";
 
 impl EventLoop {
     // ---- gateway commands ----
@@ -42,11 +38,8 @@ impl EventLoop {
                 }
                 Cmd::Down(d) => d,
             };
-            let id = match &down {
-                Down::Backlog { sub_id, .. }
-                | Down::Deliver { sub_id, .. }
-                | Down::Kick { sub_id, .. } => *sub_id,
-                Down::Welcome { .. } => continue,
+            let Some(id) = down.sub_id() else {
+                continue;
             };
             let Some(key) = self.resolve(id) else {
                 continue;
@@ -82,11 +75,7 @@ impl EventLoop {
                         conn.pos = first.saturating_sub(1);
                         conn.flags |= HAS_POS;
                         self.batch_gap = Some((epoch, first));
-                        match conn.transport {
-                            Transport::Ws => ws::write_gap(&mut self.out, epoch, first),
-                            Transport::Sse => sse::write_gap(&mut self.out, epoch, first),
-                            _ => {}
-                        }
+                        render::gap(conn.transport, &mut self.out, epoch, first);
                     }
                     for (seq, data) in &messages {
                         self.render_message(key, *seq, data);
@@ -139,12 +128,7 @@ impl EventLoop {
         conn.pos = seq;
         conn.flags |= HAS_POS;
         self.batch_count += 1;
-        match conn.transport {
-            Transport::Ws => ws::write_message(&mut self.out, seq, data),
-            Transport::Sse => sse::write_message(&mut self.out, seq, data),
-            Transport::Poll => self.body.push(seq, data),
-            Transport::Http => {}
-        }
+        render::message(conn.transport, &mut self.out, &mut self.body, seq, data);
     }
 
     /// Sends what was gathered for the current connection in one write.
@@ -181,8 +165,7 @@ impl EventLoop {
         let conn = &mut self.conns[key];
         let next = conn.pos;
         let keep_alive = conn.has(KEEP_ALIVE) && self.drain_deadline.is_none();
-        let origin = (conn.cors > 0)
-            .then(|| self.shared.config.allow_origin[conn.cors as usize - 1].as_str());
+        let origin = self.shared.origin(conn.cors);
         self.out.clear();
         http1::write_json(
             &mut self.out,
@@ -199,7 +182,7 @@ impl EventLoop {
                 let conn = &mut self.conns[key];
                 conn.gen = gen;
                 self.add_deadline(
-                    self.now + self.shared.config.handshake_timeout_secs,
+                    self.now.secs + self.shared.config.handshake_timeout_secs,
                     key,
                     gen,
                 );
@@ -226,80 +209,15 @@ impl EventLoop {
         }
         conn.channel = None;
         conn.flags &= CLOSING | WRITE_SHUT;
-        metrics().open(conn.transport).dec();
-        metrics().open(Transport::Http).inc();
-        conn.transport = Transport::Http;
-        conn.last_active = self.now;
+        conn.set_transport(Transport::Http);
+        conn.last_active = self.now.secs;
     }
 
     pub(super) fn on_kick(&mut self, key: usize, reason: KickReason) {
-        let conn = &mut self.conns[key];
         // The gateway dropped the subscription itself: no Unsubscribe owed.
-        conn.flags &= !(SUBSCRIBED | RESUB);
-        let (code, ws_code, msg) = match reason {
-            KickReason::Replaced => ("replaced", ws::close::REPLACED, REPLACED_MSG),
-            KickReason::Resync => ("resync", ws::close::RESYNC, RESYNC_MSG),
-            KickReason::Refused => ("refused", ws::close::TRY_AGAIN, REFUSED_MSG),
-        };
-        tracing::debug!(thread = self.index, key, reason = code, "kicked");
-        self.out.clear();
-        match conn.transport {
-            Transport::Ws => {
-                ws::write_close(&mut self.out, ws_code, msg);
-                if self.send_out(key) {
-                    self.close_after_flush(key, CloseReason::Kicked);
-                }
-            }
-            Transport::Sse => {
-                sse::write_closed(&mut self.out, code, msg);
-                if self.send_out(key) {
-                    self.close_after_flush(key, CloseReason::Kicked);
-                }
-            }
-            Transport::Poll => match reason {
-                KickReason::Replaced => {
-                    let origin = (conn.cors > 0)
-                        .then(|| self.shared.config.allow_origin[conn.cors as usize - 1].clone());
-                    metrics().open(Transport::Poll).dec();
-                    metrics().open(Transport::Http).inc();
-                    conn.transport = Transport::Http;
-                    http1::write_error(
-                        &mut self.out,
-                        409,
-                        "replaced",
-                        REPLACED_MSG,
-                        origin.as_deref(),
-                        b"",
-                    );
-                    if self.send_out(key) {
-                        self.close_after_flush(key, CloseReason::Kicked);
-                    }
-                }
-                KickReason::Resync => {
-                    self.body.clear();
-                    self.answer_poll(key, None, false);
-                }
-                KickReason::Refused => {
-                    let origin = (conn.cors > 0)
-                        .then(|| self.shared.config.allow_origin[conn.cors as usize - 1].clone());
-                    metrics().open(Transport::Poll).dec();
-                    metrics().open(Transport::Http).inc();
-                    conn.transport = Transport::Http;
-                    http1::write_error(
-                        &mut self.out,
-                        503,
-                        "refused",
-                        REFUSED_MSG,
-                        origin.as_deref(),
-                        b"",
-                    );
-                    if self.send_out(key) {
-                        self.close_after_flush(key, CloseReason::Kicked);
-                    }
-                }
-            },
-            Transport::Http => {}
-        }
+        self.conns[key].flags &= !(SUBSCRIBED | RESUB);
+        tracing::debug!(thread = self.index, key, ?reason, "kicked");
+        self.end(key, End::Kick(reason));
     }
 
     pub(super) fn start_resubscribe(&mut self) {

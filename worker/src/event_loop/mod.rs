@@ -30,6 +30,7 @@ mod accept;
 mod conn;
 mod delivery;
 mod read;
+mod render;
 mod requests;
 mod schedule;
 mod wheel;
@@ -37,6 +38,31 @@ mod wheel;
 use accept::Listener;
 use conn::Conn;
 use wheel::Wheel;
+
+/// The loop's time, read once per turn (when `poll` returns): every rule in a turn sees
+/// the same time, and nothing else reads the clock.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Now {
+    pub(super) at: Instant,
+    /// Seconds since worker start: activity stamps and the wheel.
+    pub(super) secs: u32,
+    /// Unix seconds: token expiry.
+    pub(super) unix: u64,
+}
+
+impl Now {
+    fn read(shared: &Shared) -> Now {
+        let at = Instant::now();
+        let unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        Now {
+            at,
+            secs: at.saturating_duration_since(shared.start).as_secs() as u32,
+            unix,
+        }
+    }
+}
 
 /// A loop thread before it runs: its poll instance and listeners (bound at `Worker::bind`).
 pub(crate) struct LoopSetup {
@@ -57,7 +83,7 @@ pub(crate) struct EventLoop {
     spare_cmds: Vec<Cmd>,
     wheel: Wheel,
     next_gen: u32,
-    now: u32,
+    now: Now,
     sweep_cursor: usize,
     resub_cursor: Option<usize>,
     drain_deadline: Option<Instant>,
@@ -77,7 +103,7 @@ impl EventLoop {
             .max(c.handshake_timeout_secs)
             .max(LINGER_SECS)
             + 2;
-        let now = shared.start.elapsed().as_secs() as u32;
+        let now = Now::read(&shared);
         let read_len = READ_BUF.max(c.max_header_bytes + 1);
         let mut listeners = Vec::new();
         for (i, l) in setup.listeners.into_iter().enumerate() {
@@ -101,7 +127,7 @@ impl EventLoop {
             out: Vec::with_capacity(4096),
             body: PollBody::default(),
             spare_cmds: Vec::new(),
-            wheel: Wheel::new(span, now),
+            wheel: Wheel::new(span, now.secs),
             next_gen: (index as u32).wrapping_mul(0x9e37_79b9),
             now,
             sweep_cursor: 0,
@@ -126,7 +152,7 @@ impl EventLoop {
                     break;
                 }
             }
-            self.now = self.shared.start.elapsed().as_secs() as u32;
+            self.now = Now::read(&self.shared);
             let mut woke = false;
             for ev in events.iter() {
                 let t = ev.token();
@@ -156,7 +182,7 @@ impl EventLoop {
                 self.resubscribe_some();
             }
             if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || Instant::now() >= deadline {
+                if self.conns.is_empty() || self.now.at >= deadline {
                     break;
                 }
             }
@@ -169,13 +195,13 @@ impl EventLoop {
     }
 
     fn poll_timeout(&self) -> Duration {
-        let elapsed = self.shared.start.elapsed();
+        let elapsed = self.now.at.saturating_duration_since(self.shared.start);
         let next_sec = Duration::from_secs(elapsed.as_secs() + 1);
         let mut t = next_sec.saturating_sub(elapsed);
         if self.resub_cursor.is_some() {
             t = t.min(Duration::from_millis(10));
         }
-        let now = Instant::now();
+        let now = self.now.at;
         for l in &self.listeners {
             if let Some(u) = l.paused_until {
                 t = t.min(u.saturating_duration_since(now));

@@ -4,6 +4,7 @@ use super::conn::{flush_conn, CLOSING, WRITE_SHUT};
 use super::EventLoop;
 use crate::http1::{self, HeadError};
 use crate::metrics::{CloseReason, Transport};
+use crate::session::{self, request::Rejection};
 use crate::ws;
 use std::io::{self, Read};
 
@@ -51,7 +52,7 @@ impl EventLoop {
         loop {
             match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => break,
-                Ok(_) => conn.last_active = self.now,
+                Ok(_) => conn.last_active = self.now.secs,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
@@ -82,7 +83,7 @@ impl EventLoop {
                 }
                 Ok(n) => {
                     len += n;
-                    conn.last_active = self.now;
+                    conn.last_active = self.now.secs;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -121,16 +122,12 @@ impl EventLoop {
                 }
             }
             Err(HeadError::TooLarge) => {
-                self.reply_error(
-                    key,
-                    431,
-                    "headers_too_large",
-                    "request head too large",
-                    None,
-                );
+                let e = Rejection::new(431, "headers_too_large", "request head too large");
+                self.reply_error(key, &e, 0);
             }
             Err(HeadError::Malformed) => {
-                self.reply_error(key, 400, "bad_request", "malformed HTTP request", None);
+                let e = Rejection::new(400, "bad_request", "malformed HTTP request");
+                self.reply_error(key, &e, 0);
             }
         }
         self.read_buf = buf;
@@ -158,15 +155,7 @@ impl EventLoop {
                         match f {
                             Some(ws::Frame::Ping(p)) => ws::write_pong(&mut self.out, p.as_slice()),
                             Some(ws::Frame::Close(code)) => {
-                                // Codes RFC 6455 forbids on the wire (1004-1006, 1015,
-                                // unassigned ranges) are a protocol error, not echoed.
-                                close = Some(match code {
-                                    None => (ws::close::NORMAL, CloseReason::ClientClosed),
-                                    Some(c @ (1000..=1003 | 1007..=1014 | 3000..=4999)) => {
-                                        (c, CloseReason::ClientClosed)
-                                    }
-                                    Some(_) => (ws::close::PROTOCOL, CloseReason::ProtocolError),
-                                });
+                                close = Some(session::answer_client_close(code));
                                 break;
                             }
                             _ => {}
@@ -180,9 +169,7 @@ impl EventLoop {
             }
             if let Some((code, reason)) = close {
                 ws::write_close(&mut self.out, code, "");
-                if self.send_out(key) {
-                    self.close_after_flush(key, reason);
-                }
+                self.send_final(key, reason);
                 return;
             }
             {

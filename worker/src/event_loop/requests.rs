@@ -1,52 +1,22 @@
-//! Request routing, CORS, error replies and subscribing.
+//! Requests: a parsed head is routed (`session::request`), answered, or subscribed.
 
 use super::conn::{HAS_EPOCH, HAS_POS, KEEP_ALIVE, SUBSCRIBED};
 use super::EventLoop;
 use crate::http1::{self, Request};
 use crate::metrics::{metrics, CloseReason, Transport};
+use crate::session::request::{self, Rejection, Route, SubscribeRules};
 use crate::shared::sub_id;
 use crate::{sse, ws};
 use protocol::link::Up;
 use tokio::sync::mpsc::error::TrySendError;
 
-/// Default long-poll hold.
-pub(super) const DEFAULT_POLL_TIMEOUT: u64 = 30;
-
 impl EventLoop {
-    // ---- requests ----
-
-    pub(super) fn cors_for(&self, origin: Option<&str>) -> u16 {
-        let list = &self.shared.config.allow_origin;
-        if self.shared.any_origin {
-            return list
-                .iter()
-                .position(|o| o == "*")
-                .map_or(0, |i| i as u16 + 1);
-        }
-        match origin {
-            Some(o) => list.iter().position(|a| a == o).map_or(0, |i| i as u16 + 1),
-            None => 0,
-        }
-    }
-
-    pub(super) fn origin_value(&self, cors: u16) -> Option<&str> {
-        (cors > 0).then(|| self.shared.config.allow_origin[cors as usize - 1].as_str())
-    }
-
-    pub(super) fn reply_error(
-        &mut self,
-        key: usize,
-        status: u16,
-        code: &str,
-        message: &str,
-        cors: Option<u16>,
-    ) {
+    /// Answers with a JSON error and closes; `cors` is the connection's CORS index.
+    pub(super) fn reply_error(&mut self, key: usize, e: &Rejection, cors: u16) {
         self.out.clear();
-        let origin = cors.and_then(|c| self.origin_value(c)).map(str::to_owned);
-        http1::write_error(&mut self.out, status, code, message, origin.as_deref(), b"");
-        if self.send_out(key) {
-            self.close_after_flush(key, CloseReason::Done);
-        }
+        let origin = self.shared.origin(cors);
+        http1::write_error(&mut self.out, e.status, e.code, &e.message, origin, b"");
+        self.send_final(key, CloseReason::Done);
     }
 
     pub(super) fn handle_request(&mut self, key: usize, req: &Request<'_>) {
@@ -57,191 +27,97 @@ impl EventLoop {
             path = req.path,
             "request"
         );
-        match req.path {
-            "/healthz" | "/metrics" => {
-                if req.method != "GET" && req.method != "HEAD" {
-                    return self.reply_error(key, 405, "method_not_allowed", "use GET", None);
-                }
-                self.out.clear();
-                if req.path == "/healthz" {
-                    let body = br#"{"status":"ok"}"#;
-                    http1::write_json(&mut self.out, 200, body, None, false);
-                } else {
-                    let mut body = Vec::new();
-                    crate::metrics::render(&mut body);
-                    http1::write_head(
-                        &mut self.out,
-                        200,
-                        "text/plain; version=0.0.4",
-                        Some(body.len()),
-                        None,
-                        false,
-                        b"",
-                    );
-                    self.out.extend_from_slice(&body);
-                }
-                if self.send_out(key) {
-                    self.close_after_flush(key, CloseReason::Done);
-                }
+        let cors = if request::has_cors(req.path) {
+            self.shared.cors_index(req.origin)
+        } else {
+            0
+        };
+        let origin_allowed = self.shared.any_origin || self.shared.cors_index(req.origin) != 0;
+        let route = match request::route(req, origin_allowed) {
+            Ok(r) => r,
+            Err(e) => return self.reply_error(key, &e, cors),
+        };
+        self.out.clear();
+        match route {
+            Route::Health => {
+                let body = br#"{"status":"ok"}"#;
+                http1::write_json(&mut self.out, 200, body, None, false);
             }
-            "/v1/ws" => {
-                if req.method != "GET" {
-                    return self.reply_error(key, 405, "method_not_allowed", "use GET", None);
-                }
-                if !req.upgrade_websocket || req.ws_key.is_none() {
-                    return self.reply_error(
-                        key,
-                        400,
-                        "bad_request",
-                        "a WebSocket upgrade is required",
-                        None,
-                    );
-                }
-                if req.ws_version != Some(b"13") {
-                    return self.reply_error(
-                        key,
-                        400,
-                        "bad_request",
-                        "Sec-WebSocket-Version must be 13",
-                        None,
-                    );
-                }
-                if let Some(o) = req.origin {
-                    if !self.shared.any_origin && self.cors_for(Some(o)) == 0 {
-                        return self.reply_error(
-                            key,
-                            403,
-                            "origin_not_allowed",
-                            "this origin is not allowed",
-                            None,
-                        );
-                    }
-                }
-                self.subscribe(key, Transport::Ws, req);
+            Route::Metrics => {
+                let mut body = Vec::new();
+                crate::metrics::render(&mut body);
+                http1::write_head(
+                    &mut self.out,
+                    200,
+                    "text/plain; version=0.0.4",
+                    Some(body.len()),
+                    None,
+                    false,
+                    b"",
+                );
+                self.out.extend_from_slice(&body);
             }
-            "/v1/poll" | "/v1/sse" => {
-                let cors = self.cors_for(req.origin);
-                match req.method {
-                    "OPTIONS" => {
-                        self.out.clear();
-                        let origin = self.origin_value(cors).map(str::to_owned);
-                        http1::write_preflight(&mut self.out, origin.as_deref());
-                        if self.send_out(key) {
-                            self.close_after_flush(key, CloseReason::Done);
-                        }
-                    }
-                    "GET" => {
-                        let t = if req.path == "/v1/poll" {
-                            Transport::Poll
-                        } else {
-                            Transport::Sse
-                        };
-                        self.subscribe(key, t, req);
-                    }
-                    _ => self.reply_error(
-                        key,
-                        405,
-                        "method_not_allowed",
-                        "use GET or OPTIONS",
-                        Some(cors),
-                    ),
-                }
-            }
-            _ => self.reply_error(key, 404, "not_found", "no such route", None),
+            Route::Preflight => http1::write_preflight(&mut self.out, self.shared.origin(cors)),
+            Route::Subscribe(t) => return self.subscribe(key, t, req, cors),
         }
+        self.send_final(key, CloseReason::Done);
     }
 
-    pub(super) fn subscribe(&mut self, key: usize, transport: Transport, req: &Request<'_>) {
-        let cors = if transport == Transport::Ws {
-            0
-        } else {
-            self.cors_for(req.origin)
+    /// Checks a subscribe request, asks the gateway for the channel and answers the head
+    /// (101, the SSE head, or nothing yet for a poll, which is held on the wheel).
+    fn subscribe(&mut self, key: usize, transport: Transport, req: &Request<'_>, cors: u16) {
+        let rules = SubscribeRules {
+            secret: self.shared.secret.as_deref(),
+            max_poll_timeout_secs: self.shared.config.max_poll_timeout_secs,
         };
-        let q = match http1::parse_subscribe_query(req.query) {
-            Ok(q) => q,
-            Err((code, msg)) => return self.reply_error(key, 400, code, &msg, Some(cors)),
+        let s = match request::subscribe(transport, req, rules, self.now.unix) {
+            Ok(s) => s,
+            Err(e) => return self.reply_error(key, &e, cors),
         };
-        let mut since = q.since;
-        if transport == Transport::Sse {
-            if let Some(id) = req.last_event_id.and_then(|v| v.parse::<u64>().ok()) {
-                since = Some(id);
-            }
-        }
-        if let Some(secret) = &self.shared.secret {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            if let Err(e) =
-                protocol::token::verify(secret, q.token.as_deref().unwrap_or(""), &q.channel, now)
-            {
-                let msg = e.to_string();
-                return self.reply_error(key, e.status(), e.code(), &msg, Some(cors));
-            }
-        }
         if !self.shared.link_is_up() {
-            return self.reply_error(
-                key,
+            let e = Rejection::new(
                 503,
                 "unavailable",
                 "the gateway link is down; retry shortly",
-                Some(cors),
             );
+            return self.reply_error(key, &e, cors);
         }
         let gen = self.gen();
-        let sub = sub_id(self.index, key, gen);
         let up = Up::Subscribe {
-            sub_id: sub,
-            since,
-            epoch: q.epoch,
+            sub_id: sub_id(self.index, key, gen),
+            since: s.since,
+            epoch: s.epoch,
             resume: false,
             max_bytes: u32::MAX,
-            channel: q.channel.clone(),
+            channel: s.channel.clone(),
         };
-        match self.shared.up_tx.try_send(up) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                metrics().link_queue_full.inc();
-                return self.reply_error(
-                    key,
-                    503,
-                    "unavailable",
-                    "the worker is busy; retry shortly",
-                    Some(cors),
-                );
-            }
-            Err(TrySendError::Closed(_)) => {
-                return self.reply_error(
-                    key,
-                    503,
-                    "unavailable",
-                    "the worker is stopping",
-                    Some(cors),
-                );
-            }
+        if let Err(e) = self.shared.up_tx.try_send(up) {
+            let message = match e {
+                TrySendError::Full(_) => {
+                    metrics().link_queue_full.inc();
+                    "the worker is busy; retry shortly"
+                }
+                TrySendError::Closed(_) => "the worker is stopping",
+            };
+            return self.reply_error(key, &Rejection::new(503, "unavailable", message), cors);
         }
         let conn = &mut self.conns[key];
         conn.gen = gen;
         conn.flags = SUBSCRIBED;
-        if let Some(s) = since {
-            conn.pos = s;
+        conn.pos = s.since.unwrap_or(0);
+        if s.since.is_some() {
             conn.flags |= HAS_POS;
-        } else {
-            conn.pos = 0;
         }
-        if let Some(e) = q.epoch {
-            conn.epoch = e;
+        conn.epoch = s.epoch.unwrap_or(0);
+        if s.epoch.is_some() {
             conn.flags |= HAS_EPOCH;
-        } else {
-            conn.epoch = 0;
         }
         if req.keep_alive {
             conn.flags |= KEEP_ALIVE;
         }
         conn.cors = cors;
-        conn.channel = Some(q.channel.into_boxed_str());
-        metrics().open(Transport::Http).dec();
-        metrics().open(transport).inc();
-        conn.transport = transport;
+        conn.channel = Some(s.channel.into_boxed_str());
+        conn.set_transport(transport);
         tracing::debug!(
             thread = self.index,
             key,
@@ -251,18 +127,8 @@ impl EventLoop {
         self.out.clear();
         match transport {
             Transport::Ws => ws::write_handshake(&mut self.out, req.ws_key.unwrap_or_default()),
-            Transport::Sse => {
-                let origin = self.origin_value(cors).map(str::to_owned);
-                sse::write_head(&mut self.out, origin.as_deref());
-            }
-            _ => {
-                let timeout = q
-                    .timeout
-                    .unwrap_or(DEFAULT_POLL_TIMEOUT)
-                    .min(self.shared.config.max_poll_timeout_secs as u64)
-                    as u32;
-                self.add_deadline(self.now + timeout + 1, key, gen);
-            }
+            Transport::Sse => sse::write_head(&mut self.out, self.shared.origin(cors)),
+            _ => self.add_deadline(self.now.secs + s.hold_secs + 1, key, gen),
         }
         self.send_out(key);
     }

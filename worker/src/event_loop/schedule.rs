@@ -1,19 +1,20 @@
 //! The schedule: wheel ticks, deadlines, the ping sweep and the shutdown drain.
 
 use super::conn::{CLOSING, SUBSCRIBED};
+use super::render;
 use super::{EventLoop, LINGER_SECS};
 use crate::metrics::{CloseReason, Transport};
-use crate::{sse, ws};
-use std::time::{Duration, Instant};
+use crate::session::End;
+use std::time::Duration;
 
 impl EventLoop {
     // ---- schedule ----
 
     pub(super) fn tick(&mut self) {
-        if self.wheel.next <= self.now {
+        if self.wheel.next <= self.now.secs {
             self.trim.second();
         }
-        while self.wheel.next <= self.now {
+        while self.wheel.next <= self.now.secs {
             let sec = self.wheel.next;
             let due = self.wheel.take(sec);
             self.wheel.next += 1;
@@ -67,28 +68,21 @@ impl EventLoop {
             if conn.has(CLOSING) {
                 continue;
             }
-            match conn.transport {
-                Transport::Ws => {
-                    if self.now.saturating_sub(conn.last_active) > dead_after {
-                        self.close_now(key, CloseReason::Timeout);
-                    } else {
-                        self.out.clear();
-                        ws::write_ping(&mut self.out);
-                        self.send_out(key);
-                    }
-                }
-                Transport::Sse => {
-                    self.out.clear();
-                    self.out.extend_from_slice(sse::HEARTBEAT);
-                    self.send_out(key);
-                }
-                _ => {}
+            if conn.transport == Transport::Ws
+                && self.now.secs.saturating_sub(conn.last_active) > dead_after
+            {
+                self.close_now(key, CloseReason::Timeout);
+                continue;
+            }
+            self.out.clear();
+            if render::heartbeat(conn.transport, &mut self.out) {
+                self.send_out(key);
             }
         }
     }
 
     pub(super) fn begin_drain(&mut self) {
-        self.drain_deadline = Some(Instant::now() + Duration::from_secs(LINGER_SECS as u64));
+        self.drain_deadline = Some(self.now.at + Duration::from_secs(LINGER_SECS as u64));
         for l in self.listeners.drain(..) {
             let mut sock = l.sock;
             let _ = self.poll.registry().deregister(&mut sock);
@@ -101,23 +95,16 @@ impl EventLoop {
             if conn.has(CLOSING) {
                 continue;
             }
-            self.out.clear();
             match conn.transport {
-                Transport::Ws => {
-                    ws::write_close(&mut self.out, ws::close::GOING_AWAY, "server shutting down");
-                    if self.send_out(key) {
-                        self.close_after_flush(key, CloseReason::Shutdown);
-                    }
-                }
-                Transport::Poll if conn.has(SUBSCRIBED) => {
-                    self.body.clear();
-                    self.answer_poll(key, None, false);
-                }
                 // Idle between requests: nothing is owed, close at once.
                 Transport::Http if conn.pending() == 0 => {
                     self.close_now(key, CloseReason::Shutdown)
                 }
-                _ => self.close_after_flush(key, CloseReason::Shutdown),
+                // Only a subscribed poll is owed an answer.
+                Transport::Poll if !conn.has(SUBSCRIBED) => {
+                    self.close_after_flush(key, CloseReason::Shutdown)
+                }
+                _ => self.end(key, End::Shutdown),
             }
         }
     }
