@@ -2,6 +2,7 @@
 
 use super::{send_up, EventLoop, LINGER_SECS};
 use crate::metrics::{metrics, CloseReason, Transport};
+use crate::session::order::Position;
 use crate::session::{self, End, Goodbye};
 use crate::shared::sub_id;
 use crate::ws;
@@ -103,6 +104,30 @@ impl Conn {
 
     pub(super) fn extra(&mut self) -> &mut Extra {
         self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// Where the connection stands in its channel's log.
+    pub(super) fn position(&self) -> Position {
+        Position {
+            pos: self.has(HAS_POS).then_some(self.pos),
+            epoch: self.has(HAS_EPOCH).then_some(self.epoch),
+            live: self.has(LIVE),
+        }
+    }
+
+    pub(super) fn set_position(&mut self, p: Position) {
+        self.flags &= !(HAS_POS | HAS_EPOCH | LIVE);
+        self.pos = p.pos.unwrap_or(0);
+        self.epoch = p.epoch.unwrap_or(0);
+        for (on, f) in [
+            (p.pos.is_some(), HAS_POS),
+            (p.epoch.is_some(), HAS_EPOCH),
+            (p.live, LIVE),
+        ] {
+            if on {
+                self.flags |= f;
+            }
+        }
     }
 
     /// Moves the connection to another transport, and its `connections_open` gauge with it.

@@ -1,10 +1,12 @@
 //! Gateway commands: the inbox batch, per-transport rendering, poll answers, kicks and
 //! resubscribing.
 
-use super::conn::{CLOSING, HAS_EPOCH, HAS_POS, KEEP_ALIVE, LIVE, RESUB, SUBSCRIBED, WRITE_SHUT};
+use super::conn::{CLOSING, HAS_EPOCH, HAS_POS, KEEP_ALIVE, RESUB, SUBSCRIBED, WRITE_SHUT};
 use super::{render, send_up, EventLoop};
 use crate::http1;
 use crate::metrics::{metrics, CloseReason, Transport};
+use crate::poll::PollBody;
+use crate::session::order::{Backlog, Sink};
 use crate::session::End;
 use crate::shared::{split_sub_id, sub_id, Cmd};
 use protocol::link::{Down, KickReason, Up};
@@ -12,6 +14,27 @@ use tokio::sync::mpsc::error::TrySendError;
 
 /// Inbox commands (64 bytes each) a loop thread keeps room for between wake-ups.
 pub(super) const SPARE_CMDS: usize = 256;
+
+/// The batch of one connection being gathered: rendered for its transport.
+struct Batch<'a> {
+    transport: Transport,
+    out: &'a mut Vec<u8>,
+    body: &'a mut PollBody,
+    count: &'a mut u64,
+    gap: &'a mut Option<(u64, u64)>,
+}
+
+impl Sink for Batch<'_> {
+    fn gap(&mut self, epoch: u64, first_seq: u64) {
+        *self.gap = Some((epoch, first_seq));
+        render::gap(self.transport, self.out, epoch, first_seq);
+    }
+
+    fn message(&mut self, seq: u64, data: &[u8]) {
+        *self.count += 1;
+        render::message(self.transport, self.out, self.body, seq, data);
+    }
+}
 
 impl EventLoop {
     // ---- gateway commands ----
@@ -53,6 +76,15 @@ impl EventLoop {
                 self.batch_gap = None;
                 self.batch_backlog = false;
             }
+            let conn = &mut self.conns[key];
+            let mut at = conn.position();
+            let mut batch = Batch {
+                transport: conn.transport,
+                out: &mut self.out,
+                body: &mut self.body,
+                count: &mut self.batch_count,
+                gap: &mut self.batch_gap,
+            };
             match down {
                 Down::Backlog {
                     epoch,
@@ -62,31 +94,19 @@ impl EventLoop {
                     ..
                 } => {
                     self.batch_backlog = true;
-                    let conn = &mut self.conns[key];
-                    // A Backlog again for the same subscription and epoch (a resubscribe, or
-                    // a duplicate from a reconnect race) must not move the position back.
-                    let again = conn.has(LIVE) && conn.has(HAS_EPOCH) && conn.epoch == epoch;
-                    conn.flags |= LIVE | HAS_EPOCH;
-                    conn.epoch = epoch;
-                    if let Some(first) = gap_first_seq
-                        .filter(|f| !again || !conn.has(HAS_POS) || f.saturating_sub(1) > conn.pos)
-                    {
-                        // The resume could not be served whole: positions restart here.
-                        conn.pos = first.saturating_sub(1);
-                        conn.flags |= HAS_POS;
-                        self.batch_gap = Some((epoch, first));
-                        render::gap(conn.transport, &mut self.out, epoch, first);
-                    }
-                    for (seq, data) in &messages {
-                        self.render_message(key, *seq, data);
-                    }
-                    let conn = &mut self.conns[key];
-                    if !conn.has(HAS_POS) {
-                        conn.pos = last_seq;
-                        conn.flags |= HAS_POS;
-                    }
+                    let b = Backlog {
+                        epoch,
+                        last_seq,
+                        gap_first_seq,
+                        messages: &messages,
+                    };
+                    at.backlog(&b, &mut batch);
+                    conn.set_position(at);
                 }
-                Down::Deliver { seq, data, .. } => self.render_message(key, seq, &data),
+                Down::Deliver { seq, data, .. } => {
+                    at.deliver(seq, &data, &mut batch);
+                    conn.set_position(at);
+                }
                 Down::Kick { reason, .. } => {
                     self.flush_batch(&mut cur);
                     if self
@@ -117,18 +137,6 @@ impl EventLoop {
         }
         let c = self.conns.get(key)?;
         (c.gen == gen && c.has(SUBSCRIBED) && !c.has(CLOSING)).then_some(key)
-    }
-
-    /// Renders one message for the batch unless it was sent already.
-    pub(super) fn render_message(&mut self, key: usize, seq: u64, data: &[u8]) {
-        let conn = &mut self.conns[key];
-        if conn.has(HAS_POS) && seq <= conn.pos {
-            return;
-        }
-        conn.pos = seq;
-        conn.flags |= HAS_POS;
-        self.batch_count += 1;
-        render::message(conn.transport, &mut self.out, &mut self.body, seq, data);
     }
 
     /// Sends what was gathered for the current connection in one write.

@@ -3,6 +3,7 @@
 //! [`goodbye`] table), which client close codes are echoed ([`answer_client_close`]).
 //! Bytes, `now` and events go in; decisions come out. The event loop does the I/O.
 
+pub mod order;
 pub mod request;
 
 use crate::metrics::{CloseReason, Transport};
