@@ -634,7 +634,7 @@ async fn link_drop_resubscribes_from_last_seq() {
     );
     h.link
         .send(Down::Deliver {
-            epoch: 5,
+            epoch: 6,
             sub_id: sub_live,
             seq: 41,
             data: data("41"),
@@ -727,7 +727,14 @@ async fn slow_client_is_closed_and_counted() {
         .unwrap();
     let (sub, _, _, _) = h.link.subscribed().await;
     let payload = Bytes::from(format!("\"{}\"", "x".repeat(16 * 1024)));
-    let mut frames = Vec::new();
+    // As a gateway does: the subscription's Backlog first, then live deliveries.
+    let mut frames = vec![Down::Backlog {
+        sub_id: sub,
+        epoch: 1,
+        last_seq: 0,
+        gap_first_seq: None,
+        messages: vec![],
+    }];
     for seq in 1..=200 {
         frames.push(Down::Deliver {
             epoch: 1,

@@ -238,6 +238,7 @@ impl EventLoop {
             return;
         }
         conn.flags |= CLOSING;
+        self.side.forget(key);
         metrics().closed(reason).inc();
         metrics().open(conn.transport).dec();
         if reason == CloseReason::SlowClient {

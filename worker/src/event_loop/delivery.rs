@@ -6,7 +6,7 @@ use super::{render, send_up, EventLoop};
 use crate::http1;
 use crate::metrics::{metrics, CloseReason, Transport};
 use crate::poll::PollBody;
-use crate::session::order::{Backlog, Sink};
+use crate::session::order::{Backlog, Behind, Position, Sink};
 use crate::session::End;
 use crate::shared::{split_sub_id, sub_id, Cmd};
 use protocol::link::{Down, KickReason, Up};
@@ -56,6 +56,7 @@ impl EventLoop {
             let down = match cmd {
                 Cmd::LinkUp => {
                     self.flush_batch(&mut cur);
+                    self.side.link_lost();
                     self.start_resubscribe();
                     continue;
                 }
@@ -76,8 +77,11 @@ impl EventLoop {
                 self.batch_gap = None;
                 self.batch_backlog = false;
             }
+            let page = self.page_bytes();
             let conn = &mut self.conns[key];
+            let gen = conn.gen;
             let mut at = conn.position();
+            let mut behind = self.side.take(key, gen);
             let mut batch = Batch {
                 transport: conn.transport,
                 out: &mut self.out,
@@ -100,12 +104,17 @@ impl EventLoop {
                         gap_first_seq,
                         messages: &messages,
                     };
-                    at.backlog(&b, &mut batch);
-                    conn.set_position(at);
+                    let room = &mut self.side.room;
+                    let hole = behind.backlog(&mut at, &b, page, room, self.now.at, &mut batch);
+                    self.after_order(key, gen, at, behind, hole);
                 }
-                Down::Deliver { seq, data, .. } => {
-                    at.deliver(seq, &data, &mut batch);
-                    conn.set_position(at);
+                Down::Deliver {
+                    epoch, seq, data, ..
+                } => {
+                    let room = &mut self.side.room;
+                    let now = self.now.at;
+                    let hole = behind.deliver(&mut at, epoch, seq, &data, room, now, &mut batch);
+                    self.after_order(key, gen, at, behind, hole);
                 }
                 Down::Kick { reason, .. } => {
                     self.flush_batch(&mut cur);
@@ -139,6 +148,17 @@ impl EventLoop {
         (c.gen == gen && c.has(SUBSCRIBED) && !c.has(CLOSING)).then_some(key)
     }
 
+    /// Stores what the order rules made of a connection: its position in `Conn`, its
+    /// entry in the side table, a timer when a hole wait began.
+    fn after_order(&mut self, key: usize, gen: u32, at: Position, behind: Behind, hole: bool) {
+        self.conns[key].set_position(at);
+        self.side.put(key, gen, behind, &at);
+        if hole {
+            let t = self.now.at + self.hole_wait();
+            self.side.arm(t, key, gen);
+        }
+    }
+
     /// Sends what was gathered for the current connection in one write.
     pub(super) fn flush_batch(&mut self, cur: &mut Option<usize>) {
         let Some(key) = cur.take() else {
@@ -165,6 +185,9 @@ impl EventLoop {
             Transport::Http => {}
         }
         self.out.clear();
+        if self.side.has(key) {
+            self.fetch_if_due(key);
+        }
     }
 
     /// Answers a held poll with what `self.body` holds, unsubscribes, and returns the
@@ -217,6 +240,7 @@ impl EventLoop {
         }
         conn.channel = None;
         conn.flags &= CLOSING | WRITE_SHUT;
+        self.side.forget(key);
         conn.set_transport(Transport::Http);
         conn.last_active = self.now.secs;
     }

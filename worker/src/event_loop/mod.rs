@@ -27,6 +27,7 @@ const READ_BUF: usize = 16 * 1024;
 const LINGER_SECS: u32 = 2;
 
 mod accept;
+mod behind;
 mod conn;
 mod delivery;
 mod read;
@@ -36,6 +37,7 @@ mod schedule;
 mod wheel;
 
 use accept::Listener;
+use behind::SideTable;
 use conn::Conn;
 use wheel::Wheel;
 
@@ -82,6 +84,8 @@ pub(crate) struct EventLoop {
     body: PollBody,
     spare_cmds: Vec<Cmd>,
     wheel: Wheel,
+    /// Connections behind their channel's log (holes, held deliveries, fetches).
+    side: SideTable,
     next_gen: u32,
     now: Now,
     sweep_cursor: usize,
@@ -128,6 +132,7 @@ impl EventLoop {
             body: PollBody::default(),
             spare_cmds: Vec::new(),
             wheel: Wheel::new(span, now.secs),
+            side: SideTable::new(c.max_held_bytes),
             next_gen: (index as u32).wrapping_mul(0x9e37_79b9),
             now,
             sweep_cursor: 0,
@@ -173,6 +178,7 @@ impl EventLoop {
             if woke {
                 self.process_inbox();
             }
+            self.fire_hole_timers();
             if self.shared.is_shutdown() && self.drain_deadline.is_none() {
                 self.begin_drain();
             }
@@ -202,6 +208,10 @@ impl EventLoop {
             t = t.min(Duration::from_millis(10));
         }
         let now = self.now.at;
+        // The wheel counts seconds; an open hole is looked at after `--hole-wait-ms`.
+        if let Some(h) = self.side.next_timer() {
+            t = t.min(h.saturating_duration_since(now));
+        }
         for l in &self.listeners {
             if let Some(u) = l.paused_until {
                 t = t.min(u.saturating_duration_since(now));

@@ -19,10 +19,17 @@ impl EventLoop {
             return;
         }
         match flush_conn(conn) {
-            Ok(()) => {
-                if conn.pending() == 0 && conn.has(CLOSING) && !conn.has(WRITE_SHUT) {
+            Ok(()) if conn.pending() > 0 => {}
+            Ok(()) if conn.has(CLOSING) => {
+                if !conn.has(WRITE_SHUT) {
                     conn.flags |= WRITE_SHUT;
                     let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                }
+            }
+            // Drained: a connection that is behind may fetch now.
+            Ok(()) => {
+                if self.side.has(key) {
+                    self.fetch_if_due(key);
                 }
             }
             Err(_) => self.close_now(key, CloseReason::IoError),
