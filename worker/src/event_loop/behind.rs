@@ -143,8 +143,10 @@ impl EventLoop {
         Duration::from_millis(self.shared.config.hole_wait_ms)
     }
 
-    /// Most payload bytes one Backlog page may carry (`Subscribe`/`Fetch` `max_bytes`).
+    /// Most payload bytes one Backlog page may carry (`Subscribe`/`Fetch` `max_bytes`, and
+    /// what is rendered of a Backlog whatever the gateway sent): half of
+    /// `--max-pending-bytes`, so a page and what is pending of live output fit the bound.
     pub(super) fn page_bytes(&self) -> usize {
-        u32::MAX as usize
+        self.shared.config.max_pending_bytes / 2
     }
 }

@@ -36,14 +36,10 @@ pub(super) struct Extra {
     pub(super) read: Vec<u8>,
     /// Output the socket did not take yet, from `written` on.
     pub(super) write: Vec<u8>,
-    /// u32 (with `exempt_end`) keeps `Extra` at 64 bytes. The buffer is compacted before
-    /// every append, so it never holds more than `--max-pending-bytes` (≤ 1 GiB) of live
-    /// output plus one resume backlog (≤ the link's backlog cap): both fit.
+    /// u32 keeps `Extra` at 64 bytes. The buffer is compacted before every append, so it
+    /// never holds more than `--max-pending-bytes` (≤ 1 GiB) of live output plus one page
+    /// of a backlog (half of it, or one message of at most a link frame): that fits.
     pub(super) written: u32,
-    /// `write[..exempt_end]` is (or ends with) a resume backlog: those bytes do not count
-    /// against `--max-pending-bytes`, which bounds live output; the gateway's retention
-    /// bounds a backlog already.
-    pub(super) exempt_end: u32,
     /// Unread payload bytes of an ignored client data frame.
     pub(super) ws_skip: u64,
 }
@@ -62,14 +58,8 @@ impl Extra {
     pub(super) fn compact(&mut self) {
         if self.written > 0 {
             self.write.drain(..self.written as usize);
-            self.exempt_end = self.exempt_end.saturating_sub(self.written);
             self.written = 0;
         }
-    }
-
-    /// Pending bytes that count against `--max-pending-bytes` (after [`Self::compact`]).
-    pub(super) fn counted(&self) -> usize {
-        self.write.len() - (self.exempt_end as usize).min(self.write.len())
     }
 }
 
@@ -147,18 +137,21 @@ impl Conn {
 /// Why a write could not be completed.
 pub(super) enum WriteErr {
     Slow,
+    /// Too slow, and its goodbye is queued after what is pending.
+    SlowClosing,
     Io,
 }
 
-/// Writes `data` (after any pending bytes), keeping what the socket refuses. Live output
-/// pending is bounded by `max_pending`; `exempt` output (a resume backlog) is not counted.
+/// Writes `data` (after any pending bytes), keeping what the socket refuses. With a
+/// `limit`, pending output past it is `Slow`; a page of a backlog (`None`) is taken whole:
+/// it is asked for only once the connection drained, and is bounded by the page budget.
 /// On `Slow` the pending bytes still end at a message boundary, so a close frame can follow.
 pub(super) fn write_conn(
     conn: &mut Conn,
     data: &[u8],
-    max_pending: usize,
-    exempt: bool,
+    limit: Option<usize>,
 ) -> Result<(), WriteErr> {
+    let over = |pending: usize| limit.is_some_and(|max| pending > max);
     if data.is_empty() {
         return Ok(());
     }
@@ -169,13 +162,10 @@ pub(super) fn write_conn(
     if conn.pending() > 0 {
         let ex = conn.extra();
         ex.compact();
-        if !exempt && ex.counted() + data.len() > max_pending {
+        if over(ex.write.len() + data.len()) {
             return Err(WriteErr::Slow);
         }
         ex.write.extend_from_slice(data);
-        if exempt {
-            ex.exempt_end = ex.write.len() as u32;
-        }
         return Ok(());
     }
     let mut off = 0;
@@ -197,8 +187,7 @@ pub(super) fn write_conn(
         ex.write.clear();
         ex.written = 0;
         ex.write.extend_from_slice(rest);
-        ex.exempt_end = if exempt { rest.len() as u32 } else { 0 };
-        if !exempt && rest.len() > max_pending {
+        if over(rest.len()) {
             return Err(WriteErr::Slow);
         }
     }
@@ -221,7 +210,6 @@ pub(super) fn flush_conn(conn: &mut Conn) -> Result<(), WriteErr> {
     }
     ex.write = Vec::new();
     ex.written = 0;
-    ex.exempt_end = 0;
     conn.trim_extra();
     Ok(())
 }
@@ -270,8 +258,9 @@ impl EventLoop {
     pub(super) fn close_now(&mut self, key: usize, reason: CloseReason) {
         self.busy();
         self.account_close(key, reason);
-        if self.conns.try_remove(key).is_some() {
+        if let Some(conn) = self.conns.try_remove(key) {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            metrics().pending_bytes.sub(conn.pending() as i64);
         }
     }
 
@@ -308,31 +297,37 @@ impl EventLoop {
         self.send_out_as(key, false)
     }
 
-    /// [`Self::send_out`]; `exempt` output (a resume backlog) does not count against
-    /// `--max-pending-bytes`.
-    pub(super) fn send_out_as(&mut self, key: usize, exempt: bool) -> bool {
-        let max = self.shared.config.max_pending_bytes;
+    /// [`Self::send_out`]; a `page` of a backlog is taken whole (see [`write_conn`]).
+    pub(super) fn send_out_as(&mut self, key: usize, page: bool) -> bool {
+        let limit = (!page).then_some(self.shared.config.max_pending_bytes);
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        let res = write_conn(conn, &self.out, max, exempt);
+        let before = conn.pending();
+        let mut res = write_conn(conn, &self.out, limit);
         if self.out.capacity() > 1 << 20 {
             self.out = Vec::with_capacity(4096);
         } else {
             self.out.clear();
         }
+        let goodbye = session::goodbye(conn.transport, End::Slow);
+        if let (Err(WriteErr::Slow), Goodbye::Close { code, reason }) = (&res, goodbye) {
+            // After what is pending (which ends at a frame boundary), within the close
+            // linger.
+            ws::write_close(&mut conn.extra().write, code, reason);
+            res = Err(WriteErr::SlowClosing);
+        }
+        metrics()
+            .pending_bytes
+            .add(conn.pending() as i64 - before as i64);
         match res {
             Ok(()) => true,
+            Err(WriteErr::SlowClosing) => {
+                self.close_after_flush(key, CloseReason::SlowClient);
+                false
+            }
             Err(WriteErr::Slow) => {
-                match session::goodbye(conn.transport, End::Slow) {
-                    Goodbye::Close { code, reason } => {
-                        // After what is pending (which ends at a frame boundary), within
-                        // the close linger.
-                        ws::write_close(&mut conn.extra().write, code, reason);
-                        self.close_after_flush(key, CloseReason::SlowClient);
-                    }
-                    _ => self.close_now(key, CloseReason::SlowClient),
-                }
+                self.close_now(key, CloseReason::SlowClient);
                 false
             }
             Err(WriteErr::Io) => {

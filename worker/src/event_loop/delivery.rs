@@ -75,7 +75,7 @@ impl EventLoop {
                 self.body.clear();
                 self.batch_count = 0;
                 self.batch_gap = None;
-                self.batch_backlog = false;
+                self.batch_page = false;
             }
             let page = self.page_bytes();
             let conn = &mut self.conns[key];
@@ -97,7 +97,7 @@ impl EventLoop {
                     messages,
                     ..
                 } => {
-                    self.batch_backlog = true;
+                    self.batch_page = true;
                     let b = Backlog {
                         epoch,
                         last_seq,
@@ -169,17 +169,17 @@ impl EventLoop {
         };
         let count = std::mem::take(&mut self.batch_count);
         let gap = self.batch_gap.take();
-        let backlog = std::mem::take(&mut self.batch_backlog);
+        let page = std::mem::take(&mut self.batch_page);
         match conn.transport {
             Transport::Ws | Transport::Sse => {
-                if !self.out.is_empty() && self.send_out_as(key, backlog) {
+                if !self.out.is_empty() && self.send_out_as(key, page) {
                     metrics().delivered.inc_by(count);
                 }
             }
             Transport::Poll => {
                 if count > 0 || gap.is_some() {
                     metrics().delivered.inc_by(count);
-                    self.answer_poll(key, gap, backlog);
+                    self.answer_poll(key, gap, page);
                 }
             }
             Transport::Http => {}
@@ -192,7 +192,7 @@ impl EventLoop {
 
     /// Answers a held poll with what `self.body` holds, unsubscribes, and returns the
     /// connection to reading requests (keep-alive) or closes it.
-    pub(super) fn answer_poll(&mut self, key: usize, gap: Option<(u64, u64)>, exempt: bool) {
+    pub(super) fn answer_poll(&mut self, key: usize, gap: Option<(u64, u64)>, page: bool) {
         let conn = &mut self.conns[key];
         let next = conn.pos;
         let keep_alive = conn.has(KEEP_ALIVE) && self.drain_deadline.is_none();
@@ -207,7 +207,7 @@ impl EventLoop {
         );
         self.body.clear();
         self.end_poll(key);
-        if self.send_out_as(key, exempt) {
+        if self.send_out_as(key, page) {
             if keep_alive {
                 let gen = self.gen();
                 let conn = &mut self.conns[key];
@@ -267,6 +267,7 @@ impl EventLoop {
         let Some(mut i) = self.resub_cursor else {
             return;
         };
+        let page = self.page_bytes() as u32;
         let end = self.conns.capacity();
         while i < end {
             if let Some(c) = self.conns.get_mut(i) {
@@ -276,7 +277,7 @@ impl EventLoop {
                         since: c.has(HAS_POS).then_some(c.pos),
                         epoch: c.has(HAS_EPOCH).then_some(c.epoch),
                         resume: true,
-                        max_bytes: u32::MAX,
+                        max_bytes: page,
                         channel: c.channel.as_deref().unwrap_or_default().to_owned(),
                     };
                     match self.shared.up_tx.try_send(up) {

@@ -94,8 +94,8 @@ pub(crate) struct EventLoop {
     // Per-batch state of the connection whose deliveries are being gathered.
     batch_count: u64,
     batch_gap: Option<(u64, u64)>,
-    /// The batch being gathered holds a Backlog: its bytes are exempt (see `Extra`).
-    batch_backlog: bool,
+    /// The batch being gathered holds a Backlog page: it is written whole (`write_conn`).
+    batch_page: bool,
     trim: Trim,
 }
 
@@ -140,7 +140,7 @@ impl EventLoop {
             drain_deadline: None,
             batch_count: 0,
             batch_gap: None,
-            batch_backlog: false,
+            batch_page: false,
             trim: Trim::default(),
             shared,
         }
@@ -195,7 +195,9 @@ impl EventLoop {
         }
         // Whatever is left after the drain deadline is dropped.
         let left = self.conns.len();
-        for _ in self.conns.drain() {}
+        for conn in self.conns.drain() {
+            metrics().pending_bytes.sub(conn.pending() as i64);
+        }
         self.shared.open.fetch_sub(left, Ordering::Relaxed);
         tracing::debug!(thread = self.index, "loop thread stopped");
     }

@@ -3,7 +3,7 @@
 use super::conn::{flush_conn, CLOSING, WRITE_SHUT};
 use super::EventLoop;
 use crate::http1::{self, HeadError};
-use crate::metrics::{CloseReason, Transport};
+use crate::metrics::{metrics, CloseReason, Transport};
 use crate::session::{self, request::Rejection};
 use crate::ws;
 use std::io::{self, Read};
@@ -15,10 +15,15 @@ impl EventLoop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        if conn.pending() == 0 {
+        let before = conn.pending();
+        if before == 0 {
             return;
         }
-        match flush_conn(conn) {
+        let res = flush_conn(conn);
+        metrics()
+            .pending_bytes
+            .add(conn.pending() as i64 - before as i64);
+        match res {
             Ok(()) if conn.pending() > 0 => {}
             Ok(()) if conn.has(CLOSING) => {
                 if !conn.has(WRITE_SHUT) {

@@ -88,7 +88,7 @@ impl EventLoop {
             since: s.since,
             epoch: s.epoch,
             resume: false,
-            max_bytes: u32::MAX,
+            max_bytes: self.page_bytes() as u32,
             channel: s.channel.clone(),
         };
         if let Err(e) = self.shared.up_tx.try_send(up) {
