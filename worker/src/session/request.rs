@@ -45,6 +45,15 @@ pub fn has_cors(path: &str) -> bool {
 /// The route of a request head. `origin_allowed`: the request's `Origin` (if any) may
 /// open a WebSocket here.
 pub fn route(req: &Request<'_>, origin_allowed: bool) -> Result<Route, Rejection> {
+    if req.body {
+        // Every route is a GET (or HEAD, OPTIONS): a body would be read as the next
+        // request (request smuggling behind a proxy that reuses connections).
+        return Err(Rejection::new(
+            400,
+            "bad_request",
+            "a request body is not accepted here",
+        ));
+    }
     match req.path {
         "/healthz" | "/metrics" => {
             if req.method != "GET" && req.method != "HEAD" {
@@ -197,6 +206,19 @@ mod tests {
             Err((405, "method_not_allowed"))
         );
         assert_eq!(r("GET /nope HTTP/1.1\r\n\r\n"), Err((404, "not_found")));
+        for body in [
+            "Content-Length: 5",
+            "Transfer-Encoding: chunked",
+            "Content-Length: +0",
+            "Content-Length: 0\r\nContent-Length: 0",
+        ] {
+            let raw = format!("GET /healthz HTTP/1.1\r\n{body}\r\n\r\n");
+            assert_eq!(r(&raw), Err((400, "bad_request")), "{body}");
+        }
+        assert_eq!(
+            r("GET /healthz HTTP/1.1\r\nContent-Length: 00\r\n\r\n"),
+            Ok(Route::Health)
+        );
         assert!(has_cors("/v1/poll") && has_cors("/v1/sse") && !has_cors("/v1/ws"));
     }
 
