@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use protocol::link::Up;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -76,5 +77,104 @@ async fn a_get_with_a_body_is_refused_not_read_as_the_next_request() {
     )
     .await;
     assert_eq!(r.status, 200);
+    h.stop().await;
+}
+
+fn backlog(sub_id: u64, last_seq: u64, seqs: &[u64]) -> protocol::link::Down {
+    protocol::link::Down::Backlog {
+        sub_id,
+        epoch: 1,
+        last_seq,
+        gap_first_seq: None,
+        messages: seqs
+            .iter()
+            .map(|&s| (s, bytes::Bytes::from(s.to_string())))
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_polls_get_an_answer_that_says_close() {
+    let mut h = Harness::start(&[]).await;
+    // Defect 5: two polls in one write; the second used to be dropped silently while the
+    // first was answered keep-alive, and the connection idled until the timeout.
+    let one = "GET /v1/poll?channel=p1&since=0 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let two = "GET /v1/poll?channel=p1&since=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(format!("{one}{two}").as_bytes()).await.unwrap();
+    let (sub, since, ..) = h.link.subscribed().await;
+    assert_eq!(since, Some(0));
+    h.link.send(backlog(sub, 1, &[1])).await;
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(r.json()["next"], 1);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    read_to_eof(&mut s, &mut buf).await;
+    assert!(buf.is_empty());
+
+    // The same when the second request arrives while the first is held.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(one.as_bytes()).await.unwrap();
+    let (sub, ..) = loop {
+        match h.link.next().await {
+            Up::Subscribe { sub_id, .. } => break (sub_id, ()),
+            _ => continue,
+        }
+    };
+    h.link.send(backlog(sub, 0, &[])).await;
+    s.write_all(two.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.link
+        .send(protocol::link::Down::Deliver {
+            sub_id: sub,
+            epoch: 1,
+            seq: 1,
+            data: bytes::Bytes::from_static(b"1"),
+        })
+        .await;
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(r.json()["next"], 1);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    read_to_eof(&mut s, &mut buf).await;
+    h.stop().await;
+}
+
+/// A masked client frame.
+fn client_frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first];
+    assert!(payload.len() < 126);
+    out.push(0x80 | payload.len() as u8);
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    out
+}
+
+const UPGRADE: &str = "GET /v1/ws?channel=raw HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+                       Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                       Sec-WebSocket-Version: 13\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_right_behind_the_upgrade_request_are_read() {
+    let mut h = Harness::start(&[]).await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut raw = UPGRADE.as_bytes().to_vec();
+    raw.extend(client_frame(0x89, b"hi"));
+    s.write_all(&raw).await.unwrap();
+    let mut buf = Vec::new();
+    let head = read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let _ = h.link.subscribed().await;
+    while buf.len() < 4 {
+        let mut chunk = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, s.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "EOF before the pong");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert_eq!(buf[..4], [0x8a, 2, b'h', b'i'], "the pong");
     h.stop().await;
 }

@@ -1,6 +1,6 @@
 //! Socket events: writable (flush), readable (requests, WebSocket frames, discard).
 
-use super::conn::{flush_conn, CLOSING, WRITE_SHUT};
+use super::conn::{flush_conn, CLOSING, KEEP_ALIVE, WRITE_SHUT};
 use super::EventLoop;
 use crate::http1::{self, HeadError};
 use crate::metrics::{metrics, CloseReason, Transport};
@@ -56,7 +56,9 @@ impl EventLoop {
         }
     }
 
-    /// Reads and drops whatever arrives; EOF or an error closes.
+    /// Reads and drops whatever arrives; EOF or an error closes. Bytes sent while a poll
+    /// is held are a pipelined request it will not answer: the poll's answer says
+    /// `Connection: close`.
     pub(super) fn discard_input(&mut self, key: usize, reason: CloseReason) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
@@ -64,7 +66,10 @@ impl EventLoop {
         loop {
             match conn.stream.read(&mut self.read_buf) {
                 Ok(0) => break,
-                Ok(_) => conn.last_active = self.now.secs,
+                Ok(_) => {
+                    conn.last_active = self.now.secs;
+                    conn.flags &= !KEEP_ALIVE;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
@@ -120,9 +125,11 @@ impl EventLoop {
         let buf = std::mem::take(&mut self.read_buf);
         let max_head = self.shared.config.max_header_bytes;
         let res = http1::parse_request(&buf[..len], max_head);
+        let mut rest = 0..0;
         match res {
             Ok(Some(req)) => {
                 self.busy();
+                rest = req.head_len..len;
                 self.handle_request(key, &req);
             }
             Ok(None) => {
@@ -143,6 +150,18 @@ impl EventLoop {
             }
         }
         self.read_buf = buf;
+        if !rest.is_empty() {
+            if let Some(conn) = self.conns.get_mut(key).filter(|c| !c.has(CLOSING)) {
+                if conn.transport == Transport::Ws {
+                    // Frames the client sent right behind its upgrade request.
+                    conn.extra().read = self.read_buf[rest].to_vec();
+                    return self.read_ws(key);
+                }
+                // A pipelined request: this one's answer says `Connection: close` and the
+                // client sends the next again (RFC 9112 9.3.2).
+                conn.flags &= !KEEP_ALIVE;
+            }
+        }
         // With an edge-triggered poll, a full buffer means more may be waiting.
         if full && self.conns.get(key).is_some_and(|c| !c.has(CLOSING)) {
             self.on_readable(key);
