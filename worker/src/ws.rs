@@ -58,6 +58,39 @@ pub fn write_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
     }
 }
 
+/// Length (header and payload) of the server frame at the start of `buf`, once its header
+/// is there. For walking frames the worker wrote itself (unmasked).
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let (head, len) = match *buf.get(1)? & 0x7f {
+        126 => (
+            4,
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+        ),
+        l => (2, l as usize),
+    };
+    Some(head + len)
+}
+
+/// Where the frame that holds byte `at` of `frames` (whole server frames, back to back)
+/// starts and ends; `(at, at)` when `at` is at a frame boundary (or past the end).
+pub fn frame_around(frames: &[u8], at: usize) -> (usize, usize) {
+    let mut start = 0;
+    while start < at {
+        let Some(len) = frame_len(&frames[start..]) else {
+            break;
+        };
+        if start + len > at {
+            return (start, start + len);
+        }
+        start += len;
+    }
+    (at, at)
+}
+
 /// Appends one text frame `{"seq":N,"data":...}`.
 pub fn write_message(out: &mut Vec<u8>, seq: u64, data: &[u8]) {
     write_header(out, OP_TEXT, protocol::envelope::message_len(seq, data));
@@ -304,6 +337,27 @@ mod tests {
         out.clear();
         write_gap(&mut out, 3, 9);
         assert_eq!(&out[2..], br#"{"gap":true,"epoch":3,"first_seq":9}"#);
+    }
+
+    #[test]
+    fn walks_server_frames() {
+        let mut out = Vec::new();
+        write_ping(&mut out);
+        write_message(&mut out, 1, &vec![b'1'; 300]);
+        write_message(&mut out, 2, &vec![b'2'; 70_000]);
+        // A ping (2 bytes), then {"seq":1,"data":<300>} in a 126-length frame.
+        let (a, b) = (2, 2 + 4 + 317);
+        assert_eq!(frame_len(&out), Some(2));
+        assert_eq!(frame_len(&out[a..]), Some(b - a));
+        assert_eq!(frame_len(&out[b..]), Some(out.len() - b));
+        assert_eq!(frame_len(&out[..1]), None);
+        assert_eq!(frame_len(&out[b..b + 5]), None);
+        assert_eq!(frame_around(&out, 0), (0, 0));
+        assert_eq!(frame_around(&out, 1), (0, 2));
+        assert_eq!(frame_around(&out, a), (a, a));
+        assert_eq!(frame_around(&out, a + 1), (a, b));
+        assert_eq!(frame_around(&out, b + 100), (b, out.len()));
+        assert_eq!(frame_around(&out, out.len()), (out.len(), out.len()));
     }
 
     #[test]

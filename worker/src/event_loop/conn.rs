@@ -1,6 +1,6 @@
 //! The connection record (`Conn`, `Extra`) and its write/flush/close path.
 
-use super::{send_up, EventLoop, LINGER_SECS};
+use super::{send_up, EventLoop};
 use crate::metrics::{metrics, CloseReason, Transport};
 use crate::session::order::Position;
 use crate::session::{self, End, Goodbye};
@@ -32,14 +32,18 @@ pub(super) const WRITE_SHUT: u8 = 128;
 /// Buffers a connection owns only while it needs them.
 #[derive(Debug, Default)]
 pub(super) struct Extra {
-    /// Bytes of an incomplete request head or WebSocket frame header/control frame.
-    pub(super) read: Vec<u8>,
+    /// Bytes of an incomplete request head or WebSocket frame header/control frame
+    /// (replaced whole, never appended to: a boxed slice is 8 bytes less than a Vec).
+    pub(super) read: Box<[u8]>,
     /// Output the socket did not take yet, from `written` on.
     pub(super) write: Vec<u8>,
     /// u32 keeps `Extra` at 64 bytes. The buffer is compacted before every append, so it
     /// never holds more than `--max-pending-bytes` (≤ 1 GiB) of live output plus one page
     /// of a backlog (half of it, or one message of at most a link frame): that fits.
     pub(super) written: u32,
+    /// `write[frames_from..]` is whole WebSocket frames back to back (before it: the rest
+    /// of an HTTP head), so the end of the frame on the wire can be found.
+    pub(super) frames_from: u32,
     /// Unread payload bytes of an ignored client data frame.
     pub(super) ws_skip: u64,
 }
@@ -54,11 +58,40 @@ impl Extra {
     }
 
     /// Drops the bytes already written, so a client that keeps up but never drains fully
-    /// does not make the buffer grow with everything ever sent to it.
+    /// does not make the buffer grow with everything ever sent to it. A frame partly on
+    /// the wire is kept from its start (at most one frame more).
     pub(super) fn compact(&mut self) {
-        if self.written > 0 {
-            self.write.drain(..self.written as usize);
-            self.written = 0;
+        let w = self.written as usize;
+        let from = self.frames_from as usize;
+        let cut = if w <= from {
+            w
+        } else {
+            from + ws::frame_around(&self.write[from..], w - from).0
+        };
+        if cut > 0 {
+            self.write.drain(..cut);
+            self.written -= cut as u32;
+            self.frames_from = from.saturating_sub(cut) as u32;
+        }
+    }
+
+    /// Keeps of the pending output only the rest of what is partly on the wire (a frame,
+    /// or an HTTP head), so a close frame can follow at once.
+    pub(super) fn cut_after_partial(&mut self) {
+        let w = self.written as usize;
+        let from = self.frames_from as usize;
+        let end = if w < from {
+            from
+        } else {
+            from + ws::frame_around(&self.write[from..], w - from).1
+        };
+        self.write.truncate(end);
+    }
+
+    fn append(&mut self, data: &[u8], framed: bool) {
+        self.write.extend_from_slice(data);
+        if !framed {
+            self.frames_from = self.write.len() as u32;
         }
     }
 }
@@ -134,6 +167,18 @@ impl Conn {
     }
 }
 
+/// What `self.out` holds, for the write path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Out {
+    /// Live output: pending bytes are bounded by `--max-pending-bytes`.
+    Live,
+    /// A page of a backlog: taken whole (see [`write_conn`]).
+    Page,
+    /// An HTTP head (the answer to a subscribe request): bounded like live output, and not
+    /// WebSocket frames even on a WebSocket.
+    Head,
+}
+
 /// Why a write could not be completed.
 pub(super) enum WriteErr {
     Slow,
@@ -146,10 +191,12 @@ pub(super) enum WriteErr {
 /// `limit`, pending output past it is `Slow`; a page of a backlog (`None`) is taken whole:
 /// it is asked for only once the connection drained, and is bounded by the page budget.
 /// On `Slow` the pending bytes still end at a message boundary, so a close frame can follow.
+/// `framed`: `data` is whole WebSocket frames.
 pub(super) fn write_conn(
     conn: &mut Conn,
     data: &[u8],
     limit: Option<usize>,
+    framed: bool,
 ) -> Result<(), WriteErr> {
     let over = |pending: usize| limit.is_some_and(|max| pending > max);
     if data.is_empty() {
@@ -162,10 +209,10 @@ pub(super) fn write_conn(
     if conn.pending() > 0 {
         let ex = conn.extra();
         ex.compact();
-        if over(ex.write.len() + data.len()) {
+        if over(ex.pending() + data.len()) {
             return Err(WriteErr::Slow);
         }
-        ex.write.extend_from_slice(data);
+        ex.append(data, framed);
         return Ok(());
     }
     let mut off = 0;
@@ -181,13 +228,19 @@ pub(super) fn write_conn(
     if off < data.len() {
         // Keep the rest even when over the bound: the socket has part of a message, and
         // the stream must stay whole for the close frame that follows a `Slow`.
-        let rest = &data[off..];
+        // Kept from the start of the frame on the wire, so its end can be found.
+        let start = if framed {
+            ws::frame_around(data, off).0
+        } else {
+            off
+        };
         metrics().write_buffered.inc();
         let ex = conn.extra();
         ex.write.clear();
-        ex.written = 0;
-        ex.write.extend_from_slice(rest);
-        if over(rest.len()) {
+        ex.write.extend_from_slice(&data[start..]);
+        ex.written = (off - start) as u32;
+        ex.frames_from = if framed { 0 } else { ex.write.len() as u32 };
+        if over(ex.pending()) {
             return Err(WriteErr::Slow);
         }
     }
@@ -210,6 +263,7 @@ pub(super) fn flush_conn(conn: &mut Conn) -> Result<(), WriteErr> {
     }
     ex.write = Vec::new();
     ex.written = 0;
+    ex.frames_from = 0;
     conn.trim_extra();
     Ok(())
 }
@@ -273,7 +327,7 @@ impl EventLoop {
         };
         conn.gen = gen;
         if let Some(ex) = conn.extra.as_mut() {
-            ex.read = Vec::new();
+            ex.read = Box::default();
             ex.ws_skip = 0;
         }
         conn.trim_extra();
@@ -281,7 +335,11 @@ impl EventLoop {
             conn.flags |= WRITE_SHUT;
             let _ = conn.stream.shutdown(std::net::Shutdown::Write);
         }
-        self.add_deadline(self.now.secs + LINGER_SECS, key, gen);
+        self.add_deadline(
+            self.now.secs + self.shared.config.close_linger_secs,
+            key,
+            gen,
+        );
     }
 
     /// Writes `self.out` as the connection's last words, then closes after the flush.
@@ -294,17 +352,19 @@ impl EventLoop {
     /// Writes `self.out` to the connection; closes it when the client is too slow or gone.
     /// Returns whether the connection is still usable.
     pub(super) fn send_out(&mut self, key: usize) -> bool {
-        self.send_out_as(key, false)
+        self.send(key, Out::Live)
     }
 
-    /// [`Self::send_out`]; a `page` of a backlog is taken whole (see [`write_conn`]).
-    pub(super) fn send_out_as(&mut self, key: usize, page: bool) -> bool {
-        let limit = (!page).then_some(self.shared.config.max_pending_bytes);
+    /// [`Self::send_out`] for what `self.out` holds: a page of a backlog is taken whole, an
+    /// HTTP head is not frames.
+    pub(super) fn send(&mut self, key: usize, what: Out) -> bool {
+        let limit = (what != Out::Page).then_some(self.shared.config.max_pending_bytes);
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
         let before = conn.pending();
-        let mut res = write_conn(conn, &self.out, limit);
+        let framed = conn.transport == Transport::Ws && what != Out::Head;
+        let mut res = write_conn(conn, &self.out, limit, framed);
         if self.out.capacity() > 1 << 20 {
             self.out = Vec::with_capacity(4096);
         } else {
@@ -312,9 +372,11 @@ impl EventLoop {
         }
         let goodbye = session::goodbye(conn.transport, End::Slow);
         if let (Err(WriteErr::Slow), Goodbye::Close { code, reason }) = (&res, goodbye) {
-            // After what is pending (which ends at a frame boundary), within the close
-            // linger.
-            ws::write_close(&mut conn.extra().write, code, reason);
+            // At once after the frame on the wire (the rest is dropped: a lingering slow
+            // connection holds at most one frame), within the close linger.
+            let ex = conn.extra();
+            ex.cut_after_partial();
+            ws::write_close(&mut ex.write, code, reason);
             res = Err(WriteErr::SlowClosing);
         }
         metrics()
@@ -350,5 +412,42 @@ mod tests {
         let size = std::mem::size_of::<Conn>();
         assert!(size <= bound, "Conn is {size} bytes");
         assert!(std::mem::size_of::<Extra>() <= 64);
+    }
+
+    #[test]
+    fn pending_output_keeps_frame_ends_findable() {
+        let head = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        let mut frames = Vec::new();
+        for seq in 1..=3 {
+            ws::write_message(&mut frames, seq, &[b'7'; 200]);
+        }
+        let f = ws::frame_len(&frames).unwrap();
+        let mut ex = Extra::default();
+        ex.append(head, false);
+        ex.append(&frames, true);
+        assert_eq!(ex.frames_from as usize, head.len());
+        // Still in the head: the cut keeps the rest of the head, no frame.
+        ex.written = 5;
+        let mut cut = Extra {
+            write: ex.write.clone(),
+            written: ex.written,
+            frames_from: ex.frames_from,
+            ..Default::default()
+        };
+        cut.cut_after_partial();
+        assert_eq!(cut.write.len(), head.len());
+        // Half way through the second frame: compaction keeps that frame from its start.
+        ex.written = (head.len() + f + f / 2) as u32;
+        ex.compact();
+        assert_eq!((ex.write.len(), ex.written as usize), (2 * f, f / 2));
+        assert_eq!(ex.frames_from, 0);
+        assert_eq!(ex.pending(), 2 * f - f / 2);
+        // The cut keeps the rest of that frame only.
+        ex.cut_after_partial();
+        assert_eq!(ex.write.len(), f);
+        // At a frame boundary nothing partial is kept.
+        ex.written = f as u32;
+        ex.cut_after_partial();
+        assert_eq!(ex.pending(), 0);
     }
 }

@@ -1,6 +1,7 @@
 //! Gateway commands: the inbox batch, per-transport rendering, poll answers, kicks and
 //! resubscribing.
 
+use super::conn::Out;
 use super::conn::{CLOSING, HAS_EPOCH, HAS_POS, KEEP_ALIVE, RESUB, SUBSCRIBED, WRITE_SHUT};
 use super::{render, send_up, EventLoop};
 use crate::http1;
@@ -14,6 +15,14 @@ use tokio::sync::mpsc::error::TrySendError;
 
 /// Inbox commands (64 bytes each) a loop thread keeps room for between wake-ups.
 pub(super) const SPARE_CMDS: usize = 256;
+
+fn out_kind(page: bool) -> Out {
+    if page {
+        Out::Page
+    } else {
+        Out::Live
+    }
+}
 
 /// The batch of one connection being gathered: rendered for its transport.
 struct Batch<'a> {
@@ -172,7 +181,7 @@ impl EventLoop {
         let page = std::mem::take(&mut self.batch_page);
         match conn.transport {
             Transport::Ws | Transport::Sse => {
-                if !self.out.is_empty() && self.send_out_as(key, page) {
+                if !self.out.is_empty() && self.send(key, out_kind(page)) {
                     metrics().delivered.inc_by(count);
                 }
             }
@@ -207,7 +216,7 @@ impl EventLoop {
         );
         self.body.clear();
         self.end_poll(key);
-        if self.send_out_as(key, page) {
+        if self.send(key, out_kind(page)) {
             if keep_alive {
                 let gen = self.gen();
                 let conn = &mut self.conns[key];

@@ -23,8 +23,8 @@ pub const WAKER: Token = Token(usize::MAX);
 const LISTENER_BASE: usize = usize::MAX - 1;
 /// Scratch read buffer size (at least `--max-header-bytes` + 1).
 const READ_BUF: usize = 16 * 1024;
-/// How long a closing connection may take to flush and see the client's EOF.
-const LINGER_SECS: u32 = 2;
+/// How long the shutdown drain lets connections flush before it drops them.
+const DRAIN_SECS: u64 = 2;
 
 mod accept;
 mod behind;
@@ -105,7 +105,7 @@ impl EventLoop {
         let span = c
             .max_poll_timeout_secs
             .max(c.handshake_timeout_secs)
-            .max(LINGER_SECS)
+            .max(c.close_linger_secs)
             + 2;
         let now = Now::read(&shared);
         let read_len = READ_BUF.max(c.max_header_bytes + 1);

@@ -87,7 +87,7 @@ impl EventLoop {
             if !ex.read.is_empty() {
                 len = ex.read.len().min(self.read_buf.len());
                 self.read_buf[..len].copy_from_slice(&ex.read[..len]);
-                ex.read = Vec::new();
+                ex.read = Box::default();
             }
         }
         conn.trim_extra();
@@ -137,7 +137,7 @@ impl EventLoop {
                     self.close_now(key, CloseReason::ClientClosed);
                 } else {
                     let conn = &mut self.conns[key];
-                    conn.extra().read = buf[..len].to_vec();
+                    conn.extra().read = buf[..len].into();
                 }
             }
             Err(HeadError::TooLarge) => {
@@ -154,7 +154,7 @@ impl EventLoop {
             if let Some(conn) = self.conns.get_mut(key).filter(|c| !c.has(CLOSING)) {
                 if conn.transport == Transport::Ws {
                     // Frames the client sent right behind its upgrade request.
-                    conn.extra().read = self.read_buf[rest].to_vec();
+                    conn.extra().read = self.read_buf[rest].into();
                     return self.read_ws(key);
                 }
                 // A pipelined request: this one's answer says `Connection: close` and the
@@ -208,11 +208,10 @@ impl EventLoop {
                 if off < len || skip > 0 {
                     let ex = conn.extra();
                     ex.ws_skip = skip;
-                    ex.read.clear();
-                    ex.read.extend_from_slice(&self.read_buf[off..len]);
+                    ex.read = self.read_buf[off..len].into();
                 } else if let Some(ex) = conn.extra.as_mut() {
                     ex.ws_skip = 0;
-                    ex.read = Vec::new();
+                    ex.read = Box::default();
                     conn.trim_extra();
                 }
             }

@@ -1,5 +1,6 @@
 //! Requests: a parsed head is routed (`session::request`), answered, or subscribed.
 
+use super::conn::Out;
 use super::conn::{HAS_EPOCH, HAS_POS, KEEP_ALIVE, SUBSCRIBED};
 use super::EventLoop;
 use crate::http1::{self, Request};
@@ -130,6 +131,6 @@ impl EventLoop {
             Transport::Sse => sse::write_head(&mut self.out, self.shared.origin(cors)),
             _ => self.add_deadline(self.now.secs + s.hold_secs + 1, key, gen),
         }
-        self.send_out(key);
+        self.send(key, Out::Head);
     }
 }

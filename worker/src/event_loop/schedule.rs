@@ -2,7 +2,7 @@
 
 use super::conn::{CLOSING, SUBSCRIBED};
 use super::render;
-use super::{EventLoop, LINGER_SECS};
+use super::{EventLoop, DRAIN_SECS};
 use crate::metrics::{CloseReason, Transport};
 use crate::session::End;
 use std::time::Duration;
@@ -82,7 +82,7 @@ impl EventLoop {
     }
 
     pub(super) fn begin_drain(&mut self) {
-        self.drain_deadline = Some(self.now.at + Duration::from_secs(LINGER_SECS as u64));
+        self.drain_deadline = Some(self.now.at + Duration::from_secs(DRAIN_SECS));
         for l in self.listeners.drain(..) {
             let mut sock = l.sock;
             let _ = self.poll.registry().deregister(&mut sock);
