@@ -1,5 +1,6 @@
 //! The server side of RFC 6455 that the worker needs: the handshake answer, frame
-//! encoding (text, ping, pong, close) and an incremental decoder for client frames. No I/O.
+//! encoding (text, ping, pong, close) and an incremental decoder for client frames that
+//! checks fragmentation and UTF-8 without buffering payloads. No I/O.
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -19,6 +20,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL: u16 = 1002;
+    /// RFC 6455 "Invalid frame payload data": a text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const REPLACED: u16 = 4001;
     pub const RESYNC: u16 = 4002;
@@ -134,6 +137,8 @@ pub enum FrameError {
     TooLarge,
     #[error("protocol error")]
     Protocol,
+    #[error("a text message (or close reason) is not UTF-8")]
+    BadUtf8,
 }
 
 impl FrameError {
@@ -142,6 +147,7 @@ impl FrameError {
         match self {
             FrameError::TooLarge => close::TOO_BIG,
             FrameError::Protocol => close::PROTOCOL,
+            FrameError::BadUtf8 => close::INVALID_DATA,
         }
     }
 }
@@ -176,19 +182,112 @@ impl std::fmt::Debug for ControlPayload {
     }
 }
 
+// `ReadState::bits`.
+/// Length of the UTF-8 carry (0..=3).
+const CARRY_LEN: u8 = 0b11;
+/// A message is under way (its first frame came, its final one did not end yet).
+const IN_MESSAGE: u8 = 4;
+/// That message is text: its payload is checked as UTF-8.
+const TEXT: u8 = 8;
+/// The frame whose payload is being read is the message's final one.
+const FINAL: u8 = 16;
+
+/// What [`decode`] carries between reads of one client (16 bytes): the unread rest of a
+/// data frame and its mask, and where a text message stands, so that UTF-8 is checked
+/// across frames and reads without buffering payloads (only an incomplete character, at
+/// most 3 bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadState {
+    /// Unread payload bytes of the current data frame.
+    skip: u64,
+    /// Its masking key, turned to the next payload byte.
+    mask: [u8; 4],
+    /// The start of a UTF-8 character that the bytes read so far did not complete.
+    carry: [u8; 3],
+    bits: u8,
+}
+
+impl ReadState {
+    /// Nothing to carry: no frame or message under way.
+    pub fn is_idle(&self) -> bool {
+        self.skip == 0 && self.bits & (IN_MESSAGE | CARRY_LEN) == 0
+    }
+
+    /// Reads `n` payload bytes of the current data frame from the front of `buf`.
+    fn payload(&mut self, buf: &mut [u8]) -> Result<(), FrameError> {
+        let n = buf.len();
+        if self.bits & TEXT != 0 {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b ^= self.mask[i & 3];
+            }
+            self.utf8(buf)?;
+        }
+        self.mask.rotate_left(n & 3);
+        self.skip -= n as u64;
+        if self.skip == 0 && self.bits & FINAL != 0 {
+            // The message is over: it must not end inside a character.
+            if self.bits & CARRY_LEN != 0 {
+                return Err(FrameError::BadUtf8);
+            }
+            self.bits = 0;
+        }
+        Ok(())
+    }
+
+    /// Checks more of a text message: what completes the carried character, then the rest;
+    /// an incomplete character at the end is carried.
+    fn utf8(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+        let n = (self.bits & CARRY_LEN) as usize;
+        if n > 0 {
+            let width = match self.carry[0] {
+                0xc2..=0xdf => 2,
+                0xe0..=0xef => 3,
+                _ => 4,
+            };
+            let take = (width - n).min(data.len());
+            let mut ch = [0u8; 4];
+            ch[..n].copy_from_slice(&self.carry[..n]);
+            ch[n..n + take].copy_from_slice(&data[..take]);
+            self.set_carry(&[]);
+            match std::str::from_utf8(&ch[..n + take]) {
+                Ok(_) => data = &data[take..],
+                Err(e) if e.error_len().is_none() => {
+                    self.set_carry(&ch[..n + take]);
+                    return Ok(());
+                }
+                Err(_) => return Err(FrameError::BadUtf8),
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                self.set_carry(&data[e.valid_up_to()..]);
+                Ok(())
+            }
+            Err(_) => Err(FrameError::BadUtf8),
+        }
+    }
+
+    fn set_carry(&mut self, bytes: &[u8]) {
+        self.carry[..bytes.len()].copy_from_slice(bytes);
+        self.bits = (self.bits & !CARRY_LEN) | bytes.len() as u8;
+    }
+}
+
 /// Decodes the next client frame from `buf`. Returns bytes consumed and what was found;
 /// `(0, None)` means more bytes are needed (keep `buf` and retry with more appended).
-/// `skip` carries the unread rest of an ignored data frame between calls; a data frame's
-/// payload is never buffered.
+/// `st` carries the unread rest of a data frame and the state of a fragmented message
+/// between calls; a data frame's payload is never buffered (a text payload is unmasked in
+/// place in `buf` and checked as UTF-8 as it goes).
 pub fn decode(
-    buf: &[u8],
-    skip: &mut u64,
+    buf: &mut [u8],
+    st: &mut ReadState,
     max_frame: u64,
 ) -> Result<(usize, Option<Frame>), FrameError> {
-    if *skip > 0 {
-        let n = (*skip).min(buf.len() as u64);
-        *skip -= n;
-        return Ok((n as usize, if n > 0 { Some(Frame::Data) } else { None }));
+    if st.skip > 0 {
+        let n = st.skip.min(buf.len() as u64) as usize;
+        st.payload(&mut buf[..n])?;
+        return Ok((n, (n > 0).then_some(Frame::Data)));
     }
     if buf.len() < 2 {
         return Ok((0, None));
@@ -228,17 +327,31 @@ pub fn decode(
     };
     match opcode {
         OP_CONT | OP_TEXT | OP_BINARY => {
+            // A continuation needs a message under way; a new message needs none.
+            if (opcode == OP_CONT) != (st.bits & IN_MESSAGE != 0) {
+                return Err(FrameError::Protocol);
+            }
             if len > max_frame {
                 return Err(FrameError::TooLarge);
             }
             if buf.len() < pos + 4 {
                 return Ok((0, None));
             }
+            st.mask = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
             pos += 4;
-            let avail = (buf.len() - pos) as u64;
-            let take = avail.min(len);
-            *skip = len - take;
-            Ok((pos + take as usize, Some(Frame::Data)))
+            st.bits |= IN_MESSAGE;
+            if opcode == OP_TEXT {
+                st.bits |= TEXT;
+            }
+            st.bits &= !FINAL;
+            if fin {
+                st.bits |= FINAL;
+            }
+            st.skip = len;
+            // Also ends an empty final frame's message.
+            let take = len.min((buf.len() - pos) as u64) as usize;
+            st.payload(&mut buf[pos..pos + take])?;
+            Ok((pos + take, Some(Frame::Data)))
         }
         OP_CLOSE | OP_PING | OP_PONG => {
             if !fin || len > 125 {
@@ -264,6 +377,9 @@ pub fn decode(
                     let s = p.as_slice();
                     if s.len() == 1 {
                         return Err(FrameError::Protocol);
+                    }
+                    if s.len() > 2 && std::str::from_utf8(&s[2..]).is_err() {
+                        return Err(FrameError::BadUtf8);
                     }
                     Frame::Close((s.len() >= 2).then(|| u16::from_be_bytes([s[0], s[1]])))
                 }
@@ -294,6 +410,229 @@ mod tests {
         out.extend_from_slice(&mask);
         out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
         out
+    }
+
+    /// A masked client frame; `fin` false makes it a fragment.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = masked(opcode, payload);
+        if !fin {
+            f[0] &= 0x7f;
+        }
+        f
+    }
+
+    /// Feeds `stream` in reads of `step` bytes, as the loop does; the control frames found
+    /// (up to a close, where the loop stops reading), or the first error.
+    fn run(stream: &[u8], step: usize) -> Result<Vec<Frame>, FrameError> {
+        let mut st = ReadState::default();
+        let mut pending = Vec::new();
+        let mut got = Vec::new();
+        for chunk in stream.chunks(step.max(1)) {
+            pending.extend_from_slice(chunk);
+            loop {
+                let (n, f) = decode(&mut pending, &mut st, 1 << 20)?;
+                pending.drain(..n);
+                match f {
+                    None => break,
+                    Some(Frame::Data) => {}
+                    Some(f @ Frame::Close(_)) => {
+                        got.push(f);
+                        return Ok(got);
+                    }
+                    Some(f) => got.push(f),
+                }
+            }
+        }
+        Ok(got)
+    }
+
+    fn all_steps(stream: &[u8]) -> Result<Vec<Frame>, FrameError> {
+        let first = run(stream, stream.len());
+        for step in 1..=9 {
+            assert_eq!(run(stream, step), first, "read {step} bytes at a time");
+        }
+        first
+    }
+
+    #[test]
+    fn utf8_is_checked_across_fragments_and_reads() {
+        let text = "héllo wörld € 𝄞 ok".as_bytes();
+        // Fragments cut inside the two- to four-byte characters.
+        for cut in [2, 9, 15, 17, 18, 19] {
+            for cut2 in [cut + 1, text.len() - 1] {
+                let mut s = frame(false, OP_TEXT, &text[..cut]);
+                s.extend(frame(false, OP_CONT, &text[cut..cut2]));
+                s.extend(masked(OP_PING, b"p"));
+                s.extend(frame(true, OP_CONT, &text[cut2..]));
+                let got = all_steps(&s).unwrap_or_else(|e| panic!("{cut}/{cut2}: {e}"));
+                assert_eq!(got.len(), 1, "the ping between fragments");
+            }
+        }
+        // Binary is not text; an empty text frame is fine.
+        let mut s = masked(OP_BINARY, &[0xff, 0xc0, 0x80]);
+        s.extend(masked(OP_TEXT, b""));
+        assert_eq!(all_steps(&s), Ok(vec![]));
+    }
+
+    #[test]
+    fn invalid_utf8_is_1007() {
+        for bad in [
+            &[0xc3, 0x28][..],
+            &[0xc0, 0x80],             // overlong
+            &[0xed, 0xa0, 0x80],       // a surrogate
+            &[0xf4, 0x90, 0x80, 0x80], // past U+10FFFF
+            &[0xff],
+            &[b'a', 0x80],
+            &[0xe2, 0x82], // the message ends inside a character
+        ] {
+            assert_eq!(
+                all_steps(&masked(OP_TEXT, bad)),
+                Err(FrameError::BadUtf8),
+                "{bad:x?}"
+            );
+            // Split over two fragments at every point.
+            for cut in 0..=bad.len() {
+                let mut s = frame(false, OP_TEXT, &bad[..cut]);
+                s.extend(frame(true, OP_CONT, &bad[cut..]));
+                assert_eq!(
+                    all_steps(&s),
+                    Err(FrameError::BadUtf8),
+                    "{bad:x?} cut {cut}"
+                );
+            }
+        }
+        let mut reason = vec![0x03, 0xe8];
+        reason.extend_from_slice(&[0xc3, 0x28]);
+        assert_eq!(
+            all_steps(&masked(OP_CLOSE, &reason)),
+            Err(FrameError::BadUtf8)
+        );
+        assert_eq!(FrameError::BadUtf8.close_code(), 1007);
+    }
+
+    #[test]
+    fn fragmentation_rules_are_1002() {
+        // A continuation with no message started.
+        assert_eq!(all_steps(&masked(OP_CONT, b"x")), Err(FrameError::Protocol));
+        // A new data frame while a message is unfinished.
+        for op in [OP_TEXT, OP_BINARY] {
+            let mut s = frame(false, OP_TEXT, b"a");
+            s.extend(masked(op, b"b"));
+            assert_eq!(all_steps(&s), Err(FrameError::Protocol));
+        }
+        // Once a fragmented message is over, a new one may start; and not before its end.
+        let mut s = frame(false, OP_BINARY, b"a");
+        s.extend(frame(true, OP_CONT, b"b"));
+        s.extend(masked(OP_TEXT, b"c"));
+        s.extend(masked(OP_CONT, b"d"));
+        assert_eq!(all_steps(&s), Err(FrameError::Protocol));
+        let mut st = ReadState::default();
+        assert!(st.is_idle());
+        let (n, _) = decode(&mut frame(false, OP_TEXT, &[0xe2]), &mut st, 100).unwrap();
+        assert_eq!(n, 7);
+        assert!(!st.is_idle(), "a message under way is carried");
+        assert!(std::mem::size_of::<ReadState>() <= 16);
+    }
+
+    /// Differential check against tungstenite's parser (a well-kept one): random streams of
+    /// fragments, pings, and text that is valid, cut inside characters, or not UTF-8; both
+    /// must accept or refuse each stream alike (refusing for the same reason).
+    #[test]
+    fn agrees_with_tungstenite() {
+        use std::io::{Cursor, Read, Write};
+        use tokio_tungstenite::tungstenite::{self, protocol::Role, Message};
+
+        struct Duplex(Cursor<Vec<u8>>);
+        impl Read for Duplex {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                match self.0.read(buf)? {
+                    0 => Err(std::io::ErrorKind::WouldBlock.into()),
+                    n => Ok(n),
+                }
+            }
+        }
+        impl Write for Duplex {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        #[derive(Debug, PartialEq)]
+        enum Verdict {
+            Closed,
+            Protocol,
+            Utf8,
+            More,
+        }
+        let theirs = |stream: &[u8]| {
+            let mut ws = tungstenite::WebSocket::from_raw_socket(
+                Duplex(Cursor::new(stream.to_vec())),
+                Role::Server,
+                None,
+            );
+            loop {
+                match ws.read() {
+                    Ok(Message::Close(_)) => return Verdict::Closed,
+                    Ok(_) => {}
+                    Err(tungstenite::Error::Protocol(_)) => return Verdict::Protocol,
+                    Err(tungstenite::Error::Utf8(_)) => return Verdict::Utf8,
+                    Err(tungstenite::Error::Io(_)) => return Verdict::More,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+        let ours = |stream: &[u8], step: usize| match run(stream, step) {
+            Ok(f) if f.iter().any(|f| matches!(f, Frame::Close(_))) => Verdict::Closed,
+            Ok(_) => Verdict::More,
+            Err(FrameError::Protocol) => Verdict::Protocol,
+            Err(FrameError::BadUtf8) => Verdict::Utf8,
+            Err(FrameError::TooLarge) => unreachable!(),
+        };
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let text = "aé€𝄞z".as_bytes();
+        let mut seen = std::collections::HashMap::new();
+        for _ in 0..3000 {
+            let mut stream = Vec::new();
+            for _ in 0..1 + rnd(5) {
+                let payload: Vec<u8> = match rnd(4) {
+                    0 => b"plain".to_vec(),
+                    1 => {
+                        let a = rnd(text.len());
+                        text[a..a + rnd(text.len() - a + 1)].to_vec()
+                    }
+                    2 => (0..rnd(4))
+                        .map(|_| [0x80, 0xc3, 0xe2, 0xf0, 0xff][rnd(5)])
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                match rnd(8) {
+                    0 => stream.extend(masked(OP_PING, b"p")),
+                    1 if rnd(4) == 0 => {
+                        let mut close = vec![0x03, 0xe8];
+                        close.extend_from_slice(&payload);
+                        stream.extend(masked(OP_CLOSE, &close));
+                    }
+                    k => {
+                        let op = [OP_TEXT, OP_BINARY, OP_CONT][k % 3];
+                        stream.extend(frame(rnd(2) == 0, op, &payload));
+                    }
+                }
+            }
+            stream.extend(masked(OP_CLOSE, &[0x03, 0xe8]));
+            let want = theirs(&stream);
+            assert_eq!(ours(&stream, 1 + rnd(9)), want, "{stream:x?}");
+            *seen.entry(format!("{want:?}")).or_insert(0) += 1;
+        }
+        // The streams exercised every outcome.
+        assert!(seen.len() >= 3, "{seen:?}");
     }
 
     #[test]
@@ -362,9 +701,9 @@ mod tests {
 
     #[test]
     fn decodes_control_frames() {
-        let mut skip = 0;
+        let mut st = ReadState::default();
         let f = masked(OP_PING, b"abc");
-        let (n, fr) = decode(&f, &mut skip, 1000).unwrap();
+        let (n, fr) = decode(&mut f.clone(), &mut st, 1000).unwrap();
         assert_eq!(n, f.len());
         match fr {
             Some(Frame::Ping(p)) => assert_eq!(p.as_slice(), b"abc"),
@@ -372,12 +711,12 @@ mod tests {
         }
         let f = masked(OP_CLOSE, &[0x03, 0xe8, b'b', b'y', b'e']);
         assert_eq!(
-            decode(&f, &mut skip, 1000).unwrap(),
+            decode(&mut f.clone(), &mut st, 1000).unwrap(),
             (f.len(), Some(Frame::Close(Some(1000))))
         );
         let f = masked(OP_PONG, b"");
         assert_eq!(
-            decode(&f, &mut skip, 1000).unwrap(),
+            decode(&mut f.clone(), &mut st, 1000).unwrap(),
             (f.len(), Some(Frame::Pong))
         );
     }
@@ -388,12 +727,12 @@ mod tests {
         stream.extend(masked(OP_PING, b"p"));
         // Feed one byte at a time, keeping what decode did not consume.
         let mut pending: Vec<u8> = Vec::new();
-        let mut skip = 0;
+        let mut st = ReadState::default();
         let mut got = Vec::new();
         for b in stream {
             pending.push(b);
             loop {
-                let (n, f) = decode(&pending, &mut skip, 65536).unwrap();
+                let (n, f) = decode(&mut pending, &mut st, 65536).unwrap();
                 pending.drain(..n);
                 match f {
                     Some(f) => got.push(f),
@@ -408,30 +747,36 @@ mod tests {
 
     #[test]
     fn refuses_bad_frames() {
-        let mut skip = 0;
+        let mut st = ReadState::default();
         let big = masked(OP_BINARY, &vec![0; 2000]);
-        assert_eq!(decode(&big, &mut skip, 1000), Err(FrameError::TooLarge));
+        assert_eq!(
+            decode(&mut big.clone(), &mut st, 1000),
+            Err(FrameError::TooLarge)
+        );
         let mut unmasked = masked(OP_TEXT, b"hi");
         unmasked[1] &= 0x7f;
         assert_eq!(
-            decode(&unmasked, &mut skip, 1000),
+            decode(&mut unmasked.clone(), &mut st, 1000),
             Err(FrameError::Protocol)
         );
         let mut rsv = masked(OP_TEXT, b"hi");
         rsv[0] |= 0x40;
-        assert_eq!(decode(&rsv, &mut skip, 1000), Err(FrameError::Protocol));
         assert_eq!(
-            decode(&masked(0x3, b""), &mut skip, 1000),
+            decode(&mut rsv.clone(), &mut st, 1000),
             Err(FrameError::Protocol)
         );
         assert_eq!(
-            decode(&masked(OP_PING, &[0; 126]), &mut skip, 1000),
+            decode(&mut masked(0x3, b""), &mut st, 1000),
+            Err(FrameError::Protocol)
+        );
+        assert_eq!(
+            decode(&mut masked(OP_PING, &[0; 126]), &mut st, 1000),
             Err(FrameError::Protocol)
         );
         let mut frag_ping = masked(OP_PING, b"");
         frag_ping[0] &= 0x7f;
         assert_eq!(
-            decode(&frag_ping, &mut skip, 1000),
+            decode(&mut frag_ping.clone(), &mut st, 1000),
             Err(FrameError::Protocol)
         );
         assert_eq!(FrameError::TooLarge.close_code(), 1009);

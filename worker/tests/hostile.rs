@@ -236,3 +236,74 @@ async fn a_stuck_websocket_that_reads_again_late_still_gets_its_4003() {
     assert!(expect > 1 && expect < 401, "some, not all: {expect}");
     h.stop().await;
 }
+
+/// Opens a raw WebSocket, sends `frames` right after the 101, and returns the close code
+/// the worker answers with.
+async fn close_code_for(h: &mut Harness, frames: &[Vec<u8>]) -> u16 {
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+    let sub = loop {
+        // (The previous connection's Unsubscribe may come first.)
+        if let Up::Subscribe { sub_id, .. } = h.link.next().await {
+            break sub_id;
+        }
+    };
+    h.link.send(backlog(sub, 0, &[])).await;
+    for f in frames {
+        s.write_all(f).await.unwrap();
+    }
+    // Pings may come first; the close frame is 0x88, its code the next two payload bytes.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        while buf.len() >= 2 && buf[0] != 0x88 {
+            let len = 2 + (buf[1] & 0x7f) as usize;
+            if buf.len() < len {
+                break;
+            }
+            buf.drain(..len);
+        }
+        if buf.len() >= 4 && buf[0] == 0x88 {
+            return u16::from_be_bytes([buf[2], buf[3]]);
+        }
+        let mut chunk = [0u8; 256];
+        let n = tokio::time::timeout_at(deadline, s.read(&mut chunk))
+            .await
+            .expect("a close frame in time")
+            .unwrap();
+        assert!(n > 0, "EOF without a close frame: {buf:x?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_utf8_is_1007_and_bad_fragmentation_1002() {
+    let mut h = Harness::start(&[]).await;
+    // Defect 8: these were ignored.
+    let not_utf8 = client_frame(0x81, &[b'o', b'k', 0xc3, 0x28]);
+    assert_eq!(close_code_for(&mut h, &[not_utf8]).await, 1007);
+    // Invalid across fragments: a character that never completes.
+    let start = client_frame(0x01, &[0xe2, 0x82]);
+    let end = client_frame(0x80, b"x");
+    assert_eq!(close_code_for(&mut h, &[start, end]).await, 1007);
+    // A continuation with no message started.
+    assert_eq!(
+        close_code_for(&mut h, &[client_frame(0x80, b"x")]).await,
+        1002
+    );
+    // A new message while one is unfinished.
+    let first = client_frame(0x01, b"a");
+    let second = client_frame(0x81, b"b");
+    assert_eq!(close_code_for(&mut h, &[first, second]).await, 1002);
+    // Valid text split inside a character, a ping between the fragments: fine.
+    let euro = "€".as_bytes();
+    let frames = [
+        client_frame(0x01, &euro[..1]),
+        client_frame(0x89, b"p"),
+        client_frame(0x80, &euro[1..]),
+        client_frame(0x88, &[0x03, 0xe8]),
+    ];
+    assert_eq!(close_code_for(&mut h, &frames).await, 1000);
+    h.stop().await;
+}

@@ -44,13 +44,14 @@ pub(super) struct Extra {
     /// `write[frames_from..]` is whole WebSocket frames back to back (before it: the rest
     /// of an HTTP head), so the end of the frame on the wire can be found.
     pub(super) frames_from: u32,
-    /// Unread payload bytes of an ignored client data frame.
-    pub(super) ws_skip: u64,
+    /// Where the client's WebSocket frames stand: the rest of a data frame, a fragmented
+    /// message, an incomplete UTF-8 character.
+    pub(super) ws: ws::ReadState,
 }
 
 impl Extra {
     pub(super) fn is_empty(&self) -> bool {
-        self.read.is_empty() && self.write.is_empty() && self.ws_skip == 0
+        self.read.is_empty() && self.write.is_empty() && self.ws.is_idle()
     }
 
     pub(super) fn pending(&self) -> usize {
@@ -328,7 +329,7 @@ impl EventLoop {
         conn.gen = gen;
         if let Some(ex) = conn.extra.as_mut() {
             ex.read = Box::default();
-            ex.ws_skip = 0;
+            ex.ws = ws::ReadState::default();
         }
         conn.trim_extra();
         if conn.pending() == 0 && !conn.has(WRITE_SHUT) {

@@ -174,12 +174,15 @@ impl EventLoop {
         let max_frame = self.shared.config.max_client_frame_bytes;
         loop {
             let (len, eof) = self.fill_read_buf(key);
-            let mut skip = self.conns[key].extra.as_ref().map_or(0, |e| e.ws_skip);
+            let mut st = self.conns[key]
+                .extra
+                .as_ref()
+                .map_or_else(Default::default, |e| e.ws);
             let mut off = 0;
             self.out.clear();
             let mut close: Option<(u16, CloseReason)> = None;
             while off < len {
-                match ws::decode(&self.read_buf[off..len], &mut skip, max_frame) {
+                match ws::decode(&mut self.read_buf[off..len], &mut st, max_frame) {
                     Ok((0, _)) => break,
                     Ok((n, f)) => {
                         off += n;
@@ -205,12 +208,12 @@ impl EventLoop {
             }
             {
                 let conn = &mut self.conns[key];
-                if off < len || skip > 0 {
+                if off < len || !st.is_idle() {
                     let ex = conn.extra();
-                    ex.ws_skip = skip;
+                    ex.ws = st;
                     ex.read = self.read_buf[off..len].into();
                 } else if let Some(ex) = conn.extra.as_mut() {
-                    ex.ws_skip = 0;
+                    ex.ws = st;
                     ex.read = Box::default();
                     conn.trim_extra();
                 }
