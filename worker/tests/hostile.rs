@@ -181,21 +181,10 @@ async fn frames_right_behind_the_upgrade_request_are_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_websocket_that_reads_again_late_still_gets_its_4003() {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
     // Defect 6: a client that starts reading again more than 2 s after the cut-off got a
     // cut frame, then EOF; the close code is what tells it to resume.
-    let mut h = Harness::start(&[
-        "--max-pending-bytes",
-        "65536",
-        "--socket-send-buffer",
-        "4096",
-    ])
-    .await;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("ws://{}/v1/ws?channel=late", h.addr))
-            .await
-            .unwrap();
+    let mut h = Harness::start(SLOW).await;
+    let mut ws = ws_connect(&format!("ws://{}/v1/ws?channel=late", h.addr)).await;
     let (sub, ..) = h.link.subscribed().await;
     let payload = bytes::Bytes::from(format!("\"{}\"", "x".repeat(32 * 1024)));
     let mut frames = vec![backlog(sub, 0, &[])];
@@ -212,27 +201,8 @@ async fn a_stuck_websocket_that_reads_again_late_still_gets_its_4003() {
     }
     // The cut-off happened; the client reads again 5 s later.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let mut expect = 1;
-    loop {
-        let m = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("the close must arrive")
-            .expect("stream ended without a close frame")
-            .expect("whole frames only");
-        match m {
-            Message::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                assert_eq!(v["seq"], expect);
-                expect += 1;
-            }
-            Message::Close(Some(f)) => {
-                assert_eq!(u16::from(f.code), 4003);
-                break;
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let (expect, code) = seqs_then_close(&mut ws).await;
+    assert_eq!(code, 4003);
     assert!(expect > 1 && expect < 401, "some, not all: {expect}");
     h.stop().await;
 }

@@ -6,35 +6,8 @@ mod common;
 
 use bytes::Bytes;
 use common::*;
-use futures_util::StreamExt;
 use protocol::link::{Down, Up};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("ws connect")
-        .0
-}
-
-/// The next text frame as JSON (pings are answered by tungstenite).
-async fn ws_text(ws: &mut Ws) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .expect("a text frame in time")
-            .expect("stream open")
-            .expect("frame ok");
-        if let Message::Text(t) = m {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
 
 fn msg(seq: u64) -> (u64, Bytes) {
     (seq, Bytes::from(seq.to_string()))

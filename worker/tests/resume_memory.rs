@@ -11,11 +11,11 @@ use protocol::link::{Down, Up};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type RawWs = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
 /// A WebSocket client with a small receive buffer, that reads nothing after the upgrade
 /// until the test says so.
-async fn stuck_client(addr: std::net::SocketAddr, channel: &str) -> Ws {
+async fn stuck_client(addr: std::net::SocketAddr, channel: &str) -> RawWs {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.set_recv_buffer_size(4096).unwrap();
     sock.connect(&addr.into()).unwrap();
@@ -26,14 +26,6 @@ async fn stuck_client(addr: std::net::SocketAddr, channel: &str) -> Ws {
         .await
         .unwrap()
         .0
-}
-
-async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let r = get(addr, "/metrics").await;
-    let text = String::from_utf8(r.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
 }
 
 /// What today's gateway answers whatever `max_bytes` asks: everything after `since`.

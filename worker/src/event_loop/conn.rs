@@ -294,17 +294,20 @@ impl EventLoop {
             reason = reason.as_str(),
             "connection closing"
         );
+        self.unsubscribe(key);
+    }
+
+    /// Tells the gateway a subscription is over (once: the flag and the channel go).
+    pub(super) fn unsubscribe(&mut self, key: usize) {
+        let conn = &mut self.conns[key];
         if conn.has(SUBSCRIBED) {
             conn.flags &= !(SUBSCRIBED | RESUB);
-            let sub = sub_id(self.index, key, conn.gen);
             if let Some(ch) = conn.channel.take() {
-                send_up(
-                    &self.shared,
-                    Up::Unsubscribe {
-                        sub_id: sub,
-                        channel: ch.into(),
-                    },
-                );
+                let up = Up::Unsubscribe {
+                    sub_id: sub_id(self.index, key, conn.gen),
+                    channel: ch.into(),
+                };
+                send_up(&self.shared, up);
             }
         }
     }

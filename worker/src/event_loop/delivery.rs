@@ -3,7 +3,7 @@
 
 use super::conn::Out;
 use super::conn::{CLOSING, HAS_EPOCH, HAS_POS, KEEP_ALIVE, RESUB, SUBSCRIBED, WRITE_SHUT};
-use super::{render, send_up, EventLoop};
+use super::{render, EventLoop};
 use crate::http1;
 use crate::metrics::{metrics, CloseReason, Transport};
 use crate::poll::PollBody;
@@ -234,19 +234,8 @@ impl EventLoop {
 
     /// A poll is over: unsubscribe and go back to the request state.
     pub(super) fn end_poll(&mut self, key: usize) {
+        self.unsubscribe(key);
         let conn = &mut self.conns[key];
-        if conn.has(SUBSCRIBED) {
-            let sub = sub_id(self.index, key, conn.gen);
-            if let Some(ch) = conn.channel.take() {
-                send_up(
-                    &self.shared,
-                    Up::Unsubscribe {
-                        sub_id: sub,
-                        channel: ch.into(),
-                    },
-                );
-            }
-        }
         conn.channel = None;
         conn.flags &= CLOSING | WRITE_SHUT;
         self.side.forget(key);
