@@ -97,9 +97,9 @@ impl EventLoop {
         let mut b = self.side.take(key, gen);
         let due = b.fetch_due(&at, self.now.at, hole_wait);
         match due {
-            Some(t) if t > self.now.at => self.side.arm(t, key, gen),
-            // The drain (a writable event) comes back here.
-            Some(_) if conn.pending() > 0 => {}
+            // A hole's timer was armed when it opened; a drain (a writable event) comes
+            // back here too.
+            Some(t) if t > self.now.at || conn.pending() > 0 => {}
             Some(_) => {
                 let up = Up::Fetch {
                     sub_id: sub_id(self.index, key, gen),

@@ -7,7 +7,7 @@ use super::{render, EventLoop};
 use crate::http1;
 use crate::metrics::{metrics, CloseReason, Transport};
 use crate::poll::PollBody;
-use crate::session::order::{Backlog, Behind, Position, Sink};
+use crate::session::order::{Backlog, Sink};
 use crate::session::End;
 use crate::shared::{split_sub_id, sub_id, Cmd};
 use protocol::link::{Down, KickReason, Up};
@@ -22,6 +22,13 @@ fn out_kind(page: bool) -> Out {
     } else {
         Out::Live
     }
+}
+
+/// What the order rules are given.
+enum Event<'a> {
+    Backlog(Backlog<'a>),
+    /// A `Deliver`: epoch, seq, data.
+    Deliver(u64, u64, &'a [u8]),
 }
 
 /// The batch of one connection being gathered: rendered for its transport.
@@ -48,6 +55,8 @@ impl Sink for Batch<'_> {
 impl EventLoop {
     // ---- gateway commands ----
 
+    /// Handles what the link thread left in this thread's inbox, one batch (one write) per
+    /// run of frames for the same connection.
     pub(super) fn process_inbox(&mut self) {
         let mut cmds = std::mem::take(&mut self.spare_cmds);
         {
@@ -62,80 +71,13 @@ impl EventLoop {
         }
         let mut cur: Option<usize> = None;
         for cmd in cmds.drain(..) {
-            let down = match cmd {
+            match cmd {
                 Cmd::LinkUp => {
                     self.flush_batch(&mut cur);
                     self.side.link_lost();
                     self.start_resubscribe();
-                    continue;
                 }
-                Cmd::Down(d) => d,
-            };
-            let Some(id) = down.sub_id() else {
-                continue;
-            };
-            let Some(key) = self.resolve(id) else {
-                continue;
-            };
-            if cur != Some(key) {
-                self.flush_batch(&mut cur);
-                cur = Some(key);
-                self.out.clear();
-                self.body.clear();
-                self.batch_count = 0;
-                self.batch_gap = None;
-                self.batch_page = false;
-            }
-            let page = self.page_bytes();
-            let conn = &mut self.conns[key];
-            let gen = conn.gen;
-            let mut at = conn.position();
-            let mut behind = self.side.take(key, gen);
-            let mut batch = Batch {
-                transport: conn.transport,
-                out: &mut self.out,
-                body: &mut self.body,
-                count: &mut self.batch_count,
-                gap: &mut self.batch_gap,
-            };
-            match down {
-                Down::Backlog {
-                    epoch,
-                    last_seq,
-                    gap_first_seq,
-                    messages,
-                    ..
-                } => {
-                    self.batch_page = true;
-                    let b = Backlog {
-                        epoch,
-                        last_seq,
-                        gap_first_seq,
-                        messages: &messages,
-                    };
-                    let room = &mut self.side.room;
-                    let hole = behind.backlog(&mut at, &b, page, room, self.now.at, &mut batch);
-                    self.after_order(key, gen, at, behind, hole);
-                }
-                Down::Deliver {
-                    epoch, seq, data, ..
-                } => {
-                    let room = &mut self.side.room;
-                    let now = self.now.at;
-                    let hole = behind.deliver(&mut at, epoch, seq, &data, room, now, &mut batch);
-                    self.after_order(key, gen, at, behind, hole);
-                }
-                Down::Kick { reason, .. } => {
-                    self.flush_batch(&mut cur);
-                    if self
-                        .conns
-                        .get(key)
-                        .is_some_and(|c| c.has(SUBSCRIBED) && !c.has(CLOSING))
-                    {
-                        self.on_kick(key, reason);
-                    }
-                }
-                Down::Welcome { .. } => {}
+                Cmd::Down(down) => self.on_down(down, &mut cur),
             }
         }
         self.flush_batch(&mut cur);
@@ -147,6 +89,85 @@ impl EventLoop {
         self.spare_cmds = cmds;
     }
 
+    /// One frame for one of this thread's connections, gathered into its batch.
+    fn on_down(&mut self, down: Down, cur: &mut Option<usize>) {
+        let Some(key) = down.sub_id().and_then(|id| self.resolve(id)) else {
+            return;
+        };
+        if *cur != Some(key) {
+            self.flush_batch(cur);
+            *cur = Some(key);
+            self.out.clear();
+            self.body.clear();
+            self.batch_count = 0;
+            self.batch_gap = None;
+            self.batch_page = false;
+        }
+        match down {
+            Down::Backlog {
+                epoch,
+                last_seq,
+                gap_first_seq,
+                messages,
+                ..
+            } => {
+                self.batch_page = true;
+                let b = Backlog {
+                    epoch,
+                    last_seq,
+                    gap_first_seq,
+                    messages: &messages,
+                };
+                self.order(key, Event::Backlog(b));
+            }
+            Down::Deliver {
+                epoch, seq, data, ..
+            } => self.order(key, Event::Deliver(epoch, seq, &data)),
+            Down::Kick { reason, .. } => {
+                self.flush_batch(cur);
+                if self
+                    .conns
+                    .get(key)
+                    .is_some_and(|c| c.has(SUBSCRIBED) && !c.has(CLOSING))
+                {
+                    self.on_kick(key, reason);
+                }
+            }
+            Down::Welcome { .. } => {}
+        }
+    }
+
+    /// Runs the order rules on one Backlog or Deliver, rendering into the batch; keeps the
+    /// position in `Conn` and what is left in the side table, arms a hole timer.
+    fn order(&mut self, key: usize, ev: Event<'_>) {
+        let page = self.page_bytes();
+        let now = self.now.at;
+        let conn = &mut self.conns[key];
+        let gen = conn.gen;
+        let mut at = conn.position();
+        let mut behind = self.side.take(key, gen);
+        let mut batch = Batch {
+            transport: conn.transport,
+            out: &mut self.out,
+            body: &mut self.body,
+            count: &mut self.batch_count,
+            gap: &mut self.batch_gap,
+        };
+        let room = &mut self.side.room;
+        let hole = match ev {
+            Event::Backlog(b) => behind.backlog(&mut at, &b, page, room, now, &mut batch),
+            Event::Deliver(epoch, seq, data) => {
+                behind.deliver(&mut at, epoch, seq, data, room, now, &mut batch)
+            }
+        };
+        conn.set_position(at);
+        self.side.put(key, gen, behind, &at);
+        if hole {
+            let t = now + self.hole_wait();
+            self.side.arm(t, key, gen);
+        }
+    }
+
     /// The live connection a `sub_id` names, if it still exists in that generation.
     pub(super) fn resolve(&self, id: u64) -> Option<usize> {
         let (thread, key, gen) = split_sub_id(id);
@@ -155,17 +176,6 @@ impl EventLoop {
         }
         let c = self.conns.get(key)?;
         (c.gen == gen && c.has(SUBSCRIBED) && !c.has(CLOSING)).then_some(key)
-    }
-
-    /// Stores what the order rules made of a connection: its position in `Conn`, its
-    /// entry in the side table, a timer when a hole wait began.
-    fn after_order(&mut self, key: usize, gen: u32, at: Position, behind: Behind, hole: bool) {
-        self.conns[key].set_position(at);
-        self.side.put(key, gen, behind, &at);
-        if hole {
-            let t = self.now.at + self.hole_wait();
-            self.side.arm(t, key, gen);
-        }
     }
 
     /// Sends what was gathered for the current connection in one write.

@@ -150,17 +150,8 @@ impl EventLoop {
             }
         }
         self.read_buf = buf;
-        if !rest.is_empty() {
-            if let Some(conn) = self.conns.get_mut(key).filter(|c| !c.has(CLOSING)) {
-                if conn.transport == Transport::Ws {
-                    // Frames the client sent right behind its upgrade request.
-                    conn.extra().read = self.read_buf[rest].into();
-                    return self.read_ws(key);
-                }
-                // A pipelined request: this one's answer says `Connection: close` and the
-                // client sends the next again (RFC 9112 9.3.2).
-                conn.flags &= !KEEP_ALIVE;
-            }
+        if !rest.is_empty() && self.after_head(key, rest) {
+            return;
         }
         // With an edge-triggered poll, a full buffer means more may be waiting.
         if full && self.conns.get(key).is_some_and(|c| !c.has(CLOSING)) {
@@ -170,54 +161,23 @@ impl EventLoop {
         }
     }
 
+    /// Reads the client's frames: pings are answered, a close or a broken rule ends the
+    /// connection, data is checked and dropped.
     pub(super) fn read_ws(&mut self, key: usize) {
-        let max_frame = self.shared.config.max_client_frame_bytes;
         loop {
             let (len, eof) = self.fill_read_buf(key);
             let mut st = self.conns[key]
                 .extra
                 .as_ref()
                 .map_or_else(Default::default, |e| e.ws);
-            let mut off = 0;
             self.out.clear();
-            let mut close: Option<(u16, CloseReason)> = None;
-            while off < len {
-                match ws::decode(&mut self.read_buf[off..len], &mut st, max_frame) {
-                    Ok((0, _)) => break,
-                    Ok((n, f)) => {
-                        off += n;
-                        match f {
-                            Some(ws::Frame::Ping(p)) => ws::write_pong(&mut self.out, p.as_slice()),
-                            Some(ws::Frame::Close(code)) => {
-                                close = Some(session::answer_client_close(code));
-                                break;
-                            }
-                            _ => {}
-                        }
-                    }
-                    Err(e) => {
-                        close = Some((e.close_code(), CloseReason::ProtocolError));
-                        break;
-                    }
-                }
-            }
+            let (off, close) = self.decode_frames(len, &mut st);
             if let Some((code, reason)) = close {
                 ws::write_close(&mut self.out, code, "");
                 self.send_final(key, reason);
                 return;
             }
-            {
-                let conn = &mut self.conns[key];
-                if off < len || !st.is_idle() {
-                    let ex = conn.extra();
-                    ex.ws = st;
-                    ex.read = self.read_buf[off..len].into();
-                } else if let Some(ex) = conn.extra.as_mut() {
-                    ex.ws = st;
-                    ex.read = Box::default();
-                    conn.trim_extra();
-                }
-            }
+            self.keep_ws_rest(key, off..len, st);
             if !self.out.is_empty() && !self.send_out(key) {
                 return;
             }
@@ -229,5 +189,65 @@ impl EventLoop {
                 return;
             }
         }
+    }
+
+    /// Decodes `read_buf[..len]`, pongs into `self.out`. Returns what was consumed, and the
+    /// close to answer with if the client closed or broke a rule.
+    fn decode_frames(
+        &mut self,
+        len: usize,
+        st: &mut ws::ReadState,
+    ) -> (usize, Option<(u16, CloseReason)>) {
+        let max_frame = self.shared.config.max_client_frame_bytes;
+        let mut off = 0;
+        while off < len {
+            match ws::decode(&mut self.read_buf[off..len], st, max_frame) {
+                Ok((0, _)) => break,
+                Ok((n, f)) => {
+                    off += n;
+                    match f {
+                        Some(ws::Frame::Ping(p)) => ws::write_pong(&mut self.out, p.as_slice()),
+                        Some(ws::Frame::Close(code)) => {
+                            return (off, Some(session::answer_client_close(code)));
+                        }
+                        _ => {}
+                    }
+                }
+                Err(e) => return (off, Some((e.close_code(), CloseReason::ProtocolError))),
+            }
+        }
+        (off, None)
+    }
+
+    /// Keeps what a read left (a partial frame header, the state of a frame or message)
+    /// for the next one; frees it when nothing is left.
+    fn keep_ws_rest(&mut self, key: usize, rest: std::ops::Range<usize>, st: ws::ReadState) {
+        let conn = &mut self.conns[key];
+        if !rest.is_empty() || !st.is_idle() {
+            let ex = conn.extra();
+            ex.ws = st;
+            ex.read = self.read_buf[rest].into();
+        } else if let Some(ex) = conn.extra.as_mut() {
+            ex.ws = st;
+            ex.read = Box::default();
+            conn.trim_extra();
+        }
+    }
+
+    /// Bytes behind a request head. Returns whether they were read (as WebSocket frames);
+    /// else they are a pipelined request: this one's answer says `Connection: close` and
+    /// the client sends the next again (RFC 9112 9.3.2).
+    fn after_head(&mut self, key: usize, rest: std::ops::Range<usize>) -> bool {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| !c.has(CLOSING)) else {
+            return false;
+        };
+        if conn.transport == Transport::Ws {
+            // Frames the client sent right behind its upgrade request.
+            conn.extra().read = self.read_buf[rest].into();
+            self.read_ws(key);
+            return true;
+        }
+        conn.flags &= !KEEP_ALIVE;
+        false
     }
 }

@@ -5,7 +5,7 @@ use super::conn::{HAS_EPOCH, HAS_POS, KEEP_ALIVE, SUBSCRIBED};
 use super::EventLoop;
 use crate::http1::{self, Request};
 use crate::metrics::{metrics, CloseReason, Transport};
-use crate::session::request::{self, Rejection, Route, SubscribeRules};
+use crate::session::request::{self, Rejection, Route, Subscribe, SubscribeRules};
 use crate::shared::sub_id;
 use crate::{sse, ws};
 use protocol::link::Up;
@@ -75,33 +75,10 @@ impl EventLoop {
             Ok(s) => s,
             Err(e) => return self.reply_error(key, &e, cors),
         };
-        if !self.shared.link_is_up() {
-            let e = Rejection::new(
-                503,
-                "unavailable",
-                "the gateway link is down; retry shortly",
-            );
-            return self.reply_error(key, &e, cors);
-        }
-        let gen = self.gen();
-        let up = Up::Subscribe {
-            sub_id: sub_id(self.index, key, gen),
-            since: s.since,
-            epoch: s.epoch,
-            resume: false,
-            max_bytes: self.page_bytes() as u32,
-            channel: s.channel.clone(),
+        let gen = match self.ask_gateway(key, &s) {
+            Ok(gen) => gen,
+            Err(e) => return self.reply_error(key, &e, cors),
         };
-        if let Err(e) = self.shared.up_tx.try_send(up) {
-            let message = match e {
-                TrySendError::Full(_) => {
-                    metrics().link_queue_full.inc();
-                    "the worker is busy; retry shortly"
-                }
-                TrySendError::Closed(_) => "the worker is stopping",
-            };
-            return self.reply_error(key, &Rejection::new(503, "unavailable", message), cors);
-        }
         let conn = &mut self.conns[key];
         conn.gen = gen;
         conn.flags = SUBSCRIBED;
@@ -132,5 +109,34 @@ impl EventLoop {
             _ => self.add_deadline(self.now.secs + s.hold_secs + 1, key, gen),
         }
         self.send(key, Out::Head);
+    }
+
+    /// Sends the `Subscribe` (under a new generation, returned), unless the link is down
+    /// or its queue full.
+    fn ask_gateway(&mut self, key: usize, s: &Subscribe) -> Result<u32, Rejection> {
+        if !self.shared.link_is_up() {
+            let down = "the gateway link is down; retry shortly";
+            return Err(Rejection::new(503, "unavailable", down));
+        }
+        let gen = self.gen();
+        let up = Up::Subscribe {
+            sub_id: sub_id(self.index, key, gen),
+            since: s.since,
+            epoch: s.epoch,
+            resume: false,
+            max_bytes: self.page_bytes() as u32,
+            channel: s.channel.clone(),
+        };
+        match self.shared.up_tx.try_send(up) {
+            Ok(()) => Ok(gen),
+            Err(TrySendError::Full(_)) => {
+                metrics().link_queue_full.inc();
+                let busy = "the worker is busy; retry shortly";
+                Err(Rejection::new(503, "unavailable", busy))
+            }
+            Err(TrySendError::Closed(_)) => {
+                Err(Rejection::new(503, "unavailable", "the worker is stopping"))
+            }
+        }
     }
 }
