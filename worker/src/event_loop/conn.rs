@@ -374,18 +374,21 @@ impl EventLoop {
         } else {
             self.out.clear();
         }
-        let goodbye = session::goodbye(conn.transport, End::Slow);
-        if let (Err(WriteErr::Slow), Goodbye::Close { code, reason }) = (&res, goodbye) {
-            // At once after the frame on the wire (the rest is dropped: a lingering slow
-            // connection holds at most one frame), within the close linger.
-            let ex = conn.extra();
-            ex.cut_after_partial();
-            ws::write_close(&mut ex.write, code, reason);
-            res = Err(WriteErr::SlowClosing);
+        if let Err(WriteErr::Slow) = res {
+            if let Goodbye::Close { code, reason } = session::goodbye(conn.transport, End::Slow) {
+                // At once after the frame on the wire (the rest is dropped: a lingering
+                // slow connection holds at most one frame), within the close linger.
+                let ex = conn.extra();
+                ex.cut_after_partial();
+                ws::write_close(&mut ex.write, code, reason);
+                res = Err(WriteErr::SlowClosing);
+            }
         }
-        metrics()
-            .pending_bytes
-            .add(conn.pending() as i64 - before as i64);
+        let after = conn.pending();
+        if after != before {
+            // Only when a buffer changed: no shared counter touched per delivery.
+            metrics().pending_bytes.add(after as i64 - before as i64);
+        }
         match res {
             Ok(()) => true,
             Err(WriteErr::SlowClosing) => {
