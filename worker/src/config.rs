@@ -85,6 +85,21 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_MAX_PENDING_BYTES", default_value_t = 1024 * 1024)]
     pub max_pending_bytes: usize,
 
+    /// How long a delivery that arrives after a hole (seqs missing before it) is held for
+    /// the missing ones to come before they are fetched from the store, in milliseconds.
+    #[arg(long, env = "PUSHGATE_HOLE_WAIT_MS", default_value_t = 100)]
+    pub hole_wait_ms: u64,
+
+    /// Bytes of out-of-order deliveries one loop thread holds while holes wait to be
+    /// filled; past it held copies are dropped and fetched from the store instead.
+    #[arg(long, env = "PUSHGATE_MAX_HELD_BYTES", default_value_t = 1024 * 1024)]
+    pub max_held_bytes: usize,
+
+    /// How long a closing connection may take to flush its last bytes (a WebSocket's close
+    /// frame, after at most the one frame that was on the wire) and see the client's EOF.
+    #[arg(long, env = "PUSHGATE_CLOSE_LINGER_SECS", default_value_t = 10)]
+    pub close_linger_secs: u32,
+
     /// Time a new connection (or an idle keep-alive one) has to send a complete request.
     #[arg(long, env = "PUSHGATE_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u32,
@@ -128,6 +143,9 @@ impl std::fmt::Debug for Config {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("max_client_frame_bytes", &self.max_client_frame_bytes)
             .field("max_pending_bytes", &self.max_pending_bytes)
+            .field("hole_wait_ms", &self.hole_wait_ms)
+            .field("max_held_bytes", &self.max_held_bytes)
+            .field("close_linger_secs", &self.close_linger_secs)
             .field("handshake_timeout_secs", &self.handshake_timeout_secs)
             .field("link_queue", &self.link_queue)
             .field("socket_recv_buffer", &self.socket_recv_buffer)
@@ -180,6 +198,15 @@ impl Config {
         }
         if !(1024..=1 << 30).contains(&self.max_pending_bytes) {
             bail!("--max-pending-bytes must be between 1024 and 1 GiB");
+        }
+        if !(1..=300).contains(&self.close_linger_secs) {
+            bail!("--close-linger-secs must be 1..=300");
+        }
+        if !(1..=10_000).contains(&self.hole_wait_ms) {
+            bail!("--hole-wait-ms must be 1..=10000");
+        }
+        if self.max_held_bytes > 1 << 30 {
+            bail!("--max-held-bytes must be at most 1 GiB");
         }
         if self.link_queue == 0 {
             bail!("--link-queue must be positive");

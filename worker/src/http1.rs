@@ -18,6 +18,9 @@ pub struct Request<'a> {
     pub ws_version: Option<&'a [u8]>,
     pub origin: Option<&'a str>,
     pub last_event_id: Option<&'a str>,
+    /// A body follows the head (`Content-Length` above 0, or a `Transfer-Encoding`), or its
+    /// length cannot be told (a malformed or repeated `Content-Length`).
+    pub body: bool,
     /// Bytes the head took (request line through the blank line).
     pub head_len: usize,
 }
@@ -73,8 +76,10 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         ws_version: None,
         origin: None,
         last_event_id: None,
+        body: false,
         head_len,
     };
+    let mut seen_length = false;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("connection") {
@@ -98,6 +103,14 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
             out.origin = std::str::from_utf8(h.value.trim_ascii()).ok();
         } else if name.eq_ignore_ascii_case("last-event-id") {
             out.last_event_id = std::str::from_utf8(h.value.trim_ascii()).ok();
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            out.body = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            let v = h.value.trim_ascii();
+            let zero = !v.is_empty() && v.iter().all(|&b| b == b'0');
+            // A body, or a length that cannot be trusted (malformed, repeated).
+            out.body |= !zero || seen_length;
+            seen_length = true;
         }
     }
     out.keep_alive = keep_alive;

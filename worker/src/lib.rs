@@ -20,6 +20,7 @@ pub mod http1;
 mod link;
 pub mod metrics;
 pub mod poll;
+pub mod session;
 mod shared;
 pub mod sockets;
 pub mod sse;

@@ -7,7 +7,7 @@ use crate::metrics::metrics;
 use crate::shared::{split_sub_id, Cmd, Shared};
 use anyhow::{bail, Context};
 use bytes::BytesMut;
-use protocol::link::{split_frame, Down, Hello, Up, LINK_PATH, LINK_UPGRADE};
+use protocol::link::{split_frame, Down, Hello, Up};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -99,26 +99,16 @@ async fn session(
     } else {
         format!("{}:{}", setup.host, setup.port)
     };
-    let auth = match &setup.link_key {
-        Some(key) => format!("Authorization: Bearer {key}\r\n"),
-        None => String::new(),
-    };
-    let req = format!(
-        "GET {LINK_PATH} HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: {LINK_UPGRADE}\r\n{auth}\r\n"
-    );
+    let req = protocol::link::upgrade_request(&host, setup.link_key.as_deref());
     stream.write_all(req.as_bytes()).await?;
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         // Response head.
         loop {
-            if let Some(end) = find_head_end(&buf) {
+            if let Some(end) = protocol::link::response_head_len(&buf) {
                 let head = buf.split_to(end);
-                let status_ok = head.starts_with(b"HTTP/1.1 101");
-                if !status_ok {
-                    let line = String::from_utf8_lossy(
-                        head[..].split(|&b| b == b'\r').next().unwrap_or(&[]),
-                    );
+                if let Err(line) = protocol::link::check_upgrade_response(&head) {
                     bail!("gateway refused the link upgrade: {line}");
                 }
                 break;
@@ -169,10 +159,6 @@ async fn session(
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
-}
-
 /// Splits Down frames out of the stream and hands them to their loop threads, one inbox
 /// append and at most one wake-up per thread per read.
 async fn reader(
@@ -186,11 +172,8 @@ async fn reader(
     loop {
         while let Some(frame) = split_frame(&mut buf)? {
             let down = Down::decode(frame)?;
-            let id = match &down {
-                Down::Backlog { sub_id, .. }
-                | Down::Deliver { sub_id, .. }
-                | Down::Kick { sub_id, .. } => *sub_id,
-                Down::Welcome { .. } => continue,
+            let Some(id) = down.sub_id() else {
+                continue;
             };
             let (thread, _, _) = split_sub_id(id);
             if let Some(v) = per_thread.get_mut(thread) {

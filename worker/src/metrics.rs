@@ -97,6 +97,7 @@ pub struct Metrics {
     pub slow_client_closes: IntCounter,
     pub link_queue_full: IntCounter,
     pub write_buffered: IntCounter,
+    pub pending_bytes: IntGauge,
 }
 
 impl Metrics {
@@ -154,6 +155,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Writes the socket did not take whole: the rest waited in a per-connection buffer",
     )
     .expect("metric");
+    let pending_bytes = IntGauge::new(
+        "pushgate_pending_bytes",
+        "Bytes waiting in per-connection write buffers (output the sockets did not take yet)",
+    )
+    .expect("metric");
     for c in [
         Box::new(open_vec.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(closed_vec.clone()),
@@ -163,6 +169,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(slow.clone()),
         Box::new(queue_full.clone()),
         Box::new(write_buffered.clone()),
+        Box::new(pending_bytes.clone()),
     ] {
         registry.register(c).expect("register metric");
     }
@@ -181,6 +188,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         slow_client_closes: slow,
         link_queue_full: queue_full,
         write_buffered,
+        pending_bytes,
         registry,
     }
 });

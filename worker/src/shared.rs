@@ -74,6 +74,23 @@ impl Shared {
         self.open.load(Ordering::Relaxed)
     }
 
+    /// A connection's CORS index for a request's `Origin`: 0 for no CORS header, else
+    /// 1 + its place in `--allow-origin` (`*` when any origin is allowed).
+    pub fn cors_index(&self, origin: Option<&str>) -> u16 {
+        let list = &self.config.allow_origin;
+        let found = if self.any_origin {
+            list.iter().position(|o| o == "*")
+        } else {
+            origin.and_then(|o| list.iter().position(|a| a == o))
+        };
+        found.map_or(0, |i| i as u16 + 1)
+    }
+
+    /// The `Access-Control-Allow-Origin` value of a CORS index.
+    pub fn origin(&self, cors: u16) -> Option<&str> {
+        (cors > 0).then(|| self.config.allow_origin[cors as usize - 1].as_str())
+    }
+
     /// Asks every loop thread to start its graceful drain.
     pub fn begin_shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);

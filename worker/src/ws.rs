@@ -1,5 +1,6 @@
 //! The server side of RFC 6455 that the worker needs: the handshake answer, frame
-//! encoding (text, ping, pong, close) and an incremental decoder for client frames. No I/O.
+//! encoding (text, ping, pong, close) and an incremental decoder for client frames that
+//! checks fragmentation and UTF-8 without buffering payloads. No I/O.
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -19,6 +20,8 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const PROTOCOL: u16 = 1002;
+    /// RFC 6455 "Invalid frame payload data": a text message that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const REPLACED: u16 = 4001;
     pub const RESYNC: u16 = 4002;
@@ -56,6 +59,39 @@ pub fn write_header(out: &mut Vec<u8>, opcode: u8, len: usize) {
         out.push(127);
         out.extend_from_slice(&(len as u64).to_be_bytes());
     }
+}
+
+/// Length (header and payload) of the server frame at the start of `buf`, once its header
+/// is there. For walking frames the worker wrote itself (unmasked).
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    let (head, len) = match *buf.get(1)? & 0x7f {
+        126 => (
+            4,
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as usize,
+        ),
+        127 => (
+            10,
+            u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?) as usize,
+        ),
+        l => (2, l as usize),
+    };
+    Some(head + len)
+}
+
+/// Where the frame that holds byte `at` of `frames` (whole server frames, back to back)
+/// starts and ends; `(at, at)` when `at` is at a frame boundary (or past the end).
+pub fn frame_around(frames: &[u8], at: usize) -> (usize, usize) {
+    let mut start = 0;
+    while start < at {
+        let Some(len) = frame_len(&frames[start..]) else {
+            break;
+        };
+        if start + len > at {
+            return (start, start + len);
+        }
+        start += len;
+    }
+    (at, at)
 }
 
 /// Appends one text frame `{"seq":N,"data":...}`.
@@ -101,6 +137,8 @@ pub enum FrameError {
     TooLarge,
     #[error("protocol error")]
     Protocol,
+    #[error("a text message (or close reason) is not UTF-8")]
+    BadUtf8,
 }
 
 impl FrameError {
@@ -109,6 +147,7 @@ impl FrameError {
         match self {
             FrameError::TooLarge => close::TOO_BIG,
             FrameError::Protocol => close::PROTOCOL,
+            FrameError::BadUtf8 => close::INVALID_DATA,
         }
     }
 }
@@ -143,19 +182,112 @@ impl std::fmt::Debug for ControlPayload {
     }
 }
 
+// `ReadState::bits`.
+/// Length of the UTF-8 carry (0..=3).
+const CARRY_LEN: u8 = 0b11;
+/// A message is under way (its first frame came, its final one did not end yet).
+const IN_MESSAGE: u8 = 4;
+/// That message is text: its payload is checked as UTF-8.
+const TEXT: u8 = 8;
+/// The frame whose payload is being read is the message's final one.
+const FINAL: u8 = 16;
+
+/// What [`decode`] carries between reads of one client (16 bytes): the unread rest of a
+/// data frame and its mask, and where a text message stands, so that UTF-8 is checked
+/// across frames and reads without buffering payloads (only an incomplete character, at
+/// most 3 bytes).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadState {
+    /// Unread payload bytes of the current data frame.
+    skip: u64,
+    /// Its masking key, turned to the next payload byte.
+    mask: [u8; 4],
+    /// The start of a UTF-8 character that the bytes read so far did not complete.
+    carry: [u8; 3],
+    bits: u8,
+}
+
+impl ReadState {
+    /// Nothing to carry: no frame or message under way.
+    pub fn is_idle(&self) -> bool {
+        self.skip == 0 && self.bits & (IN_MESSAGE | CARRY_LEN) == 0
+    }
+
+    /// Reads `n` payload bytes of the current data frame from the front of `buf`.
+    fn payload(&mut self, buf: &mut [u8]) -> Result<(), FrameError> {
+        let n = buf.len();
+        if self.bits & TEXT != 0 {
+            for (i, b) in buf.iter_mut().enumerate() {
+                *b ^= self.mask[i & 3];
+            }
+            self.utf8(buf)?;
+        }
+        self.mask.rotate_left(n & 3);
+        self.skip -= n as u64;
+        if self.skip == 0 && self.bits & FINAL != 0 {
+            // The message is over: it must not end inside a character.
+            if self.bits & CARRY_LEN != 0 {
+                return Err(FrameError::BadUtf8);
+            }
+            self.bits = 0;
+        }
+        Ok(())
+    }
+
+    /// Checks more of a text message: what completes the carried character, then the rest;
+    /// an incomplete character at the end is carried.
+    fn utf8(&mut self, mut data: &[u8]) -> Result<(), FrameError> {
+        let n = (self.bits & CARRY_LEN) as usize;
+        if n > 0 {
+            let width = match self.carry[0] {
+                0xc2..=0xdf => 2,
+                0xe0..=0xef => 3,
+                _ => 4,
+            };
+            let take = (width - n).min(data.len());
+            let mut ch = [0u8; 4];
+            ch[..n].copy_from_slice(&self.carry[..n]);
+            ch[n..n + take].copy_from_slice(&data[..take]);
+            self.set_carry(&[]);
+            match std::str::from_utf8(&ch[..n + take]) {
+                Ok(_) => data = &data[take..],
+                Err(e) if e.error_len().is_none() => {
+                    self.set_carry(&ch[..n + take]);
+                    return Ok(());
+                }
+                Err(_) => return Err(FrameError::BadUtf8),
+            }
+        }
+        match std::str::from_utf8(data) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                self.set_carry(&data[e.valid_up_to()..]);
+                Ok(())
+            }
+            Err(_) => Err(FrameError::BadUtf8),
+        }
+    }
+
+    fn set_carry(&mut self, bytes: &[u8]) {
+        self.carry[..bytes.len()].copy_from_slice(bytes);
+        self.bits = (self.bits & !CARRY_LEN) | bytes.len() as u8;
+    }
+}
+
 /// Decodes the next client frame from `buf`. Returns bytes consumed and what was found;
 /// `(0, None)` means more bytes are needed (keep `buf` and retry with more appended).
-/// `skip` carries the unread rest of an ignored data frame between calls; a data frame's
-/// payload is never buffered.
+/// `st` carries the unread rest of a data frame and the state of a fragmented message
+/// between calls; a data frame's payload is never buffered (a text payload is unmasked in
+/// place in `buf` and checked as UTF-8 as it goes).
 pub fn decode(
-    buf: &[u8],
-    skip: &mut u64,
+    buf: &mut [u8],
+    st: &mut ReadState,
     max_frame: u64,
 ) -> Result<(usize, Option<Frame>), FrameError> {
-    if *skip > 0 {
-        let n = (*skip).min(buf.len() as u64);
-        *skip -= n;
-        return Ok((n as usize, if n > 0 { Some(Frame::Data) } else { None }));
+    if st.skip > 0 {
+        let n = st.skip.min(buf.len() as u64) as usize;
+        st.payload(&mut buf[..n])?;
+        return Ok((n, (n > 0).then_some(Frame::Data)));
     }
     if buf.len() < 2 {
         return Ok((0, None));
@@ -195,17 +327,31 @@ pub fn decode(
     };
     match opcode {
         OP_CONT | OP_TEXT | OP_BINARY => {
+            // A continuation needs a message under way; a new message needs none.
+            if (opcode == OP_CONT) != (st.bits & IN_MESSAGE != 0) {
+                return Err(FrameError::Protocol);
+            }
             if len > max_frame {
                 return Err(FrameError::TooLarge);
             }
             if buf.len() < pos + 4 {
                 return Ok((0, None));
             }
+            st.mask = [buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]];
             pos += 4;
-            let avail = (buf.len() - pos) as u64;
-            let take = avail.min(len);
-            *skip = len - take;
-            Ok((pos + take as usize, Some(Frame::Data)))
+            st.bits |= IN_MESSAGE;
+            if opcode == OP_TEXT {
+                st.bits |= TEXT;
+            }
+            st.bits &= !FINAL;
+            if fin {
+                st.bits |= FINAL;
+            }
+            st.skip = len;
+            // Also ends an empty final frame's message.
+            let take = len.min((buf.len() - pos) as u64) as usize;
+            st.payload(&mut buf[pos..pos + take])?;
+            Ok((pos + take, Some(Frame::Data)))
         }
         OP_CLOSE | OP_PING | OP_PONG => {
             if !fin || len > 125 {
@@ -232,6 +378,9 @@ pub fn decode(
                     if s.len() == 1 {
                         return Err(FrameError::Protocol);
                     }
+                    if s.len() > 2 && std::str::from_utf8(&s[2..]).is_err() {
+                        return Err(FrameError::BadUtf8);
+                    }
                     Frame::Close((s.len() >= 2).then(|| u16::from_be_bytes([s[0], s[1]])))
                 }
             };
@@ -242,144 +391,4 @@ pub fn decode(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut out = Vec::new();
-        out.push(0x80 | opcode);
-        if payload.len() < 126 {
-            out.push(0x80 | payload.len() as u8);
-        } else if payload.len() <= 65535 {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        } else {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-        out
-    }
-
-    #[test]
-    fn rfc6455_accept_key() {
-        // RFC 6455 section 1.3 (also what Python's sha1+b64encode gives).
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn encodes_frames() {
-        let mut out = Vec::new();
-        write_message(&mut out, 5, b"\"hi\"");
-        let body = br#"{"seq":5,"data":"hi"}"#;
-        assert_eq!(out[0], 0x81);
-        assert_eq!(out[1] as usize, body.len());
-        assert_eq!(&out[2..], body);
-
-        out.clear();
-        let big = vec![b'1'; 300];
-        write_message(&mut out, 1, &big);
-        assert_eq!(out[1], 126);
-        let len = u16::from_be_bytes([out[2], out[3]]) as usize;
-        assert_eq!(len, out.len() - 4);
-
-        out.clear();
-        let huge = vec![b'1'; 70_000];
-        write_message(&mut out, 1, &huge);
-        assert_eq!(out[1], 127);
-        assert_eq!(
-            u64::from_be_bytes(out[2..10].try_into().unwrap()) as usize,
-            out.len() - 10
-        );
-
-        out.clear();
-        write_close(&mut out, 4001, "replaced");
-        assert_eq!(out, [&[0x88, 10, 0x0f, 0xa1][..], b"replaced"].concat());
-
-        out.clear();
-        write_gap(&mut out, 3, 9);
-        assert_eq!(&out[2..], br#"{"gap":true,"epoch":3,"first_seq":9}"#);
-    }
-
-    #[test]
-    fn decodes_control_frames() {
-        let mut skip = 0;
-        let f = masked(OP_PING, b"abc");
-        let (n, fr) = decode(&f, &mut skip, 1000).unwrap();
-        assert_eq!(n, f.len());
-        match fr {
-            Some(Frame::Ping(p)) => assert_eq!(p.as_slice(), b"abc"),
-            other => panic!("{other:?}"),
-        }
-        let f = masked(OP_CLOSE, &[0x03, 0xe8, b'b', b'y', b'e']);
-        assert_eq!(
-            decode(&f, &mut skip, 1000).unwrap(),
-            (f.len(), Some(Frame::Close(Some(1000))))
-        );
-        let f = masked(OP_PONG, b"");
-        assert_eq!(
-            decode(&f, &mut skip, 1000).unwrap(),
-            (f.len(), Some(Frame::Pong))
-        );
-    }
-
-    #[test]
-    fn decodes_incrementally_and_skips_data() {
-        let mut stream = masked(OP_TEXT, &vec![b'x'; 1000]);
-        stream.extend(masked(OP_PING, b"p"));
-        // Feed one byte at a time, keeping what decode did not consume.
-        let mut pending: Vec<u8> = Vec::new();
-        let mut skip = 0;
-        let mut got = Vec::new();
-        for b in stream {
-            pending.push(b);
-            loop {
-                let (n, f) = decode(&pending, &mut skip, 65536).unwrap();
-                pending.drain(..n);
-                match f {
-                    Some(f) => got.push(f),
-                    None => break,
-                }
-            }
-        }
-        assert!(pending.is_empty());
-        assert!(matches!(got.last(), Some(Frame::Ping(p)) if p.as_slice() == b"p"));
-        assert!(got[..got.len() - 1].iter().all(|f| *f == Frame::Data));
-    }
-
-    #[test]
-    fn refuses_bad_frames() {
-        let mut skip = 0;
-        let big = masked(OP_BINARY, &vec![0; 2000]);
-        assert_eq!(decode(&big, &mut skip, 1000), Err(FrameError::TooLarge));
-        let mut unmasked = masked(OP_TEXT, b"hi");
-        unmasked[1] &= 0x7f;
-        assert_eq!(
-            decode(&unmasked, &mut skip, 1000),
-            Err(FrameError::Protocol)
-        );
-        let mut rsv = masked(OP_TEXT, b"hi");
-        rsv[0] |= 0x40;
-        assert_eq!(decode(&rsv, &mut skip, 1000), Err(FrameError::Protocol));
-        assert_eq!(
-            decode(&masked(0x3, b""), &mut skip, 1000),
-            Err(FrameError::Protocol)
-        );
-        assert_eq!(
-            decode(&masked(OP_PING, &[0; 126]), &mut skip, 1000),
-            Err(FrameError::Protocol)
-        );
-        let mut frag_ping = masked(OP_PING, b"");
-        frag_ping[0] &= 0x7f;
-        assert_eq!(
-            decode(&frag_ping, &mut skip, 1000),
-            Err(FrameError::Protocol)
-        );
-        assert_eq!(FrameError::TooLarge.close_code(), 1009);
-    }
-}
+mod tests;

@@ -11,48 +11,6 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
-
-async fn ws_connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url)
-        .await
-        .expect("ws connect")
-        .0
-}
-
-/// Next text frame (pings are answered by tungstenite itself).
-async fn ws_text(ws: &mut Ws) -> serde_json::Value {
-    loop {
-        let m = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame ok");
-        match m {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected text, got {other:?}"),
-        }
-    }
-}
-
-/// Next close frame: (code, reason).
-async fn ws_close(ws: &mut Ws) -> (u16, String) {
-    loop {
-        let m = tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("a frame in time")
-            .expect("stream open")
-            .expect("frame ok");
-        match m {
-            Message::Close(Some(f)) => return (u16::from(f.code), f.reason.to_string()),
-            Message::Close(None) => return (0, String::new()),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("expected close, got {other:?}"),
-        }
-    }
-}
-
 fn data(s: &'static str) -> Bytes {
     Bytes::from_static(s.as_bytes())
 }
@@ -634,7 +592,7 @@ async fn link_drop_resubscribes_from_last_seq() {
     );
     h.link
         .send(Down::Deliver {
-            epoch: 5,
+            epoch: 6,
             sub_id: sub_live,
             seq: 41,
             data: data("41"),
@@ -712,13 +670,7 @@ async fn heartbeats_ping_websockets_and_comment_sse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_client_is_closed_and_counted() {
-    let mut h = Harness::start(&[
-        "--max-pending-bytes",
-        "65536",
-        "--socket-send-buffer",
-        "4096",
-    ])
-    .await;
+    let mut h = Harness::start(SLOW).await;
     let before = metric(h.addr, "pushgate_slow_client_closes_total").await;
     // A client that never reads.
     let mut s = TcpStream::connect(h.addr).await.unwrap();
@@ -727,7 +679,14 @@ async fn slow_client_is_closed_and_counted() {
         .unwrap();
     let (sub, _, _, _) = h.link.subscribed().await;
     let payload = Bytes::from(format!("\"{}\"", "x".repeat(16 * 1024)));
-    let mut frames = Vec::new();
+    // As a gateway does: the subscription's Backlog first, then live deliveries.
+    let mut frames = vec![Down::Backlog {
+        sub_id: sub,
+        epoch: 1,
+        last_seq: 0,
+        gap_first_seq: None,
+        messages: vec![],
+    }];
     for seq in 1..=200 {
         frames.push(Down::Deliver {
             epoch: 1,
@@ -750,13 +709,7 @@ async fn slow_client_is_closed_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_websocket_gets_whole_frames_then_a_4003_close() {
-    let mut h = Harness::start(&[
-        "--max-pending-bytes",
-        "65536",
-        "--socket-send-buffer",
-        "4096",
-    ])
-    .await;
+    let mut h = Harness::start(SLOW).await;
     // A client that reads nothing until the worker has given up on it.
     let mut ws = ws_connect(&h.ws_url("channel=slow-ws")).await;
     let (sub, _, _, _) = h.link.subscribed().await;
@@ -785,27 +738,8 @@ async fn slow_websocket_gets_whole_frames_then_a_4003_close() {
     }
     // Everything that arrives is whole frames in order, then a clean close: no frame is
     // cut by the close.
-    let mut expect = 1;
-    loop {
-        let m = tokio::time::timeout(std::time::Duration::from_secs(10), ws.next())
-            .await
-            .expect("the close must arrive")
-            .expect("stream ended without a close frame")
-            .expect("a broken frame");
-        match m {
-            Message::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-                assert_eq!(v["seq"], expect);
-                expect += 1;
-            }
-            Message::Close(Some(f)) => {
-                assert_eq!(u16::from(f.code), 4003);
-                break;
-            }
-            Message::Ping(_) | Message::Pong(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let (expect, code) = seqs_then_close(&mut ws).await;
+    assert_eq!(code, 4003);
     assert!(
         expect > 1 && expect < 401,
         "some, not all, were sent: {expect}"
@@ -847,14 +781,6 @@ async fn a_repeated_backlog_does_not_send_messages_twice() {
         assert_eq!(ws_text(&mut ws).await["seq"], seq, "once each, in order");
     }
     h.stop().await;
-}
-
-async fn metric(addr: std::net::SocketAddr, name: &str) -> f64 {
-    let r = get(addr, "/metrics").await;
-    let text = String::from_utf8(r.body).unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 use bytes::BytesMut;
+use futures_util::StreamExt;
 use protocol::link::{split_frame, Down, Up};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,9 +11,95 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Worker flags that make a client that does not read a slow client quickly.
+pub const SLOW: &[&str] = &[
+    "--max-pending-bytes",
+    "65536",
+    "--socket-send-buffer",
+    "4096",
+];
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+type WsOf<S> = tokio_tungstenite::WebSocketStream<S>;
+
+pub async fn ws_connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("ws connect")
+        .0
+}
+
+/// Next frame that is not a ping or pong (pings are answered by tungstenite itself).
+async fn ws_frame<S: AsyncReadExt + AsyncWriteExt + Unpin>(ws: &mut WsOf<S>) -> Message {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("stream open")
+            .expect("frame ok");
+        if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
+            return m;
+        }
+    }
+}
+
+/// Next text frame, as JSON.
+pub async fn ws_text<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    ws: &mut WsOf<S>,
+) -> serde_json::Value {
+    match ws_frame(ws).await {
+        Message::Text(t) => serde_json::from_str(&t).unwrap(),
+        other => panic!("expected text, got {other:?}"),
+    }
+}
+
+/// Next close frame: (code, reason).
+pub async fn ws_close<S: AsyncReadExt + AsyncWriteExt + Unpin>(ws: &mut WsOf<S>) -> (u16, String) {
+    match ws_frame(ws).await {
+        Message::Close(Some(f)) => (u16::from(f.code), f.reason.to_string()),
+        Message::Close(None) => (0, String::new()),
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+/// Reads whole message frames, which must be seq 1, 2, ... in order, then a close frame:
+/// returns the next seq expected and the close code. No frame may be cut by the close.
+pub async fn seqs_then_close<S: AsyncReadExt + AsyncWriteExt + Unpin>(
+    ws: &mut WsOf<S>,
+) -> (u64, u16) {
+    let mut expect = 1;
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the close must arrive")
+            .expect("stream ended without a close frame")
+            .expect("a broken frame");
+        match m {
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["seq"], expect);
+                expect += 1;
+            }
+            Message::Close(Some(f)) => return (expect, u16::from(f.code)),
+            Message::Ping(_) | Message::Pong(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// A metric's value from the worker's `/metrics`.
+pub async fn metric(addr: SocketAddr, name: &str) -> f64 {
+    let r = get(addr, "/metrics").await;
+    let text = String::from_utf8(r.body).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
 
 /// Listens like a gateway; each accepted link is handed to the test.
 pub struct FakeGateway {
