@@ -73,7 +73,9 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 500)) ]; then
 fi
 
 if [ -z "${NO_BUILD:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p gateway -p worker -p loadgen -p pushgate-benches --bin send-floor)
+  # One build per target kind: `--bin` would narrow every `-p` to that one binary.
+  (cd "$ROOT" && cargo build --release -q -p gateway -p worker -p loadgen &&
+    cargo build --release -q -p pushgate-benches --bin send-floor)
 fi
 
 # ---------------------------------------------------------------- process handling
