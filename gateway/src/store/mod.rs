@@ -14,6 +14,7 @@ pub mod any;
 pub mod contract;
 pub mod directory;
 pub mod memory;
+pub mod redis;
 
 pub use any::AnyStore;
 pub use contract::{

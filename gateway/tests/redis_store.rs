@@ -1,0 +1,221 @@
+//! The Redis store against real `redis-server` processes: what lands in Redis, what a
+//! Redis restart or outage does to publishes and to resuming clients, and that a channel's
+//! seq outlives its messages.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// A gateway (one worker) over `redis`, with `extra` gateway flags.
+async fn over(redis: &RedisServer, extra: &[&str]) -> Cluster {
+    let url = redis.url();
+    let mut args = vec!["--store", url.as_str()];
+    args.extend_from_slice(extra);
+    start(&args, 1, &[]).await
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn publishes_and_the_directory_live_in_redis() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:1", Some(0)).await;
+    c.wait_online("r:1").await;
+    for i in 1..=3 {
+        assert_eq!(c.publish("r:1", &i.to_string()).await, i);
+        assert_eq!(next_json(&mut ws).await, json!({"seq": i, "data": i}));
+    }
+    // The log, its seq and its holder are Redis keys under the channel's hash tag.
+    assert_eq!(redis.cli(&["HGET", "pg:{r:1}:m", "s"]).unwrap().trim(), "3");
+    assert_eq!(redis.cli(&["XLEN", "pg:{r:1}:s"]).unwrap().trim(), "3");
+    let owner = redis.cli(&["HGET", "pg:{r:1}:m", "o"]).unwrap();
+    assert!(owner.trim().ends_with(":w0"), "{owner}");
+    let info = c.get("/v1/channels/r:1").await.json();
+    assert_eq!(
+        (
+            info["online"].clone(),
+            info["last_seq"].clone(),
+            info["buffered"].clone()
+        ),
+        (json!(true), json!(3), json!(3))
+    );
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(metric(&m, "pushgate_redis_seconds_count") >= 4.0, "{m}");
+    // Unsubscribing clears the holder (compare-and-delete).
+    drop(ws);
+    for _ in 0..200 {
+        if redis.cli(&["HEXISTS", "pg:{r:1}:m", "o"]).unwrap().trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        redis.cli(&["HEXISTS", "pg:{r:1}:m", "o"]).unwrap().trim(),
+        "0"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_redis_changes_the_epoch_and_resumes_get_a_gap() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:2", Some(0)).await;
+    c.wait_online("r:2").await;
+    c.publish("r:2", "1").await;
+    c.publish("r:2", "2").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    assert_eq!(next_json(&mut ws).await["seq"], 2);
+    let epoch0: u64 = redis
+        .cli(&["HGET", "pg:{r:2}:m", "e"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(ws);
+    // Redis crashes and comes back empty (no persistence): the history is gone.
+    redis.restart();
+    let started = Instant::now();
+    let seq = loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/r:2",
+                &[],
+                bytes::Bytes::from_static(b"3"),
+            )
+            .await;
+        if r.status == 202 {
+            break r.json()["seq"].as_u64().unwrap();
+        }
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seq, 1, "a new history starts its own count");
+    // The function library was loaded again by itself; the new epoch is told to a client
+    // resuming from the old one, before what follows.
+    let a = c.assign("r:2").await;
+    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_ne!(gap["epoch"], json!(epoch0));
+    assert_eq!(gap["first_seq"], 1);
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 3}));
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_epoch_changes_total{cause=\"missing\"}") >= 2.0,
+        "the first publish and the restart: {m}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_gets_503_quickly_and_nothing_is_accepted() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &["--redis-timeout-ms", "500"]).await;
+    assert_eq!(c.publish("r:3", "1").await, 1);
+    redis.kill();
+    for i in 0..5 {
+        let t = Instant::now();
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/r:3",
+                &[],
+                bytes::Bytes::from_static(b"2"),
+            )
+            .await;
+        assert_eq!(r.status, 503, "attempt {i}: {:?}", r.body);
+        assert_eq!(r.json()["error"], "store_unavailable");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(metric(&m, "pushgate_redis_errors_total") >= 5.0, "{m}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_seq_outlives_its_messages() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &["--retention-secs", "1"]).await;
+    assert_eq!(c.publish("r:4", "1").await, 1);
+    assert_eq!(c.publish("r:4", "2").await, 2);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The messages expired; the seq did not start over.
+    assert_eq!(redis.cli(&["EXISTS", "pg:{r:4}:s"]).unwrap().trim(), "0");
+    assert_eq!(c.publish("r:4", "3").await, 3);
+    let mut ws = c.ws("r:4", Some(0)).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(
+        (gap["gap"].clone(), gap["first_seq"].clone()),
+        (json!(true), json!(3))
+    );
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
+    let ttl: i64 = redis
+        .cli(&["PTTL", "pg:{r:4}:m"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 29 * 24 * 3600 * 1000, "meta TTL {ttl} ms");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_log() {
+    let redis = RedisServer::start(&[]);
+    let a = over(&redis, &[]).await;
+    let b = over(&redis, &[]).await;
+    // Seqs interleave across gateways without repeating; each is idempotent on its key.
+    let mut seen = Vec::new();
+    for i in 0..10 {
+        let g = if i % 2 == 0 { &a } else { &b };
+        seen.push(g.publish("r:5", &i.to_string()).await);
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
+    let k = [("Idempotency-Key", "once")];
+    let r1 = a
+        .request(
+            "POST",
+            "/v1/publish/r:5",
+            &k,
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    let r2 = b
+        .request(
+            "POST",
+            "/v1/publish/r:5",
+            &k,
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(r1.json()["seq"], 11);
+    assert_eq!(r2.json()["seq"], 11, "the other gateway knows the key");
+    // A client of gateway a's worker resumes with everything, in order, once.
+    let mut ws = a.ws("r:5", Some(0)).await;
+    for i in 1..=11u64 {
+        assert_eq!(next_json(&mut ws).await["seq"], i);
+    }
+    assert_quiet(&mut ws, 200).await;
+    a.stop().await;
+    b.stop().await;
+}
