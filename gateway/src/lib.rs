@@ -70,7 +70,7 @@ pub async fn run(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.store.sweep(store::now_ms()).await,
+                    _ = tick.tick() => housekeeping(&app).await,
                     _ = app.shutdown.cancelled() => break,
                 }
             }
@@ -94,6 +94,31 @@ pub async fn run(
     while children.join_next().await.is_some() {}
     let _ = sweeper.await;
     Ok(())
+}
+
+/// Once a second: the store's sweep and check; a store that lost its history has every
+/// worker subscribe its connections again.
+async fn housekeeping(app: &app::App) {
+    use std::sync::atomic::Ordering;
+    app.store.sweep(store::now_ms()).await;
+    let check = app.store.check().await;
+    let was = app.store_healthy.swap(check.healthy, Ordering::Relaxed);
+    if was != check.healthy {
+        if check.healthy {
+            info!("the store answers again");
+        } else {
+            warn!(
+                "the store does not answer: publishes get 503 and /healthz says so until it does"
+            );
+        }
+    }
+    if check.history_lost {
+        let workers = app.router.resubscribe_all();
+        warn!(
+            workers,
+            "the store lost its history (restarted empty or flushed); every worker subscribes its connections again"
+        );
+    }
 }
 
 /// The store `--store` names, delivering through `router`.

@@ -43,6 +43,16 @@ impl Router {
         }
     }
 
+    /// Tells every connected worker to subscribe all its connections again (the store
+    /// lost its directory). Returns how many were told.
+    pub fn resubscribe_all(&self) -> usize {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .filter(|l| l.send(Down::ResubscribeAll))
+            .count()
+    }
+
     /// Runs `f` on `worker`'s link when that link is the incarnation the entry names and
     /// still open.
     fn with_link<R>(&self, worker: &WorkerRef, f: impl FnOnce(&LinkHandle) -> R) -> Option<R> {

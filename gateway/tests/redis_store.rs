@@ -219,3 +219,97 @@ async fn two_gateways_share_one_log() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn connected_clients_are_subscribed_again_when_redis_restarts_empty() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:6", Some(0)).await;
+    let mut sse = Sse::open(
+        &c.assign("r:7").await["sse_url"]
+            .as_str()
+            .unwrap()
+            .replace("channel=", "since=0&channel="),
+        &[],
+    )
+    .await;
+    c.wait_online("r:6").await;
+    c.wait_online("r:7").await;
+    c.publish("r:6", "1").await;
+    c.publish("r:7", "1").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    assert_eq!(sse.next_event().await.0, Some(1));
+    // Redis comes back empty: every holder it knew is gone. Nobody reconnects; within a few
+    // seconds the worker has subscribed both connections again, and what is published next
+    // reaches them, after the gap that says their history is gone.
+    redis.restart();
+    let t = Instant::now();
+    for ch in ["r:6", "r:7"] {
+        loop {
+            let r = c
+                .request(
+                    "POST",
+                    &format!("/v1/publish/{ch}"),
+                    &[],
+                    bytes::Bytes::from_static(b"2"),
+                )
+                .await;
+            if r.status == 202 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let gap = next_json(&mut ws).await;
+    assert_eq!(
+        (gap["gap"].clone(), gap["first_seq"].clone()),
+        (json!(true), json!(1)),
+        "{gap}"
+    );
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 2}));
+    let (id, gap) = sse.next_event().await;
+    assert_eq!((id, gap["gap"].clone()), (None, json!(true)), "{gap}");
+    assert_eq!(
+        sse.next_event().await,
+        (Some(1), json!({"seq": 1, "data": 2}))
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "resynced after {:?}",
+        t.elapsed()
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_says_when_redis_does_not_answer() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &["--redis-timeout-ms", "300"]).await;
+    assert_eq!(c.get("/healthz").await.status, 200);
+    redis.kill();
+    let t = Instant::now();
+    loop {
+        let r = c.get("/healthz").await;
+        if r.status == 503 {
+            assert_eq!(r.json()["error"], "store_unavailable");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "healthz still {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.restart();
+    let t = Instant::now();
+    while c.get("/healthz").await.status != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "healthz never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.stop().await;
+}

@@ -182,6 +182,10 @@ pub enum Down {
     },
     /// Drop the subscriber behind `sub_id` (its close reason given by `reason`).
     Kick { sub_id: u64, reason: KickReason },
+    /// The store lost every directory entry (a Redis that restarted empty): subscribe every
+    /// connection again, with `resume` and the position it reached, as after a link came
+    /// back. Clients stay connected; their next frame is a gap if their history is gone.
+    ResubscribeAll,
 }
 
 const UP_HELLO: u8 = 1;
@@ -193,6 +197,7 @@ const DOWN_WELCOME: u8 = 10;
 const DOWN_BACKLOG: u8 = 11;
 const DOWN_DELIVER: u8 = 12;
 const DOWN_KICK: u8 = 13;
+const DOWN_RESUBSCRIBE_ALL: u8 = 14;
 
 impl Up {
     /// Appends this frame (length prefix included) to `out`.
@@ -306,7 +311,7 @@ impl Down {
             Down::Backlog { sub_id, .. }
             | Down::Deliver { sub_id, .. }
             | Down::Kick { sub_id, .. } => Some(*sub_id),
-            Down::Welcome { .. } => None,
+            Down::Welcome { .. } | Down::ResubscribeAll => None,
         }
     }
 
@@ -350,6 +355,11 @@ impl Down {
                 out.push(DOWN_KICK);
                 put_u64(out, *sub_id);
                 out.push(*reason as u8);
+                finish(out, start);
+            }
+            Down::ResubscribeAll => {
+                let start = begin(out);
+                out.push(DOWN_RESUBSCRIBE_ALL);
                 finish(out, start);
             }
         }
@@ -399,6 +409,7 @@ impl Down {
                 let reason = KickReason::try_from(get_u8(&mut f)?).unwrap_or(KickReason::Resync);
                 Down::Kick { sub_id, reason }
             }
+            DOWN_RESUBSCRIBE_ALL => Down::ResubscribeAll,
             k => return Err(LinkError::UnknownKind(k)),
         })
     }
@@ -585,6 +596,7 @@ mod tests {
             roundtrip_down(Down::Kick { sub_id: 2, reason });
             assert_eq!(KickReason::try_from(reason as u8), Ok(reason));
         }
+        roundtrip_down(Down::ResubscribeAll);
     }
 
     #[test]

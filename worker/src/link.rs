@@ -172,6 +172,13 @@ async fn reader(
     loop {
         while let Some(frame) = split_frame(&mut buf)? {
             let down = Down::decode(frame)?;
+            if down == Down::ResubscribeAll {
+                // The gateway's store lost its directory: as after a link came back.
+                for cmds in per_thread.iter_mut() {
+                    cmds.push(Cmd::LinkUp);
+                }
+                continue;
+            }
             let Some(id) = down.sub_id() else {
                 continue;
             };

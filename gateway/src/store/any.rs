@@ -1,7 +1,7 @@
 //! The configured backend, by enum dispatch.
 
 use super::contract::{
-    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
+    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreCheck, StoreError, StoreStats,
 };
 use super::directory::Holder;
 use super::memory::MemoryStore;
@@ -86,6 +86,13 @@ impl<O: Outbox> Store for AnyStore<O> {
         match self {
             AnyStore::Memory(m) => m.sweep(now_ms).await,
             AnyStore::Redis(r) => r.sweep(now_ms).await,
+        }
+    }
+
+    async fn check(&self) -> StoreCheck {
+        match self {
+            AnyStore::Memory(m) => m.check().await,
+            AnyStore::Redis(r) => r.check().await,
         }
     }
 

@@ -18,7 +18,8 @@ pub mod redis;
 
 pub use any::AnyStore;
 pub use contract::{
-    now_ms, BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
+    now_ms, BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreCheck, StoreError,
+    StoreStats,
 };
 pub use directory::{Holder, WorkerRef};
 pub use memory::{ChannelLog, MemoryStore, Retention};

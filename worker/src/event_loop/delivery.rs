@@ -133,7 +133,8 @@ impl EventLoop {
                     self.on_kick(key, reason);
                 }
             }
-            Down::Welcome { .. } => {}
+            // The link thread turns ResubscribeAll into LinkUp; neither reaches a connection.
+            Down::Welcome { .. } | Down::ResubscribeAll => {}
         }
     }
 

@@ -24,7 +24,7 @@
 pub mod keys;
 
 use super::contract::{
-    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
+    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreCheck, StoreError, StoreStats,
 };
 use super::directory::{Holder, WorkerRef};
 use super::memory::log::BACKLOG_MAX_BYTES;
@@ -144,6 +144,11 @@ pub struct RedisStore<O: Outbox> {
     /// Set when a call found the library missing (a restart without persistence, a new
     /// node): the next call loads it first.
     reload: AtomicBool,
+    /// The last call reached Redis.
+    healthy: AtomicBool,
+    /// Redis answered at least once (a marker found missing then means a lost history, not
+    /// a first start).
+    seen: AtomicBool,
 }
 
 impl<O: Outbox> RedisStore<O> {
@@ -192,6 +197,8 @@ impl<O: Outbox> RedisStore<O> {
             opts,
             workers: Mutex::new(HashMap::new()),
             reload: AtomicBool::new(true),
+            healthy: AtomicBool::new(false),
+            seen: AtomicBool::new(false),
         })
     }
 
@@ -223,7 +230,10 @@ impl<O: Outbox> RedisStore<O> {
         let r = tokio::time::timeout(self.opts.timeout, self.conn.query(cmd)).await;
         metrics::REDIS_SECONDS.observe(started.elapsed().as_secs_f64());
         match r {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
             Ok(Err(e)) => {
                 let kind = if e.is_io_error() || e.is_connection_dropped() {
                     "connection"
@@ -232,6 +242,9 @@ impl<O: Outbox> RedisStore<O> {
                 } else {
                     "reply"
                 };
+                if kind != "reply" {
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
                 metrics::REDIS_ERRORS.with_label_values(&[kind]).inc();
                 if e.to_string().contains("Function not found") {
                     self.reload.store(true, Ordering::Relaxed);
@@ -239,6 +252,7 @@ impl<O: Outbox> RedisStore<O> {
                 Err(StoreError::Unavailable(format!("redis: {e}")))
             }
             Err(_) => {
+                self.healthy.store(false, Ordering::Relaxed);
                 metrics::REDIS_ERRORS.with_label_values(&["timeout"]).inc();
                 Err(StoreError::Unavailable(format!(
                     "redis did not answer within {:?}",
@@ -266,6 +280,12 @@ impl<O: Outbox> RedisStore<O> {
             }
             r => r,
         }
+    }
+
+    /// The key whose absence says Redis lost what it held (restarted empty, flushed). It
+    /// has no expiry, so no `volatile-*` eviction policy takes it.
+    fn marker(&self) -> String {
+        format!("{}:alive", self.opts.prefix)
     }
 
     fn worker(&self, id: &str, incarnation: u64) -> WorkerRef {
@@ -629,6 +649,31 @@ impl<O: Outbox> Store for RedisStore<O> {
     async fn sweep(&self, _now_ms: u64) {
         // Redis expires what it holds (stream: the retention age after the last publish;
         // meta: --channel-meta-secs), and reads skip expired entries.
+    }
+
+    async fn check(&self) -> StoreCheck {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.marker()).arg("1").arg("NX");
+        match self.raw(&cmd).await {
+            // `OK`: the marker was missing and is back; Nil: it was there.
+            Ok(v) => {
+                let recreated = matches!(v, Value::Okay);
+                let was_seen = self.seen.swap(true, Ordering::Relaxed);
+                if recreated {
+                    // Also after a first start on an empty Redis: harmless, nothing is
+                    // subscribed yet.
+                    self.reload.store(true, Ordering::Relaxed);
+                }
+                StoreCheck {
+                    healthy: true,
+                    history_lost: recreated && was_seen,
+                }
+            }
+            Err(_) => StoreCheck {
+                healthy: false,
+                history_lost: false,
+            },
+        }
     }
 
     async fn stats(&self) -> StoreStats {
