@@ -313,3 +313,127 @@ async fn healthz_says_when_redis_does_not_answer() {
     }
     c.stop().await;
 }
+
+#[tokio::test]
+async fn flushall_under_connected_clients_is_a_gap_not_a_silent_stop() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:8", Some(0)).await;
+    c.wait_online("r:8").await;
+    c.publish("r:8", "1").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    redis.cli(&["FLUSHALL"]).unwrap();
+    // The history is gone but the connection stays: within a check period the worker has
+    // subscribed it again, and the next message follows a gap.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.publish("r:8", "2").await, 1, "a new history");
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 2}));
+    c.stop().await;
+}
+
+/// A TCP forwarder whose target can be switched: what a failover looks like from a gateway
+/// that reaches Redis through one address (a virtual IP, a proxy).
+struct Switch {
+    addr: std::net::SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Switch {
+    async fn start(target: std::net::SocketAddr) -> Switch {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, cs) = (target.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let to = *t.lock().unwrap();
+                cs.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Switch {
+            addr,
+            target,
+            conns,
+        }
+    }
+
+    /// Points new connections at `to` and cuts the open ones.
+    fn switch(&self, to: std::net::SocketAddr) {
+        *self.target.lock().unwrap() = to;
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failover_to_a_replica_that_missed_writes_changes_the_epoch() {
+    let primary = RedisServer::start(&[]);
+    let port = primary.addr.port().to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &port]);
+    let switch = Switch::start(primary.addr).await;
+    let url = format!("redis://{}", switch.addr);
+    let c = start(&["--store", &url], 1, &[]).await;
+    for i in 1..=3 {
+        assert_eq!(c.publish("r:9", &i.to_string()).await, i);
+    }
+    let epoch: u64 = primary
+        .cli(&["HGET", "pg:{r:9}:m", "e"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The replica has 1..3, then stops following: the primary's 4 and 5 never reach it.
+    let t = Instant::now();
+    while replica.cli(&["HGET", "pg:{r:9}:m", "s"]).unwrap().trim() != "3" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replica.cli(&["REPLICAOF", "NO", "ONE"]).unwrap();
+    assert_eq!(c.publish("r:9", "4").await, 4);
+    assert_eq!(c.publish("r:9", "5").await, 5);
+    // Failover: the gateway now reaches the promoted replica, which lacks 4 and 5.
+    switch.switch(replica.addr);
+    let t = Instant::now();
+    let seq = loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/r:9",
+                &[],
+                bytes::Bytes::from_static(b"6"),
+            )
+            .await;
+        if r.status == 202 {
+            break r.json()["seq"].as_u64().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Seq 4 again, but in a new epoch: a client that saw (epoch, 5) is told of the gap
+    // instead of silently missing the new 4.
+    assert_eq!(seq, 4);
+    let a = c.assign("r:9").await;
+    let url = format!("{}&since=5&epoch={epoch}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_ne!(gap["epoch"], json!(epoch));
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_epoch_changes_total{cause=\"replid\"}") >= 1.0,
+        "{m}"
+    );
+    c.stop().await;
+}
