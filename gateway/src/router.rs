@@ -59,7 +59,7 @@ impl Router {
         let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         links
             .get(worker.id())
-            .filter(|l| l.generation == worker.incarnation() && l.is_alive())
+            .filter(|l| l.worker == *worker && l.is_alive())
             .map(|l| f(l))
     }
 

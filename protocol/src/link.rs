@@ -79,6 +79,9 @@ pub struct UnknownKickReason(pub u8);
 pub struct Hello {
     /// Stable worker id (`--id`).
     pub id: String,
+    /// Random per worker process, the same on every link: gateways that share a store name
+    /// this process the same way in its directory.
+    pub incarnation: u64,
     /// Bound client addresses as `ip:port`, as clients should dial them.
     pub addrs: Vec<String>,
     /// Most connections the worker accepts (`--capacity`).
@@ -207,6 +210,7 @@ impl Up {
             Up::Hello(h) => {
                 out.push(UP_HELLO);
                 put_str(out, &h.id);
+                put_u64(out, h.incarnation);
                 out.extend_from_slice(&(h.addrs.len() as u32).to_be_bytes());
                 for a in &h.addrs {
                     put_str(out, a);
@@ -264,6 +268,7 @@ impl Up {
         Ok(match kind {
             UP_HELLO => {
                 let id = get_string(&mut f)?;
+                let incarnation = get_u64(&mut f)?;
                 let n = get_u32(&mut f)? as usize;
                 let mut addrs = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
@@ -271,6 +276,7 @@ impl Up {
                 }
                 Up::Hello(Hello {
                     id,
+                    incarnation,
                     addrs,
                     capacity: get_u64(&mut f)?,
                     connections: get_u64(&mut f)?,
@@ -544,6 +550,7 @@ mod tests {
     fn every_frame_roundtrips() {
         roundtrip_up(Up::Hello(Hello {
             id: "w1".into(),
+            incarnation: 0xfeed,
             addrs: vec!["127.0.0.2:9000".into(), "127.0.0.3:9000".into()],
             capacity: 1_000_000,
             connections: 7,

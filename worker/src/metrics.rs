@@ -139,7 +139,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     )
     .expect("metric");
     let link_up =
-        IntGauge::new("pushgate_link_up", "1 while the link to the gateway is up").expect("metric");
+        IntGauge::new("pushgate_link_up", "Gateway links up now (one per --gateway)").expect("metric");
     let slow = IntCounter::new(
         "pushgate_slow_client_closes_total",
         "Connections closed because their pending output passed --max-pending-bytes",

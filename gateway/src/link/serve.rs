@@ -8,7 +8,7 @@
 use super::handle::LinkHandle;
 use crate::app::App;
 use crate::metrics;
-use crate::store::{now_ms, Holder, Start, Store};
+use crate::store::{now_ms, AnyStore, Holder, Start, Store};
 use bytes::BytesMut;
 use protocol::link::{split_frame, Down, KickReason, Up};
 use std::sync::Arc;
@@ -72,11 +72,17 @@ where
         }
     };
     let queue = app.config.link_queue;
+    let shared_store = matches!(app.store, AnyStore::Redis(_));
     let mut rx_slot = None;
     let link = app
         .registry
         .register(&hello, Instant::now(), |slot, generation, id| {
-            let (link, rx) = LinkHandle::new(id, slot, generation, queue);
+            let incarnation = if shared_store {
+                hello.incarnation
+            } else {
+                generation
+            };
+            let (link, rx) = LinkHandle::with_incarnation(id, slot, generation, incarnation, queue);
             rx_slot = Some(rx);
             link
         });
