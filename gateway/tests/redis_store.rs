@@ -437,3 +437,153 @@ async fn a_failover_to_a_replica_that_missed_writes_changes_the_epoch() {
     );
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_publishing_to_one_channel_reach_its_client_in_order_once() {
+    let redis = RedisServer::start(&[]);
+    let a = over_bare(&redis).await;
+    let mut b = over_bare(&redis).await;
+    // One worker, linked to both gateways (it belongs to b's test cluster).
+    b.add_worker("both", &["--gateway", &a.base]).await;
+    a.wait_workers(1).await;
+    b.wait_workers(1).await;
+    let mut ws = a.ws("r:10", Some(0)).await;
+    b.wait_online("r:10").await;
+    // Both gateways publish at once: seqs interleave as Redis hands them out, each gateway
+    // sends its own over its own link, and the worker orders them.
+    const N: u64 = 200;
+    let (sa, sb) = tokio::join!(
+        async {
+            let mut s = Vec::new();
+            for i in 0..N / 2 {
+                s.push(a.publish("r:10", &format!("\"a{i}\"")).await);
+            }
+            s
+        },
+        async {
+            let mut s = Vec::new();
+            for i in 0..N / 2 {
+                s.push(b.publish("r:10", &format!("\"b{i}\"")).await);
+            }
+            s
+        }
+    );
+    let mut all: Vec<u64> = sa.iter().chain(&sb).copied().collect();
+    all.sort();
+    assert_eq!(all, (1..=N).collect::<Vec<_>>(), "every seq once");
+    for i in 1..=N {
+        assert_eq!(next_json(&mut ws).await["seq"], i);
+    }
+    assert_quiet(&mut ws, 300).await;
+    // Gateway a goes away: b keeps assigning and publishing, and the worker takes
+    // its subscriptions over the link to b.
+    a.stop().await;
+    assert_eq!(b.publish("r:10", "1").await, N + 1);
+    assert_eq!(next_json(&mut ws).await["seq"], N + 1);
+    let assigned = b.assign("r:11").await;
+    assert_eq!(assigned["worker"], "both");
+    let mut ws2 = ws_connect(assigned["ws_url"].as_str().unwrap()).await;
+    b.wait_online("r:11").await;
+    assert_eq!(b.publish("r:11", "7").await, 1);
+    assert_eq!(next_json(&mut ws2).await, json!({"seq": 1, "data": 7}));
+    b.stop().await;
+}
+
+/// A gateway over `redis` with no workers of its own.
+async fn over_bare(redis: &RedisServer) -> Cluster {
+    let url = redis.url();
+    start(&["--store", url.as_str()], 0, &[]).await
+}
+
+/// A TCP forwarder between a worker and a gateway whose gateway->worker direction can be
+/// muted (bytes read and dropped) and whose connections can be cut: a gateway that
+/// committed a publish and died before its Deliver reached the worker.
+struct LinkProxy {
+    url: String,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl LinkProxy {
+    async fn start(to: std::net::SocketAddr) -> LinkProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (m, cs) = (mute.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((worker_side, _)) = l.accept().await {
+                let m = m.clone();
+                cs.lock().unwrap().push(tokio::spawn(async move {
+                    let Ok(gw_side) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (mut wr, mut ww) = worker_side.into_split();
+                    let (mut gr, mut gw) = gw_side.into_split();
+                    let up = async move {
+                        let _ = tokio::io::copy(&mut wr, &mut gw).await;
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match gr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if !m.load(Ordering::Relaxed) && ww.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                }));
+            }
+        });
+        LinkProxy { url, mute, conns }
+    }
+
+    fn mute(&self) {
+        self.mute.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends every forwarded connection (the worker sees its link drop).
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_committed_by_a_gateway_that_dies_before_delivering_still_arrives() {
+    let redis = RedisServer::start(&[]);
+    let a = over_bare(&redis).await;
+    let mut b = over_bare(&redis).await;
+    let proxy = LinkProxy::start(a.gateway).await;
+    // The worker reaches gateway a through the proxy.
+    b.add_worker("w", &["--gateway", &proxy.url]).await;
+    a.wait_workers(1).await;
+    b.wait_workers(1).await;
+    let mut ws = b.ws("r:12", Some(0)).await;
+    a.wait_online("r:12").await;
+    assert_eq!(a.publish("r:12", "1").await, 1);
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    // Gateway a commits seq 2 and 3 to Redis, but its Delivers never reach the worker...
+    proxy.mute();
+    assert_eq!(a.publish("r:12", "2").await, 2);
+    assert_eq!(a.publish("r:12", "3").await, 3);
+    assert_quiet(&mut ws, 300).await;
+    // ...and then it dies. The worker's link to it drops; nothing else is published. The
+    // worker cannot know what that link still carried, so it asks the store.
+    proxy.cut();
+    a.stop().await;
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
+    assert_eq!(b.publish("r:12", "4").await, 4);
+    assert_eq!(next_json(&mut ws).await["seq"], 4);
+    assert_quiet(&mut ws, 200).await;
+    b.stop().await;
+}

@@ -69,7 +69,12 @@ pub(crate) async fn run(
 }
 
 /// Keeps one gateway's link up until `shutdown`.
-async fn keep_up(shared: &Arc<Shared>, up: &UpQueue, setup: &LinkSetup, shutdown: &CancellationToken) {
+async fn keep_up(
+    shared: &Arc<Shared>,
+    up: &UpQueue,
+    setup: &LinkSetup,
+    shutdown: &CancellationToken,
+) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut welcomed = false;
