@@ -587,3 +587,123 @@ async fn a_publish_committed_by_a_gateway_that_dies_before_delivering_still_arri
     assert_quiet(&mut ws, 200).await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_holds_each_channel_on_one_slot() {
+    let cluster = common::redis::RedisCluster::start(3);
+    let url = cluster.url();
+    let c = start(&["--store", &url], 1, &[]).await;
+    // Channels spread over the masters; each channel's keys live on the node of its slot,
+    // and the functions (loaded on every master) never cross a slot.
+    let channels: Vec<String> = (0..30).map(|i| format!("cl:{i}")).collect();
+    let mut clients = Vec::new();
+    for ch in &channels {
+        clients.push(c.ws(ch, Some(0)).await);
+    }
+    for round in 1..=3u64 {
+        for ch in &channels {
+            assert_eq!(c.publish(ch, &round.to_string()).await, round);
+        }
+    }
+    for ws in clients.iter_mut() {
+        for round in 1..=3u64 {
+            assert_eq!(next_json(ws).await, json!({"seq": round, "data": round}));
+        }
+    }
+    let mut holders = std::collections::HashSet::new();
+    for ch in &channels {
+        let meta = format!("pg:{{{ch}}}:m");
+        let node = cluster.node_of(&meta);
+        assert_eq!(node.cli(&["HGET", &meta, "s"]).unwrap().trim(), "3", "{ch}");
+        assert_eq!(
+            node.cli(&["XLEN", &format!("pg:{{{ch}}}:s")])
+                .unwrap()
+                .trim(),
+            "3"
+        );
+        holders.insert(node.addr);
+    }
+    assert_eq!(holders.len(), 3, "30 channels over 3 masters");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_that_restarts_empty_resyncs_its_channels_clients() {
+    let mut cluster = common::redis::RedisCluster::start(3);
+    let url = cluster.url();
+    let c = start(&["--store", &url], 1, &[]).await;
+    let mut ws = c.ws("cl:r", Some(0)).await;
+    c.publish("cl:r", "1").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    let meta = "pg:{cl:r}:m";
+    let addr = cluster.node_of(meta).addr;
+    let i = cluster.nodes.iter().position(|n| n.addr == addr).unwrap();
+    cluster.nodes[i].restart();
+    let t = Instant::now();
+    loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/cl:r",
+                &[],
+                bytes::Bytes::from_static(b"2"),
+            )
+            .await;
+        if r.status == 202 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 2}));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_while_publishing_loses_nothing_and_keeps_order() {
+    let cluster = common::redis::RedisCluster::start(3);
+    let url = cluster.url();
+    let c = std::sync::Arc::new(start(&["--store", &url], 1, &[]).await);
+    let channels: Vec<String> = (0..20).map(|i| format!("rs:{i}")).collect();
+    let mut clients = Vec::new();
+    for ch in &channels {
+        clients.push(c.ws(ch, Some(0)).await);
+    }
+    // Publishing goes on while 2,000 slots move from one master to another.
+    const ROUNDS: u64 = 60;
+    let publisher = {
+        let (c, channels) = (c.clone(), channels.clone());
+        tokio::spawn(async move {
+            for round in 1..=ROUNDS {
+                for ch in &channels {
+                    assert_eq!(c.publish(ch, &round.to_string()).await, round, "{ch}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from = cluster.nodes[0].cli(&["CLUSTER", "MYID"]).unwrap();
+    let to = cluster.nodes[1].cli(&["CLUSTER", "MYID"]).unwrap();
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &cluster.nodes[0].addr.to_string()])
+        .args(["--cluster-from", from.trim(), "--cluster-to", to.trim()])
+        .args(["--cluster-slots", "2000", "--cluster-yes"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    publisher.await.unwrap();
+    for (ch, ws) in channels.iter().zip(clients.iter_mut()) {
+        for round in 1..=ROUNDS {
+            assert_eq!(next_json(ws).await["seq"], round, "{ch}");
+        }
+        assert_quiet(ws, 50).await;
+    }
+}

@@ -104,3 +104,79 @@ impl RedisServer {
         self.spawn();
     }
 }
+
+/// A Redis Cluster of `masters` masters (no replicas), made with `redis-cli --cluster
+/// create`; stopped on drop.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start(masters: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.nodes.iter().all(|n| {
+            n.cli(&["CLUSTER", "INFO"])
+                .is_some_and(|i| i.contains("cluster_state:ok"))
+        }) {
+            assert!(Instant::now() < deadline, "cluster never became ok");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c
+    }
+
+    /// `redis+cluster://H1:P1,H2:P2,...`.
+    pub fn url(&self) -> String {
+        let addrs: Vec<String> = self.nodes.iter().map(|n| n.addr.to_string()).collect();
+        format!("redis+cluster://{}", addrs.join(","))
+    }
+
+    /// The node that holds `key`'s slot.
+    pub fn node_of(&self, key: &str) -> &RedisServer {
+        let slot: u16 = self.nodes[0]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        self.nodes
+            .iter()
+            .find(|n| owns(n, slot))
+            .expect("some node owns the slot")
+    }
+}
+
+fn owns(n: &RedisServer, slot: u16) -> bool {
+    // `CLUSTER NODES`: "id addr flags master - ping pong epoch state slots..." for myself.
+    let nodes = n.cli(&["CLUSTER", "NODES"]).unwrap_or_default();
+    nodes
+        .lines()
+        .find(|l| l.contains("myself"))
+        .is_some_and(|l| {
+            l.split_whitespace()
+                .skip(8)
+                .any(|r| match r.split_once('-') {
+                    Some((a, b)) => {
+                        a.parse::<u16>().ok() <= Some(slot) && Some(slot) <= b.parse().ok()
+                    }
+                    None => r.parse::<u16>().ok() == Some(slot),
+                })
+        })
+}

@@ -82,6 +82,28 @@ fn crc16(data: &[u8]) -> u16 {
     crc
 }
 
+/// A key that hashes to `slot`: `<prefix>:alive:{<n>}` for the first `n` whose tag does.
+/// One such marker per cluster master tells a master that restarted empty (see
+/// `RedisStore::check`).
+pub fn marker_for_slot(prefix: &str, slot: u16) -> String {
+    static TAGS: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![u32::MAX; 16384];
+        let mut left = tags.len();
+        let mut n = 0u32;
+        while left > 0 {
+            let s = crc16(n.to_string().as_bytes()) as usize % 16384;
+            if tags[s] == u32::MAX {
+                tags[s] = n;
+                left -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    format!("{prefix}:alive:{{{}}}", tags[slot as usize % 16384])
+}
+
 /// Makes a [`WorkerRef`] from its parts (the store caches them, see `RedisStore`).
 pub fn worker_ref(id: &str, incarnation: u64) -> WorkerRef {
     WorkerRef::new(Arc::from(id), incarnation)
@@ -106,6 +128,13 @@ mod tests {
         assert_eq!(crc16(b"123456789"), 0x31c3);
         assert_eq!(slot("{user1000}.following"), slot("{user1000}.followers"));
         assert_eq!(slot("foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
+    }
+
+    #[test]
+    fn markers_land_on_the_slot_they_are_for() {
+        for s in [0u16, 1, 5461, 5462, 10922, 10923, 16383] {
+            assert_eq!(slot(&marker_for_slot("pg", s)), s);
+        }
     }
 
     #[test]

@@ -282,10 +282,30 @@ impl<O: Outbox> RedisStore<O> {
         }
     }
 
-    /// The key whose absence says Redis lost what it held (restarted empty, flushed). It
-    /// has no expiry, so no `volatile-*` eviction policy takes it.
-    fn marker(&self) -> String {
-        format!("{}:alive", self.opts.prefix)
+    /// The keys whose absence says Redis lost what it held (restarted empty, flushed):
+    /// one, or one on each cluster master (a key on the first slot of each of its slot
+    /// ranges, from `CLUSTER SLOTS` asked anew each time, so a reshard or a failover moves
+    /// them along). They have no expiry, so no `volatile-*` eviction policy takes them.
+    async fn markers(&self) -> Result<Vec<String>, StoreError> {
+        let Conn::Cluster(_) = self.conn else {
+            return Ok(vec![format!("{}:alive", self.opts.prefix)]);
+        };
+        let Value::Array(ranges) = self
+            .raw(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
+            .await?
+        else {
+            return Err(StoreError::Unavailable(
+                "CLUSTER SLOTS: unexpected answer".into(),
+            ));
+        };
+        Ok(ranges
+            .iter()
+            .filter_map(|r| match r {
+                Value::Array(f) => int(f.first()?),
+                _ => None,
+            })
+            .map(|first| keys::marker_for_slot(&self.opts.prefix, first as u16))
+            .collect())
     }
 
     fn worker(&self, id: &str, incarnation: u64) -> WorkerRef {
@@ -304,6 +324,15 @@ impl<O: Outbox> RedisStore<O> {
 
     fn holder(&self, owner: &str) -> Option<Holder> {
         decode_holder(owner, |id, inc| self.worker(id, inc))
+    }
+
+    /// `1` on one node: any other replication id than the node's own is a lost history.
+    /// In a cluster keys move between masters, so only a promotion counts (see the library).
+    fn strict(&self) -> &'static [u8] {
+        match self.conn {
+            Conn::Single(_) => b"1",
+            Conn::Cluster(_) => b"0",
+        }
     }
 
     fn keys(&self, channel: &str) -> ChannelKeys {
@@ -346,6 +375,7 @@ impl<O: Outbox> RedisStore<O> {
                     epoch.as_bytes(),
                     op.as_bytes(),
                     key.unwrap_or("").as_bytes(),
+                    self.strict(),
                 ],
             )
             .await?;
@@ -400,6 +430,7 @@ impl<O: Outbox> RedisStore<O> {
                     meta_ttl.as_bytes(),
                     epoch.as_bytes(),
                     expected.as_bytes(),
+                    self.strict(),
                 ],
             )
             .await?;
@@ -587,6 +618,7 @@ impl<O: Outbox> Store for RedisStore<O> {
                     max_age.as_bytes(),
                     meta_ttl.as_bytes(),
                     new.as_bytes(),
+                    self.strict(),
                 ],
             )
             .await?;
@@ -652,27 +684,35 @@ impl<O: Outbox> Store for RedisStore<O> {
     }
 
     async fn check(&self) -> StoreCheck {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(self.marker()).arg("1").arg("NX");
-        match self.raw(&cmd).await {
-            // `OK`: the marker was missing and is back; Nil: it was there.
-            Ok(v) => {
-                let recreated = matches!(v, Value::Okay);
-                let was_seen = self.seen.swap(true, Ordering::Relaxed);
-                if recreated {
-                    // Also after a first start on an empty Redis: harmless, nothing is
-                    // subscribed yet.
-                    self.reload.store(true, Ordering::Relaxed);
-                }
-                StoreCheck {
-                    healthy: true,
-                    history_lost: recreated && was_seen,
-                }
+        let unhealthy = StoreCheck {
+            healthy: false,
+            history_lost: false,
+        };
+        let Ok(markers) = self.markers().await else {
+            return unhealthy;
+        };
+        let sets = markers.iter().map(|m| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(m).arg("1").arg("NX");
+            async move { self.raw(&cmd).await }
+        });
+        let mut recreated = false;
+        for r in futures_util::future::join_all(sets).await {
+            match r {
+                // `OK`: the marker was missing and is back; Nil: it was there.
+                Ok(v) => recreated |= matches!(v, Value::Okay),
+                Err(_) => return unhealthy,
             }
-            Err(_) => StoreCheck {
-                healthy: false,
-                history_lost: false,
-            },
+        }
+        let was_seen = self.seen.swap(true, Ordering::Relaxed);
+        if recreated {
+            // Also after a first start on an empty Redis: harmless, nothing is subscribed
+            // yet. A node that lost its data lost the function library too.
+            self.reload.store(true, Ordering::Relaxed);
+        }
+        StoreCheck {
+            healthy: true,
+            history_lost: recreated && was_seen,
         }
     }
 

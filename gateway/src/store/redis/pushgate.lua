@@ -14,9 +14,12 @@
 local OVERHEAD = 64          -- bytes accounted per message besides data and key
 local ENTRY_OVERHEAD = 12    -- link frame bytes per backlog message besides its data
 
-local function replid()
+-- This node's replication ids: its own history, and the one it was a replica of before a
+-- promotion (zeros when none).
+local function replids()
   local info = redis.call('INFO', 'replication')
-  return string.match(info, 'master_replid:(%w+)') or ''
+  return string.match(info, 'master_replid:(%w+)') or '',
+    string.match(info, 'master_replid2:(%w+)') or ''
 end
 
 local function seq_of(id)
@@ -40,11 +43,16 @@ end
 
 -- Makes sure the meta exists and was written by this Redis history. Returns
 -- (epoch, cause): cause '' (unchanged), 'missing' (no meta: new, expired, flushed,
--- evicted, restarted without persistence) or 'replid' (another history: a restart from a
--- snapshot, a failover to a replica; acknowledged writes may be gone).
-local function ensure_meta(meta, stream, new_epoch, meta_ttl)
+-- evicted, restarted without persistence) or 'replid' (another history: a failover to a
+-- replica, or, with `strict`, a restart from a snapshot; acknowledged writes may be gone).
+--
+-- `strict` (one node): any other replid than this node's is another history. In a
+-- cluster keys also move between masters (a reshard moves them with their `r`), so only
+-- the history this node was promoted from (`master_replid2`) counts as lost, and a key
+-- that came from another master adopts this node's id.
+local function ensure_meta(meta, stream, new_epoch, meta_ttl, strict)
   local cur = redis.call('HMGET', meta, 'e', 'r')
-  local id = replid()
+  local id, id2 = replids()
   local epoch, cause = cur[1], ''
   if not epoch then
     -- A stream left without its meta must not be inherited by the new history.
@@ -52,8 +60,12 @@ local function ensure_meta(meta, stream, new_epoch, meta_ttl)
     redis.call('HSET', meta, 'e', new_epoch, 'r', id, 's', 0, 'b', 0)
     epoch, cause = new_epoch, 'missing'
   elseif cur[2] ~= id then
-    redis.call('HSET', meta, 'e', new_epoch, 'r', id)
-    epoch, cause = new_epoch, 'replid'
+    if strict == '1' or cur[2] == id2 then
+      redis.call('HSET', meta, 'e', new_epoch, 'r', id)
+      epoch, cause = new_epoch, 'replid'
+    else
+      redis.call('HSET', meta, 'r', id)
+    end
   end
   redis.call('PEXPIRE', meta, meta_ttl)
   return epoch, cause
@@ -116,13 +128,13 @@ local function page(meta, stream, epoch, since, client_epoch, max_bytes, max_fra
 end
 
 -- ARGV: data, now_ms, max_messages, max_age_ms, max_channel_bytes, meta_ttl_ms, new_epoch,
---       op (unique per publish call), key ('' = none)
+--       op (unique per publish call), key ('' = none), strict
 -- Returns {seq, epoch, duplicate 0|1, owner or '', epoch cause, evicted}.
 local function publish(keys, args)
   local meta, stream = keys[1], keys[2]
   local data, now, max_messages, max_age = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local max_bytes, meta_ttl, new_epoch, op, key = tonumber(args[5]), tonumber(args[6]), args[7], args[8], args[9]
-  local epoch, cause = ensure_meta(meta, stream, new_epoch, meta_ttl)
+  local epoch, cause = ensure_meta(meta, stream, new_epoch, meta_ttl, args[10])
   local owner = redis.call('HGET', meta, 'o') or ''
   if key ~= '' then
     local seen = redis.call('GET', keys[3])
@@ -162,7 +174,7 @@ end
 
 -- ARGV: holder, since ('' = live only), client_epoch (''), resume 0|1, max_bytes,
 --       max_frame, now_ms, max_age_ms, meta_ttl_ms, new_epoch, expected ('' or the owner a
---       forced take may replace)
+--       forced take may replace), strict
 -- Returns {'ok'|'held', epoch, previous owner or '', token, cause, page...} ('held': a
 -- resume found another owner, nothing changed; the gateway decides whether it is live).
 local function attach(keys, args)
@@ -170,7 +182,7 @@ local function attach(keys, args)
   local holder, since, client_epoch, resume = args[1], args[2], args[3], args[4] == '1'
   local max_bytes, max_frame, now, max_age = tonumber(args[5]), tonumber(args[6]), tonumber(args[7]), tonumber(args[8])
   local meta_ttl, new_epoch, expected = tonumber(args[9]), args[10], args[11]
-  local epoch, cause = ensure_meta(meta, stream, new_epoch, meta_ttl)
+  local epoch, cause = ensure_meta(meta, stream, new_epoch, meta_ttl, args[12])
   local prev = redis.call('HGET', meta, 'o') or ''
   if resume and prev ~= '' and prev ~= holder and prev ~= expected then
     return {'held', epoch, prev, 0, cause}
@@ -190,11 +202,11 @@ local function attach(keys, args)
 end
 
 -- ARGV: since, client_epoch (''), max_bytes, max_frame, now_ms, max_age_ms, meta_ttl_ms,
---       new_epoch. Returns {epoch, cause, page...}.
+--       new_epoch, strict. Returns {epoch, cause, page...}.
 local function fetch(keys, args)
   local meta, stream = keys[1], keys[2]
   local now, max_age = tonumber(args[5]), tonumber(args[6])
-  local epoch, cause = ensure_meta(meta, stream, args[8], tonumber(args[7]))
+  local epoch, cause = ensure_meta(meta, stream, args[8], tonumber(args[7]), args[9])
   local out = {epoch, cause}
   for _, v in ipairs(page(meta, stream, epoch, tonumber(args[1]), args[2], tonumber(args[3]), tonumber(args[4]), now - max_age)) do
     table.insert(out, v)
