@@ -131,15 +131,28 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout)
         );
         let c = RedisCluster { nodes };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !c.nodes.iter().all(|n| {
+        c.wait_ok();
+        c
+    }
+
+    /// Waits until every node says `cluster_state:ok`.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.nodes.iter().all(|n| {
             n.cli(&["CLUSTER", "INFO"])
                 .is_some_and(|i| i.contains("cluster_state:ok"))
         }) {
             assert!(Instant::now() < deadline, "cluster never became ok");
             std::thread::sleep(Duration::from_millis(50));
         }
-        c
+    }
+
+    /// Node `i` crashes and comes back empty (its slots it keeps, from nodes.conf); returns
+    /// once the cluster is whole again (a master that was down past the node timeout is
+    /// flagged failed for a while, and the cluster refuses commands meanwhile).
+    pub fn restart(&mut self, i: usize) {
+        self.nodes[i].restart();
+        self.wait_ok();
     }
 
     /// `redis+cluster://H1:P1,H2:P2,...`.

@@ -4,14 +4,14 @@
 use crate::store::directory::{Holder, WorkerRef};
 use std::sync::Arc;
 
-/// The keys of one channel: meta hash, stream, and the idempotency key's prefix.
+/// The keys of one channel: meta hash, message list, and the idempotency key's prefix.
 ///
 /// The hash tag is the channel name itself: names are `[A-Za-z0-9_.:@-]` (checked before
 /// any store call), never empty and never a brace, so `{<name>}` is always a whole, valid
 /// tag and every key of a channel hashes to the same slot.
 pub struct ChannelKeys {
     pub meta: String,
-    pub stream: String,
+    pub list: String,
     pub idem_prefix: String,
 }
 
@@ -20,7 +20,7 @@ impl ChannelKeys {
         debug_assert!(protocol::validate_channel(channel).is_ok());
         ChannelKeys {
             meta: format!("{prefix}:{{{channel}}}:m"),
-            stream: format!("{prefix}:{{{channel}}}:s"),
+            list: format!("{prefix}:{{{channel}}}:l"),
             idem_prefix: format!("{prefix}:{{{channel}}}:i:"),
         }
     }
@@ -121,7 +121,7 @@ mod tests {
             }
             let k = ChannelKeys::new("pg", ch);
             let s = slot(&k.meta);
-            assert_eq!(slot(&k.stream), s, "{ch}");
+            assert_eq!(slot(&k.list), s, "{ch}");
             assert_eq!(slot(&k.idem(Some("key-1"))), s, "{ch}");
         }
         // The reference values Redis documents: CRC16 of "123456789" is 0x31C3.

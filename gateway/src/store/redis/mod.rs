@@ -364,7 +364,7 @@ impl<O: Outbox> RedisStore<O> {
         let reply = self
             .fcall(
                 "pg_publish",
-                &[&k.meta, &k.stream, &idem],
+                &[&k.meta, &k.list, &idem],
                 &[
                     data,
                     now.as_bytes(),
@@ -417,7 +417,7 @@ impl<O: Outbox> RedisStore<O> {
         let reply = self
             .fcall(
                 "pg_attach",
-                &[&k.meta, &k.stream],
+                &[&k.meta, &k.list],
                 &[
                     me.as_bytes(),
                     since.as_bytes(),
@@ -608,7 +608,7 @@ impl<O: Outbox> Store for RedisStore<O> {
         let reply = self
             .fcall(
                 "pg_fetch",
-                &[&k.meta, &k.stream],
+                &[&k.meta, &k.list],
                 &[
                     since.as_bytes(),
                     client_epoch.as_bytes(),
@@ -657,7 +657,7 @@ impl<O: Outbox> Store for RedisStore<O> {
         let Ok(Value::Array(a)) = self
             .fcall(
                 "pg_info",
-                &[&k.meta, &k.stream],
+                &[&k.meta, &k.list],
                 &[now.as_bytes(), max_age.as_bytes()],
             )
             .await
@@ -679,7 +679,7 @@ impl<O: Outbox> Store for RedisStore<O> {
     }
 
     async fn sweep(&self, _now_ms: u64) {
-        // Redis expires what it holds (stream: the retention age after the last publish;
+        // Redis expires what it holds (the message list: the retention age after the last publish;
         // meta: --channel-meta-secs), and reads skip expired entries.
     }
 
