@@ -59,6 +59,13 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_REDIS_MAX_INFLIGHT", default_value_t = 10_000)]
     pub redis_max_inflight: usize,
 
+    /// This Redis keeps every acknowledged write across a restart (`appendonly yes`,
+    /// `appendfsync always`): a restarted node is the same history. Without it a node that
+    /// answers with a new replication id (every restart does) opens a new epoch for each
+    /// channel it serves, so a restart from an older snapshot can never repeat a seq.
+    #[arg(long, env = "PUSHGATE_REDIS_DURABLE")]
+    pub redis_durable: bool,
+
     /// Prefix of every key the Redis store writes.
     #[arg(long, env = "PUSHGATE_REDIS_KEY_PREFIX", default_value = "pg")]
     pub redis_key_prefix: String,
@@ -340,6 +347,7 @@ impl std::fmt::Debug for Config {
             .field("redis_timeout_ms", &self.redis_timeout_ms)
             .field("redis_max_inflight", &self.redis_max_inflight)
             .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_durable", &self.redis_durable)
             .field("publisher_keys", &masked_keys)
             .field(
                 "subscriber_secret",

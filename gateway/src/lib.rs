@@ -114,6 +114,7 @@ async fn housekeeping(app: &app::App) {
     }
     if check.history_lost {
         let workers = app.router.resubscribe_all();
+        metrics::STORE_RESYNCS.inc();
         warn!(
             workers,
             "the store lost its history (restarted empty or flushed); every worker subscribes its connections again"
@@ -147,6 +148,7 @@ async fn open_store(
                     channel_meta: Duration::from_secs(config.channel_meta_secs),
                     timeout: Duration::from_millis(config.redis_timeout_ms),
                     max_inflight: config.redis_max_inflight,
+                    durable: config.redis_durable,
                 },
                 router,
             )?;

@@ -226,6 +226,13 @@ pub static REDIS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Channel logs whose epoch changed because their history was lost, by cause.
+pub static STORE_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_store_resyncs_total",
+        "Times the store was found to have lost its history (restarted empty, flushed) and every worker was asked to subscribe its connections again.",
+    )
+});
+
 pub static EPOCH_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "pushgate_epoch_changes_total",
@@ -240,6 +247,7 @@ pub fn init() {
     LazyLock::force(&REDIS_SECONDS);
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&EPOCH_CHANGES);
+    LazyLock::force(&STORE_RESYNCS);
     LazyLock::force(&PUBLISH_TOTAL);
     LazyLock::force(&PUBLISH_REJECTED);
     LazyLock::force(&BROADCAST_TOTAL);

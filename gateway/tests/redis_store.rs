@@ -123,6 +123,86 @@ async fn a_restarted_redis_changes_the_epoch_and_resumes_get_a_gap() {
     c.stop().await;
 }
 
+/// Publishes "1" and "2" to `ch` with a client on it; returns the channel's epoch.
+async fn two_seen(c: &Cluster, redis: &RedisServer, ch: &str) -> u64 {
+    let mut ws = c.ws(ch, Some(0)).await;
+    c.wait_online(ch).await;
+    for i in 1..=2 {
+        assert_eq!(c.publish(ch, &i.to_string()).await, i);
+        assert_eq!(next_json(&mut ws).await["seq"], i);
+    }
+    redis
+        .cli(&["HGET", &format!("pg:{{{ch}}}:m"), "e"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Publishes `data` until Redis takes it again; its seq.
+async fn publish_when_back(c: &Cluster, ch: &str, data: &'static str) -> u64 {
+    let started = Instant::now();
+    loop {
+        let r = c
+            .request(
+                "POST",
+                &format!("/v1/publish/{ch}"),
+                &[],
+                bytes::Bytes::from_static(data.as_bytes()),
+            )
+            .await;
+        if r.status == 202 {
+            return r.json()["seq"].as_u64().unwrap();
+        }
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restart_from_the_append_only_file_is_a_new_epoch_unless_redis_is_durable() {
+    let aof = ["--appendonly", "yes", "--appendfsync", "always"];
+    // By default a node with a new replication id (every restart) is another history: the
+    // data came back, but it could have come from an older snapshot, so resumes get a gap
+    // and the seq goes on from what the node holds.
+    let mut redis = RedisServer::start(&aof);
+    let c = over(&redis, &[]).await;
+    let epoch0 = two_seen(&c, &redis, "d:1").await;
+    redis.restart();
+    assert_eq!(publish_when_back(&c, "d:1", "3").await, 3);
+    let a = c.assign("d:1").await;
+    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_ne!(gap["epoch"], json!(epoch0));
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_epoch_changes_total{cause=\"replid\"}") >= 1.0,
+        "{m}"
+    );
+    c.stop().await;
+    drop(redis);
+
+    // `--redis-durable`: the operator says a restart keeps every acknowledged write; the
+    // epoch stays and a resume continues where it was.
+    let mut redis = RedisServer::start(&aof);
+    let c = over(&redis, &["--redis-durable"]).await;
+    let epoch0 = two_seen(&c, &redis, "d:2").await;
+    redis.restart();
+    assert_eq!(publish_when_back(&c, "d:2", "3").await, 3);
+    let a = c.assign("d:2").await;
+    let url = format!("{}&since=1&epoch={epoch0}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn an_unreachable_redis_gets_503_quickly_and_nothing_is_accepted() {
     let mut redis = RedisServer::start(&[]);

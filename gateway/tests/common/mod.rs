@@ -241,10 +241,11 @@ pub async fn ws_connect(url: &str) -> Ws {
     ws
 }
 
-/// Next text frame as JSON (skips pings/pongs), with a timeout.
+/// Next text frame as JSON (skips pings/pongs), within 10 s however many pings come.
 pub async fn next_json(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("no frame within 10 s")
             .expect("stream ended")

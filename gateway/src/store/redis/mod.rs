@@ -95,6 +95,9 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Most Redis calls in flight at once.
     pub max_inflight: usize,
+    /// Restarts keep every acknowledged write (`--redis-durable`): only a promotion of a
+    /// replica counts as another history.
+    pub durable: bool,
 }
 
 /// The connection: one multiplexed connection (reconnecting by itself) or a cluster client.
@@ -146,9 +149,12 @@ pub struct RedisStore<O: Outbox> {
     reload: AtomicBool,
     /// The last call reached Redis.
     healthy: AtomicBool,
-    /// Redis answered at least once (a marker found missing then means a lost history, not
-    /// a first start).
-    seen: AtomicBool,
+    /// The value each history marker had when this gateway last looked: a marker with
+    /// another value (or recreated by this gateway) is a history that lost its data.
+    markers_seen: Mutex<HashMap<String, String>>,
+    /// A subscription was attached: if that happened before the first look at the markers,
+    /// a marker first seen then may already be a new history.
+    attached: AtomicBool,
 }
 
 impl<O: Outbox> RedisStore<O> {
@@ -198,7 +204,8 @@ impl<O: Outbox> RedisStore<O> {
             workers: Mutex::new(HashMap::new()),
             reload: AtomicBool::new(true),
             healthy: AtomicBool::new(false),
-            seen: AtomicBool::new(false),
+            markers_seen: Mutex::new(HashMap::new()),
+            attached: AtomicBool::new(false),
         })
     }
 
@@ -326,12 +333,14 @@ impl<O: Outbox> RedisStore<O> {
         decode_holder(owner, |id, inc| self.worker(id, inc))
     }
 
-    /// `1` on one node: any other replication id than the node's own is a lost history.
-    /// In a cluster keys move between masters, so only a promotion counts (see the library).
+    /// `1` on one node: any other replication id than the node's own is a lost history
+    /// (a restart from an older snapshot is one). In a cluster keys move between masters,
+    /// and with `--redis-durable` a restart keeps every write, so only a promotion counts
+    /// (see the library).
     fn strict(&self) -> &'static [u8] {
         match self.conn {
-            Conn::Single(_) => b"1",
-            Conn::Cluster(_) => b"0",
+            Conn::Single(_) if !self.opts.durable => b"1",
+            _ => b"0",
         }
     }
 
@@ -435,7 +444,10 @@ impl<O: Outbox> RedisStore<O> {
             )
             .await?;
         match reply {
-            Value::Array(v) => Ok(v),
+            Value::Array(v) => {
+                self.attached.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
             other => Err(bad_reply("pg_attach", &other)),
         }
     }
@@ -691,28 +703,58 @@ impl<O: Outbox> Store for RedisStore<O> {
         let Ok(markers) = self.markers().await else {
             return unhealthy;
         };
+        // Each marker holds a random value from the gateway that created it. `SET NX GET`
+        // answers the value that was there, or nil when this call created it. Comparing
+        // values (not "did my SET create it") stays right when the client library re-sends
+        // the SET after a dropped connection, and when another gateway recreated the
+        // marker first.
         let sets = markers.iter().map(|m| {
+            let fresh = format!("{:016x}", rand::random::<u64>());
             let mut cmd = redis::cmd("SET");
-            cmd.arg(m).arg("1").arg("NX");
-            async move { self.raw(&cmd).await }
+            cmd.arg(m).arg(&fresh).arg("NX").arg("GET");
+            async move { (self.raw(&cmd).await, fresh) }
         });
-        let mut recreated = false;
-        for r in futures_util::future::join_all(sets).await {
+        let mut now = Vec::with_capacity(markers.len());
+        for (r, fresh) in futures_util::future::join_all(sets).await {
             match r {
-                // `OK`: the marker was missing and is back; Nil: it was there.
-                Ok(v) => recreated |= matches!(v, Value::Okay),
+                // Missing: this call created it. That is a lost history once subscriptions
+                // were attached (a first start, or a new slot range after a reshard, then
+                // costs one harmless resync).
+                Ok(Value::Nil) => now.push((fresh, true)),
+                Ok(Value::BulkString(v)) => {
+                    now.push((String::from_utf8_lossy(&v).into_owned(), false))
+                }
+                Ok(other) => {
+                    tracing::debug!(?other, "history marker: unexpected answer");
+                    return unhealthy;
+                }
+                // Nothing is concluded from a partial look.
                 Err(_) => return unhealthy,
             }
         }
-        let was_seen = self.seen.swap(true, Ordering::Relaxed);
-        if recreated {
-            // Also after a first start on an empty Redis: harmless, nothing is subscribed
-            // yet. A node that lost its data lost the function library too.
+        let attached = self.attached.load(Ordering::Relaxed);
+        let mut lost = false;
+        let mut seen = self.markers_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (m, (value, created)) in markers.iter().zip(now) {
+            lost |= created && attached;
+            // Another value than last time: recreated by another gateway first, or by a
+            // re-sent SET of this one.
+            if let Some(before) = seen.insert(m.clone(), value.clone()) {
+                lost |= before != value;
+            }
+        }
+        if seen.len() > 4 * markers.len().max(16) {
+            // Ranges that moved away: forget them rather than grow.
+            seen.retain(|k, _| markers.contains(k));
+        }
+        drop(seen);
+        if lost {
+            // A node that lost its data lost the function library too.
             self.reload.store(true, Ordering::Relaxed);
         }
         StoreCheck {
             healthy: true,
-            history_lost: recreated && was_seen,
+            history_lost: lost,
         }
     }
 
