@@ -6,7 +6,8 @@
 --   KEYS[1] <p>:{c}:m  meta hash: e epoch, r replid of the history that wrote it, s last
 --                      seq, f seq of the oldest retained message, ft its time (ms), b
 --                      retained bytes, o owner ("incarnation:sub_id:worker"), ot owner
---                      token, ops the op ids of the last publishes ("op:seq ...")
+--                      token, ops the op ids of the last publishes ("op:seq ..."), x and
+--                      lx when the meta's and the list's TTLs were last set (ms)
 --   KEYS[2] <p>:{c}:l  list of the retained messages, oldest first: seqs f..s, one each
 --                      in order (appends at the tail, trims at the head), so a seq's index
 --                      is seq - f. An entry is "<t ms>:<key length>:<key><data>".
@@ -44,12 +45,18 @@ local function cost(e)
 end
 
 -- The meta's fields this library reads, in one call.
-local FIELDS = {'e', 'r', 's', 'f', 'ft', 'b', 'o', 'ops'}
+local FIELDS = {'e', 'r', 's', 'f', 'ft', 'b', 'o', 'ops', 'x', 'lx'}
 local function read_meta(meta)
   local m = redis.call('HMGET', meta, unpack(FIELDS))
   return {e = m[1], r = m[2], s = tonumber(m[3] or '0'), f = tonumber(m[4] or '0'),
-    ft = tonumber(m[5] or '0'), b = tonumber(m[6] or '0'), o = m[7] or '', ops = m[8] or ''}
+    ft = tonumber(m[5] or '0'), b = tonumber(m[6] or '0'), o = m[7] or '', ops = m[8] or '',
+    x = tonumber(m[9] or '0'), lx = tonumber(m[10] or '0')}
 end
+
+-- TTLs are set with 1/32 of slack and refreshed once that slack is used up, not on every
+-- call (a PEXPIRE per publish was a tenth of its Redis time). Reads skip what is older
+-- than the retention age, so the slack only delays when Redis frees a key.
+local function slack(ttl) return math.floor(ttl / 32) + 1 end
 
 -- Makes sure the meta exists and was written by this Redis history; `m` is updated.
 -- Returns the cause of a new epoch: '' (none), 'missing' (no meta: new, expired, flushed,
@@ -60,14 +67,14 @@ end
 -- cluster keys also move between masters (a reshard moves them with their `r`), so only
 -- the history this node was promoted from (`master_replid2`) counts as lost, and a key
 -- that came from another master adopts this node's id.
-local function ensure_meta(meta, list, m, new_epoch, meta_ttl, strict)
+local function ensure_meta(meta, list, m, new_epoch, meta_ttl, strict, now)
   local id, id2 = replids()
   local cause = ''
   if not m.e then
     -- A list left without its meta must not be inherited by the new history.
     redis.call('DEL', list)
     redis.call('HSET', meta, 'e', new_epoch, 'r', id, 's', 0)
-    m.e, m.r, m.s, m.o, m.ops = new_epoch, id, 0, '', ''
+    m.e, m.r, m.s, m.o, m.ops, m.x, m.lx = new_epoch, id, 0, '', '', 0, 0
     cause = 'missing'
   elseif m.r ~= id then
     if strict == '1' or m.r == id2 then
@@ -79,7 +86,11 @@ local function ensure_meta(meta, list, m, new_epoch, meta_ttl, strict)
     end
     m.r = id
   end
-  redis.call('PEXPIRE', meta, meta_ttl)
+  if now - m.x >= slack(meta_ttl) then
+    redis.call('PEXPIRE', meta, meta_ttl + slack(meta_ttl))
+    redis.call('HSET', meta, 'x', now)
+    m.x = now
+  end
   return cause
 end
 
@@ -149,7 +160,7 @@ local function publish(keys, args)
   local data, now, max_messages, max_age = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
   local max_bytes, meta_ttl, new_epoch, op, key = tonumber(args[5]), tonumber(args[6]), args[7], args[8], args[9]
   local m = read_meta(meta)
-  local cause = ensure_meta(meta, list, m, new_epoch, meta_ttl, args[10])
+  local cause = ensure_meta(meta, list, m, new_epoch, meta_ttl, args[10], now)
   if key ~= '' then
     local seen = redis.call('GET', keys[3])
     if seen then
@@ -162,29 +173,33 @@ local function publish(keys, args)
   -- the message a second seq: the op ids of the last publishes are kept.
   local hit = string.match(' ' .. m.ops, ' ' .. op .. ':(%d+)')
   if hit then return {tonumber(hit), m.e, 1, m.o, cause, 0} end
-  local len, f, ft, b = retained(list, m, now)
   local seq = m.s + 1
   local entry = now .. ':' .. #key .. ':' .. key .. data
-  redis.call('RPUSH', list, entry)
-  len = len + 1
+  -- RPUSH answers the new length: 1 means the list was empty or had expired (then the
+  -- meta's f, ft and b describe messages that are gone).
+  local len = redis.call('RPUSH', list, entry)
+  local f, ft, b = m.f, m.ft, m.b
+  if len == 1 then f, ft, b = seq, now, 0 end
   b = b + #key + #data + OVERHEAD
-  if len == 1 then ft = now end
-  -- Count, bytes and age retention, oldest first (bounded work per call: reads skip what
-  -- is expired anyway).
-  local evicted, oldest_ok = 0, now - max_age
-  while len > 0 and evicted < 64 and (len > max_messages or b > max_bytes or ft < oldest_ok) do
+  -- Count and bytes retention, oldest first, bounded work per call. Age is the readers'
+  -- rule (they skip what is older) and the list's TTL; `ft` stays the time of a message
+  -- at or before the oldest, which only tells readers whether to look for expired heads.
+  local evicted = 0
+  while len > 1 and evicted < 64 and (len > max_messages or b > max_bytes) do
     b = b - cost(redis.call('LPOP', list))
     len, f, evicted = len - 1, f + 1, evicted + 1
-    ft = len > 0 and header(redis.call('LINDEX', list, 0)) or now
   end
-  if len == 0 then b, f = 0, seq + 1 end
   local ops = {op .. ':' .. seq}
   for t in string.gmatch(m.ops, '%S+') do
     if #ops >= OPS_KEPT then break end
     table.insert(ops, t)
   end
-  redis.call('HSET', meta, 's', seq, 'f', f, 'ft', ft, 'b', b, 'ops', table.concat(ops, ' '))
-  redis.call('PEXPIRE', list, max_age)
+  local lx = m.lx
+  if len == 1 or now - lx >= slack(max_age) then
+    redis.call('PEXPIRE', list, max_age + slack(max_age))
+    lx = now
+  end
+  redis.call('HSET', meta, 's', seq, 'f', f, 'ft', ft, 'b', b, 'ops', table.concat(ops, ' '), 'lx', lx)
   if key ~= '' then
     redis.call('SET', keys[3], m.e .. ':' .. seq, 'PX', max_age)
   end
@@ -202,7 +217,7 @@ local function attach(keys, args)
   local max_bytes, max_frame, now, max_age = tonumber(args[5]), tonumber(args[6]), tonumber(args[7]), tonumber(args[8])
   local meta_ttl, new_epoch, expected = tonumber(args[9]), args[10], args[11]
   local m = read_meta(meta)
-  local cause = ensure_meta(meta, list, m, new_epoch, meta_ttl, args[12])
+  local cause = ensure_meta(meta, list, m, new_epoch, meta_ttl, args[12], now)
   local prev = m.o
   if resume and prev ~= '' and prev ~= holder and prev ~= expected then
     return {'held', m.e, prev, 0, cause}
@@ -226,7 +241,7 @@ local function fetch(keys, args)
   local meta, list = keys[1], keys[2]
   local now, max_age = tonumber(args[5]), tonumber(args[6])
   local m = read_meta(meta)
-  local cause = ensure_meta(meta, list, m, args[8], tonumber(args[7]), args[9])
+  local cause = ensure_meta(meta, list, m, args[8], tonumber(args[7]), args[9], now)
   local out = {m.e, cause}
   for _, v in ipairs(page(list, m, tonumber(args[1]), args[2], tonumber(args[3]), tonumber(args[4]), now, now - max_age)) do
     table.insert(out, v)
