@@ -7,6 +7,7 @@ use crate::http::cors::Cors;
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::store::AnyStore;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +28,8 @@ pub struct App {
     pub subscribe_cors: Cors,
     /// CORS of the publish endpoints, when configured.
     pub publish_cors: Option<Cors>,
+    /// The store answered its last check (`/healthz`).
+    pub store_healthy: AtomicBool,
 }
 
 impl App {
@@ -51,6 +54,7 @@ impl App {
             tracker: TaskTracker::new(),
             subscribe_cors,
             publish_cors,
+            store_healthy: AtomicBool::new(true),
         }
     }
 }

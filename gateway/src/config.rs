@@ -5,13 +5,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::store::redis::RedisTarget;
+
 /// Which store keeps channel logs and the directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreKind {
     /// In-process, sharded (the default; nothing to run beside the gateway).
     Memory,
-    /// Redis at this URL (planned; refused by [`Config::validate`] for now).
-    Redis(String),
+    /// Redis (one node, or a cluster through its seed nodes).
+    Redis(RedisTarget),
 }
 
 /// Every flag of `gateway`. Each flag can also come from `PUSHGATE_<FLAG>` (upper case,
@@ -31,9 +33,42 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_LOCAL_WORKERS", default_value_t = 0)]
     pub local_workers: u32,
 
-    /// `memory` or `redis://HOST:PORT` (Redis is not supported yet).
+    /// `memory`, `redis://HOST:PORT[/DB]` or `redis+cluster://H1:P1,H2:P2,...`.
     #[arg(long, env = "PUSHGATE_STORE", default_value = "memory")]
     pub store: String,
+
+    /// How long a channel's seq and epoch outlive its last activity (Redis store), so an
+    /// idle channel goes on counting and a late resume is told of its gap.
+    #[arg(long, env = "PUSHGATE_CHANNEL_META_SECS", default_value_t = 30 * 24 * 3600)]
+    pub channel_meta_secs: u64,
+
+    /// Most bytes one channel's retained messages take in the Redis store (data + key +
+    /// per-message overhead); beyond it the oldest go first.
+    #[arg(
+        long,
+        env = "PUSHGATE_RETENTION_CHANNEL_BYTES",
+        default_value_t = 16 * 1024 * 1024
+    )]
+    pub retention_channel_bytes: usize,
+
+    /// Deadline of every Redis call; past it the operation fails (publish: 503).
+    #[arg(long, env = "PUSHGATE_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+
+    /// Most Redis calls in flight at once; more fail at once (publish: 503).
+    #[arg(long, env = "PUSHGATE_REDIS_MAX_INFLIGHT", default_value_t = 10_000)]
+    pub redis_max_inflight: usize,
+
+    /// This Redis keeps every acknowledged write across a restart (`appendonly yes`,
+    /// `appendfsync always`): a restarted node is the same history. Without it a node that
+    /// answers with a new replication id (every restart does) opens a new epoch for each
+    /// channel it serves, so a restart from an older snapshot can never repeat a seq.
+    #[arg(long, env = "PUSHGATE_REDIS_DURABLE")]
+    pub redis_durable: bool,
+
+    /// Prefix of every key the Redis store writes.
+    #[arg(long, env = "PUSHGATE_REDIS_KEY_PREFIX", default_value = "pg")]
+    pub redis_key_prefix: String,
 
     /// Bearer keys accepted on the publish endpoints; none configured = publishing is open.
     #[arg(
@@ -168,13 +203,19 @@ pub struct Config {
 impl Config {
     /// Checks what clap cannot: ranges, combinations, unsupported choices.
     pub fn validate(&self) -> anyhow::Result<()> {
-        match self.store_kind()? {
-            StoreKind::Memory => {}
-            StoreKind::Redis(url) => {
-                anyhow::bail!(
-                    "--store {url}: the Redis store is not supported yet; use --store memory"
-                )
-            }
+        if let StoreKind::Redis(_) = self.store_kind()? {
+            anyhow::ensure!(
+                self.redis_timeout_ms >= 1 && self.redis_max_inflight >= 1,
+                "--redis-timeout-ms and --redis-max-inflight must be at least 1"
+            );
+            anyhow::ensure!(
+                self.channel_meta_secs >= self.retention_secs,
+                "--channel-meta-secs must be at least --retention-secs (a channel's seq must outlive its messages)"
+            );
+            anyhow::ensure!(
+                !self.redis_key_prefix.is_empty() && !self.redis_key_prefix.contains(['{', '}']),
+                "--redis-key-prefix must be non-empty and free of braces"
+            );
         }
         anyhow::ensure!(
             self.retention_messages >= 1,
@@ -259,11 +300,14 @@ impl Config {
     pub fn store_kind(&self) -> anyhow::Result<StoreKind> {
         let s = self.store.trim();
         if s.eq_ignore_ascii_case("memory") {
-            Ok(StoreKind::Memory)
-        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
-            Ok(StoreKind::Redis(s.to_owned()))
-        } else {
-            anyhow::bail!("--store must be `memory` or `redis://HOST:PORT`, not {s:?}")
+            return Ok(StoreKind::Memory);
+        }
+        match RedisTarget::parse(s) {
+            Some(Ok(t)) => Ok(StoreKind::Redis(t)),
+            Some(Err(e)) => anyhow::bail!("--store {e}"),
+            None => anyhow::bail!(
+                "--store must be `memory`, `redis://HOST:PORT[/DB]` or `redis+cluster://H1:P1,H2:P2,...`, not {s:?}"
+            ),
         }
     }
 
@@ -298,6 +342,12 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("local_workers", &self.local_workers)
             .field("store", &self.store)
+            .field("channel_meta_secs", &self.channel_meta_secs)
+            .field("retention_channel_bytes", &self.retention_channel_bytes)
+            .field("redis_timeout_ms", &self.redis_timeout_ms)
+            .field("redis_max_inflight", &self.redis_max_inflight)
+            .field("redis_key_prefix", &self.redis_key_prefix)
+            .field("redis_durable", &self.redis_durable)
             .field("publisher_keys", &masked_keys)
             .field(
                 "subscriber_secret",
@@ -355,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn secrets_are_masked_and_redis_is_refused() {
+    fn secrets_are_masked_and_stores_parse() {
         let c = parse(&[
             "--publisher-key",
             "k1",
@@ -368,8 +418,19 @@ mod tests {
         assert!(!dbg.contains("k1") && !dbg.contains("topsecret"), "{dbg}");
         assert_eq!(c.publisher_keys, vec!["k1", "k2"]);
         let r = parse(&["--store", "redis://127.0.0.1:6379"]);
-        let err = r.validate().unwrap_err().to_string();
-        assert!(err.contains("not supported yet"), "{err}");
+        r.validate().unwrap();
+        assert_eq!(
+            r.store_kind().unwrap(),
+            StoreKind::Redis(RedisTarget::Single("redis://127.0.0.1:6379".into()))
+        );
+        let c = parse(&["--store", "redis+cluster://127.0.0.1:7000,127.0.0.1:7001"]);
+        assert!(
+            matches!(c.store_kind().unwrap(), StoreKind::Redis(RedisTarget::Cluster(n)) if n.len() == 2)
+        );
+        let err = parse(&["--store", "postgres://x"]).validate().unwrap_err();
+        assert!(err.to_string().contains("redis+cluster://"), "{err}");
+        let short = parse(&["--store", "redis://h:1", "--channel-meta-secs", "10"]);
+        assert!(short.validate().is_err(), "meta shorter than retention");
     }
 
     #[test]

@@ -23,6 +23,7 @@ use anyhow::Context as _;
 use std::ffi::OsString;
 use std::sync::Arc;
 use std::time::Duration;
+use store::redis::{RedisOptions, RedisStore};
 use store::{AnyStore, MemoryStore, Retention, Store};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -47,15 +48,7 @@ pub async fn run(
     metrics::init();
     let addr = listener.local_addr().context("listener address")?;
     let router = Arc::new(router::Router::new());
-    let store = AnyStore::Memory(MemoryStore::new(
-        Retention {
-            max_messages: config.retention_messages,
-            max_age: config.retention_age(),
-        },
-        config.retention_total_bytes,
-        config.max_channels,
-        router.clone(),
-    ));
+    let store = open_store(&config, router.clone()).await?;
     let gateway_id = format!("gateway@{addr}");
     let specs = if config.local_workers > 0 {
         local::worker_specs(&config, addr)?
@@ -77,7 +70,7 @@ pub async fn run(
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = tick.tick() => app.store.sweep(store::now_ms()).await,
+                    _ = tick.tick() => housekeeping(&app).await,
                     _ = app.shutdown.cancelled() => break,
                 }
             }
@@ -101,6 +94,71 @@ pub async fn run(
     while children.join_next().await.is_some() {}
     let _ = sweeper.await;
     Ok(())
+}
+
+/// Once a second: the store's sweep and check; a store that lost its history has every
+/// worker subscribe its connections again.
+async fn housekeeping(app: &app::App) {
+    use std::sync::atomic::Ordering;
+    app.store.sweep(store::now_ms()).await;
+    let check = app.store.check().await;
+    let was = app.store_healthy.swap(check.healthy, Ordering::Relaxed);
+    if was != check.healthy {
+        if check.healthy {
+            info!("the store answers again");
+        } else {
+            warn!(
+                "the store does not answer: publishes get 503 and /healthz says so until it does"
+            );
+        }
+    }
+    if check.history_lost {
+        let workers = app.router.resubscribe_all();
+        metrics::STORE_RESYNCS.inc();
+        warn!(
+            workers,
+            "the store lost its history (restarted empty or flushed); every worker subscribes its connections again"
+        );
+    }
+}
+
+/// The store `--store` names, delivering through `router`.
+async fn open_store(
+    config: &Config,
+    router: Arc<router::Router>,
+) -> anyhow::Result<AnyStore<Arc<router::Router>>> {
+    let retention = Retention {
+        max_messages: config.retention_messages,
+        max_age: config.retention_age(),
+    };
+    Ok(match config.store_kind()? {
+        config::StoreKind::Memory => AnyStore::Memory(MemoryStore::new(
+            retention,
+            config.retention_total_bytes,
+            config.max_channels,
+            router,
+        )),
+        config::StoreKind::Redis(target) => {
+            let store = RedisStore::new(
+                RedisOptions {
+                    target,
+                    prefix: config.redis_key_prefix.clone(),
+                    retention,
+                    channel_bytes: config.retention_channel_bytes,
+                    channel_meta: Duration::from_secs(config.channel_meta_secs),
+                    timeout: Duration::from_millis(config.redis_timeout_ms),
+                    max_inflight: config.redis_max_inflight,
+                    durable: config.redis_durable,
+                },
+                router,
+            )?;
+            // Loaded now when Redis is up; otherwise on the first call that reaches it.
+            if let Err(e) = store.load_library().await {
+                warn!(error = %e, "Redis is not reachable yet; publishes answer 503 until it is");
+            }
+            AnyStore::Redis(store)
+        }
+    })
 }
 
 /// The `gateway` binary: parses flags (`args` includes the program name), sets up logging,

@@ -3,7 +3,8 @@
 //! channel or a connection.
 
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -196,8 +197,57 @@ pub static LOCAL_WORKER_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Redis store: round-trip time of every call.
+pub static REDIS_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(
+            "pushgate_redis_seconds",
+            "Round-trip time of Redis store calls.",
+        )
+        .buckets(vec![
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,
+        ]),
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(h.clone()))
+        .expect("metric registers once");
+    h
+});
+
+/// Redis store: failed calls by kind.
+pub static REDIS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "pushgate_redis_errors_total",
+        "Redis store calls that failed, by kind (connection, timeout, reply, overloaded).",
+        "kind",
+        &["connection", "timeout", "reply", "overloaded"],
+    )
+});
+
+/// Channel logs whose epoch changed because their history was lost, by cause.
+pub static STORE_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_store_resyncs_total",
+        "Times the store was found to have lost its history (restarted empty, flushed) and every worker was asked to subscribe its connections again.",
+    )
+});
+
+pub static EPOCH_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "pushgate_epoch_changes_total",
+        "Channel logs given a new epoch because their history was lost: missing (meta gone: flushed, expired, evicted, restarted without persistence), replid (another Redis history: restart from a snapshot, failover).",
+        "cause",
+        &["missing", "replid"],
+    )
+});
+
 /// Registers every metric (call once at start so all series show before traffic).
 pub fn init() {
+    LazyLock::force(&REDIS_SECONDS);
+    LazyLock::force(&REDIS_ERRORS);
+    LazyLock::force(&EPOCH_CHANGES);
+    LazyLock::force(&STORE_RESYNCS);
     LazyLock::force(&PUBLISH_TOTAL);
     LazyLock::force(&PUBLISH_REJECTED);
     LazyLock::force(&BROADCAST_TOTAL);

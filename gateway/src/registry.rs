@@ -276,6 +276,7 @@ mod tests {
     fn hello(id: &str, addrs: &[&str], capacity: u64, connections: u64) -> Hello {
         Hello {
             id: id.into(),
+            incarnation: 1,
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             capacity,
             connections,

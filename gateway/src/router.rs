@@ -43,13 +43,23 @@ impl Router {
         }
     }
 
+    /// Tells every connected worker to subscribe all its connections again (the store
+    /// lost its directory). Returns how many were told.
+    pub fn resubscribe_all(&self) -> usize {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .filter(|l| l.send(Down::ResubscribeAll))
+            .count()
+    }
+
     /// Runs `f` on `worker`'s link when that link is the incarnation the entry names and
     /// still open.
     fn with_link<R>(&self, worker: &WorkerRef, f: impl FnOnce(&LinkHandle) -> R) -> Option<R> {
         let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         links
             .get(worker.id())
-            .filter(|l| l.generation == worker.incarnation() && l.is_alive())
+            .filter(|l| l.worker == *worker && l.is_alive())
             .map(|l| f(l))
     }
 

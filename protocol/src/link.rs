@@ -79,6 +79,9 @@ pub struct UnknownKickReason(pub u8);
 pub struct Hello {
     /// Stable worker id (`--id`).
     pub id: String,
+    /// Random per worker process, the same on every link: gateways that share a store name
+    /// this process the same way in its directory.
+    pub incarnation: u64,
     /// Bound client addresses as `ip:port`, as clients should dial them.
     pub addrs: Vec<String>,
     /// Most connections the worker accepts (`--capacity`).
@@ -182,6 +185,10 @@ pub enum Down {
     },
     /// Drop the subscriber behind `sub_id` (its close reason given by `reason`).
     Kick { sub_id: u64, reason: KickReason },
+    /// The store lost every directory entry (a Redis that restarted empty): subscribe every
+    /// connection again, with `resume` and the position it reached, as after a link came
+    /// back. Clients stay connected; their next frame is a gap if their history is gone.
+    ResubscribeAll,
 }
 
 const UP_HELLO: u8 = 1;
@@ -193,6 +200,7 @@ const DOWN_WELCOME: u8 = 10;
 const DOWN_BACKLOG: u8 = 11;
 const DOWN_DELIVER: u8 = 12;
 const DOWN_KICK: u8 = 13;
+const DOWN_RESUBSCRIBE_ALL: u8 = 14;
 
 impl Up {
     /// Appends this frame (length prefix included) to `out`.
@@ -202,6 +210,7 @@ impl Up {
             Up::Hello(h) => {
                 out.push(UP_HELLO);
                 put_str(out, &h.id);
+                put_u64(out, h.incarnation);
                 out.extend_from_slice(&(h.addrs.len() as u32).to_be_bytes());
                 for a in &h.addrs {
                     put_str(out, a);
@@ -259,6 +268,7 @@ impl Up {
         Ok(match kind {
             UP_HELLO => {
                 let id = get_string(&mut f)?;
+                let incarnation = get_u64(&mut f)?;
                 let n = get_u32(&mut f)? as usize;
                 let mut addrs = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
@@ -266,6 +276,7 @@ impl Up {
                 }
                 Up::Hello(Hello {
                     id,
+                    incarnation,
                     addrs,
                     capacity: get_u64(&mut f)?,
                     connections: get_u64(&mut f)?,
@@ -306,7 +317,7 @@ impl Down {
             Down::Backlog { sub_id, .. }
             | Down::Deliver { sub_id, .. }
             | Down::Kick { sub_id, .. } => Some(*sub_id),
-            Down::Welcome { .. } => None,
+            Down::Welcome { .. } | Down::ResubscribeAll => None,
         }
     }
 
@@ -350,6 +361,11 @@ impl Down {
                 out.push(DOWN_KICK);
                 put_u64(out, *sub_id);
                 out.push(*reason as u8);
+                finish(out, start);
+            }
+            Down::ResubscribeAll => {
+                let start = begin(out);
+                out.push(DOWN_RESUBSCRIBE_ALL);
                 finish(out, start);
             }
         }
@@ -399,6 +415,7 @@ impl Down {
                 let reason = KickReason::try_from(get_u8(&mut f)?).unwrap_or(KickReason::Resync);
                 Down::Kick { sub_id, reason }
             }
+            DOWN_RESUBSCRIBE_ALL => Down::ResubscribeAll,
             k => return Err(LinkError::UnknownKind(k)),
         })
     }
@@ -533,6 +550,7 @@ mod tests {
     fn every_frame_roundtrips() {
         roundtrip_up(Up::Hello(Hello {
             id: "w1".into(),
+            incarnation: 0xfeed,
             addrs: vec!["127.0.0.2:9000".into(), "127.0.0.3:9000".into()],
             capacity: 1_000_000,
             connections: 7,
@@ -585,6 +603,7 @@ mod tests {
             roundtrip_down(Down::Kick { sub_id: 2, reason });
             assert_eq!(KickReason::try_from(reason as u8), Ok(reason));
         }
+        roundtrip_down(Down::ResubscribeAll);
     }
 
     #[test]

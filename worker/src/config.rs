@@ -11,13 +11,16 @@ use std::net::SocketAddr;
     about = "pushgate worker: holds client connections and delivers messages"
 )]
 pub struct Config {
-    /// Gateway to open the link to (`http://host:port`).
+    /// Gateway to open a link to (`http://host:port`; repeatable: one link to each, env
+    /// value comma-separated). With several, subscriptions go over one of them and
+    /// deliveries come over all (gateways that share a Redis store).
     #[arg(
         long,
         env = "PUSHGATE_GATEWAY",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
-    pub gateway: String,
+    pub gateway: Vec<String>,
 
     /// Client-facing address to listen on (repeatable; env value comma-separated). Port 0
     /// picks a free port.
@@ -169,7 +172,12 @@ impl Config {
         if self.listen.is_empty() {
             bail!("at least one --listen address is required");
         }
-        gateway_host_port(&self.gateway).context("--gateway")?;
+        if self.gateway.is_empty() {
+            bail!("at least one --gateway is required");
+        }
+        for g in &self.gateway {
+            gateway_host_port(g).with_context(|| format!("--gateway {g}"))?;
+        }
         let threads = self.threads();
         if threads == 0 || threads > MAX_THREADS {
             bail!("--threads must be 1..={MAX_THREADS}");
@@ -292,7 +300,7 @@ mod tests {
     #[test]
     fn defaults_parse_and_validate() {
         let c = Config::parse_from_args(["worker"]).unwrap();
-        assert_eq!(c.gateway, "http://127.0.0.1:8080");
+        assert_eq!(c.gateway, vec!["http://127.0.0.1:8080".to_string()]);
         assert_eq!(c.listen, vec!["127.0.0.2:9000".parse().unwrap()]);
         assert_eq!(c.allow_origin, vec!["*".to_string()]);
         assert_eq!(c.backlog, 4096);

@@ -107,6 +107,7 @@ impl Worker {
             start: Instant::now(),
             open: AtomicUsize::new(0),
             link_up: AtomicBool::new(false),
+            links_up: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
             ports,
             up_tx,
@@ -151,15 +152,24 @@ impl Worker {
                     .expect("spawn loop thread"),
             );
         }
-        let (host, port) =
-            config::gateway_host_port(&self.shared.config.gateway).expect("validated in bind");
-        let setup = link::LinkSetup {
-            id: self.id,
-            addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
-            host,
-            port,
-            link_key: self.shared.config.link_key.clone(),
-        };
+        let incarnation = rand::random::<u64>() | 1;
+        let setups: Vec<link::LinkSetup> = self
+            .shared
+            .config
+            .gateway
+            .iter()
+            .map(|g| {
+                let (host, port) = config::gateway_host_port(g).expect("validated in bind");
+                link::LinkSetup {
+                    id: self.id.clone(),
+                    incarnation,
+                    addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
+                    host,
+                    port,
+                    link_key: self.shared.config.link_key.clone(),
+                }
+            })
+            .collect();
         let shared = self.shared;
         let up_rx = self.up_rx;
         threads.push(
@@ -171,7 +181,7 @@ impl Worker {
                         .build()
                         .expect("link runtime");
                     rt.spawn(link_trim(shared.clone()));
-                    rt.block_on(link::run(shared.clone(), up_rx, setup, shutdown.clone()));
+                    rt.block_on(link::run(shared.clone(), up_rx, setups, shutdown.clone()));
                     shared.begin_shutdown();
                 })
                 .expect("spawn link thread"),
@@ -224,7 +234,7 @@ where
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let gateway = config.gateway.clone();
+    let gateway = config.gateway.join(",");
     let threads = config.threads();
     let worker = Worker::bind(config)?;
     tracing::info!(

@@ -1,7 +1,14 @@
-//! The worker's side of the gateway link, on a small tokio runtime: dial, upgrade, Hello /
-//! Welcome, Load every second, forward Subscribe/Unsubscribe from the loop threads in
-//! batches (one write per batch), route Down frames to loop threads by `sub_id`, and
-//! reconnect with backoff (100 ms doubling to 2 s).
+//! The worker's side of the gateway links, on a small tokio runtime: one link to each
+//! `--gateway`: dial, upgrade, Hello / Welcome, Load every second, route Down frames to loop
+//! threads by `sub_id`, reconnect with backoff (100 ms doubling to 2 s).
+//!
+//! Subscribe, Fetch and Unsubscribe from the loop threads go out in batches (one write per
+//! batch) over one link, the *control* link: whichever link holds the up queue. Deliveries
+//! come over every link (each gateway sends what it publishes over its own). When a link
+//! goes down, what it had in flight either way is unknown (a Subscribe not taken, a
+//! Deliver a gateway committed and never sent), so every loop thread re-subscribes its
+//! connections with `resume` and the position it reached, over the control link: holes are
+//! filled from the store and nothing is lost.
 
 use crate::metrics::metrics;
 use crate::shared::{split_sub_id, Cmd, Shared};
@@ -29,9 +36,13 @@ const BATCH: usize = 4096;
 /// Least time between two link writes while frames keep coming (see [`writer`]).
 const LINGER: Duration = Duration::from_millis(1);
 
-/// What the link needs to introduce the worker.
+/// What a link needs to introduce the worker.
+#[derive(Clone)]
 pub(crate) struct LinkSetup {
     pub id: String,
+    /// Random per worker process: every gateway names this process the same way in a
+    /// shared store's directory.
+    pub incarnation: u64,
     pub addrs: Vec<String>,
     pub host: String,
     pub port: u16,
@@ -39,35 +50,53 @@ pub(crate) struct LinkSetup {
     pub link_key: Option<String>,
 }
 
-/// Keeps a link to the gateway up until `shutdown` is cancelled.
+/// The up queue from the loop threads: held by the control link's writer.
+type UpQueue = tokio::sync::Mutex<mpsc::Receiver<Up>>;
+
+/// Keeps a link to every gateway up until `shutdown` is cancelled.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut up_rx: mpsc::Receiver<Up>,
-    setup: LinkSetup,
+    up_rx: mpsc::Receiver<Up>,
+    setups: Vec<LinkSetup>,
     shutdown: CancellationToken,
+) {
+    let up = Arc::new(tokio::sync::Mutex::new(up_rx));
+    let links = setups.into_iter().map(|setup| {
+        let (shared, up, shutdown) = (shared.clone(), up.clone(), shutdown.clone());
+        async move { keep_up(&shared, &up, &setup, &shutdown).await }
+    });
+    futures_util::future::join_all(links).await;
+}
+
+/// Keeps one gateway's link up until `shutdown`.
+async fn keep_up(
+    shared: &Arc<Shared>,
+    up: &UpQueue,
+    setup: &LinkSetup,
+    shutdown: &CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
     loop {
         let mut welcomed = false;
         let res = tokio::select! {
-            r = session(&shared, &mut up_rx, &setup, &mut welcomed) => r,
+            r = session(shared, up, setup, &mut welcomed) => r,
             _ = shutdown.cancelled() => Ok(()),
         };
-        let was_up = shared.link_up.swap(false, Ordering::AcqRel);
-        metrics().link_up.set(0);
+        if welcomed {
+            link_down(shared);
+        }
         if shutdown.is_cancelled() {
             break;
         }
         match &res {
-            Err(e) if was_up => {
-                tracing::warn!(error = %format!("{e:#}"), "gateway link lost; reconnecting")
-            }
+            Err(e) if welcomed => tracing::warn!(
+                gateway = %format!("{}:{}", setup.host, setup.port),
+                error = %format!("{e:#}"),
+                "gateway link lost; reconnecting"
+            ),
             Err(e) => tracing::debug!(error = %format!("{e:#}"), "gateway link attempt failed"),
             Ok(()) => {}
         }
-        // What was queued for the dead link is moot: the gateway forgets that link's
-        // subscriptions and every subscribed connection is re-sent after the next Welcome.
-        while up_rx.try_recv().is_ok() {}
         if welcomed {
             backoff = BACKOFF_MIN;
         }
@@ -79,10 +108,33 @@ pub(crate) async fn run(
     }
 }
 
+/// A welcomed link is up: counted, and while any is, clients are taken.
+fn link_up(shared: &Shared) {
+    let n = shared.links_up.fetch_add(1, Ordering::AcqRel) + 1;
+    shared.link_up.store(true, Ordering::Release);
+    metrics().link_up.set(n as i64);
+}
+
+/// A welcomed link went down: whatever it carried either way may be lost, so every
+/// connection is subscribed again (over the control link, once there is one).
+fn link_down(shared: &Shared) {
+    let n = shared.links_up.fetch_sub(1, Ordering::AcqRel) - 1;
+    shared.link_up.store(n > 0, Ordering::Release);
+    metrics().link_up.set(n as i64);
+    resubscribe_everything(shared);
+}
+
+/// Every loop thread re-sends `Subscribe{resume}` for each of its connections.
+fn resubscribe_everything(shared: &Shared) {
+    for port in &shared.ports {
+        port.push(&mut vec![Cmd::LinkUp]);
+    }
+}
+
 /// One link: connect, upgrade, Hello/Welcome, then pump both ways until it fails.
 async fn session(
     shared: &Arc<Shared>,
-    up_rx: &mut mpsc::Receiver<Up>,
+    up: &UpQueue,
     setup: &LinkSetup,
     welcomed: &mut bool,
 ) -> anyhow::Result<()> {
@@ -122,6 +174,7 @@ async fn session(
         }
         let hello = Up::Hello(Hello {
             id: setup.id.clone(),
+            incarnation: setup.incarnation,
             addrs: setup.addrs.clone(),
             capacity: shared.capacity as u64,
             connections: shared.connections() as u64,
@@ -146,16 +199,12 @@ async fn session(
     .context("link handshake timed out")??;
 
     *welcomed = true;
-    shared.link_up.store(true, Ordering::Release);
-    metrics().link_up.set(1);
+    link_up(shared);
     tracing::info!(gateway = %welcome, "gateway link up");
-    for port in &shared.ports {
-        port.push(&mut vec![Cmd::LinkUp]);
-    }
     let (rd, wr) = stream.into_split();
     tokio::select! {
         r = reader(shared, rd, buf) => r,
-        r = writer(shared, wr, up_rx) => r,
+        r = writer(shared, wr, up) => r,
     }
 }
 
@@ -172,6 +221,13 @@ async fn reader(
     loop {
         while let Some(frame) = split_frame(&mut buf)? {
             let down = Down::decode(frame)?;
+            if down == Down::ResubscribeAll {
+                // The gateway's store lost its directory: as after a link came back.
+                for cmds in per_thread.iter_mut() {
+                    cmds.push(Cmd::LinkUp);
+                }
+                continue;
+            }
             let Some(id) = down.sub_id() else {
                 continue;
             };
@@ -209,15 +265,26 @@ async fn reader(
 /// one within [`LINGER`] first waits out the rest of it, and takes everything queued
 /// meanwhile: at most ~1,000 link writes a second however fast clients come, and no wait
 /// at all when the link is quiet.
-async fn writer(
-    shared: &Arc<Shared>,
-    mut wr: OwnedWriteHalf,
-    up_rx: &mut mpsc::Receiver<Up>,
-) -> anyhow::Result<()> {
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut out = Vec::with_capacity(64 * 1024);
+async fn writer(shared: &Arc<Shared>, mut wr: OwnedWriteHalf, up: &UpQueue) -> anyhow::Result<()> {
+    let mut out = Vec::with_capacity(1024);
     let mut load = tokio::time::interval(LOAD_EVERY);
     load.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Until this link holds the up queue, it only reports load.
+    let mut up_rx = loop {
+        tokio::select! {
+            q = up.lock() => break q,
+            _ = load.tick() => {
+                Up::Load { connections: shared.connections() as u64 }.encode(&mut out);
+                wr.write_all(&out).await?;
+                out.clear();
+            }
+        }
+    };
+    // What was queued for a link that is gone is moot: every connection is subscribed
+    // again now, over this one.
+    while up_rx.try_recv().is_ok() {}
+    resubscribe_everything(shared);
+    let mut batch = Vec::with_capacity(BATCH);
     let mut last_write = tokio::time::Instant::now() - LINGER;
     loop {
         tokio::select! {

@@ -98,6 +98,12 @@ pub struct Metrics {
     pub link_queue_full: IntCounter,
     pub write_buffered: IntCounter,
     pub pending_bytes: IntGauge,
+    /// Deliveries that arrived past a hole in their connection's seqs (a hole wait began).
+    pub holes: IntCounter,
+    /// `Fetch` requests sent (next pages of a resume, holes, epoch changes).
+    pub fetches: IntCounter,
+    /// Gap frames/events/poll answers told to clients.
+    pub gaps: IntCounter,
 }
 
 impl Metrics {
@@ -138,8 +144,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Messages written to clients (WebSocket frames, SSE events, poll entries)",
     )
     .expect("metric");
-    let link_up =
-        IntGauge::new("pushgate_link_up", "1 while the link to the gateway is up").expect("metric");
+    let link_up = IntGauge::new(
+        "pushgate_link_up",
+        "Gateway links up now (one per --gateway)",
+    )
+    .expect("metric");
     let slow = IntCounter::new(
         "pushgate_slow_client_closes_total",
         "Connections closed because their pending output passed --max-pending-bytes",
@@ -160,8 +169,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Bytes waiting in per-connection write buffers (output the sockets did not take yet)",
     )
     .expect("metric");
+    let holes = IntCounter::new(
+        "pushgate_holes_total",
+        "Deliveries that arrived past a hole in their connection's seqs (held, then filled by a late delivery or from the store)",
+    )
+    .expect("metric");
+    let fetches = IntCounter::new(
+        "pushgate_fetches_total",
+        "Fetch requests sent to the gateway: next pages of a resume, holes, epoch changes",
+    )
+    .expect("metric");
+    let gaps = IntCounter::new(
+        "pushgate_gaps_sent_total",
+        "Gaps told to clients (a resume or a hole that could not be served whole)",
+    )
+    .expect("metric");
     for c in [
-        Box::new(open_vec.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(holes.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(fetches.clone()),
+        Box::new(gaps.clone()),
+        Box::new(open_vec.clone()),
         Box::new(closed_vec.clone()),
         Box::new(accepted.clone()),
         Box::new(delivered.clone()),
@@ -189,6 +216,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         link_queue_full: queue_full,
         write_buffered,
         pending_bytes,
+        holes,
+        fetches,
+        gaps,
         registry,
     }
 });

@@ -52,7 +52,10 @@ pub struct Shared {
     pub start: Instant,
     /// Client connections open on all threads.
     pub open: AtomicUsize,
+    /// At least one gateway link is up (clients are taken).
     pub link_up: AtomicBool,
+    /// Gateway links up now.
+    pub links_up: AtomicUsize,
     pub shutdown: AtomicBool,
     pub ports: Vec<ThreadPort>,
     pub up_tx: mpsc::Sender<Up>,

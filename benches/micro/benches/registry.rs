@@ -18,6 +18,7 @@ fn pick(c: &mut Criterion) {
         for i in 0..n {
             let hello = Hello {
                 id: format!("worker-{i}"),
+                incarnation: 1,
                 addrs: (0..4).map(|j| format!("10.0.{j}.{i}:8081")).collect(),
                 // Huge capacity: the pick never runs out while criterion iterates.
                 capacity: 1 << 40,

@@ -96,7 +96,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
         match (&route, &method) {
             (Route::NotFound, _) => Rejection::NotFound.response(),
             (Route::Dashboard, &Method::GET) => views::dashboard(),
-            (Route::Healthz, &Method::GET) => views::healthz(),
+            (Route::Healthz, &Method::GET) => views::healthz(&app),
             (Route::Metrics, &Method::GET) => views::metrics_resp(&app).await,
             (Route::Assign, &Method::GET) => assign::assign(&app, req.uri().query().unwrap_or("")),
             (Route::Publish(channel), &Method::POST) => publish::publish(&app, channel, req).await,

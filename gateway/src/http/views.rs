@@ -27,9 +27,16 @@ pub fn dashboard() -> Resp {
     r
 }
 
-/// `GET /healthz`.
-pub fn healthz() -> Resp {
-    json_resp(StatusCode::OK, r#"{"status":"ok"}"#)
+/// `GET /healthz`: 200 `{"status":"ok"}`, or 503 while the store does not answer.
+pub fn healthz(app: &App) -> Resp {
+    if app.store_healthy.load(std::sync::atomic::Ordering::Relaxed) {
+        json_resp(StatusCode::OK, r#"{"status":"ok"}"#)
+    } else {
+        json_resp(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"status":"unavailable","error":"store_unavailable","message":"the store does not answer"}"#,
+        )
+    }
 }
 
 pub async fn channel_info(app: &App, channel: &str) -> Resp {

@@ -22,8 +22,10 @@ pub struct LinkHandle {
     pub slot: usize,
     /// Bumped each time the worker (re)connects; stale handles are recognized by it.
     pub generation: u64,
-    /// The same as data: what directory entries made over this link name (the incarnation
-    /// is the generation).
+    /// The same as data: what directory entries made over this link name. Its incarnation
+    /// is the generation with a store of this gateway's own (entries made over a link that
+    /// has since been replaced are stale), and the worker process's own incarnation with a
+    /// store gateways share (every gateway must name the worker alike).
     pub worker: WorkerRef,
     tx: mpsc::Sender<Down>,
     alive: AtomicBool,
@@ -33,16 +35,28 @@ pub struct LinkHandle {
 }
 
 impl LinkHandle {
-    /// A handle with a queue of `queue` frames, and the receiving end for its writer.
+    /// A handle with a queue of `queue` frames, and the receiving end for its writer; its
+    /// incarnation is the generation.
     pub fn new(
         worker_id: Arc<str>,
         slot: usize,
         generation: u64,
         queue: usize,
     ) -> (Arc<Self>, mpsc::Receiver<Down>) {
+        Self::with_incarnation(worker_id, slot, generation, generation, queue)
+    }
+
+    /// [`Self::new`] naming the worker by `incarnation`.
+    pub fn with_incarnation(
+        worker_id: Arc<str>,
+        slot: usize,
+        generation: u64,
+        incarnation: u64,
+        queue: usize,
+    ) -> (Arc<Self>, mpsc::Receiver<Down>) {
         let (tx, rx) = mpsc::channel(queue.max(1));
         let handle = Arc::new(LinkHandle {
-            worker: WorkerRef::new(worker_id.clone(), generation),
+            worker: WorkerRef::new(worker_id.clone(), incarnation),
             worker_id,
             slot,
             generation,

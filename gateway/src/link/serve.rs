@@ -8,7 +8,7 @@
 use super::handle::LinkHandle;
 use crate::app::App;
 use crate::metrics;
-use crate::store::{now_ms, Holder, Start, Store};
+use crate::store::{now_ms, AnyStore, Holder, Start, Store};
 use bytes::BytesMut;
 use protocol::link::{split_frame, Down, KickReason, Up};
 use std::sync::Arc;
@@ -72,11 +72,17 @@ where
         }
     };
     let queue = app.config.link_queue;
+    let shared_store = matches!(app.store, AnyStore::Redis(_));
     let mut rx_slot = None;
     let link = app
         .registry
         .register(&hello, Instant::now(), |slot, generation, id| {
-            let (link, rx) = LinkHandle::new(id, slot, generation, queue);
+            let incarnation = if shared_store {
+                hello.incarnation
+            } else {
+                generation
+            };
+            let (link, rx) = LinkHandle::with_incarnation(id, slot, generation, incarnation, queue);
             rx_slot = Some(rx);
             link
         });
@@ -173,7 +179,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                     max_bytes,
                     resume,
                 };
-                if let Err(e) = app.store.subscribe(&channel, holder, start, now).await {
+                if let Err(e) = subscribe_with_retry(app, &channel, holder, start).await {
                     debug!(worker = %link.worker_id, error = %e, "subscribe refused");
                     link.send(Down::Kick {
                         sub_id,
@@ -215,6 +221,35 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Up::Hello(_) => {
                 debug!(worker = %link.worker_id, "repeated Hello on a link; ignored");
             }
+        }
+    }
+}
+
+/// A subscribe that fails fast because the store is briefly unavailable (a cluster that
+/// is not whole again yet, a node still loading) is tried again a few times, in order on
+/// this link, before the worker is told to refuse it: a store that comes back must not
+/// cost its connected clients a disconnect. Slow failures (timeouts) are not retried.
+async fn subscribe_with_retry(
+    app: &App,
+    channel: &str,
+    holder: Holder,
+    start: Start,
+) -> Result<(), crate::store::StoreError> {
+    let began = Instant::now();
+    let mut tries = 0;
+    loop {
+        match app
+            .store
+            .subscribe(channel, holder.clone(), start, now_ms())
+            .await
+        {
+            Err(crate::store::StoreError::Unavailable(_))
+                if tries < 5 && began.elapsed() < Duration::from_secs(1) =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+            }
+            r => return r,
         }
     }
 }

@@ -1,15 +1,17 @@
-//! The configured backend, by enum dispatch (Redis joins as a second variant).
+//! The configured backend, by enum dispatch.
 
 use super::contract::{
-    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
+    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreCheck, StoreError, StoreStats,
 };
 use super::directory::Holder;
 use super::memory::MemoryStore;
+use super::redis::RedisStore;
 use bytes::Bytes;
 
 /// The configured backend; every variant delivers through an outbox of type `O`.
 pub enum AnyStore<O: Outbox> {
     Memory(MemoryStore<O>),
+    Redis(RedisStore<O>),
 }
 
 impl<O: Outbox> Store for AnyStore<O> {
@@ -22,6 +24,7 @@ impl<O: Outbox> Store for AnyStore<O> {
     ) -> Result<Published, StoreError> {
         match self {
             AnyStore::Memory(m) => m.publish(channel, data, key, now_ms).await,
+            AnyStore::Redis(r) => r.publish(channel, data, key, now_ms).await,
         }
     }
 
@@ -34,6 +37,7 @@ impl<O: Outbox> Store for AnyStore<O> {
     ) -> Vec<Result<Published, StoreError>> {
         match self {
             AnyStore::Memory(m) => m.publish_many(channels, data, key, now_ms).await,
+            AnyStore::Redis(r) => r.publish_many(channels, data, key, now_ms).await,
         }
     }
 
@@ -46,6 +50,7 @@ impl<O: Outbox> Store for AnyStore<O> {
     ) -> Result<(), StoreError> {
         match self {
             AnyStore::Memory(m) => m.subscribe(channel, holder, start, now_ms).await,
+            AnyStore::Redis(r) => r.subscribe(channel, holder, start, now_ms).await,
         }
     }
 
@@ -59,30 +64,42 @@ impl<O: Outbox> Store for AnyStore<O> {
     ) -> Result<BacklogPage, StoreError> {
         match self {
             AnyStore::Memory(m) => m.fetch(channel, since, epoch, max_bytes, now_ms).await,
+            AnyStore::Redis(r) => r.fetch(channel, since, epoch, max_bytes, now_ms).await,
         }
     }
 
     async fn unsubscribe(&self, channel: &str, holder: &Holder, now_ms: u64) {
         match self {
             AnyStore::Memory(m) => m.unsubscribe(channel, holder, now_ms).await,
+            AnyStore::Redis(r) => r.unsubscribe(channel, holder, now_ms).await,
         }
     }
 
     async fn channel_info(&self, channel: &str, now_ms: u64) -> ChannelInfo {
         match self {
             AnyStore::Memory(m) => m.channel_info(channel, now_ms).await,
+            AnyStore::Redis(r) => r.channel_info(channel, now_ms).await,
         }
     }
 
     async fn sweep(&self, now_ms: u64) {
         match self {
             AnyStore::Memory(m) => m.sweep(now_ms).await,
+            AnyStore::Redis(r) => r.sweep(now_ms).await,
+        }
+    }
+
+    async fn check(&self) -> StoreCheck {
+        match self {
+            AnyStore::Memory(m) => m.check().await,
+            AnyStore::Redis(r) => r.check().await,
         }
     }
 
     async fn stats(&self) -> StoreStats {
         match self {
             AnyStore::Memory(m) => m.stats().await,
+            AnyStore::Redis(r) => r.stats().await,
         }
     }
 }

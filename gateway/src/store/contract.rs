@@ -98,6 +98,15 @@ pub struct ChannelInfo {
     pub buffered: u64,
 }
 
+/// What [`Store::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCheck {
+    /// The store answered (`/healthz` says so).
+    pub healthy: bool,
+    /// The store lost what it held since the last check.
+    pub history_lost: bool,
+}
+
 /// Totals for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
@@ -188,6 +197,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Periodic housekeeping: age expiry, forgetting idle channels.
     fn sweep(&self, now_ms: u64) -> impl Future<Output = ()> + Send;
+
+    /// Once a second: whether the store answers, and whether it lost its history since the
+    /// last check (a Redis that restarted empty or was flushed: every holder it knew is
+    /// gone, so every worker must subscribe its connections again). An in-process store
+    /// never loses its history while the gateway runs.
+    fn check(&self) -> impl Future<Output = StoreCheck> + Send {
+        std::future::ready(StoreCheck {
+            healthy: true,
+            history_lost: false,
+        })
+    }
 
     /// Totals for metrics.
     fn stats(&self) -> impl Future<Output = StoreStats> + Send;

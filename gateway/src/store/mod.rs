@@ -14,10 +14,12 @@ pub mod any;
 pub mod contract;
 pub mod directory;
 pub mod memory;
+pub mod redis;
 
 pub use any::AnyStore;
 pub use contract::{
-    now_ms, BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreError, StoreStats,
+    now_ms, BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreCheck, StoreError,
+    StoreStats,
 };
 pub use directory::{Holder, WorkerRef};
 pub use memory::{ChannelLog, MemoryStore, Retention};

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod redis;
 
 use bytes::Bytes;
 use clap::Parser;
@@ -27,6 +28,14 @@ pub struct Cluster {
     pub workers: Vec<worker::WorkerHandle>,
     pub worker_addrs: Vec<Vec<SocketAddr>>,
     pub http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    /// The Redis server behind the gateway, when the test crate runs the Redis store.
+    pub redis: Option<redis::RedisServer>,
+}
+
+/// Whether this test crate runs its clusters on the Redis store (the `*_redis` test
+/// targets run the same test code as their memory-store twins).
+pub fn uses_redis() -> bool {
+    env!("CARGO_CRATE_NAME").ends_with("_redis")
 }
 
 impl Drop for Cluster {
@@ -56,6 +65,10 @@ pub async fn start(gw_args: &[&str], workers: usize, worker_args: &[&str]) -> Cl
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut args = vec!["gateway".to_string(), "--listen".into(), addr.to_string()];
+    let redis = uses_redis().then(|| redis::RedisServer::start(&[]));
+    if let Some(r) = &redis {
+        args.extend(["--store".into(), r.url()]);
+    }
     args.extend(gw_args.iter().map(|s| s.to_string()));
     let config = gateway::Config::parse_from(args);
     let shutdown = CancellationToken::new();
@@ -68,6 +81,7 @@ pub async fn start(gw_args: &[&str], workers: usize, worker_args: &[&str]) -> Cl
         workers: Vec::new(),
         worker_addrs: Vec::new(),
         http: Client::builder(TokioExecutor::new()).build_http(),
+        redis,
     };
     for i in 0..workers {
         cluster.add_worker(&format!("w{i}"), worker_args).await;
@@ -227,10 +241,11 @@ pub async fn ws_connect(url: &str) -> Ws {
     ws
 }
 
-/// Next text frame as JSON (skips pings/pongs), with a timeout.
+/// Next text frame as JSON (skips pings/pongs), within 10 s however many pings come.
 pub async fn next_json(ws: &mut Ws) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let m = tokio::time::timeout_at(deadline, ws.next())
             .await
             .expect("no frame within 10 s")
             .expect("stream ended")

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 pub struct GatewayProcess {
     pub child: Child,
     pub base: String,
+    /// Its Redis, when the test crate runs the Redis store (see `uses_redis`).
+    pub redis: Option<super::redis::RedisServer>,
 }
 
 impl Drop for GatewayProcess {
@@ -30,6 +32,11 @@ fn free_port() -> u16 {
 /// Starts `gateway --listen 127.0.0.1:<free port> <args>` from this package's binary.
 pub fn spawn_gateway(args: &[&str]) -> GatewayProcess {
     let listen = format!("127.0.0.1:{}", free_port());
+    let redis = super::uses_redis().then(|| super::redis::RedisServer::start(&[]));
+    let store: Vec<String> = redis
+        .iter()
+        .flat_map(|r| ["--store".to_string(), r.url()])
+        .collect();
     let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args([
             "--listen",
@@ -37,6 +44,7 @@ pub fn spawn_gateway(args: &[&str]) -> GatewayProcess {
             "--worker-exe",
             env!("CARGO_BIN_EXE_gateway"),
         ])
+        .args(&store)
         .args(args)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
@@ -45,6 +53,7 @@ pub fn spawn_gateway(args: &[&str]) -> GatewayProcess {
     GatewayProcess {
         child,
         base: format!("http://{listen}"),
+        redis,
     }
 }
 

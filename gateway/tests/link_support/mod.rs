@@ -199,6 +199,7 @@ impl FakeWorker {
     pub async fn hello(&mut self, id: &str, addrs: &[&str], capacity: u64) {
         self.send(Up::Hello(Hello {
             id: id.into(),
+            incarnation: 1,
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             capacity,
             connections: 0,

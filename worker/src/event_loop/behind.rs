@@ -109,7 +109,10 @@ impl EventLoop {
                     channel: conn.channel.as_deref().unwrap_or_default().to_owned(),
                 };
                 match self.shared.up_tx.try_send(up) {
-                    Ok(()) => b.fetch_sent(),
+                    Ok(()) => {
+                        metrics().fetches.inc();
+                        b.fetch_sent();
+                    }
                     Err(TrySendError::Full(_)) => {
                         metrics().link_queue_full.inc();
                         self.side.arm(self.now.at + hole_wait, key, gen);

@@ -42,6 +42,7 @@ struct Batch<'a> {
 
 impl Sink for Batch<'_> {
     fn gap(&mut self, epoch: u64, first_seq: u64) {
+        metrics().gaps.inc();
         *self.gap = Some((epoch, first_seq));
         render::gap(self.transport, self.out, epoch, first_seq);
     }
@@ -133,7 +134,8 @@ impl EventLoop {
                     self.on_kick(key, reason);
                 }
             }
-            Down::Welcome { .. } => {}
+            // The link thread turns ResubscribeAll into LinkUp; neither reaches a connection.
+            Down::Welcome { .. } | Down::ResubscribeAll => {}
         }
     }
 
@@ -163,6 +165,7 @@ impl EventLoop {
         conn.set_position(at);
         self.side.put(key, gen, behind, &at);
         if hole {
+            metrics().holes.inc();
             let t = now + self.hole_wait();
             self.side.arm(t, key, gen);
         }

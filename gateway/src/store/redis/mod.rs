@@ -1,0 +1,845 @@
+//! The Redis store (`--store redis://HOST:PORT[/DB]` or `redis+cluster://H1:P1,H2:P2,...`):
+//! every channel's log, meta and directory entry live in Redis, so gateways keep nothing
+//! a restart loses and several gateways can share one fleet.
+//!
+//! One publish is one Redis round trip: the `pushgate` function library
+//! ([`pushgate.lua`](pushgate.lua), loaded at start and again whenever Redis has lost it)
+//! checks the idempotency key and whether the log's history is still the one that wrote
+//! it, takes the next seq, appends, trims by count, bytes and age, refreshes expiries and
+//! returns the seq, the epoch and the channel's holder, whom this gateway then delivers to
+//! through its [`Outbox`]. Concurrent calls share one multiplexed connection, so they are
+//! pipelined. Subscribing is one call too: it takes the channel (a fencing token counts
+//! owners) and returns the first backlog page, so nothing falls between backlog and live
+//! delivery; a delivery that overtakes the backlog on its way to the worker is held there
+//! until the backlog arrives (the worker orders by seq).
+//!
+//! Failure behaviour: every call has a deadline (`--redis-timeout-ms`) and in-flight calls
+//! are bounded (`--redis-max-inflight`); past either the operation fails at once with
+//! [`StoreError::Unavailable`] (503), it never queues without bound. A publish whose answer
+//! was lost may still have been committed: the publisher's retry with an `Idempotency-Key`
+//! is what makes that safe. Client-library resends (the cluster client re-sends after a
+//! dropped connection on the budget it uses for MOVED/ASK) cannot give a message a second
+//! seq: each publish carries an op id the function recognises.
+
+pub mod keys;
+
+use super::contract::{
+    BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreCheck, StoreError, StoreStats,
+};
+use super::directory::{Holder, WorkerRef};
+use super::memory::log::BACKLOG_MAX_BYTES;
+use super::memory::Retention;
+use crate::metrics;
+use bytes::Bytes;
+use keys::{decode_holder, encode_holder, ChannelKeys};
+use protocol::link::KickReason;
+use redis::{Cmd, Value};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The function library, loaded with `FUNCTION LOAD REPLACE`.
+pub const LIBRARY: &str = include_str!("pushgate.lua");
+
+/// Epochs stay below 2^53 so JSON clients parse them exactly.
+const EPOCH_MASK: u64 = (1 << 53) - 1;
+
+/// Where Redis is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://HOST:PORT[/DB]`.
+    Single(String),
+    /// `redis+cluster://H1:P1,H2:P2,...`: the seed nodes, as `redis://` URLs.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Parses a `--store` value that names Redis; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Result<RedisTarget, String>> {
+        if let Some(rest) = s.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = rest
+                .split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("redis://{n}"))
+                .collect();
+            if nodes.is_empty() {
+                return Some(Err("redis+cluster:// needs at least one HOST:PORT".into()));
+            }
+            return Some(Ok(RedisTarget::Cluster(nodes)));
+        }
+        if s.starts_with("redis://") {
+            return Some(match redis::Client::open(s) {
+                Ok(_) => Ok(RedisTarget::Single(s.to_owned())),
+                Err(e) => Err(format!("{s}: {e}")),
+            });
+        }
+        None
+    }
+}
+
+/// How the Redis store behaves.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    pub target: RedisTarget,
+    /// Prefix of every key (`pg`).
+    pub prefix: String,
+    pub retention: Retention,
+    /// Most bytes a channel's retained messages take (data + key + overhead).
+    pub channel_bytes: usize,
+    /// How long a channel's seq and epoch outlive its last activity.
+    pub channel_meta: Duration,
+    /// Deadline of every Redis call.
+    pub timeout: Duration,
+    /// Most Redis calls in flight at once.
+    pub max_inflight: usize,
+    /// Restarts keep every acknowledged write (`--redis-durable`): only a promotion of a
+    /// replica counts as another history.
+    pub durable: bool,
+}
+
+/// The connection: one multiplexed connection (reconnecting by itself) or a cluster client.
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl Conn {
+    async fn query(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
+        match self {
+            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+        }
+    }
+}
+
+/// What `pg_publish` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PublishReply {
+    seq: u64,
+    epoch: u64,
+    duplicate: bool,
+    owner: String,
+    cause: String,
+    evicted: u64,
+}
+
+/// A backlog page as the functions return it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PageReply {
+    gap: bool,
+    first_seq: u64,
+    last_seq: u64,
+    messages: Vec<(u64, Bytes)>,
+}
+
+/// The Redis [`crate::store::Store`].
+pub struct RedisStore<O: Outbox> {
+    conn: Conn,
+    outbox: O,
+    opts: RedisOptions,
+    inflight: Semaphore,
+    /// Worker refs by (id, incarnation), so a delivery does not allocate one.
+    workers: Mutex<HashMap<(String, u64), WorkerRef>>,
+    /// Set when a call found the library missing (a restart without persistence, a new
+    /// node): the next call loads it first.
+    reload: AtomicBool,
+    /// The last call reached Redis.
+    healthy: AtomicBool,
+    /// The value each history marker had when this gateway last looked: a marker with
+    /// another value (or recreated by this gateway) is a history that lost its data.
+    markers_seen: Mutex<HashMap<String, String>>,
+    /// A subscription was attached: if that happened before the first look at the markers,
+    /// a marker first seen then may already be a new history.
+    attached: AtomicBool,
+}
+
+impl<O: Outbox> RedisStore<O> {
+    /// A store over `opts.target`. Connects lazily: the gateway starts (and says it is
+    /// unhealthy) while Redis is down, and catches up once it is back.
+    pub fn new(opts: RedisOptions, outbox: O) -> anyhow::Result<Self> {
+        let conn = match &opts.target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(opts.timeout))
+                    .set_response_timeout(Some(opts.timeout))
+                    // Reconnects keep being tried (in the background, with backoff up to
+                    // 1 s) for as long as the gateway runs; a command never waits for one
+                    // longer than its deadline.
+                    .set_number_of_retries(usize::MAX)
+                    .set_max_delay(Duration::from_secs(1));
+                Conn::Single(redis::aio::ConnectionManager::new_lazy_with_config(
+                    client, config,
+                )?)
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    // Resends after a dropped connection are safe for publishes (op id,
+                    // see the module doc); the same budget follows MOVED/ASK during a
+                    // reshard and a failover.
+                    .retries(8)
+                    .min_retry_wait(10)
+                    .max_retry_wait(200)
+                    .connection_timeout(opts.timeout)
+                    .response_timeout(opts.timeout)
+                    .build()?;
+                Conn::Cluster(
+                    client.get_pending_async_connection_with_config(
+                        redis::cluster::ClusterConfig::new()
+                            .set_connection_timeout(opts.timeout)
+                            .set_response_timeout(opts.timeout),
+                    ),
+                )
+            }
+        };
+        Ok(RedisStore {
+            conn,
+            outbox,
+            inflight: Semaphore::new(opts.max_inflight.max(1)),
+            opts,
+            workers: Mutex::new(HashMap::new()),
+            reload: AtomicBool::new(true),
+            healthy: AtomicBool::new(false),
+            markers_seen: Mutex::new(HashMap::new()),
+            attached: AtomicBool::new(false),
+        })
+    }
+
+    /// Loads the function library (on every primary, for a cluster).
+    pub async fn load_library(&self) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("FUNCTION");
+        cmd.arg("LOAD").arg("REPLACE").arg(LIBRARY);
+        self.raw(&cmd).await.map(|_| ())?;
+        self.reload.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Round-trips a PING (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.raw(&redis::cmd("PING")).await.map(|_| ())
+    }
+
+    /// One command with the deadline and the in-flight bound, timed and counted.
+    async fn raw(&self, cmd: &Cmd) -> Result<Value, StoreError> {
+        let Ok(_permit) = self.inflight.try_acquire() else {
+            metrics::REDIS_ERRORS
+                .with_label_values(&["overloaded"])
+                .inc();
+            return Err(StoreError::Unavailable(
+                "too many Redis calls in flight".into(),
+            ));
+        };
+        let started = Instant::now();
+        let r = tokio::time::timeout(self.opts.timeout, self.conn.query(cmd)).await;
+        metrics::REDIS_SECONDS.observe(started.elapsed().as_secs_f64());
+        match r {
+            Ok(Ok(v)) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                let kind = if e.is_io_error() || e.is_connection_dropped() {
+                    "connection"
+                } else if e.is_timeout() {
+                    "timeout"
+                } else {
+                    "reply"
+                };
+                if kind != "reply" {
+                    self.healthy.store(false, Ordering::Relaxed);
+                }
+                metrics::REDIS_ERRORS.with_label_values(&[kind]).inc();
+                if e.to_string().contains("Function not found") {
+                    self.reload.store(true, Ordering::Relaxed);
+                }
+                Err(StoreError::Unavailable(format!("redis: {e}")))
+            }
+            Err(_) => {
+                self.healthy.store(false, Ordering::Relaxed);
+                metrics::REDIS_ERRORS.with_label_values(&["timeout"]).inc();
+                Err(StoreError::Unavailable(format!(
+                    "redis did not answer within {:?}",
+                    self.opts.timeout
+                )))
+            }
+        }
+    }
+
+    /// `FCALL name` with `keys` and `args`; loads the library first when it is missing
+    /// and retries once if the call found it gone (the function did not run then).
+    async fn fcall(&self, name: &str, keys: &[&str], args: &[&[u8]]) -> Result<Value, StoreError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(name).arg(keys.len()).arg(keys);
+        for a in args {
+            cmd.arg(*a);
+        }
+        if self.reload.load(Ordering::Relaxed) {
+            self.load_library().await?;
+        }
+        match self.raw(&cmd).await {
+            Err(_) if self.reload.load(Ordering::Relaxed) => {
+                self.load_library().await?;
+                self.raw(&cmd).await
+            }
+            r => r,
+        }
+    }
+
+    /// The keys whose absence says Redis lost what it held (restarted empty, flushed):
+    /// one, or one on each cluster master (a key on the first slot of each of its slot
+    /// ranges, from `CLUSTER SLOTS` asked anew each time, so a reshard or a failover moves
+    /// them along). They have no expiry, so no `volatile-*` eviction policy takes them.
+    async fn markers(&self) -> Result<Vec<String>, StoreError> {
+        let Conn::Cluster(_) = self.conn else {
+            return Ok(vec![format!("{}:alive", self.opts.prefix)]);
+        };
+        let Value::Array(ranges) = self
+            .raw(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
+            .await?
+        else {
+            return Err(StoreError::Unavailable(
+                "CLUSTER SLOTS: unexpected answer".into(),
+            ));
+        };
+        Ok(ranges
+            .iter()
+            .filter_map(|r| match r {
+                Value::Array(f) => int(f.first()?),
+                _ => None,
+            })
+            .map(|first| keys::marker_for_slot(&self.opts.prefix, first as u16))
+            .collect())
+    }
+
+    fn worker(&self, id: &str, incarnation: u64) -> WorkerRef {
+        let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = w.get(&(id.to_owned(), incarnation)) {
+            return r.clone();
+        }
+        if w.len() > 4096 {
+            // Incarnations of long-gone workers: start over rather than grow.
+            w.clear();
+        }
+        let r = keys::worker_ref(id, incarnation);
+        w.insert((id.to_owned(), incarnation), r.clone());
+        r
+    }
+
+    fn holder(&self, owner: &str) -> Option<Holder> {
+        decode_holder(owner, |id, inc| self.worker(id, inc))
+    }
+
+    /// `1` on one node: any other replication id than the node's own is a lost history
+    /// (a restart from an older snapshot is one). In a cluster keys move between masters,
+    /// and with `--redis-durable` a restart keeps every write, so only a promotion counts
+    /// (see the library).
+    fn strict(&self) -> &'static [u8] {
+        match self.conn {
+            Conn::Single(_) if !self.opts.durable => b"1",
+            _ => b"0",
+        }
+    }
+
+    fn keys(&self, channel: &str) -> ChannelKeys {
+        ChannelKeys::new(&self.opts.prefix, channel)
+    }
+
+    fn common_args(&self, now_ms: u64) -> (String, String, String, String) {
+        (
+            now_ms.to_string(),
+            self.opts.retention.max_age_ms().to_string(),
+            (self.opts.channel_meta.as_millis() as u64).to_string(),
+            new_epoch().to_string(),
+        )
+    }
+
+    async fn publish_one(
+        &self,
+        channel: &str,
+        data: &Bytes,
+        key: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Published, StoreError> {
+        let k = self.keys(channel);
+        let idem = k.idem(key);
+        let (now, max_age, meta_ttl, epoch) = self.common_args(now_ms);
+        let op = format!("{:016x}", rand::random::<u64>());
+        let max_messages = self.opts.retention.max_messages.to_string();
+        let channel_bytes = self.opts.channel_bytes.to_string();
+        let reply = self
+            .fcall(
+                "pg_publish",
+                &[&k.meta, &k.list, &idem],
+                &[
+                    data,
+                    now.as_bytes(),
+                    max_messages.as_bytes(),
+                    max_age.as_bytes(),
+                    channel_bytes.as_bytes(),
+                    meta_ttl.as_bytes(),
+                    epoch.as_bytes(),
+                    op.as_bytes(),
+                    key.unwrap_or("").as_bytes(),
+                    self.strict(),
+                ],
+            )
+            .await?;
+        let r = parse_publish(reply)?;
+        count_epoch_change(&r.cause);
+        if r.evicted > 0 {
+            metrics::MESSAGES_EVICTED
+                .with_label_values(&["count"])
+                .inc_by(r.evicted);
+        }
+        if !r.duplicate {
+            if let Some(h) = self.holder(&r.owner) {
+                // Unreachable from here (its worker's link is down, or it is linked to
+                // another gateway only): the message is in Redis for its resume.
+                self.outbox.deliver(&h, r.epoch, r.seq, data.clone());
+            }
+        }
+        Ok(Published {
+            seq: r.seq,
+            duplicate: r.duplicate,
+        })
+    }
+
+    async fn attach(
+        &self,
+        channel: &str,
+        holder: &Holder,
+        start: Start,
+        expected: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Value>, StoreError> {
+        let k = self.keys(channel);
+        let (now, max_age, meta_ttl, epoch) = self.common_args(now_ms);
+        let since = start.since.map(|s| s.to_string()).unwrap_or_default();
+        let client_epoch = start.epoch.map(|e| e.to_string()).unwrap_or_default();
+        let max_bytes = start.max_bytes.to_string();
+        let max_frame = BACKLOG_MAX_BYTES.to_string();
+        let me = encode_holder(holder);
+        let reply = self
+            .fcall(
+                "pg_attach",
+                &[&k.meta, &k.list],
+                &[
+                    me.as_bytes(),
+                    since.as_bytes(),
+                    client_epoch.as_bytes(),
+                    if start.resume { b"1" } else { b"0" },
+                    max_bytes.as_bytes(),
+                    max_frame.as_bytes(),
+                    now.as_bytes(),
+                    max_age.as_bytes(),
+                    meta_ttl.as_bytes(),
+                    epoch.as_bytes(),
+                    expected.as_bytes(),
+                    self.strict(),
+                ],
+            )
+            .await?;
+        match reply {
+            Value::Array(v) => {
+                self.attached.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            other => Err(bad_reply("pg_attach", &other)),
+        }
+    }
+}
+
+/// A fresh epoch: random, non-zero, below 2^53.
+fn new_epoch() -> u64 {
+    (rand::random::<u64>() & EPOCH_MASK).max(1)
+}
+
+fn count_epoch_change(cause: &str) {
+    if !cause.is_empty() {
+        metrics::EPOCH_CHANGES.with_label_values(&[cause]).inc();
+    }
+}
+
+fn bad_reply(what: &str, v: &Value) -> StoreError {
+    metrics::REDIS_ERRORS.with_label_values(&["reply"]).inc();
+    StoreError::Unavailable(format!("unexpected answer to {what}: {v:?}"))
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        Value::Nil => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn parse_publish(v: Value) -> Result<PublishReply, StoreError> {
+    let parsed = match &v {
+        Value::Array(a) if a.len() == 6 => (|| {
+            Some(PublishReply {
+                seq: int(&a[0])?,
+                epoch: int(&a[1])?,
+                duplicate: int(&a[2])? == 1,
+                owner: text(&a[3])?,
+                cause: text(&a[4])?,
+                evicted: int(&a[5])?,
+            })
+        })(),
+        _ => None,
+    };
+    parsed.ok_or_else(|| bad_reply("pg_publish", &v))
+}
+
+/// `{gap, first_seq, last_seq, seq1, data1, ...}` from `a`.
+fn parse_page(a: Vec<Value>) -> Option<PageReply> {
+    if a.len() < 3 || !(a.len() - 3).is_multiple_of(2) {
+        return None;
+    }
+    let mut it = a.into_iter();
+    let gap = int(&it.next()?)? == 1;
+    let first_seq = int(&it.next()?)?;
+    let last_seq = int(&it.next()?)?;
+    let mut messages = Vec::with_capacity(it.len() / 2);
+    while let (Some(seq), Some(data)) = (it.next(), it.next()) {
+        let data = match data {
+            Value::BulkString(b) => Bytes::from(b),
+            _ => return None,
+        };
+        messages.push((int(&seq)?, data));
+    }
+    Some(PageReply {
+        gap,
+        first_seq,
+        last_seq,
+        messages,
+    })
+}
+
+fn to_backlog(epoch: u64, p: PageReply) -> BacklogPage {
+    BacklogPage {
+        epoch,
+        last_seq: p.last_seq,
+        gap_first_seq: p.gap.then_some(p.first_seq),
+        messages: p.messages,
+    }
+}
+
+impl<O: Outbox> Store for RedisStore<O> {
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+        key: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Published, StoreError> {
+        self.publish_one(channel, &data, key, now_ms).await
+    }
+
+    async fn publish_many(
+        &self,
+        channels: &[&str],
+        data: Bytes,
+        key: Option<&str>,
+        now_ms: u64,
+    ) -> Vec<Result<Published, StoreError>> {
+        // All in flight at once: one multiplexed connection pipelines them.
+        let calls = channels
+            .iter()
+            .map(|c| self.publish_one(c, &data, key, now_ms));
+        futures_util::future::join_all(calls).await
+    }
+
+    async fn subscribe(
+        &self,
+        channel: &str,
+        holder: Holder,
+        start: Start,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut reply = self.attach(channel, &holder, start, "", now_ms).await?;
+        if text(&reply[0]).as_deref() == Some("held") {
+            let prev = text(&reply[2]).unwrap_or_default();
+            match self.holder(&prev) {
+                Some(p) if self.outbox.is_live(&p.worker) => {
+                    // A newer connection took the channel while this one's link was down.
+                    self.outbox.kick(&holder, KickReason::Replaced);
+                    return Ok(());
+                }
+                // The other holder is gone: take the channel if it is still that one's.
+                _ => reply = self.attach(channel, &holder, start, &prev, now_ms).await?,
+            }
+            if text(&reply[0]).as_deref() == Some("held") {
+                self.outbox.kick(&holder, KickReason::Replaced);
+                return Ok(());
+            }
+        }
+        if reply.len() < 8 {
+            return Err(bad_reply("pg_attach", &Value::Array(reply)));
+        }
+        let epoch = int(&reply[1]).unwrap_or(0);
+        let prev = text(&reply[2]).unwrap_or_default();
+        count_epoch_change(&text(&reply[4]).unwrap_or_default());
+        if let Some(p) = self.holder(&prev).filter(|p| *p != holder) {
+            self.outbox.kick(&p, KickReason::Replaced);
+        }
+        let page =
+            parse_page(reply.split_off(5)).ok_or_else(|| bad_reply("pg_attach", &Value::Nil))?;
+        self.outbox.backlog(&holder, to_backlog(epoch, page));
+        Ok(())
+    }
+
+    async fn fetch(
+        &self,
+        channel: &str,
+        since: u64,
+        epoch: Option<u64>,
+        max_bytes: u32,
+        now_ms: u64,
+    ) -> Result<BacklogPage, StoreError> {
+        let k = self.keys(channel);
+        let (now, max_age, meta_ttl, new) = self.common_args(now_ms);
+        let since = since.to_string();
+        let client_epoch = epoch.map(|e| e.to_string()).unwrap_or_default();
+        let max_bytes = max_bytes.to_string();
+        let max_frame = BACKLOG_MAX_BYTES.to_string();
+        let reply = self
+            .fcall(
+                "pg_fetch",
+                &[&k.meta, &k.list],
+                &[
+                    since.as_bytes(),
+                    client_epoch.as_bytes(),
+                    max_bytes.as_bytes(),
+                    max_frame.as_bytes(),
+                    now.as_bytes(),
+                    max_age.as_bytes(),
+                    meta_ttl.as_bytes(),
+                    new.as_bytes(),
+                    self.strict(),
+                ],
+            )
+            .await?;
+        let Value::Array(mut a) = reply else {
+            return Err(bad_reply("pg_fetch", &reply));
+        };
+        if a.len() < 5 {
+            return Err(bad_reply("pg_fetch", &Value::Array(a)));
+        }
+        let epoch = int(&a[0]).unwrap_or(0);
+        count_epoch_change(&text(&a[1]).unwrap_or_default());
+        let page = parse_page(a.split_off(2)).ok_or_else(|| bad_reply("pg_fetch", &Value::Nil))?;
+        Ok(to_backlog(epoch, page))
+    }
+
+    async fn unsubscribe(&self, channel: &str, holder: &Holder, _now_ms: u64) {
+        let k = self.keys(channel);
+        let me = encode_holder(holder);
+        if let Err(e) = self.fcall("pg_detach", &[&k.meta], &[me.as_bytes()]).await {
+            // The entry stays until the next subscriber takes the channel; deliveries to
+            // it are dropped by the worker (its sub_id is gone).
+            tracing::debug!(error = %e, "unsubscribe not recorded in Redis");
+        }
+    }
+
+    async fn channel_info(&self, channel: &str, now_ms: u64) -> ChannelInfo {
+        let k = self.keys(channel);
+        let now = now_ms.to_string();
+        let max_age = self.opts.retention.max_age_ms().to_string();
+        let none = ChannelInfo {
+            online: false,
+            worker: None,
+            last_seq: 0,
+            buffered: 0,
+        };
+        let Ok(Value::Array(a)) = self
+            .fcall(
+                "pg_info",
+                &[&k.meta, &k.list],
+                &[now.as_bytes(), max_age.as_bytes()],
+            )
+            .await
+        else {
+            return none;
+        };
+        if a.len() != 5 || int(&a[0]) != Some(1) {
+            return none;
+        }
+        let holder = text(&a[3])
+            .and_then(|o| self.holder(&o))
+            .filter(|h| self.outbox.is_live(&h.worker));
+        ChannelInfo {
+            online: holder.is_some(),
+            worker: holder.map(|h| h.worker.id().clone()),
+            last_seq: int(&a[2]).unwrap_or(0),
+            buffered: int(&a[4]).unwrap_or(0),
+        }
+    }
+
+    async fn sweep(&self, _now_ms: u64) {
+        // Redis expires what it holds (the message list: the retention age after the last publish;
+        // meta: --channel-meta-secs), and reads skip expired entries.
+    }
+
+    async fn check(&self) -> StoreCheck {
+        let unhealthy = StoreCheck {
+            healthy: false,
+            history_lost: false,
+        };
+        let Ok(markers) = self.markers().await else {
+            return unhealthy;
+        };
+        // Each marker holds a random value from the gateway that created it. `SET NX GET`
+        // answers the value that was there, or nil when this call created it. Comparing
+        // values (not "did my SET create it") stays right when the client library re-sends
+        // the SET after a dropped connection, and when another gateway recreated the
+        // marker first.
+        let sets = markers.iter().map(|m| {
+            let fresh = format!("{:016x}", rand::random::<u64>());
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(m).arg(&fresh).arg("NX").arg("GET");
+            async move { (self.raw(&cmd).await, fresh) }
+        });
+        let mut now = Vec::with_capacity(markers.len());
+        for (r, fresh) in futures_util::future::join_all(sets).await {
+            match r {
+                // Missing: this call created it. That is a lost history once subscriptions
+                // were attached (a first start, or a new slot range after a reshard, then
+                // costs one harmless resync).
+                Ok(Value::Nil) => now.push((fresh, true)),
+                Ok(Value::BulkString(v)) => {
+                    now.push((String::from_utf8_lossy(&v).into_owned(), false))
+                }
+                Ok(other) => {
+                    tracing::debug!(?other, "history marker: unexpected answer");
+                    return unhealthy;
+                }
+                // Nothing is concluded from a partial look.
+                Err(_) => return unhealthy,
+            }
+        }
+        let attached = self.attached.load(Ordering::Relaxed);
+        let mut lost = false;
+        let mut seen = self.markers_seen.lock().unwrap_or_else(|e| e.into_inner());
+        for (m, (value, created)) in markers.iter().zip(now) {
+            lost |= created && attached;
+            // Another value than last time: recreated by another gateway first, or by a
+            // re-sent SET of this one.
+            if let Some(before) = seen.insert(m.clone(), value.clone()) {
+                lost |= before != value;
+            }
+        }
+        if seen.len() > 4 * markers.len().max(16) {
+            // Ranges that moved away: forget them rather than grow.
+            seen.retain(|k, _| markers.contains(k));
+        }
+        drop(seen);
+        if lost {
+            // A node that lost its data lost the function library too.
+            self.reload.store(true, Ordering::Relaxed);
+        }
+        StoreCheck {
+            healthy: true,
+            history_lost: lost,
+        }
+    }
+
+    async fn stats(&self) -> StoreStats {
+        // Totals over every channel would need a scan of Redis; they are Redis' own
+        // figures (INFO memory, DBSIZE) in this mode.
+        StoreStats::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379/2"),
+            Some(Ok(RedisTarget::Single("redis://127.0.0.1:6379/2".into())))
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://a:1, b:2"),
+            Some(Ok(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ])))
+        );
+        assert!(matches!(
+            RedisTarget::parse("redis+cluster://"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            RedisTarget::parse("redis://:bad:port:x"),
+            Some(Err(_))
+        ));
+        assert_eq!(RedisTarget::parse("memory"), None);
+    }
+
+    #[test]
+    fn replies_parse() {
+        let p = parse_publish(Value::Array(vec![
+            Value::Int(7),
+            Value::Int(99),
+            Value::Int(0),
+            bulk("3:5:w"),
+            bulk("replid"),
+            Value::Int(1),
+        ]))
+        .unwrap();
+        assert_eq!((p.seq, p.epoch, p.duplicate, p.evicted), (7, 99, false, 1));
+        assert_eq!((p.owner.as_str(), p.cause.as_str()), ("3:5:w", "replid"));
+        assert!(parse_publish(Value::Array(vec![Value::Int(1)])).is_err());
+        let page = parse_page(vec![
+            Value::Int(1),
+            Value::Int(4),
+            Value::Int(9),
+            Value::Int(4),
+            bulk("\"a\""),
+            Value::Int(5),
+            bulk("1"),
+        ])
+        .unwrap();
+        assert_eq!((page.gap, page.first_seq, page.last_seq), (true, 4, 9));
+        assert_eq!(page.messages[1], (5, Bytes::from_static(b"1")));
+        let b = to_backlog(3, page);
+        assert_eq!((b.gap_first_seq, b.last_seq, b.epoch), (Some(4), 9, 3));
+        assert!(parse_page(vec![Value::Int(0), Value::Int(1)]).is_none());
+        assert!(parse_page(vec![
+            Value::Int(0),
+            Value::Int(1),
+            Value::Int(0),
+            Value::Int(1)
+        ])
+        .is_none());
+    }
+
+    #[test]
+    fn epochs_are_json_safe_and_non_zero() {
+        for _ in 0..1000 {
+            let e = new_epoch();
+            assert!(e > 0 && e < (1 << 53));
+        }
+    }
+}

@@ -1,0 +1,789 @@
+//! The Redis store against real `redis-server` processes: what lands in Redis, what a
+//! Redis restart or outage does to publishes and to resuming clients, and that a channel's
+//! seq outlives its messages.
+
+mod common;
+
+use common::redis::RedisServer;
+use common::*;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// A gateway (one worker) over `redis`, with `extra` gateway flags.
+async fn over(redis: &RedisServer, extra: &[&str]) -> Cluster {
+    let url = redis.url();
+    let mut args = vec!["--store", url.as_str()];
+    args.extend_from_slice(extra);
+    start(&args, 1, &[]).await
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn publishes_and_the_directory_live_in_redis() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:1", Some(0)).await;
+    c.wait_online("r:1").await;
+    for i in 1..=3 {
+        assert_eq!(c.publish("r:1", &i.to_string()).await, i);
+        assert_eq!(next_json(&mut ws).await, json!({"seq": i, "data": i}));
+    }
+    // The log, its seq and its holder are Redis keys under the channel's hash tag.
+    assert_eq!(redis.cli(&["HGET", "pg:{r:1}:m", "s"]).unwrap().trim(), "3");
+    assert_eq!(redis.cli(&["LLEN", "pg:{r:1}:l"]).unwrap().trim(), "3");
+    let owner = redis.cli(&["HGET", "pg:{r:1}:m", "o"]).unwrap();
+    assert!(owner.trim().ends_with(":w0"), "{owner}");
+    let info = c.get("/v1/channels/r:1").await.json();
+    assert_eq!(
+        (
+            info["online"].clone(),
+            info["last_seq"].clone(),
+            info["buffered"].clone()
+        ),
+        (json!(true), json!(3), json!(3))
+    );
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(metric(&m, "pushgate_redis_seconds_count") >= 4.0, "{m}");
+    // Unsubscribing clears the holder (compare-and-delete).
+    drop(ws);
+    for _ in 0..200 {
+        if redis.cli(&["HEXISTS", "pg:{r:1}:m", "o"]).unwrap().trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        redis.cli(&["HEXISTS", "pg:{r:1}:m", "o"]).unwrap().trim(),
+        "0"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_restarted_redis_changes_the_epoch_and_resumes_get_a_gap() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:2", Some(0)).await;
+    c.wait_online("r:2").await;
+    c.publish("r:2", "1").await;
+    c.publish("r:2", "2").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    assert_eq!(next_json(&mut ws).await["seq"], 2);
+    let epoch0: u64 = redis
+        .cli(&["HGET", "pg:{r:2}:m", "e"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    drop(ws);
+    // Redis crashes and comes back empty (no persistence): the history is gone.
+    redis.restart();
+    let started = Instant::now();
+    let seq = loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/r:2",
+                &[],
+                bytes::Bytes::from_static(b"3"),
+            )
+            .await;
+        if r.status == 202 {
+            break r.json()["seq"].as_u64().unwrap();
+        }
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(seq, 1, "a new history starts its own count");
+    // The function library was loaded again by itself; the new epoch is told to a client
+    // resuming from the old one, before what follows.
+    let a = c.assign("r:2").await;
+    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_ne!(gap["epoch"], json!(epoch0));
+    assert_eq!(gap["first_seq"], 1);
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 3}));
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_epoch_changes_total{cause=\"missing\"}") >= 2.0,
+        "the first publish and the restart: {m}"
+    );
+    c.stop().await;
+}
+
+/// Publishes "1" and "2" to `ch` with a client on it; returns the channel's epoch.
+async fn two_seen(c: &Cluster, redis: &RedisServer, ch: &str) -> u64 {
+    let mut ws = c.ws(ch, Some(0)).await;
+    c.wait_online(ch).await;
+    for i in 1..=2 {
+        assert_eq!(c.publish(ch, &i.to_string()).await, i);
+        assert_eq!(next_json(&mut ws).await["seq"], i);
+    }
+    redis
+        .cli(&["HGET", &format!("pg:{{{ch}}}:m"), "e"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Publishes `data` until Redis takes it again; its seq.
+async fn publish_when_back(c: &Cluster, ch: &str, data: &'static str) -> u64 {
+    let started = Instant::now();
+    loop {
+        let r = c
+            .request(
+                "POST",
+                &format!("/v1/publish/{ch}"),
+                &[],
+                bytes::Bytes::from_static(data.as_bytes()),
+            )
+            .await;
+        if r.status == 202 {
+            return r.json()["seq"].as_u64().unwrap();
+        }
+        assert_eq!(r.status, 503, "{:?}", r.json());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restart_from_the_append_only_file_is_a_new_epoch_unless_redis_is_durable() {
+    let aof = ["--appendonly", "yes", "--appendfsync", "always"];
+    // By default a node with a new replication id (every restart) is another history: the
+    // data came back, but it could have come from an older snapshot, so resumes get a gap
+    // and the seq goes on from what the node holds.
+    let mut redis = RedisServer::start(&aof);
+    let c = over(&redis, &[]).await;
+    let epoch0 = two_seen(&c, &redis, "d:1").await;
+    redis.restart();
+    assert_eq!(publish_when_back(&c, "d:1", "3").await, 3);
+    let a = c.assign("d:1").await;
+    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_ne!(gap["epoch"], json!(epoch0));
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_epoch_changes_total{cause=\"replid\"}") >= 1.0,
+        "{m}"
+    );
+    c.stop().await;
+    drop(redis);
+
+    // `--redis-durable`: the operator says a restart keeps every acknowledged write; the
+    // epoch stays and a resume continues where it was.
+    let mut redis = RedisServer::start(&aof);
+    let c = over(&redis, &["--redis-durable"]).await;
+    let epoch0 = two_seen(&c, &redis, "d:2").await;
+    redis.restart();
+    assert_eq!(publish_when_back(&c, "d:2", "3").await, 3);
+    let a = c.assign("d:2").await;
+    let url = format!("{}&since=1&epoch={epoch0}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_gets_503_quickly_and_nothing_is_accepted() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &["--redis-timeout-ms", "500"]).await;
+    assert_eq!(c.publish("r:3", "1").await, 1);
+    redis.kill();
+    for i in 0..5 {
+        let t = Instant::now();
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/r:3",
+                &[],
+                bytes::Bytes::from_static(b"2"),
+            )
+            .await;
+        assert_eq!(r.status, 503, "attempt {i}: {:?}", r.body);
+        assert_eq!(r.json()["error"], "store_unavailable");
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            t.elapsed()
+        );
+    }
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(metric(&m, "pushgate_redis_errors_total") >= 5.0, "{m}");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_seq_outlives_its_messages() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &["--retention-secs", "1"]).await;
+    assert_eq!(c.publish("r:4", "1").await, 1);
+    assert_eq!(c.publish("r:4", "2").await, 2);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // The messages expired; the seq did not start over.
+    assert_eq!(redis.cli(&["EXISTS", "pg:{r:4}:l"]).unwrap().trim(), "0");
+    assert_eq!(c.publish("r:4", "3").await, 3);
+    let mut ws = c.ws("r:4", Some(0)).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(
+        (gap["gap"].clone(), gap["first_seq"].clone()),
+        (json!(true), json!(3))
+    );
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
+    let ttl: i64 = redis
+        .cli(&["PTTL", "pg:{r:4}:m"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 29 * 24 * 3600 * 1000, "meta TTL {ttl} ms");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_log() {
+    let redis = RedisServer::start(&[]);
+    let a = over(&redis, &[]).await;
+    let b = over(&redis, &[]).await;
+    // Seqs interleave across gateways without repeating; each is idempotent on its key.
+    let mut seen = Vec::new();
+    for i in 0..10 {
+        let g = if i % 2 == 0 { &a } else { &b };
+        seen.push(g.publish("r:5", &i.to_string()).await);
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
+    let k = [("Idempotency-Key", "once")];
+    let r1 = a
+        .request(
+            "POST",
+            "/v1/publish/r:5",
+            &k,
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    let r2 = b
+        .request(
+            "POST",
+            "/v1/publish/r:5",
+            &k,
+            bytes::Bytes::from_static(b"x"),
+        )
+        .await;
+    assert_eq!(r1.json()["seq"], 11);
+    assert_eq!(r2.json()["seq"], 11, "the other gateway knows the key");
+    // A client of gateway a's worker resumes with everything, in order, once.
+    let mut ws = a.ws("r:5", Some(0)).await;
+    for i in 1..=11u64 {
+        assert_eq!(next_json(&mut ws).await["seq"], i);
+    }
+    assert_quiet(&mut ws, 200).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn connected_clients_are_subscribed_again_when_redis_restarts_empty() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:6", Some(0)).await;
+    let mut sse = Sse::open(
+        &c.assign("r:7").await["sse_url"]
+            .as_str()
+            .unwrap()
+            .replace("channel=", "since=0&channel="),
+        &[],
+    )
+    .await;
+    c.wait_online("r:6").await;
+    c.wait_online("r:7").await;
+    c.publish("r:6", "1").await;
+    c.publish("r:7", "1").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    assert_eq!(sse.next_event().await.0, Some(1));
+    // Redis comes back empty: every holder it knew is gone. Nobody reconnects; within a few
+    // seconds the worker has subscribed both connections again, and what is published next
+    // reaches them, after the gap that says their history is gone.
+    redis.restart();
+    let t = Instant::now();
+    for ch in ["r:6", "r:7"] {
+        loop {
+            let r = c
+                .request(
+                    "POST",
+                    &format!("/v1/publish/{ch}"),
+                    &[],
+                    bytes::Bytes::from_static(b"2"),
+                )
+                .await;
+            if r.status == 202 {
+                break;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "{:?}", r.body);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let gap = next_json(&mut ws).await;
+    assert_eq!(
+        (gap["gap"].clone(), gap["first_seq"].clone()),
+        (json!(true), json!(1)),
+        "{gap}"
+    );
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 2}));
+    let (id, gap) = sse.next_event().await;
+    assert_eq!((id, gap["gap"].clone()), (None, json!(true)), "{gap}");
+    assert_eq!(
+        sse.next_event().await,
+        (Some(1), json!({"seq": 1, "data": 2}))
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "resynced after {:?}",
+        t.elapsed()
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_says_when_redis_does_not_answer() {
+    let mut redis = RedisServer::start(&[]);
+    let c = over(&redis, &["--redis-timeout-ms", "300"]).await;
+    assert_eq!(c.get("/healthz").await.status, 200);
+    redis.kill();
+    let t = Instant::now();
+    loop {
+        let r = c.get("/healthz").await;
+        if r.status == 503 {
+            assert_eq!(r.json()["error"], "store_unavailable");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "healthz still {}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    redis.restart();
+    let t = Instant::now();
+    while c.get("/healthz").await.status != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "healthz never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn flushall_under_connected_clients_is_a_gap_not_a_silent_stop() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("r:8", Some(0)).await;
+    c.wait_online("r:8").await;
+    c.publish("r:8", "1").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    redis.cli(&["FLUSHALL"]).unwrap();
+    // The history is gone but the connection stays: within a check period the worker has
+    // subscribed it again, and the next message follows a gap.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(c.publish("r:8", "2").await, 1, "a new history");
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 2}));
+    c.stop().await;
+}
+
+/// A TCP forwarder whose target can be switched: what a failover looks like from a gateway
+/// that reaches Redis through one address (a virtual IP, a proxy).
+struct Switch {
+    addr: std::net::SocketAddr,
+    target: std::sync::Arc<std::sync::Mutex<std::net::SocketAddr>>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Switch {
+    async fn start(target: std::net::SocketAddr) -> Switch {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let target = std::sync::Arc::new(std::sync::Mutex::new(target));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (t, cs) = (target.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let to = *t.lock().unwrap();
+                cs.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut out) = tokio::net::TcpStream::connect(to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                    }
+                }));
+            }
+        });
+        Switch {
+            addr,
+            target,
+            conns,
+        }
+    }
+
+    /// Points new connections at `to` and cuts the open ones.
+    fn switch(&self, to: std::net::SocketAddr) {
+        *self.target.lock().unwrap() = to;
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_failover_to_a_replica_that_missed_writes_changes_the_epoch() {
+    let primary = RedisServer::start(&[]);
+    let port = primary.addr.port().to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &port]);
+    let switch = Switch::start(primary.addr).await;
+    let url = format!("redis://{}", switch.addr);
+    let c = start(&["--store", &url], 1, &[]).await;
+    for i in 1..=3 {
+        assert_eq!(c.publish("r:9", &i.to_string()).await, i);
+    }
+    let epoch: u64 = primary
+        .cli(&["HGET", "pg:{r:9}:m", "e"])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The replica has 1..3, then stops following: the primary's 4 and 5 never reach it.
+    let t = Instant::now();
+    while replica.cli(&["HGET", "pg:{r:9}:m", "s"]).unwrap().trim() != "3" {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "replica never caught up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replica.cli(&["REPLICAOF", "NO", "ONE"]).unwrap();
+    assert_eq!(c.publish("r:9", "4").await, 4);
+    assert_eq!(c.publish("r:9", "5").await, 5);
+    // Failover: the gateway now reaches the promoted replica, which lacks 4 and 5.
+    switch.switch(replica.addr);
+    let t = Instant::now();
+    let seq = loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/r:9",
+                &[],
+                bytes::Bytes::from_static(b"6"),
+            )
+            .await;
+        if r.status == 202 {
+            break r.json()["seq"].as_u64().unwrap();
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Seq 4 again, but in a new epoch: a client that saw (epoch, 5) is told of the gap
+    // instead of silently missing the new 4.
+    assert_eq!(seq, 4);
+    let a = c.assign("r:9").await;
+    let url = format!("{}&since=5&epoch={epoch}", a["ws_url"].as_str().unwrap());
+    let mut ws = ws_connect(&url).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_ne!(gap["epoch"], json!(epoch));
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_epoch_changes_total{cause=\"replid\"}") >= 1.0,
+        "{m}"
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_publishing_to_one_channel_reach_its_client_in_order_once() {
+    let redis = RedisServer::start(&[]);
+    let a = over_bare(&redis).await;
+    let mut b = over_bare(&redis).await;
+    // One worker, linked to both gateways (it belongs to b's test cluster).
+    b.add_worker("both", &["--gateway", &a.base]).await;
+    a.wait_workers(1).await;
+    b.wait_workers(1).await;
+    let mut ws = a.ws("r:10", Some(0)).await;
+    b.wait_online("r:10").await;
+    // Both gateways publish at once: seqs interleave as Redis hands them out, each gateway
+    // sends its own over its own link, and the worker orders them.
+    const N: u64 = 200;
+    let (sa, sb) = tokio::join!(
+        async {
+            let mut s = Vec::new();
+            for i in 0..N / 2 {
+                s.push(a.publish("r:10", &format!("\"a{i}\"")).await);
+            }
+            s
+        },
+        async {
+            let mut s = Vec::new();
+            for i in 0..N / 2 {
+                s.push(b.publish("r:10", &format!("\"b{i}\"")).await);
+            }
+            s
+        }
+    );
+    let mut all: Vec<u64> = sa.iter().chain(&sb).copied().collect();
+    all.sort();
+    assert_eq!(all, (1..=N).collect::<Vec<_>>(), "every seq once");
+    for i in 1..=N {
+        assert_eq!(next_json(&mut ws).await["seq"], i);
+    }
+    assert_quiet(&mut ws, 300).await;
+    // Gateway a goes away: b keeps assigning and publishing, and the worker takes
+    // its subscriptions over the link to b.
+    a.stop().await;
+    assert_eq!(b.publish("r:10", "1").await, N + 1);
+    assert_eq!(next_json(&mut ws).await["seq"], N + 1);
+    let assigned = b.assign("r:11").await;
+    assert_eq!(assigned["worker"], "both");
+    let mut ws2 = ws_connect(assigned["ws_url"].as_str().unwrap()).await;
+    b.wait_online("r:11").await;
+    assert_eq!(b.publish("r:11", "7").await, 1);
+    assert_eq!(next_json(&mut ws2).await, json!({"seq": 1, "data": 7}));
+    b.stop().await;
+}
+
+/// A gateway over `redis` with no workers of its own.
+async fn over_bare(redis: &RedisServer) -> Cluster {
+    let url = redis.url();
+    start(&["--store", url.as_str()], 0, &[]).await
+}
+
+/// A TCP forwarder between a worker and a gateway whose gateway->worker direction can be
+/// muted (bytes read and dropped) and whose connections can be cut: a gateway that
+/// committed a publish and died before its Deliver reached the worker.
+struct LinkProxy {
+    url: String,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl LinkProxy {
+    async fn start(to: std::net::SocketAddr) -> LinkProxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (m, cs) = (mute.clone(), conns.clone());
+        tokio::spawn(async move {
+            while let Ok((worker_side, _)) = l.accept().await {
+                let m = m.clone();
+                cs.lock().unwrap().push(tokio::spawn(async move {
+                    let Ok(gw_side) = tokio::net::TcpStream::connect(to).await else {
+                        return;
+                    };
+                    let (mut wr, mut ww) = worker_side.into_split();
+                    let (mut gr, mut gw) = gw_side.into_split();
+                    let up = async move {
+                        let _ = tokio::io::copy(&mut wr, &mut gw).await;
+                    };
+                    let down = async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match gr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if !m.load(Ordering::Relaxed) && ww.write_all(&buf[..n]).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! { _ = up => {}, _ = down => {} }
+                }));
+            }
+        });
+        LinkProxy { url, mute, conns }
+    }
+
+    fn mute(&self) {
+        self.mute.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Ends every forwarded connection (the worker sees its link drop).
+    fn cut(&self) {
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_committed_by_a_gateway_that_dies_before_delivering_still_arrives() {
+    let redis = RedisServer::start(&[]);
+    let a = over_bare(&redis).await;
+    let mut b = over_bare(&redis).await;
+    let proxy = LinkProxy::start(a.gateway).await;
+    // The worker reaches gateway a through the proxy.
+    b.add_worker("w", &["--gateway", &proxy.url]).await;
+    a.wait_workers(1).await;
+    b.wait_workers(1).await;
+    let mut ws = b.ws("r:12", Some(0)).await;
+    a.wait_online("r:12").await;
+    assert_eq!(a.publish("r:12", "1").await, 1);
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    // Gateway a commits seq 2 and 3 to Redis, but its Delivers never reach the worker...
+    proxy.mute();
+    assert_eq!(a.publish("r:12", "2").await, 2);
+    assert_eq!(a.publish("r:12", "3").await, 3);
+    assert_quiet(&mut ws, 300).await;
+    // ...and then it dies. The worker's link to it drops; nothing else is published. The
+    // worker cannot know what that link still carried, so it asks the store.
+    proxy.cut();
+    a.stop().await;
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
+    assert_eq!(b.publish("r:12", "4").await, 4);
+    assert_eq!(next_json(&mut ws).await["seq"], 4);
+    assert_quiet(&mut ws, 200).await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_master_cluster_holds_each_channel_on_one_slot() {
+    let cluster = common::redis::RedisCluster::start(3);
+    let url = cluster.url();
+    let c = start(&["--store", &url], 1, &[]).await;
+    // Channels spread over the masters; each channel's keys live on the node of its slot,
+    // and the functions (loaded on every master) never cross a slot.
+    let channels: Vec<String> = (0..30).map(|i| format!("cl:{i}")).collect();
+    let mut clients = Vec::new();
+    for ch in &channels {
+        clients.push(c.ws(ch, Some(0)).await);
+    }
+    for round in 1..=3u64 {
+        for ch in &channels {
+            assert_eq!(c.publish(ch, &round.to_string()).await, round);
+        }
+    }
+    for ws in clients.iter_mut() {
+        for round in 1..=3u64 {
+            assert_eq!(next_json(ws).await, json!({"seq": round, "data": round}));
+        }
+    }
+    let mut holders = std::collections::HashSet::new();
+    for ch in &channels {
+        let meta = format!("pg:{{{ch}}}:m");
+        let node = cluster.node_of(&meta);
+        assert_eq!(node.cli(&["HGET", &meta, "s"]).unwrap().trim(), "3", "{ch}");
+        assert_eq!(
+            node.cli(&["LLEN", &format!("pg:{{{ch}}}:l")])
+                .unwrap()
+                .trim(),
+            "3"
+        );
+        holders.insert(node.addr);
+    }
+    assert_eq!(holders.len(), 3, "30 channels over 3 masters");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_that_restarts_empty_resyncs_its_channels_clients() {
+    let mut cluster = common::redis::RedisCluster::start(3);
+    let url = cluster.url();
+    let c = start(&["--store", &url], 1, &[]).await;
+    let mut ws = c.ws("cl:r", Some(0)).await;
+    c.publish("cl:r", "1").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    let meta = "pg:{cl:r}:m";
+    let addr = cluster.node_of(meta).addr;
+    let i = cluster.nodes.iter().position(|n| n.addr == addr).unwrap();
+    tokio::task::block_in_place(|| cluster.restart(i));
+    let t = Instant::now();
+    loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/cl:r",
+                &[],
+                bytes::Bytes::from_static(b"2"),
+            )
+            .await;
+        if r.status == 202 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", r.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["gap"], true, "{gap}");
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 2}));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resharding_while_publishing_loses_nothing_and_keeps_order() {
+    let cluster = common::redis::RedisCluster::start(3);
+    let url = cluster.url();
+    let c = std::sync::Arc::new(start(&["--store", &url], 1, &[]).await);
+    let channels: Vec<String> = (0..20).map(|i| format!("rs:{i}")).collect();
+    let mut clients = Vec::new();
+    for ch in &channels {
+        clients.push(c.ws(ch, Some(0)).await);
+    }
+    // Publishing goes on while 2,000 slots move from one master to another.
+    const ROUNDS: u64 = 60;
+    let publisher = {
+        let (c, channels) = (c.clone(), channels.clone());
+        tokio::spawn(async move {
+            for round in 1..=ROUNDS {
+                for ch in &channels {
+                    assert_eq!(c.publish(ch, &round.to_string()).await, round, "{ch}");
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let from = cluster.nodes[0].cli(&["CLUSTER", "MYID"]).unwrap();
+    let to = cluster.nodes[1].cli(&["CLUSTER", "MYID"]).unwrap();
+    let out = tokio::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &cluster.nodes[0].addr.to_string()])
+        .args(["--cluster-from", from.trim(), "--cluster-to", to.trim()])
+        .args(["--cluster-slots", "2000", "--cluster-yes"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    publisher.await.unwrap();
+    for (ch, ws) in channels.iter().zip(clients.iter_mut()) {
+        for round in 1..=ROUNDS {
+            assert_eq!(next_json(ws).await["seq"], round, "{ch}");
+        }
+        assert_quiet(ws, 50).await;
+    }
+}
