@@ -454,6 +454,151 @@ impl Switch {
     }
 }
 
+/// A TCP forwarder that can turn into a black hole: connections stay open, nothing goes
+/// through, no error comes back (a partition, a dead host behind a live route).
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    /// `true`: swallowing. Back to `false`: every connection held meanwhile is reset.
+    hole: tokio::sync::watch::Sender<bool>,
+}
+
+impl Blackhole {
+    async fn start(target: std::net::SocketAddr) -> Blackhole {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (hole, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    if !*rx.borrow() {
+                        let Ok(mut out) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => return,
+                            _ = rx.wait_for(|h| *h) => {}
+                        }
+                    }
+                    // Swallowing: hold the client's socket open, read nothing, until healed.
+                    let _ = rx.wait_for(|h| !*h).await;
+                });
+            }
+        });
+        Blackhole { addr, hole }
+    }
+
+    fn swallow(&self) {
+        self.hole.send_replace(true);
+    }
+
+    /// The way a black hole usually ends: the connections it held are reset.
+    fn heal(&self) {
+        self.hole.send_replace(false);
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_redis_gets_503_within_the_deadline_with_bounded_work_and_memory() {
+    let redis = RedisServer::start(&[]);
+    let hole = Blackhole::start(redis.addr).await;
+    let url = format!("redis://{}", hole.addr);
+    let c = start(
+        &[
+            "--store",
+            &url,
+            "--redis-timeout-ms",
+            "500",
+            "--redis-max-inflight",
+            "64",
+        ],
+        1,
+        &[],
+    )
+    .await;
+    let mut ws = c.ws("bh:1", Some(0)).await;
+    c.wait_online("bh:1").await;
+    assert_eq!(c.publish("bh:1", "1").await, 1);
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    hole.swallow();
+    let body = bytes::Bytes::from(vec![b'x'; 32 * 1024]);
+    let mut rss = Vec::new();
+    for round in 0..12 {
+        let t = Instant::now();
+        let answers = futures_util::future::join_all(
+            (0..200).map(|_| c.request("POST", "/v1/publish/bh:1", &[], body.clone())),
+        )
+        .await;
+        for r in &answers {
+            assert_eq!(r.status, 503, "round {round}: {:?}", r.body);
+            assert_eq!(r.json()["error"], "store_unavailable");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "round {round} took {:?}",
+            t.elapsed()
+        );
+        rss.push(rss_bytes());
+    }
+    // Work in flight is bounded (--redis-max-inflight: the rest fail at once), and what a
+    // timed-out call left behind does not pile up (it did, 64 x 32 KB a round, before a
+    // timeout replaced the connection).
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_redis_errors_total{kind=\"overloaded\"}") >= 100.0,
+        "{m}"
+    );
+    let growth = rss[5] as i64 - rss[1] as i64;
+    assert!(
+        growth < 8 << 20,
+        "RSS grew {growth} B over 4 rounds: {rss:?}"
+    );
+    let t = Instant::now();
+    while c.get("/healthz").await.status != 503 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "/healthz never said so"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The hole ends; publishing goes on and nothing was accepted meanwhile.
+    hole.heal();
+    let t = Instant::now();
+    let seq = loop {
+        let r = c
+            .request(
+                "POST",
+                "/v1/publish/bh:1",
+                &[],
+                bytes::Bytes::from_static(b"2"),
+            )
+            .await;
+        if r.status == 202 {
+            break r.json()["seq"].as_u64().unwrap();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "never recovered: {:?}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(seq, 2);
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn a_failover_to_a_replica_that_missed_writes_changes_the_epoch() {
     let primary = RedisServer::start(&[]);

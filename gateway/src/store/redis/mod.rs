@@ -116,6 +116,45 @@ impl Conn {
     }
 }
 
+/// A new connection to `opts.target` (lazy: nothing is dialled until the first call).
+fn connect(opts: &RedisOptions) -> anyhow::Result<Conn> {
+    Ok(match &opts.target {
+        RedisTarget::Single(url) => {
+            let client = redis::Client::open(url.as_str())?;
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(opts.timeout))
+                .set_response_timeout(Some(opts.timeout))
+                // Reconnects keep being tried (in the background, with backoff up to
+                // 1 s) for as long as the gateway runs; a command never waits for one
+                // longer than its deadline.
+                .set_number_of_retries(usize::MAX)
+                .set_max_delay(Duration::from_secs(1));
+            Conn::Single(redis::aio::ConnectionManager::new_lazy_with_config(
+                client, config,
+            )?)
+        }
+        RedisTarget::Cluster(nodes) => {
+            let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                // Resends after a dropped connection are safe for publishes (op id,
+                // see the module doc); the same budget follows MOVED/ASK during a
+                // reshard and a failover.
+                .retries(8)
+                .min_retry_wait(10)
+                .max_retry_wait(200)
+                .connection_timeout(opts.timeout)
+                .response_timeout(opts.timeout)
+                .build()?;
+            Conn::Cluster(
+                client.get_pending_async_connection_with_config(
+                    redis::cluster::ClusterConfig::new()
+                        .set_connection_timeout(opts.timeout)
+                        .set_response_timeout(opts.timeout),
+                ),
+            )
+        }
+    })
+}
+
 /// What `pg_publish` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PublishReply {
@@ -138,7 +177,11 @@ struct PageReply {
 
 /// The Redis [`crate::store::Store`].
 pub struct RedisStore<O: Outbox> {
-    conn: Conn,
+    /// The connection and its generation. A call that times out replaces it (once per
+    /// generation): the library keeps every unanswered request of a connection until an
+    /// answer or an I/O error comes, and a black-holed connection gives neither, so
+    /// without this each timed-out call would stay in memory.
+    conn: Mutex<(Conn, u64)>,
     outbox: O,
     opts: RedisOptions,
     inflight: Semaphore,
@@ -161,43 +204,9 @@ impl<O: Outbox> RedisStore<O> {
     /// A store over `opts.target`. Connects lazily: the gateway starts (and says it is
     /// unhealthy) while Redis is down, and catches up once it is back.
     pub fn new(opts: RedisOptions, outbox: O) -> anyhow::Result<Self> {
-        let conn = match &opts.target {
-            RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(opts.timeout))
-                    .set_response_timeout(Some(opts.timeout))
-                    // Reconnects keep being tried (in the background, with backoff up to
-                    // 1 s) for as long as the gateway runs; a command never waits for one
-                    // longer than its deadline.
-                    .set_number_of_retries(usize::MAX)
-                    .set_max_delay(Duration::from_secs(1));
-                Conn::Single(redis::aio::ConnectionManager::new_lazy_with_config(
-                    client, config,
-                )?)
-            }
-            RedisTarget::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    // Resends after a dropped connection are safe for publishes (op id,
-                    // see the module doc); the same budget follows MOVED/ASK during a
-                    // reshard and a failover.
-                    .retries(8)
-                    .min_retry_wait(10)
-                    .max_retry_wait(200)
-                    .connection_timeout(opts.timeout)
-                    .response_timeout(opts.timeout)
-                    .build()?;
-                Conn::Cluster(
-                    client.get_pending_async_connection_with_config(
-                        redis::cluster::ClusterConfig::new()
-                            .set_connection_timeout(opts.timeout)
-                            .set_response_timeout(opts.timeout),
-                    ),
-                )
-            }
-        };
+        let conn = connect(&opts)?;
         Ok(RedisStore {
-            conn,
+            conn: Mutex::new((conn, 0)),
             outbox,
             inflight: Semaphore::new(opts.max_inflight.max(1)),
             opts,
@@ -234,7 +243,8 @@ impl<O: Outbox> RedisStore<O> {
             ));
         };
         let started = Instant::now();
-        let r = tokio::time::timeout(self.opts.timeout, self.conn.query(cmd)).await;
+        let (conn, generation) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let r = tokio::time::timeout(self.opts.timeout, conn.query(cmd)).await;
         metrics::REDIS_SECONDS.observe(started.elapsed().as_secs_f64());
         match r {
             Ok(Ok(v)) => {
@@ -261,11 +271,28 @@ impl<O: Outbox> RedisStore<O> {
             Err(_) => {
                 self.healthy.store(false, Ordering::Relaxed);
                 metrics::REDIS_ERRORS.with_label_values(&["timeout"]).inc();
+                self.replace_connection(generation);
                 Err(StoreError::Unavailable(format!(
                     "redis did not answer within {:?}",
                     self.opts.timeout
                 )))
             }
+        }
+    }
+
+    /// Drops connection `generation` (and every request still waiting on it) for a new
+    /// one, unless another call did already.
+    fn replace_connection(&self, generation: u64) {
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if c.1 != generation {
+            return;
+        }
+        match connect(&self.opts) {
+            Ok(fresh) => {
+                *c = (fresh, generation + 1);
+                tracing::debug!("Redis did not answer in time: connection replaced");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot make a new Redis connection"),
         }
     }
 
@@ -294,7 +321,7 @@ impl<O: Outbox> RedisStore<O> {
     /// ranges, from `CLUSTER SLOTS` asked anew each time, so a reshard or a failover moves
     /// them along). They have no expiry, so no `volatile-*` eviction policy takes them.
     async fn markers(&self) -> Result<Vec<String>, StoreError> {
-        let Conn::Cluster(_) = self.conn else {
+        let Conn::Cluster(_) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).0 else {
             return Ok(vec![format!("{}:alive", self.opts.prefix)]);
         };
         let Value::Array(ranges) = self
@@ -338,7 +365,7 @@ impl<O: Outbox> RedisStore<O> {
     /// and with `--redis-durable` a restart keeps every write, so only a promotion counts
     /// (see the library).
     fn strict(&self) -> &'static [u8] {
-        match self.conn {
+        match self.conn.lock().unwrap_or_else(|e| e.into_inner()).0 {
             Conn::Single(_) if !self.opts.durable => b"1",
             _ => b"0",
         }
