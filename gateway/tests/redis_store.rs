@@ -88,9 +88,7 @@ async fn a_restarted_redis_changes_the_epoch_and_resumes_get_a_gap() {
     assert_eq!(seq, 1, "a new history starts its own count");
     // The function library was loaded again by itself; the new epoch is told to a client
     // resuming from the old one, before what follows.
-    let a = c.assign("r:2").await;
-    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    let mut ws = resume(&c, "r:2", 2, epoch0).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
     assert_ne!(gap["epoch"], json!(epoch0));
@@ -102,6 +100,16 @@ async fn a_restarted_redis_changes_the_epoch_and_resumes_get_a_gap() {
         "the first publish and the restart: {m}"
     );
     c.stop().await;
+}
+
+/// A WebSocket on `ch` resuming after `since` of `epoch`.
+async fn resume(c: &Cluster, ch: &str, since: u64, epoch: u64) -> Ws {
+    let a = c.assign(ch).await;
+    ws_connect(&format!(
+        "{}&since={since}&epoch={epoch}",
+        a["ws_url"].as_str().unwrap()
+    ))
+    .await
 }
 
 /// Publishes "1" and "2" to `ch` with a client on it; returns the channel's epoch.
@@ -155,9 +163,7 @@ async fn a_restart_from_the_append_only_file_is_a_new_epoch_unless_redis_is_dura
     let epoch0 = two_seen(&c, &redis, "d:1").await;
     redis.restart();
     assert_eq!(publish_when_back(&c, "d:1", "3").await, 3);
-    let a = c.assign("d:1").await;
-    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    let mut ws = resume(&c, "d:1", 2, epoch0).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
     assert_ne!(gap["epoch"], json!(epoch0));
@@ -176,9 +182,7 @@ async fn a_restart_from_the_append_only_file_is_a_new_epoch_unless_redis_is_dura
     let epoch0 = two_seen(&c, &redis, "d:2").await;
     redis.restart();
     assert_eq!(publish_when_back(&c, "d:2", "3").await, 3);
-    let a = c.assign("d:2").await;
-    let url = format!("{}&since=1&epoch={epoch0}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    let mut ws = resume(&c, "d:2", 1, epoch0).await;
     assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
     assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
     c.stop().await;
@@ -596,9 +600,7 @@ async fn a_failover_to_a_replica_that_missed_writes_changes_the_epoch() {
     // Seq 4 again, but in a new epoch: a client that saw (epoch, 5) is told of the gap
     // instead of silently missing the new 4.
     assert_eq!(seq, 4);
-    let a = c.assign("r:9").await;
-    let url = format!("{}&since=5&epoch={epoch}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    let mut ws = resume(&c, "r:9", 5, epoch).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
     assert_ne!(gap["epoch"], json!(epoch));
