@@ -161,8 +161,20 @@ async fn a_restart_from_the_append_only_file_is_a_new_epoch_unless_redis_is_dura
     let mut redis = RedisServer::start(&aof);
     let c = over(&redis, &[]).await;
     let epoch0 = two_seen(&c, &redis, "d:1").await;
+    let keyed = || {
+        c.request(
+            "POST",
+            "/v1/publish/d:1",
+            &[("Idempotency-Key", "k1")],
+            bytes::Bytes::from_static(b"keyed"),
+        )
+    };
+    assert_eq!(keyed().await.json()["seq"], 3);
     redis.restart();
-    assert_eq!(publish_when_back(&c, "d:1", "3").await, 3);
+    assert_eq!(publish_when_back(&c, "d:1", "4").await, 4);
+    // A key that survived still names its message: the epoch changed, the count did not.
+    let again = keyed().await;
+    assert_eq!((again.status, again.json()["seq"].clone()), (202, json!(3)));
     let mut ws = resume(&c, "d:1", 2, epoch0).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
