@@ -289,9 +289,10 @@ impl HttpPool {
             None => self.slots[start % n].lock().await,
         };
         if guard.as_ref().is_none_or(|s| s.is_closed()) {
+            // A connect that timed out never sent the request: a connect error.
             let c = tokio::time::timeout(self.timeout, http_connect(&self.src, &self.target))
                 .await
-                .map_err(|_| HttpError::Timeout)?
+                .map_err(|_| HttpError::Connect(anyhow!("connect timed out")))?
                 .map_err(HttpError::Connect)?;
             *guard = Some(c);
         }
@@ -308,6 +309,108 @@ impl HttpPool {
             *guard = None;
         }
         r
+    }
+}
+
+/// How long a gateway that could not be reached is passed over (tried last).
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// One [`HttpPool`] per gateway: each request goes to the next gateway in turn and, when
+/// that one cannot be reached, on to the following one, each at most once. "Cannot be
+/// reached" is a failed connect for every request (it was never sent); for an idempotent
+/// one (an assign, a publish with an idempotency key) also a timeout, a reset or a 5xx. A gateway that could not be reached is tried last
+/// for a second, so a dead host costs one refused connect, not one per request. With one
+/// gateway this is exactly one [`HttpPool::send`].
+pub struct Gateways {
+    bases: Vec<String>,
+    pools: Vec<HttpPool>,
+    down_until: Vec<std::sync::Mutex<Option<std::time::Instant>>>,
+    next: AtomicUsize,
+}
+
+impl Gateways {
+    /// `size` keep-alive connections to each of `bases` (`http://host:port`).
+    pub fn new(
+        bases: &[String],
+        src: Arc<SourceIps>,
+        size: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Gateways> {
+        if bases.is_empty() {
+            bail!("no gateway");
+        }
+        let mut pools = Vec::with_capacity(bases.len());
+        for b in bases {
+            pools.push(HttpPool::new(Target::parse(b)?, src.clone(), size, timeout));
+        }
+        Ok(Gateways {
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            down_until: bases.iter().map(|_| std::sync::Mutex::new(None)).collect(),
+            pools,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Base URL of gateway `i` (no trailing slash).
+    pub fn base(&self, i: usize) -> &str {
+        &self.bases[i]
+    }
+
+    /// The order this request tries the gateways in: round-robin, reachable ones first.
+    fn order(&self) -> Vec<usize> {
+        let n = self.pools.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let (mut up, mut down) = (Vec::with_capacity(n), Vec::new());
+        for k in 0..n {
+            let i = (start + k) % n;
+            let is_down = self.down_until[i]
+                .lock()
+                .unwrap()
+                .is_some_and(|until| until > now);
+            if is_down {
+                down.push(i);
+            } else {
+                up.push(i);
+            }
+        }
+        up.extend(down);
+        up
+    }
+
+    /// One request, failing over as described on [`Gateways`]; also says which gateway
+    /// gave the answer (or the last error).
+    pub async fn send(
+        &self,
+        idempotent: bool,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        bearer: Option<&str>,
+        body: Bytes,
+    ) -> (Result<(StatusCode, Bytes), HttpError>, usize) {
+        let order = self.order();
+        let last = order.len() - 1;
+        for (k, i) in order.into_iter().enumerate() {
+            let r = self.pools[i]
+                .send(method.clone(), path, headers, bearer, body.clone())
+                .await;
+            let unreachable = matches!(r, Err(HttpError::Connect(_) | HttpError::Timeout));
+            *self.down_until[i].lock().unwrap() =
+                unreachable.then(|| std::time::Instant::now() + DOWN_FOR);
+            let failed = match &r {
+                Err(HttpError::Connect(_)) => true,
+                Err(_) => idempotent,
+                Ok((status, _)) => idempotent && status.is_server_error(),
+            };
+            if !failed || k == last {
+                return (r, i);
+            }
+        }
+        unreachable!("at least one gateway")
     }
 }
 
