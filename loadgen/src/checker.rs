@@ -440,6 +440,111 @@ mod tests {
     }
 
     #[test]
+    fn a_gaps_replay_is_not_a_duplicate() {
+        let mut c = SeqChecker::default();
+        for s in 1..=5 {
+            c.observe(s);
+        }
+        // The history changed: delivery goes on at 2 of epoch 9, and 2..=5 come again.
+        c.gap(Some(9), Some(2), 1_000);
+        assert_eq!(c.epoch, Some(9));
+        for s in 2..=5 {
+            assert_eq!(c.observe(s), Seen::Replayed);
+        }
+        assert_eq!(c.observe(6), Seen::New);
+        // The replay is over: a copy now is a duplicate again, and an old seq too.
+        assert_eq!(c.observe(5), Seen::Duplicate);
+        assert_eq!(c.observe(3), Seen::Duplicate);
+        assert_eq!(
+            (c.replayed, c.duplicated, c.out_of_order, c.unique),
+            (4, 2, 0, 6)
+        );
+        assert_eq!((c.gaps, c.gaps_with_missing, c.last_seq()), (1, 0, 6));
+        let mut t = CheckTotals::default();
+        t.add_channel(&c, &published(&(1..=6).collect::<Vec<_>>()));
+        assert_eq!((t.replayed, t.channels_with_gaps, t.lost), (4, 1, 0));
+        // The two copies after the replay fail it, gaps allowed or not.
+        assert!(!t.clean(true));
+    }
+
+    #[test]
+    fn after_a_gap_order_counts_from_its_first_seq() {
+        let mut c = SeqChecker::default();
+        for s in [1, 2, 4] {
+            c.observe(s);
+        }
+        // 3 was never received; the replay brings it, in order.
+        c.gap(None, Some(1), 5);
+        for s in [1, 2, 3, 4, 5] {
+            assert!(matches!(c.observe(s), Seen::Replayed | Seen::New), "{s}");
+        }
+        assert_eq!((c.replayed, c.unique, c.out_of_order), (3, 5, 0));
+        // Going backwards within the new order is reordering.
+        c.gap(None, Some(4), 6);
+        assert_eq!(c.observe(5), Seen::Replayed);
+        assert_eq!(c.observe(4), Seen::Duplicate);
+        // A gap that says messages are gone: 6..=8 never come.
+        c.gap(None, Some(9), 7);
+        assert_eq!(c.observe(9), Seen::New);
+        assert_eq!((c.gaps, c.gaps_with_missing), (3, 1));
+        assert_eq!((c.gap_first_ms, c.gap_last_ms), (5, 7));
+        assert_eq!(
+            c.lost(published(&(1..=9).collect::<Vec<_>>()).expected()),
+            3
+        );
+    }
+
+    #[test]
+    fn one_message_under_two_seqs_is_an_id_duplicate() {
+        let mut c = SeqChecker::default();
+        // Without --check-ids nothing is kept.
+        assert!(!c.observe_id(7, 1));
+        assert!(!c.observe_id(7, 2));
+        let mut c = SeqChecker::with_ids();
+        assert!(!c.observe_id(7, 1));
+        // The same seq again (a replay, a duplicate) is the seq check's business.
+        assert!(!c.observe_id(7, 1));
+        assert!(c.observe_id(7, 2));
+        assert!(!c.observe_id(8, 3));
+        assert_eq!(c.id_duplicated, 1);
+        assert_eq!(c.id_duplicate_examples(), &[(7, 1, 2)]);
+        let mut t = CheckTotals::default();
+        t.add_channel(&c, &Published::default());
+        assert_eq!(t.id_duplicated, 1);
+        assert!(!t.clean(true));
+    }
+
+    #[test]
+    fn gap_figures_merge() {
+        let mut a = CheckTotals {
+            gaps: 1,
+            gap_first_unix_ms: 50,
+            gap_last_unix_ms: 60,
+            max_gaps_per_channel: 1,
+            ..CheckTotals::default()
+        };
+        let b = CheckTotals {
+            gaps: 3,
+            gap_first_unix_ms: 40,
+            gap_last_unix_ms: 55,
+            max_gaps_per_channel: 2,
+            ..CheckTotals::default()
+        };
+        a.merge(&b);
+        a.merge(&CheckTotals::default());
+        assert_eq!(
+            (
+                a.gaps,
+                a.gap_first_unix_ms,
+                a.gap_last_unix_ms,
+                a.max_gaps_per_channel
+            ),
+            (4, 40, 60, 2)
+        );
+        assert!(a.clean(true) && !a.clean(false));
+    }
+
+    #[test]
     fn batch_counts_and_history() {
         // Batches: only counts are known; the range is 1..=count.
         let p = Published::default();

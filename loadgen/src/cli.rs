@@ -663,5 +663,43 @@ mod tests {
         assert_eq!(plan.clients.clients, 4);
         assert_eq!(plan.publish.unwrap().rate, 50.0);
         assert!(plan.prefix.starts_with("lg-"));
+        assert_eq!(
+            plan.common.gateway,
+            vec!["http://127.0.0.1:8080".to_string()]
+        );
+    }
+
+    #[test]
+    fn several_gateways_and_fault_flags() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "churn",
+            "--gateway",
+            "http://10.0.0.1:8080,http://10.0.0.2:8080",
+            "--gateway",
+            "http://10.0.0.3:8080",
+            "--retry-for",
+            "15s",
+            "--allow-drops",
+            "--allow-gaps",
+            "--check-ids",
+        ])
+        .unwrap();
+        let plan = Plan::from_command(cli.command).unwrap();
+        assert_eq!(plan.common.gateway.len(), 3);
+        assert_eq!(plan.gateway(), "http://10.0.0.1:8080");
+        assert_eq!(
+            plan.gateways_label(),
+            "http://10.0.0.1:8080,http://10.0.0.2:8080,http://10.0.0.3:8080"
+        );
+        assert_eq!(
+            plan.publish.as_ref().unwrap().retry_for,
+            Duration::from_secs(15)
+        );
+        assert!(plan.clients.allow_drops && plan.check.allow_gaps && plan.check.check_ids);
+        // Every gateway must be http://.
+        let cli =
+            Cli::try_parse_from(["loadgen", "run", "--gateway", "http://a:1,https://b:2"]).unwrap();
+        assert!(Plan::from_command(cli.command).is_err());
     }
 }

@@ -440,6 +440,86 @@ mod tests {
     }
 
     #[test]
+    fn gateways_take_turns_and_unreachable_ones_go_last() {
+        let g = Gateways::new(
+            &["http://10.0.0.1:1".into(), "http://10.0.0.2:2/".into()],
+            Arc::new(SourceIps::default()),
+            1,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(g.base(1), "http://10.0.0.2:2");
+        assert_eq!(g.order(), vec![0, 1]);
+        assert_eq!(g.order(), vec![1, 0]);
+        *g.down_until[0].lock().unwrap() = Some(std::time::Instant::now() + DOWN_FOR);
+        assert_eq!(g.order(), vec![1, 0]);
+        assert_eq!(g.order(), vec![1, 0]);
+        // Once its time is over it takes its turn again.
+        *g.down_until[0].lock().unwrap() = Some(std::time::Instant::now());
+        assert_eq!(g.order(), vec![0, 1]);
+        assert!(Gateways::new(&[], Arc::new(SourceIps::default()), 1, DOWN_FOR).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_goes_to_the_next_gateway_a_timeout_only_if_idempotent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A gateway that answers 200, and one that accepts and never answers.
+        let ok = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ok_url = format!("http://{}", ok.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = ok.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mute_url = format!("http://{}", mute.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(mute.accept().await.unwrap().0);
+            }
+        });
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let src = Arc::new(SourceIps::default());
+        let g = Gateways::new(
+            &[refused, ok_url.clone()],
+            src.clone(),
+            1,
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let (r, i) = g
+                .send(false, Method::GET, "/", &[], None, Bytes::new())
+                .await;
+            assert_eq!((r.unwrap().0, i), (StatusCode::OK, 1));
+        }
+        let g = Gateways::new(&[mute_url, ok_url], src, 1, Duration::from_millis(300)).unwrap();
+        // Not idempotent: the timed-out request may have been done; it is not sent again.
+        let (r, i) = g
+            .send(false, Method::POST, "/", &[], None, Bytes::new())
+            .await;
+        assert!(matches!(r, Err(HttpError::Timeout)) && i == 0, "{r:?}");
+        // Idempotent: the next gateway answers.
+        g.next.store(0, Ordering::Relaxed);
+        let (r, i) = g
+            .send(true, Method::GET, "/", &[], None, Bytes::new())
+            .await;
+        assert_eq!((r.unwrap().0, i), (StatusCode::OK, 1));
+    }
+
+    #[test]
     fn source_ips_round_robin_by_family() {
         let s = SourceIps::new(vec![
             "127.0.1.1".parse().unwrap(),
