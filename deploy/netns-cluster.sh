@@ -22,8 +22,9 @@
 #   deploy/netns-cluster.sh exec HOST CMD...   run CMD inside pg-HOST (e.g. exec lg curl ...)
 #
 # Needs root (ip netns), redis-server, curl. Environment:
-#   BIN          directory of gateway, worker, loadgen (default target/release; built with
-#                `cargo build --release -p gateway -p worker -p loadgen` when absent)
+#   BIN          directory of gateway, worker, loadgen (default target/release, or
+#                $CARGO_TARGET_DIR/release; built with `cargo build --release -p gateway
+#                -p worker -p loadgen` when absent)
 #   PG_NETNS_DIR logs, pids, Redis data, loadgen JSON (default /tmp/pushgate-netns)
 #   CLIENTS (2000), RATE (250/s), DURATION (60s), TRANSPORT (mixed): the test's load
 #   KEEP=1       `test` leaves the cluster up afterwards (default: it runs `down`)
@@ -37,7 +38,7 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN_SET_BY_USER=${BIN:+1}
-BIN=${BIN:-$ROOT/target/release}
+BIN=${BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
 DIR=${PG_NETNS_DIR:-/tmp/pushgate-netns}
 NET=10.77.0
 PREFIX=24
@@ -436,7 +437,15 @@ report() {
   local replid
   replid=$(gateways_metric pushgate_epoch_changes_total 'cause="replid"')
   local fails=()
-  [ "$rc" -eq 0 ] || fails+=("loadgen failed (status $rc: loss, duplicates, reordering, invented messages or errors)")
+  [ "${R[lost]}" = 0 ] || fails+=("${R[lost]} accepted messages never arrived")
+  [ "${R[duplicated]}" = 0 ] || fails+=("${R[duplicated]} messages arrived twice under one seq")
+  [ "${R[id_duplicated]}" = 0 ] || fails+=("${R[id_duplicated]} messages arrived under a second seq (appended twice; 'second seq' in loadgen.log names them)")
+  [ "${R[out_of_order]}" = 0 ] || fails+=("${R[out_of_order]} messages arrived out of order")
+  [ "${R[unexpected]}" = 0 ] || fails+=("${R[unexpected]} messages arrived that were never accepted")
+  [ "${R[total]}" = 0 ] || fails+=("${R[total]} errors (loadgen.log)")
+  if [ "$rc" -ne 0 ] && [ ${#fails[@]} -eq 0 ]; then
+    fails+=("loadgen exited with status $rc (loadgen.log)")
+  fi
   if [ "${R[gaps]}" != 0 ]; then
     [ "${R[gap_first_unix_ms]}" -ge "$REDIS_DOWN_MS" ] ||
       fails+=("a gap came $((REDIS_DOWN_MS - R[gap_first_unix_ms])) ms before Redis went down")
