@@ -66,6 +66,14 @@ impl PublishCtx {
         (!self.opts.retry_for.is_zero()).then(|| format!("{}-{k}", self.key_prefix))
     }
 
+    /// The key of message `k` as a JSON member to append to an object (`,"id":"..."`), or
+    /// nothing without `--retry-for`.
+    fn id_member(&self, k: u64) -> String {
+        self.key(k)
+            .map(|key| format!(r#","id":"{key}""#))
+            .unwrap_or_default()
+    }
+
     fn channel_of(&self, k: u64, n: u64) -> u64 {
         match self.opts.pattern {
             Pattern::Random => rand::rng().random_range(0..n),
@@ -211,9 +219,7 @@ async fn send(ctx: &PublishCtx, pool: &Gateways, k: u64, batch: u64, channels: u
                     stats.publish_status(status.as_str(), 1);
                     entry.accepted_seq(seq);
                     stats.published.fetch_add(1, Ordering::Relaxed);
-                    if retried {
-                        stats.published_after_retry.fetch_add(1, Ordering::Relaxed);
-                    }
+                    count_retried(stats, retried, 1);
                 }
                 SingleAnswer::Unnumbered => {
                     stats.publish_status(status.as_str(), 1);
@@ -240,14 +246,11 @@ async fn send(ctx: &PublishCtx, pool: &Gateways, k: u64, batch: u64, channels: u
     for j in 0..batch {
         let ch = ctx.channel_of(k + j, channels);
         lines.push(ch);
-        let id = ctx
-            .key(k + j)
-            .map(|key| format!(r#","id":"{key}""#))
-            .unwrap_or_default();
         body.push_str(&format!(
-            r#"{{"channel":"{}","data":{}{id}}}"#,
+            r#"{{"channel":"{}","data":{}{}}}"#,
             ctx.plan.channel(ctx.channel_base + ch),
-            ctx.payload(k + j)
+            ctx.payload(k + j),
+            ctx.id_member(k + j)
         ));
         body.push('\n');
     }
@@ -282,11 +285,7 @@ async fn send(ctx: &PublishCtx, pool: &Gateways, k: u64, batch: u64, channels: u
                     }
                     let rejected = a.rejected.len() as u64;
                     count_answered(stats, status.as_str(), accepted, a.accepted, rejected);
-                    if retried {
-                        stats
-                            .published_after_retry
-                            .fetch_add(accepted, Ordering::Relaxed);
-                    }
+                    count_retried(stats, retried, accepted);
                 }
                 Err(_) => stats.error("publish_bad_body"),
             }
@@ -317,6 +316,15 @@ fn count_answered(stats: &Stats, status: &str, accepted: u64, claimed: u64, reje
         for _ in 0..rejected {
             stats.error("publish_line_rejected");
         }
+    }
+}
+
+/// `accepted` messages came with a request that had been retried (or not).
+fn count_retried(stats: &Stats, retried: bool, accepted: u64) {
+    if retried {
+        stats
+            .published_after_retry
+            .fetch_add(accepted, Ordering::Relaxed);
     }
 }
 
@@ -358,14 +366,11 @@ async fn send_broadcast(
         .iter()
         .map(|&ch| ctx.plan.channel(ctx.channel_base + ch))
         .collect();
-    let id = ctx
-        .key(k)
-        .map(|key| format!(r#","id":"{key}""#))
-        .unwrap_or_default();
     let body = format!(
-        r#"{{"channels":{},"data":{}{id}}}"#,
+        r#"{{"channels":{},"data":{}{}}}"#,
         serde_json::to_string(&names).unwrap_or_default(),
-        ctx.payload(k)
+        ctx.payload(k),
+        ctx.id_member(k)
     );
     let (r, retried) = request(
         ctx,
@@ -396,11 +401,7 @@ async fn send_broadcast(
                         }
                     }
                     count_answered(stats, status.as_str(), accepted, a.accepted, n - accepted);
-                    if retried {
-                        stats
-                            .published_after_retry
-                            .fetch_add(accepted, Ordering::Relaxed);
-                    }
+                    count_retried(stats, retried, accepted);
                 }
                 Err(_) => stats.error("publish_bad_body"),
             }

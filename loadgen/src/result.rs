@@ -447,7 +447,7 @@ impl Summary {
                 ms(c.assign_us.p50),
                 c.reconnects
             );
-            if c.drops > 0 || !c.drops_by_kind.is_empty() {
+            if c.drops > 0 {
                 let _ = write!(
                     s,
                     "  drops     {} (resumed with since; not errors)",
