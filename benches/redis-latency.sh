@@ -12,8 +12,7 @@ SECS=${3:-20}
 ROUNDS=${4:-1}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
-[ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] && [ -x "$BIN/worker" ] ||
-  (cd "$ROOT" && cargo build --release -p gateway -p worker -p loadgen)
+[ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] || (cd "$ROOT" && cargo build --release -p gateway -p loadgen)
 DIR=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$DIR"; }
@@ -30,10 +29,14 @@ one() { # store
   local gp gw
   gp=$(free_port)
   "$BIN/gateway" --listen "127.0.0.1:$gp" --store "$1" --local-workers 1 --local-worker-ips 4 \
-    --worker-exe "$BIN/worker" >"$DIR/gw.log" 2>&1 &
+    >"$DIR/gw.log" 2>&1 &
   gw=$!
   pids+=("$gw")
-  until curl -sf "http://127.0.0.1:$gp/v1/workers" | grep -q healthy; do sleep 0.1; done
+  local t=0
+  until curl -sf "http://127.0.0.1:$gp/v1/workers" | grep -q healthy; do
+    sleep 0.1; t=$((t + 1))
+    [ "$t" -lt 300 ] || { echo "no healthy worker: $(tail -3 "$DIR/gw.log")" >&2; exit 1; }
+  done
   "$BIN/loadgen" run --gateway "http://127.0.0.1:$gp" --clients "$CLIENTS" --transport ws \
     --ramp 10000/s --rate "${RATE}/s" --duration "${SECS}s" --batch 1 \
     --source-ips 127.0.1.1-127.0.1.20 --quiet --json "$DIR/run.json" >/dev/null 2>&1 || true
