@@ -156,7 +156,7 @@ async fn open_store(
             if let Err(e) = store.load_library().await {
                 warn!(error = %e, "Redis is not reachable yet; publishes answer 503 until it is");
             }
-            AnyStore::Redis(store)
+            AnyStore::Redis(Box::new(store))
         }
     })
 }

@@ -84,32 +84,11 @@ async fn a_restarted_redis_changes_the_epoch_and_resumes_get_a_gap() {
     drop(ws);
     // Redis crashes and comes back empty (no persistence): the history is gone.
     redis.restart();
-    let started = Instant::now();
-    let seq = loop {
-        let r = c
-            .request(
-                "POST",
-                "/v1/publish/r:2",
-                &[],
-                bytes::Bytes::from_static(b"3"),
-            )
-            .await;
-        if r.status == 202 {
-            break r.json()["seq"].as_u64().unwrap();
-        }
-        assert_eq!(r.status, 503, "{:?}", r.json());
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "never recovered"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let seq = publish_when_back(&c, "r:2", "3").await;
     assert_eq!(seq, 1, "a new history starts its own count");
     // The function library was loaded again by itself; the new epoch is told to a client
     // resuming from the old one, before what follows.
-    let a = c.assign("r:2").await;
-    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    let mut ws = resume(&c, "r:2", 2, epoch0).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
     assert_ne!(gap["epoch"], json!(epoch0));
@@ -121,6 +100,16 @@ async fn a_restarted_redis_changes_the_epoch_and_resumes_get_a_gap() {
         "the first publish and the restart: {m}"
     );
     c.stop().await;
+}
+
+/// A WebSocket on `ch` resuming after `since` of `epoch`.
+async fn resume(c: &Cluster, ch: &str, since: u64, epoch: u64) -> Ws {
+    let a = c.assign(ch).await;
+    ws_connect(&format!(
+        "{}&since={since}&epoch={epoch}",
+        a["ws_url"].as_str().unwrap()
+    ))
+    .await
 }
 
 /// Publishes "1" and "2" to `ch` with a client on it; returns the channel's epoch.
@@ -156,7 +145,7 @@ async fn publish_when_back(c: &Cluster, ch: &str, data: &'static str) -> u64 {
         }
         assert_eq!(r.status, 503, "{:?}", r.json());
         assert!(
-            started.elapsed() < Duration::from_secs(10),
+            started.elapsed() < Duration::from_secs(20),
             "never recovered"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -172,11 +161,21 @@ async fn a_restart_from_the_append_only_file_is_a_new_epoch_unless_redis_is_dura
     let mut redis = RedisServer::start(&aof);
     let c = over(&redis, &[]).await;
     let epoch0 = two_seen(&c, &redis, "d:1").await;
+    let keyed = || {
+        c.request(
+            "POST",
+            "/v1/publish/d:1",
+            &[("Idempotency-Key", "k1")],
+            bytes::Bytes::from_static(b"keyed"),
+        )
+    };
+    assert_eq!(keyed().await.json()["seq"], 3);
     redis.restart();
-    assert_eq!(publish_when_back(&c, "d:1", "3").await, 3);
-    let a = c.assign("d:1").await;
-    let url = format!("{}&since=2&epoch={epoch0}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    assert_eq!(publish_when_back(&c, "d:1", "4").await, 4);
+    // A key that survived still names its message: the epoch changed, the count did not.
+    let again = keyed().await;
+    assert_eq!((again.status, again.json()["seq"].clone()), (202, json!(3)));
+    let mut ws = resume(&c, "d:1", 2, epoch0).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
     assert_ne!(gap["epoch"], json!(epoch0));
@@ -195,9 +194,7 @@ async fn a_restart_from_the_append_only_file_is_a_new_epoch_unless_redis_is_dura
     let epoch0 = two_seen(&c, &redis, "d:2").await;
     redis.restart();
     assert_eq!(publish_when_back(&c, "d:2", "3").await, 3);
-    let a = c.assign("d:2").await;
-    let url = format!("{}&since=1&epoch={epoch0}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    let mut ws = resume(&c, "d:2", 1, epoch0).await;
     assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
     assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
     c.stop().await;
@@ -454,6 +451,132 @@ impl Switch {
     }
 }
 
+/// A TCP forwarder that can turn into a black hole: connections stay open, nothing goes
+/// through, no error comes back (a partition, a dead host behind a live route).
+struct Blackhole {
+    addr: std::net::SocketAddr,
+    /// `true`: swallowing. Back to `false`: every connection held meanwhile is reset.
+    hole: tokio::sync::watch::Sender<bool>,
+}
+
+impl Blackhole {
+    async fn start(target: std::net::SocketAddr) -> Blackhole {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (hole, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = l.accept().await {
+                let mut rx = rx.clone();
+                tokio::spawn(async move {
+                    if !*rx.borrow() {
+                        let Ok(mut out) = tokio::net::TcpStream::connect(target).await else {
+                            return;
+                        };
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut out) => return,
+                            _ = rx.wait_for(|h| *h) => {}
+                        }
+                    }
+                    // Swallowing: hold the client's socket open, read nothing, until healed.
+                    let _ = rx.wait_for(|h| !*h).await;
+                });
+            }
+        });
+        Blackhole { addr, hole }
+    }
+
+    fn swallow(&self) {
+        self.hole.send_replace(true);
+    }
+
+    /// The way a black hole usually ends: the connections it held are reset.
+    fn heal(&self) {
+        self.hole.send_replace(false);
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackholed_redis_gets_503_within_the_deadline_with_bounded_work_and_memory() {
+    let redis = RedisServer::start(&[]);
+    let hole = Blackhole::start(redis.addr).await;
+    let url = format!("redis://{}", hole.addr);
+    let c = start(
+        &[
+            "--store",
+            &url,
+            "--redis-timeout-ms",
+            "500",
+            "--redis-max-inflight",
+            "64",
+        ],
+        1,
+        &[],
+    )
+    .await;
+    let mut ws = c.ws("bh:1", Some(0)).await;
+    c.wait_online("bh:1").await;
+    assert_eq!(c.publish("bh:1", "1").await, 1);
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    hole.swallow();
+    let body = bytes::Bytes::from(vec![b'x'; 32 * 1024]);
+    let mut rss = Vec::new();
+    for round in 0..12 {
+        let t = Instant::now();
+        let answers = futures_util::future::join_all(
+            (0..200).map(|_| c.request("POST", "/v1/publish/bh:1", &[], body.clone())),
+        )
+        .await;
+        for r in &answers {
+            assert_eq!(r.status, 503, "round {round}: {:?}", r.body);
+            assert_eq!(r.json()["error"], "store_unavailable");
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "round {round} took {:?}",
+            t.elapsed()
+        );
+        rss.push(rss_bytes());
+    }
+    // Work in flight is bounded (--redis-max-inflight: the rest fail at once), and what a
+    // timed-out call left behind does not pile up (it did, 64 x 32 KB a round, before a
+    // timeout replaced the connection).
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_redis_errors_total{kind=\"overloaded\"}") >= 100.0,
+        "{m}"
+    );
+    let growth = rss[5] as i64 - rss[1] as i64;
+    assert!(
+        growth < 8 << 20,
+        "RSS grew {growth} B over 4 rounds: {rss:?}"
+    );
+    let t = Instant::now();
+    while c.get("/healthz").await.status != 503 {
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "/healthz never said so"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The hole ends; publishing goes on and nothing was accepted meanwhile.
+    hole.heal();
+    let seq = publish_when_back(&c, "bh:1", "2").await;
+    assert_eq!(seq, 2);
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 2, "data": 2}));
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn a_failover_to_a_replica_that_missed_writes_changes_the_epoch() {
     let primary = RedisServer::start(&[]);
@@ -485,28 +608,11 @@ async fn a_failover_to_a_replica_that_missed_writes_changes_the_epoch() {
     assert_eq!(c.publish("r:9", "5").await, 5);
     // Failover: the gateway now reaches the promoted replica, which lacks 4 and 5.
     switch.switch(replica.addr);
-    let t = Instant::now();
-    let seq = loop {
-        let r = c
-            .request(
-                "POST",
-                "/v1/publish/r:9",
-                &[],
-                bytes::Bytes::from_static(b"6"),
-            )
-            .await;
-        if r.status == 202 {
-            break r.json()["seq"].as_u64().unwrap();
-        }
-        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", r.body);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let seq = publish_when_back(&c, "r:9", "6").await;
     // Seq 4 again, but in a new epoch: a client that saw (epoch, 5) is told of the gap
     // instead of silently missing the new 4.
     assert_eq!(seq, 4);
-    let a = c.assign("r:9").await;
-    let url = format!("{}&since=5&epoch={epoch}", a["ws_url"].as_str().unwrap());
-    let mut ws = ws_connect(&url).await;
+    let mut ws = resume(&c, "r:9", 5, epoch).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
     assert_ne!(gap["epoch"], json!(epoch));
@@ -719,22 +825,7 @@ async fn a_cluster_master_that_restarts_empty_resyncs_its_channels_clients() {
     let addr = cluster.node_of(meta).addr;
     let i = cluster.nodes.iter().position(|n| n.addr == addr).unwrap();
     tokio::task::block_in_place(|| cluster.restart(i));
-    let t = Instant::now();
-    loop {
-        let r = c
-            .request(
-                "POST",
-                "/v1/publish/cl:r",
-                &[],
-                bytes::Bytes::from_static(b"2"),
-            )
-            .await;
-        if r.status == 202 {
-            break;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "{:?}", r.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    publish_when_back(&c, "cl:r", "2").await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["gap"], true, "{gap}");
     assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 2}));

@@ -1,6 +1,13 @@
 //! Per-channel delivery checking without I/O: what was published (seqs from 202 answers,
 //! counts from NDJSON batches) against what a client received (loss, duplicates, order).
+//!
+//! A gap frame (`{"gap":true,"epoch":E,"first_seq":F}`) says the log's history changed
+//! and delivery goes on at `F`: what follows is judged from there. Seqs from `F` up to the
+//! highest one received before the gap may come again (the new epoch's replay of what is
+//! retained): those are counted as `replayed`, not as duplicates or reordering. Loss is
+//! still judged against every accepted seq: a gap excuses nothing.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// What the publisher knows about one channel. Shared by publisher tasks (atomics).
@@ -61,12 +68,36 @@ impl Published {
 pub struct SeqChecker {
     ranges: Vec<(u64, u64)>,
     max_seen: u64,
+    /// Highest seq delivered since the last gap (or the start): a new seq below it is out
+    /// of order. Equal to `max_seen` until a gap moves it back to the gap's `first_seq - 1`.
+    cursor: u64,
+    /// After a gap: seqs up to this one that were received before it may come again.
+    replay_to: Option<u64>,
     pub received: u64,
     pub unique: u64,
     pub duplicated: u64,
     pub out_of_order: u64,
     pub gaps: u64,
+    /// Seqs received again in the replay that followed a gap.
+    pub replayed: u64,
+    /// Gaps whose `first_seq` was beyond everything received + 1: they said messages
+    /// were gone.
+    pub gaps_with_missing: u64,
+    /// Unix ms of the first and the last gap (0: none).
+    pub gap_first_ms: u64,
+    pub gap_last_ms: u64,
+    /// The channel's epoch as the last gap frame said (sent back as `epoch=` on resumes).
+    pub epoch: Option<u64>,
+    /// `--check-ids`: payload message number -> the seq it first came with.
+    ids: Option<HashMap<u64, u64>>,
+    /// `--check-ids`: messages received under a second seq.
+    pub id_duplicated: u64,
+    /// The first few of them: (message number, its first seq, the second seq).
+    id_examples: Vec<(u64, u64, u64)>,
 }
+
+/// How many id duplicates a checker keeps as examples.
+const ID_EXAMPLES: usize = 4;
 
 /// How one received seq was judged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +105,53 @@ pub enum Seen {
     New,
     OutOfOrder,
     Duplicate,
+    /// Sent again after a gap (see the module doc).
+    Replayed,
+}
+
+impl Seen {
+    /// Received for the first time (in order or not).
+    pub fn is_first(self) -> bool {
+        matches!(self, Seen::New | Seen::OutOfOrder)
+    }
 }
 
 impl SeqChecker {
+    /// A checker that also checks payload message numbers (`--check-ids`).
+    pub fn with_ids() -> SeqChecker {
+        SeqChecker {
+            ids: Some(HashMap::new()),
+            ..SeqChecker::default()
+        }
+    }
+
+    /// Records the payload message number `id` that came with `seq` (`--check-ids` only):
+    /// the same message under another seq is a duplicate. Returns whether it was one.
+    pub fn observe_id(&mut self, id: u64, seq: u64) -> bool {
+        let Some(ids) = &mut self.ids else {
+            return false;
+        };
+        match ids.get(&id) {
+            Some(&first) if first != seq => {
+                self.id_duplicated += 1;
+                if self.id_examples.len() < ID_EXAMPLES {
+                    self.id_examples.push((id, first, seq));
+                }
+                true
+            }
+            Some(_) => false,
+            None => {
+                ids.insert(id, seq);
+                false
+            }
+        }
+    }
+
+    /// The first id duplicates seen: (message number, first seq, second seq).
+    pub fn id_duplicate_examples(&self) -> &[(u64, u64, u64)] {
+        &self.id_examples
+    }
+
     /// Records one received seq.
     pub fn observe(&mut self, seq: u64) -> Seen {
         self.received += 1;
@@ -86,11 +161,16 @@ impl SeqChecker {
             .partition_point(|&(_, hi)| hi.saturating_add(1) < seq);
         if let Some(&(lo, hi)) = self.ranges.get(i) {
             if lo <= seq && seq <= hi {
+                if self.replay_to.is_some_and(|to| seq <= to) && seq > self.cursor {
+                    self.replayed += 1;
+                    self.advance(seq);
+                    return Seen::Replayed;
+                }
                 self.duplicated += 1;
                 return Seen::Duplicate;
             }
         }
-        let verdict = if seq < self.max_seen {
+        let verdict = if seq < self.cursor {
             Seen::OutOfOrder
         } else {
             Seen::New
@@ -100,6 +180,7 @@ impl SeqChecker {
         }
         self.unique += 1;
         self.max_seen = self.max_seen.max(seq);
+        self.advance(seq);
         match self.ranges.get_mut(i) {
             Some(r) if r.1 + 1 == seq => {
                 r.1 = seq;
@@ -117,9 +198,33 @@ impl SeqChecker {
         verdict
     }
 
-    /// A gap signal from the server.
-    pub fn gap(&mut self) {
+    /// Delivery reached `seq`; a replay ends once it is past what it replays.
+    fn advance(&mut self, seq: u64) {
+        self.cursor = self.cursor.max(seq);
+        if self.replay_to.is_some_and(|to| self.cursor >= to) {
+            self.replay_to = None;
+        }
+    }
+
+    /// A gap signal from the server at `now_ms`: delivery goes on at `first_seq` (when the
+    /// frame says) of `epoch`.
+    pub fn gap(&mut self, epoch: Option<u64>, first_seq: Option<u64>, now_ms: u64) {
         self.gaps += 1;
+        if self.gap_first_ms == 0 {
+            self.gap_first_ms = now_ms;
+        }
+        self.gap_last_ms = now_ms;
+        if epoch.is_some() {
+            self.epoch = epoch;
+        }
+        let Some(first) = first_seq else {
+            return;
+        };
+        if first > self.max_seen + 1 {
+            self.gaps_with_missing += 1;
+        }
+        self.cursor = first.saturating_sub(1);
+        self.replay_to = (self.max_seen >= first).then_some(self.max_seen);
     }
 
     /// Highest seq received (the `since` to resume from).
@@ -173,6 +278,32 @@ pub struct CheckTotals {
     pub gaps: u64,
     pub unexpected: u64,
     pub channels_with_loss: u64,
+    /// Seqs sent again by the replay after a gap (not duplicates).
+    #[serde(default)]
+    pub replayed: u64,
+    /// Gaps that said messages were gone (`first_seq` beyond what was received + 1).
+    #[serde(default)]
+    pub gaps_with_missing: u64,
+    #[serde(default)]
+    pub channels_with_gaps: u64,
+    #[serde(default)]
+    pub max_gaps_per_channel: u64,
+    /// Unix ms of the first and the last gap frame (0: none).
+    #[serde(default)]
+    pub gap_first_unix_ms: u64,
+    #[serde(default)]
+    pub gap_last_unix_ms: u64,
+    /// `--check-ids`: messages received under a second seq.
+    #[serde(default)]
+    pub id_duplicated: u64,
+}
+
+/// The earlier of two unix-ms stamps where 0 means none.
+fn min_stamp(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (0, x) | (x, 0) => x,
+        (a, b) => a.min(b),
+    }
 }
 
 impl CheckTotals {
@@ -189,6 +320,13 @@ impl CheckTotals {
         self.gaps += c.gaps;
         self.unexpected += c.unexpected(exp);
         self.channels_with_loss += u64::from(lost > 0);
+        self.replayed += c.replayed;
+        self.gaps_with_missing += c.gaps_with_missing;
+        self.channels_with_gaps += u64::from(c.gaps > 0);
+        self.max_gaps_per_channel = self.max_gaps_per_channel.max(c.gaps);
+        self.gap_first_unix_ms = min_stamp(self.gap_first_unix_ms, c.gap_first_ms);
+        self.gap_last_unix_ms = self.gap_last_unix_ms.max(c.gap_last_ms);
+        self.id_duplicated += c.id_duplicated;
     }
 
     pub fn merge(&mut self, o: &CheckTotals) {
@@ -201,14 +339,22 @@ impl CheckTotals {
         self.gaps += o.gaps;
         self.unexpected += o.unexpected;
         self.channels_with_loss += o.channels_with_loss;
+        self.replayed += o.replayed;
+        self.gaps_with_missing += o.gaps_with_missing;
+        self.channels_with_gaps += o.channels_with_gaps;
+        self.max_gaps_per_channel = self.max_gaps_per_channel.max(o.max_gaps_per_channel);
+        self.gap_first_unix_ms = min_stamp(self.gap_first_unix_ms, o.gap_first_unix_ms);
+        self.gap_last_unix_ms = self.gap_last_unix_ms.max(o.gap_last_unix_ms);
+        self.id_duplicated += o.id_duplicated;
     }
 
-    /// No loss, duplicate, reordering, gap or invented message.
-    pub fn clean(&self) -> bool {
+    /// No loss, duplicate, reordering, gap (unless `allow_gaps`) or invented message.
+    pub fn clean(&self, allow_gaps: bool) -> bool {
         self.lost == 0
             && self.duplicated == 0
+            && self.id_duplicated == 0
             && self.out_of_order == 0
-            && self.gaps == 0
+            && (allow_gaps || self.gaps == 0)
             && self.unexpected == 0
     }
 }
@@ -235,7 +381,7 @@ mod tests {
         let p = published(&(1..=100).collect::<Vec<_>>());
         let mut t = CheckTotals::default();
         t.add_channel(&c, &p);
-        assert!(t.clean(), "{t:?}");
+        assert!(t.clean(false), "{t:?}");
         assert_eq!((t.expected, t.unique), (100, 100));
         assert_eq!(c.last_seq(), 100);
     }
@@ -254,7 +400,7 @@ mod tests {
             (t.lost, t.channels_with_loss, t.duplicated, t.out_of_order),
             (5, 1, 0, 0)
         );
-        assert!(!t.clean());
+        assert!(!t.clean(true));
         // Nothing received at all.
         let empty = SeqChecker::default();
         assert_eq!(empty.lost(p.expected()), 10);
@@ -291,6 +437,111 @@ mod tests {
         c.observe(10);
         c.observe(9);
         assert_eq!(c.ranges, vec![(9, 10)]);
+    }
+
+    #[test]
+    fn a_gaps_replay_is_not_a_duplicate() {
+        let mut c = SeqChecker::default();
+        for s in 1..=5 {
+            c.observe(s);
+        }
+        // The history changed: delivery goes on at 2 of epoch 9, and 2..=5 come again.
+        c.gap(Some(9), Some(2), 1_000);
+        assert_eq!(c.epoch, Some(9));
+        for s in 2..=5 {
+            assert_eq!(c.observe(s), Seen::Replayed);
+        }
+        assert_eq!(c.observe(6), Seen::New);
+        // The replay is over: a copy now is a duplicate again, and an old seq too.
+        assert_eq!(c.observe(5), Seen::Duplicate);
+        assert_eq!(c.observe(3), Seen::Duplicate);
+        assert_eq!(
+            (c.replayed, c.duplicated, c.out_of_order, c.unique),
+            (4, 2, 0, 6)
+        );
+        assert_eq!((c.gaps, c.gaps_with_missing, c.last_seq()), (1, 0, 6));
+        let mut t = CheckTotals::default();
+        t.add_channel(&c, &published(&(1..=6).collect::<Vec<_>>()));
+        assert_eq!((t.replayed, t.channels_with_gaps, t.lost), (4, 1, 0));
+        // The two copies after the replay fail it, gaps allowed or not.
+        assert!(!t.clean(true));
+    }
+
+    #[test]
+    fn after_a_gap_order_counts_from_its_first_seq() {
+        let mut c = SeqChecker::default();
+        for s in [1, 2, 4] {
+            c.observe(s);
+        }
+        // 3 was never received; the replay brings it, in order.
+        c.gap(None, Some(1), 5);
+        for s in [1, 2, 3, 4, 5] {
+            assert!(matches!(c.observe(s), Seen::Replayed | Seen::New), "{s}");
+        }
+        assert_eq!((c.replayed, c.unique, c.out_of_order), (3, 5, 0));
+        // Going backwards within the new order is reordering.
+        c.gap(None, Some(4), 6);
+        assert_eq!(c.observe(5), Seen::Replayed);
+        assert_eq!(c.observe(4), Seen::Duplicate);
+        // A gap that says messages are gone: 6..=8 never come.
+        c.gap(None, Some(9), 7);
+        assert_eq!(c.observe(9), Seen::New);
+        assert_eq!((c.gaps, c.gaps_with_missing), (3, 1));
+        assert_eq!((c.gap_first_ms, c.gap_last_ms), (5, 7));
+        assert_eq!(
+            c.lost(published(&(1..=9).collect::<Vec<_>>()).expected()),
+            3
+        );
+    }
+
+    #[test]
+    fn one_message_under_two_seqs_is_an_id_duplicate() {
+        let mut c = SeqChecker::default();
+        // Without --check-ids nothing is kept.
+        assert!(!c.observe_id(7, 1));
+        assert!(!c.observe_id(7, 2));
+        let mut c = SeqChecker::with_ids();
+        assert!(!c.observe_id(7, 1));
+        // The same seq again (a replay, a duplicate) is the seq check's business.
+        assert!(!c.observe_id(7, 1));
+        assert!(c.observe_id(7, 2));
+        assert!(!c.observe_id(8, 3));
+        assert_eq!(c.id_duplicated, 1);
+        assert_eq!(c.id_duplicate_examples(), &[(7, 1, 2)]);
+        let mut t = CheckTotals::default();
+        t.add_channel(&c, &Published::default());
+        assert_eq!(t.id_duplicated, 1);
+        assert!(!t.clean(true));
+    }
+
+    #[test]
+    fn gap_figures_merge() {
+        let mut a = CheckTotals {
+            gaps: 1,
+            gap_first_unix_ms: 50,
+            gap_last_unix_ms: 60,
+            max_gaps_per_channel: 1,
+            ..CheckTotals::default()
+        };
+        let b = CheckTotals {
+            gaps: 3,
+            gap_first_unix_ms: 40,
+            gap_last_unix_ms: 55,
+            max_gaps_per_channel: 2,
+            ..CheckTotals::default()
+        };
+        a.merge(&b);
+        a.merge(&CheckTotals::default());
+        assert_eq!(
+            (
+                a.gaps,
+                a.gap_first_unix_ms,
+                a.gap_last_unix_ms,
+                a.max_gaps_per_channel
+            ),
+            (4, 40, 60, 2)
+        );
+        assert!(a.clean(true) && !a.clean(false));
     }
 
     #[test]

@@ -81,13 +81,16 @@ pub enum Pattern {
 /// Flags every subcommand has.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
-    /// Gateway base URL.
+    /// Gateway base URL. Repeat it (or give a comma list) for several gateways sharing one
+    /// store: assigns and publishes go to them in turn, and a request that finds its
+    /// gateway unreachable (or answering 5xx) goes on to the next one.
     #[arg(
         long,
         env = "PUSHGATE_GATEWAY",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
-    pub gateway: String,
+    pub gateway: Vec<String>,
     /// Channel i is `<prefix>-<i>`; default `lg-<random>`.
     #[arg(long)]
     pub channel_prefix: Option<String>,
@@ -152,9 +155,17 @@ pub struct ClientArgs {
     /// Long-poll `timeout` parameter in seconds.
     #[arg(long, default_value_t = 30)]
     pub poll_timeout: u64,
-    /// Keep-alive connections used for /v1/assign.
+    /// Keep-alive connections used for /v1/assign (per gateway).
     #[arg(long, default_value_t = 16)]
     pub assign_connections: usize,
+    /// Connections that end unexpectedly (the worker went away, a reset, a 5xx, WebSocket
+    /// close 1001/1006/1011/1012/1013/4002, SSE `resync`/`refused`) and reconnect attempts
+    /// that fail that way are counted as drops, not errors: the client assigns again and
+    /// resumes with `since`. So are `replaced` ends (4001, poll 409, SSE `replaced`) of a
+    /// client's live connection, which only the server reordering subscriptions causes;
+    /// each drop kind is reported. For runs that kill hosts on purpose; loss still fails.
+    #[arg(long)]
+    pub allow_drops: bool,
 }
 
 /// Flags of subcommands that publish.
@@ -181,9 +192,16 @@ pub struct PublishOpts {
     /// Approximate payload size; padded with a `pad` string.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
-    /// Keep-alive connections used for publishing (concurrent requests).
+    /// Keep-alive connections used for publishing (concurrent requests; per gateway).
     #[arg(long, default_value_t = 8)]
     pub publish_connections: usize,
+    /// Retry a publish that failed (no connection, timeout, reset, 5xx) for up to this long,
+    /// on the next gateway, with backoff. Every publish then carries an idempotency key
+    /// (`Idempotency-Key` header, the `id` of NDJSON lines and broadcasts), so a retry of a
+    /// publish that was committed after all is answered with its first seq, not appended
+    /// again. 0 = one attempt, no keys.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub retry_for: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -212,6 +230,23 @@ pub struct RunArgs {
     /// workers keep once the messages have passed (`memory_after_drain`). One process only.
     #[arg(long)]
     pub memory_after_drain: bool,
+    #[command(flatten)]
+    pub check: CheckArgs,
+}
+
+/// How deliveries are judged (`run`, `churn`).
+#[derive(Debug, Clone, Default, Args)]
+pub struct CheckArgs {
+    /// Gap frames do not fail the run (they are still counted and reported with their
+    /// times): for runs that restart the store on purpose. Loss, duplicates and
+    /// reordering still fail it; what a gap's replay sends again is not a duplicate.
+    #[arg(long)]
+    pub allow_gaps: bool,
+    /// Also check the message number `i` every payload carries: one message received
+    /// under two seqs (a publish appended twice) counts as `id_duplicated`. Keeps a map
+    /// per client of what it received: for bounded runs.
+    #[arg(long)]
+    pub check_ids: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -279,6 +314,8 @@ pub struct Plan {
     pub churn: Option<ChurnPlan>,
     /// `run`/`churn --memory-after-drain`.
     pub memory_after_drain: bool,
+    /// `run`/`churn` check flags.
+    pub check: CheckArgs,
 }
 
 impl Plan {
@@ -290,11 +327,12 @@ impl Plan {
             settle: Duration::ZERO,
             poll_timeout: 30,
             assign_connections: 4,
+            allow_drops: false,
         };
-        let memory_after_drain = match &command {
-            Command::Run(a) => a.memory_after_drain,
-            Command::Churn(c) => c.run.memory_after_drain,
-            _ => false,
+        let (memory_after_drain, check) = match &command {
+            Command::Run(a) => (a.memory_after_drain, a.check.clone()),
+            Command::Churn(c) => (c.run.memory_after_drain, c.run.check.clone()),
+            _ => (false, CheckArgs::default()),
         };
         let (mode, common, clients, publish, hold, drain, churn) = match command {
             Command::Connect(a) => (
@@ -362,6 +400,7 @@ impl Plan {
             drain,
             churn,
             memory_after_drain,
+            check,
         };
         plan.validate()?;
         Ok(plan)
@@ -376,8 +415,16 @@ impl Plan {
         {
             bail!("--channel-prefix must be made of [A-Za-z0-9_.:@-] and leave room for `-<index>` within 128 bytes");
         }
-        if !(self.common.gateway.starts_with("http://")) {
-            bail!("--gateway must be an http:// URL (TLS is not supported by loadgen yet)");
+        if self.common.gateway.is_empty() {
+            bail!("--gateway needs at least one URL");
+        }
+        if let Some(g) = self
+            .common
+            .gateway
+            .iter()
+            .find(|g| !g.starts_with("http://"))
+        {
+            bail!("--gateway must be an http:// URL (TLS is not supported by loadgen yet): {g}");
         }
         if self.clients.ramp <= 0.0 {
             bail!("--ramp must be positive");
@@ -419,6 +466,16 @@ impl Plan {
     /// Channel name of global client/channel index `i`.
     pub fn channel(&self, i: u64) -> String {
         format!("{}-{}", self.prefix, i)
+    }
+
+    /// The first gateway: the one memory is read through and results are labelled with.
+    pub fn gateway(&self) -> &str {
+        &self.common.gateway[0]
+    }
+
+    /// Every gateway, as one label (`a,b`).
+    pub fn gateways_label(&self) -> String {
+        self.common.gateway.join(",")
     }
 
     /// Is this process a child shard?
@@ -606,5 +663,43 @@ mod tests {
         assert_eq!(plan.clients.clients, 4);
         assert_eq!(plan.publish.unwrap().rate, 50.0);
         assert!(plan.prefix.starts_with("lg-"));
+        assert_eq!(
+            plan.common.gateway,
+            vec!["http://127.0.0.1:8080".to_string()]
+        );
+    }
+
+    #[test]
+    fn several_gateways_and_fault_flags() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "churn",
+            "--gateway",
+            "http://10.0.0.1:8080,http://10.0.0.2:8080",
+            "--gateway",
+            "http://10.0.0.3:8080",
+            "--retry-for",
+            "15s",
+            "--allow-drops",
+            "--allow-gaps",
+            "--check-ids",
+        ])
+        .unwrap();
+        let plan = Plan::from_command(cli.command).unwrap();
+        assert_eq!(plan.common.gateway.len(), 3);
+        assert_eq!(plan.gateway(), "http://10.0.0.1:8080");
+        assert_eq!(
+            plan.gateways_label(),
+            "http://10.0.0.1:8080,http://10.0.0.2:8080,http://10.0.0.3:8080"
+        );
+        assert_eq!(
+            plan.publish.as_ref().unwrap().retry_for,
+            Duration::from_secs(15)
+        );
+        assert!(plan.clients.allow_drops && plan.check.allow_gaps && plan.check.check_ids);
+        // Every gateway must be http://.
+        let cli =
+            Cli::try_parse_from(["loadgen", "run", "--gateway", "http://a:1,https://b:2"]).unwrap();
+        assert!(Plan::from_command(cli.command).is_err());
     }
 }

@@ -289,9 +289,10 @@ impl HttpPool {
             None => self.slots[start % n].lock().await,
         };
         if guard.as_ref().is_none_or(|s| s.is_closed()) {
+            // A connect that timed out never sent the request: a connect error.
             let c = tokio::time::timeout(self.timeout, http_connect(&self.src, &self.target))
                 .await
-                .map_err(|_| HttpError::Timeout)?
+                .map_err(|_| HttpError::Connect(anyhow!("connect timed out")))?
                 .map_err(HttpError::Connect)?;
             *guard = Some(c);
         }
@@ -308,6 +309,108 @@ impl HttpPool {
             *guard = None;
         }
         r
+    }
+}
+
+/// How long a gateway that could not be reached is passed over (tried last).
+const DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// One [`HttpPool`] per gateway: each request goes to the next gateway in turn and, when
+/// that one cannot be reached, on to the following one, each at most once. "Cannot be
+/// reached" is a failed connect for every request (it was never sent); for an idempotent
+/// one (an assign, a publish with an idempotency key) also a timeout, a reset or a 5xx. A gateway that could not be reached is tried last
+/// for a second, so a dead host costs one refused connect, not one per request. With one
+/// gateway this is exactly one [`HttpPool::send`].
+pub struct Gateways {
+    bases: Vec<String>,
+    pools: Vec<HttpPool>,
+    down_until: Vec<std::sync::Mutex<Option<std::time::Instant>>>,
+    next: AtomicUsize,
+}
+
+impl Gateways {
+    /// `size` keep-alive connections to each of `bases` (`http://host:port`).
+    pub fn new(
+        bases: &[String],
+        src: Arc<SourceIps>,
+        size: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Gateways> {
+        if bases.is_empty() {
+            bail!("no gateway");
+        }
+        let mut pools = Vec::with_capacity(bases.len());
+        for b in bases {
+            pools.push(HttpPool::new(Target::parse(b)?, src.clone(), size, timeout));
+        }
+        Ok(Gateways {
+            bases: bases
+                .iter()
+                .map(|b| b.trim_end_matches('/').to_string())
+                .collect(),
+            down_until: bases.iter().map(|_| std::sync::Mutex::new(None)).collect(),
+            pools,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Base URL of gateway `i` (no trailing slash).
+    pub fn base(&self, i: usize) -> &str {
+        &self.bases[i]
+    }
+
+    /// The order this request tries the gateways in: round-robin, reachable ones first.
+    fn order(&self) -> Vec<usize> {
+        let n = self.pools.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = std::time::Instant::now();
+        let (mut up, mut down) = (Vec::with_capacity(n), Vec::new());
+        for k in 0..n {
+            let i = (start + k) % n;
+            let is_down = self.down_until[i]
+                .lock()
+                .unwrap()
+                .is_some_and(|until| until > now);
+            if is_down {
+                down.push(i);
+            } else {
+                up.push(i);
+            }
+        }
+        up.extend(down);
+        up
+    }
+
+    /// One request, failing over as described on [`Gateways`]; also says which gateway
+    /// gave the answer (or the last error).
+    pub async fn send(
+        &self,
+        idempotent: bool,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        bearer: Option<&str>,
+        body: Bytes,
+    ) -> (Result<(StatusCode, Bytes), HttpError>, usize) {
+        let order = self.order();
+        let last = order.len() - 1;
+        for (k, i) in order.into_iter().enumerate() {
+            let r = self.pools[i]
+                .send(method.clone(), path, headers, bearer, body.clone())
+                .await;
+            let unreachable = matches!(r, Err(HttpError::Connect(_) | HttpError::Timeout));
+            *self.down_until[i].lock().unwrap() =
+                unreachable.then(|| std::time::Instant::now() + DOWN_FOR);
+            let failed = match &r {
+                Err(HttpError::Connect(_)) => true,
+                Err(_) => idempotent,
+                Ok((status, _)) => idempotent && status.is_server_error(),
+            };
+            if !failed || k == last {
+                return (r, i);
+            }
+        }
+        unreachable!("at least one gateway")
     }
 }
 
@@ -334,6 +437,86 @@ mod tests {
         assert!(Target::parse("/relative").is_err());
         assert_eq!(with_param("/a?b=1", "since", 5), "/a?b=1&since=5");
         assert_eq!(with_param("/a", "since", 5), "/a?since=5");
+    }
+
+    #[test]
+    fn gateways_take_turns_and_unreachable_ones_go_last() {
+        let g = Gateways::new(
+            &["http://10.0.0.1:1".into(), "http://10.0.0.2:2/".into()],
+            Arc::new(SourceIps::default()),
+            1,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(g.base(1), "http://10.0.0.2:2");
+        assert_eq!(g.order(), vec![0, 1]);
+        assert_eq!(g.order(), vec![1, 0]);
+        *g.down_until[0].lock().unwrap() = Some(std::time::Instant::now() + DOWN_FOR);
+        assert_eq!(g.order(), vec![1, 0]);
+        assert_eq!(g.order(), vec![1, 0]);
+        // Once its time is over it takes its turn again.
+        *g.down_until[0].lock().unwrap() = Some(std::time::Instant::now());
+        assert_eq!(g.order(), vec![0, 1]);
+        assert!(Gateways::new(&[], Arc::new(SourceIps::default()), 1, DOWN_FOR).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_goes_to_the_next_gateway_a_timeout_only_if_idempotent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A gateway that answers 200, and one that accepts and never answers.
+        let ok = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ok_url = format!("http://{}", ok.local_addr().unwrap());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = ok.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while s.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+            }
+        });
+        let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mute_url = format!("http://{}", mute.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                held.push(mute.accept().await.unwrap().0);
+            }
+        });
+        let refused = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            format!("http://{}", l.local_addr().unwrap())
+        };
+        let src = Arc::new(SourceIps::default());
+        let g = Gateways::new(
+            &[refused, ok_url.clone()],
+            src.clone(),
+            1,
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let (r, i) = g
+                .send(false, Method::GET, "/", &[], None, Bytes::new())
+                .await;
+            assert_eq!((r.unwrap().0, i), (StatusCode::OK, 1));
+        }
+        let g = Gateways::new(&[mute_url, ok_url], src, 1, Duration::from_millis(300)).unwrap();
+        // Not idempotent: the timed-out request may have been done; it is not sent again.
+        let (r, i) = g
+            .send(false, Method::POST, "/", &[], None, Bytes::new())
+            .await;
+        assert!(matches!(r, Err(HttpError::Timeout)) && i == 0, "{r:?}");
+        // Idempotent: the next gateway answers.
+        g.next.store(0, Ordering::Relaxed);
+        let (r, i) = g
+            .send(true, Method::GET, "/", &[], None, Bytes::new())
+            .await;
+        assert_eq!((r.unwrap().0, i), (StatusCode::OK, 1));
     }
 
     #[test]

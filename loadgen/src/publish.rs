@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::Published;
 use crate::cli::{Pattern, Plan, PublishOpts};
-use crate::net::{HttpPool, SourceIps, Target};
+use crate::net::{Gateways, HttpError, SourceIps};
 use crate::stats::{unix_nanos, Stats};
 use crate::target::SingleAnswer;
 
@@ -47,6 +47,8 @@ pub struct PublishCtx {
     /// Global index of channel 0 of `table`.
     pub channel_base: u64,
     pub stop: CancellationToken,
+    /// Idempotency keys are `<key_prefix>-<message number>` (random per run).
+    pub key_prefix: String,
 }
 
 impl PublishCtx {
@@ -57,6 +59,19 @@ impl PublishCtx {
         s.extend(std::iter::repeat_n('x', want));
         s.push_str("\"}");
         s
+    }
+
+    /// With `--retry-for`: the idempotency key of message `k`.
+    fn key(&self, k: u64) -> Option<String> {
+        (!self.opts.retry_for.is_zero()).then(|| format!("{}-{k}", self.key_prefix))
+    }
+
+    /// The key of message `k` as a JSON member to append to an object (`,"id":"..."`), or
+    /// nothing without `--retry-for`.
+    fn id_member(&self, k: u64) -> String {
+        self.key(k)
+            .map(|key| format!(r#","id":"{key}""#))
+            .unwrap_or_default()
     }
 
     fn channel_of(&self, k: u64, n: u64) -> u64 {
@@ -85,13 +100,12 @@ pub async fn publish_phase(
     src: Arc<SourceIps>,
     duration: Duration,
 ) -> anyhow::Result<()> {
-    let gateway = Target::parse(ctx.plan.server().publish_base(&ctx.plan))?;
-    let pool = Arc::new(HttpPool::new(
-        gateway,
+    let pool = Arc::new(Gateways::new(
+        &ctx.plan.server().publish_bases(&ctx.plan),
         src,
         ctx.opts.publish_connections,
         ctx.plan.common.request_timeout,
-    ));
+    )?);
     let channels = ctx.table.len() as u64;
     if channels == 0 {
         return Ok(());
@@ -129,9 +143,59 @@ pub async fn publish_phase(
     Ok(())
 }
 
-async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u64) {
+/// An answer worth retrying: none, or a 5xx.
+fn failed(r: &Result<(hyper::StatusCode, Bytes), HttpError>) -> bool {
+    match r {
+        Err(_) => true,
+        Ok((status, _)) => status.is_server_error(),
+    }
+}
+
+/// One publish request over the gateways (failing over between them) and, with
+/// `--retry-for` (the body then carries idempotency keys), sent again with backoff while
+/// `retry(answer)` says so and time is left. Returns the last answer and whether the
+/// request was sent more than once.
+async fn request(
+    ctx: &PublishCtx,
+    pool: &Gateways,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+    retry: impl Fn(&Result<(hyper::StatusCode, Bytes), HttpError>) -> bool,
+) -> (Result<(hyper::StatusCode, Bytes), HttpError>, bool) {
+    let keyed = !ctx.opts.retry_for.is_zero();
+    let bearer = ctx.plan.common.publisher_key.as_deref();
+    let deadline = Instant::now() + ctx.opts.retry_for;
+    let mut wait = Duration::from_millis(50);
+    let mut retried = false;
+    loop {
+        let (r, _) = pool
+            .send(keyed, Method::POST, path, headers, bearer, body.clone())
+            .await;
+        if !keyed || !retry(&r) || Instant::now() + wait > deadline {
+            return (r, retried);
+        }
+        tokio::select! {
+            _ = ctx.stop.cancelled() => return (r, retried),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        ctx.stats.publish_retries.fetch_add(1, Ordering::Relaxed);
+        retried = true;
+        wait = (wait * 2).min(Duration::from_millis(500));
+    }
+}
+
+/// An NDJSON or broadcast answer that refused something because the store was not there:
+/// worth sending again (with keys, what was accepted is answered as a duplicate).
+fn store_refused(r: &Result<(hyper::StatusCode, Bytes), HttpError>) -> bool {
+    failed(r)
+        || r.as_ref().is_ok_and(|(_, body)| {
+            std::str::from_utf8(body).is_ok_and(|b| b.contains("\"store_unavailable\""))
+        })
+}
+
+async fn send(ctx: &PublishCtx, pool: &Gateways, k: u64, batch: u64, channels: u64) {
     let stats = &ctx.stats;
-    let key = ctx.plan.common.publisher_key.as_deref();
     stats.publish_requests.fetch_add(1, Ordering::Relaxed);
     stats.publish_attempted.fetch_add(batch, Ordering::Relaxed);
     let started = Instant::now();
@@ -142,15 +206,12 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
         let entry = &ctx.table[ch as usize];
         let i = server.stamp(entry, k);
         let body = Bytes::from(ctx.payload(i));
-        let r = pool
-            .send(
-                Method::POST,
-                &path,
-                &[("content-type", "application/json")],
-                key,
-                body,
-            )
-            .await;
+        let key = ctx.key(k);
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(key) = &key {
+            headers.push(("idempotency-key", key.as_str()));
+        }
+        let (r, retried) = request(ctx, pool, &path, &headers, body, failed).await;
         stats.record_publish(started.elapsed().as_micros() as u64);
         match r {
             Ok((status, body)) => match server.single_answer(status, &body, i) {
@@ -158,6 +219,7 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
                     stats.publish_status(status.as_str(), 1);
                     entry.accepted_seq(seq);
                     stats.published.fetch_add(1, Ordering::Relaxed);
+                    count_retried(stats, retried, 1);
                 }
                 SingleAnswer::Unnumbered => {
                     stats.publish_status(status.as_str(), 1);
@@ -185,21 +247,22 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
         let ch = ctx.channel_of(k + j, channels);
         lines.push(ch);
         body.push_str(&format!(
-            r#"{{"channel":"{}","data":{}}}"#,
+            r#"{{"channel":"{}","data":{}{}}}"#,
             ctx.plan.channel(ctx.channel_base + ch),
-            ctx.payload(k + j)
+            ctx.payload(k + j),
+            ctx.id_member(k + j)
         ));
         body.push('\n');
     }
-    let r = pool
-        .send(
-            Method::POST,
-            "/v1/publish",
-            &[("content-type", "application/x-ndjson")],
-            key,
-            Bytes::from(body),
-        )
-        .await;
+    let (r, retried) = request(
+        ctx,
+        pool,
+        "/v1/publish",
+        &[("content-type", "application/x-ndjson")],
+        Bytes::from(body),
+        store_refused,
+    )
+    .await;
     stats.record_publish(started.elapsed().as_micros() as u64);
     match r {
         Ok((status, body)) if status == 200 || status == 202 => {
@@ -222,6 +285,7 @@ async fn send(ctx: &PublishCtx, pool: &HttpPool, k: u64, batch: u64, channels: u
                     }
                     let rejected = a.rejected.len() as u64;
                     count_answered(stats, status.as_str(), accepted, a.accepted, rejected);
+                    count_retried(stats, retried, accepted);
                 }
                 Err(_) => stats.error("publish_bad_body"),
             }
@@ -255,6 +319,15 @@ fn count_answered(stats: &Stats, status: &str, accepted: u64, claimed: u64, reje
     }
 }
 
+/// `accepted` messages came with a request that had been retried (or not).
+fn count_retried(stats: &Stats, retried: bool, accepted: u64) {
+    if retried {
+        stats
+            .published_after_retry
+            .fetch_add(accepted, Ordering::Relaxed);
+    }
+}
+
 /// Counts `n` messages of a request that failed as a whole (`publish_<what>` error).
 fn count_failed(stats: &Stats, status: &str, what: &str, n: u64) {
     stats.publish_status(status, n);
@@ -277,7 +350,7 @@ struct RejectedChannel {
 /// long as `batch` ≤ the channel count), all with the data of message `k`.
 async fn send_broadcast(
     ctx: &PublishCtx,
-    pool: &HttpPool,
+    pool: &Gateways,
     k: u64,
     batch: u64,
     channels: u64,
@@ -294,19 +367,20 @@ async fn send_broadcast(
         .map(|&ch| ctx.plan.channel(ctx.channel_base + ch))
         .collect();
     let body = format!(
-        r#"{{"channels":{},"data":{}}}"#,
+        r#"{{"channels":{},"data":{}{}}}"#,
         serde_json::to_string(&names).unwrap_or_default(),
-        ctx.payload(k)
+        ctx.payload(k),
+        ctx.id_member(k)
     );
-    let r = pool
-        .send(
-            Method::POST,
-            "/v1/broadcast",
-            &[("content-type", "application/json")],
-            ctx.plan.common.publisher_key.as_deref(),
-            Bytes::from(body),
-        )
-        .await;
+    let (r, retried) = request(
+        ctx,
+        pool,
+        "/v1/broadcast",
+        &[("content-type", "application/json")],
+        Bytes::from(body),
+        store_refused,
+    )
+    .await;
     stats.record_publish(started.elapsed().as_micros() as u64);
     let n = picked.len() as u64;
     // Repeated picks (a random pattern) were never sent: not attempted.
@@ -327,6 +401,7 @@ async fn send_broadcast(
                         }
                     }
                     count_answered(stats, status.as_str(), accepted, a.accepted, n - accepted);
+                    count_retried(stats, retried, accepted);
                 }
                 Err(_) => stats.error("publish_bad_body"),
             }

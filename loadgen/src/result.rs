@@ -28,6 +28,12 @@ pub struct Counters {
     pub published: u64,
     pub publish_rejected: u64,
     pub delivered: u64,
+    #[serde(default)]
+    pub publish_retries: u64,
+    #[serde(default)]
+    pub published_after_retry: u64,
+    #[serde(default)]
+    pub connected_at_end: u64,
 }
 
 impl Counters {
@@ -47,6 +53,9 @@ impl Counters {
         self.published += o.published;
         self.publish_rejected += o.publish_rejected;
         self.delivered += o.delivered;
+        self.publish_retries += o.publish_retries;
+        self.published_after_retry += o.published_after_retry;
+        self.connected_at_end += o.connected_at_end;
     }
 }
 
@@ -75,9 +84,15 @@ pub struct RawResult {
     pub deliver_secs: f64,
     pub stopped_by: String,
     pub max_errors: u64,
+    /// `--allow-gaps`: gap frames do not fail the check.
+    #[serde(default)]
+    pub allow_gaps: bool,
     pub counters: Counters,
     pub check: Option<CheckTotals>,
     pub errors: BTreeMap<String, u64>,
+    /// `--allow-drops`: connection ends counted as drops, not errors, by kind.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
     pub publish_status: BTreeMap<String, u64>,
     pub per_worker: BTreeMap<String, i64>,
     pub hists: RawHists,
@@ -116,6 +131,9 @@ impl RawResult {
         }
         for (k, v) in &o.errors {
             *self.errors.entry(k.clone()).or_insert(0) += v;
+        }
+        for (k, v) in &o.drops {
+            *self.drops.entry(k.clone()).or_insert(0) += v;
         }
         for (k, v) in &o.publish_status {
             *self.publish_status.entry(k.clone()).or_insert(0) += v;
@@ -191,6 +209,14 @@ pub struct ConnectSummary {
     pub dropped_on_purpose: u64,
     pub peak_connected: u64,
     pub connected_at_ready: u64,
+    /// Connected when publishing and the drain were over.
+    #[serde(default)]
+    pub connected_at_end: u64,
+    /// `--allow-drops`: unexpected connection ends and failed reconnects, by kind.
+    #[serde(default)]
+    pub drops: u64,
+    #[serde(default)]
+    pub drops_by_kind: BTreeMap<String, u64>,
     pub phase_secs: f64,
     pub rate_per_sec: f64,
     pub time_us: HistSummary,
@@ -204,6 +230,11 @@ pub struct PublishSummary {
     pub messages_attempted: u64,
     pub messages_accepted: u64,
     pub messages_rejected: u64,
+    /// `--retry-for`: requests sent again, and messages accepted by a retried request.
+    #[serde(default)]
+    pub retries: u64,
+    #[serde(default)]
+    pub accepted_after_retry: u64,
     pub secs: f64,
     pub rate_per_sec: f64,
     pub by_status: BTreeMap<String, u64>,
@@ -291,7 +322,7 @@ impl Summary {
         let publish = hist_from_b64(&raw.hists.publish_us).context("publish histogram")?;
         let c = &raw.counters;
         let errors_total = raw.errors_total();
-        let check_ok = raw.check.map(|c| c.clean()).unwrap_or(true);
+        let check_ok = raw.check.map(|c| c.clean(raw.allow_gaps)).unwrap_or(true);
         let passed = check_ok && errors_total <= raw.max_errors;
         let mut timeline = Vec::new();
         for t in &raw.timeline {
@@ -342,6 +373,9 @@ impl Summary {
                 dropped_on_purpose: c.dropped_on_purpose,
                 peak_connected: c.peak_connected,
                 connected_at_ready: c.connected_at_ready,
+                connected_at_end: c.connected_at_end,
+                drops: raw.drops.values().sum(),
+                drops_by_kind: raw.drops.clone(),
                 phase_secs: (raw.connect_phase_secs * 1000.0).round() / 1000.0,
                 rate_per_sec: rate(c.first_ok, raw.connect_phase_secs),
                 time_us: HistSummary::of(&connect),
@@ -353,6 +387,8 @@ impl Summary {
                 messages_attempted: c.publish_attempted,
                 messages_accepted: c.published,
                 messages_rejected: c.publish_rejected,
+                retries: c.publish_retries,
+                accepted_after_retry: c.published_after_retry,
                 secs: (raw.publish_secs * 1000.0).round() / 1000.0,
                 rate_per_sec: rate(c.published, raw.publish_secs),
                 by_status: raw.publish_status.clone(),
@@ -411,6 +447,17 @@ impl Summary {
                 ms(c.assign_us.p50),
                 c.reconnects
             );
+            if c.drops > 0 {
+                let _ = write!(
+                    s,
+                    "  drops     {} (resumed with since; not errors)",
+                    c.drops
+                );
+                for (k, v) in &c.drops_by_kind {
+                    let _ = write!(s, " {k}={v}");
+                }
+                let _ = writeln!(s, "; connected at the end {}", c.connected_at_end);
+            }
         }
         let p = &self.publish;
         if p.requests > 0 {
@@ -426,6 +473,13 @@ impl Summary {
                 ms(p.request_us.p99),
                 p.messages_rejected
             );
+            if p.retries > 0 {
+                let _ = writeln!(
+                    s,
+                    "            {} requests retried; {} messages accepted by a retried request",
+                    p.retries, p.accepted_after_retry
+                );
+            }
         }
         let d = &self.delivery;
         if d.received > 0 || d.check.is_some() {
@@ -451,6 +505,29 @@ impl Summary {
                 "  check     expected {} unique {} | lost {} duplicated {} out-of-order {} gaps {} unexpected {} (channels with loss {})",
                 k.expected, k.unique, k.lost, k.duplicated, k.out_of_order, k.gaps, k.unexpected, k.channels_with_loss
             );
+            if k.gaps > 0 || k.replayed > 0 || k.id_duplicated > 0 {
+                let when = |ms: u64| {
+                    if ms == 0 {
+                        "-".to_string()
+                    } else {
+                        format!(
+                            "{:+.1} s",
+                            (ms as f64 - self.started_unix_ms as f64) / 1000.0
+                        )
+                    }
+                };
+                let _ = writeln!(
+                    s,
+                    "            gaps on {} channels (at most {} per channel, {} saying messages were gone) from {} to {} after the start; replayed after a gap {}; id duplicates {}",
+                    k.channels_with_gaps,
+                    k.max_gaps_per_channel,
+                    k.gaps_with_missing,
+                    when(k.gap_first_unix_ms),
+                    when(k.gap_last_unix_ms),
+                    k.replayed,
+                    k.id_duplicated
+                );
+            }
         }
         let _ = write!(s, "  errors    {}", self.errors.total);
         for (k, v) in &self.errors.by_kind {

@@ -16,7 +16,7 @@ use crate::checker::{CheckTotals, Published, SeqChecker};
 use crate::cli::{Mode, Plan};
 use crate::clients::{client_task, ClientCtx, Slot};
 use crate::memory;
-use crate::net::{HttpPool, SourceIps, Target};
+use crate::net::{Gateways, SourceIps};
 use crate::publish::{publish_phase, PublishCtx};
 use crate::result::{Counters, RawHists, RawResult};
 use crate::stats::{hist_from_b64, hist_to_b64, Stats};
@@ -98,8 +98,10 @@ pub async fn run_process(
     let connected = p.connect_phase().await;
     let (ready, memory, baseline) = p.barrier(barrier).await;
     let main = p.main_phase(&connected.slots, baseline).await?;
+    let connected_at_end = p.stats.connected.load(Ordering::Relaxed).max(0) as u64;
     let check = p.close_and_check(connected.handles, &main.table).await;
     Ok(p.result(ResultParts {
+        connected_at_end,
         started_unix_ms,
         connect_phase_secs: connected.secs,
         ready,
@@ -141,6 +143,8 @@ struct MainPhase {
 
 /// Everything [`Process::result`] puts together.
 struct ResultParts {
+    /// Clients connected once publishing and the drain were over, before the close.
+    connected_at_end: u64,
     started_unix_ms: u64,
     connect_phase_secs: f64,
     ready: Ready,
@@ -153,7 +157,10 @@ struct ResultParts {
 impl Process {
     /// Shared state, the assign pool and the progress ticker.
     fn new(plan: Arc<Plan>, stop_all: CancellationToken) -> anyhow::Result<Process> {
-        let stats = Arc::new(Stats::new());
+        let stats = Arc::new(Stats::tolerating(
+            plan.clients.allow_drops,
+            plan.check.allow_gaps,
+        ));
         let n = if plan.mode == Mode::Publish {
             0
         } else {
@@ -166,13 +173,12 @@ impl Process {
                 .map(|l| l.0)
                 .unwrap_or_default(),
         ));
-        let gateway = Target::parse(&plan.common.gateway)?;
-        let assign = Arc::new(HttpPool::new(
-            gateway,
+        let assign = Arc::new(Gateways::new(
+            &plan.common.gateway,
             src.clone(),
             plan.clients.assign_connections,
             plan.common.request_timeout,
-        ));
+        )?);
         let clients_stop = CancellationToken::new();
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(plan.clone(), stats.clone(), n, ticker_stop.clone()));
@@ -319,6 +325,7 @@ impl Process {
                     table: main.table.clone(),
                     channel_base: plan.common.client_offset,
                     stop: self.stop_all.clone(),
+                    key_prefix: format!("lg{:08x}", rand::random::<u32>()),
                 });
                 crate::target::cpu_mark(plan, "publish_start");
                 let t0 = Instant::now();
@@ -400,7 +407,7 @@ impl Process {
         let result = RawResult {
             command: plan.mode.name().to_string(),
             transport: plan.clients.transport.name().to_string(),
-            gateway: plan.common.gateway.clone(),
+            gateway: plan.gateways_label(),
             channel_prefix: plan.prefix.clone(),
             clients: n,
             shards: 1,
@@ -411,6 +418,7 @@ impl Process {
             deliver_secs: parts.main.deliver_secs,
             stopped_by: parts.stopped_by.to_string(),
             max_errors: plan.common.max_errors,
+            allow_gaps: plan.check.allow_gaps,
             counters: Counters {
                 connect_attempts: stats.connect_attempts.load(Ordering::Relaxed),
                 connects_ok: stats.connects_ok.load(Ordering::Relaxed),
@@ -427,9 +435,13 @@ impl Process {
                 published: stats.published.load(Ordering::Relaxed),
                 publish_rejected: stats.publish_rejected.load(Ordering::Relaxed),
                 delivered: stats.delivered.load(Ordering::Relaxed),
+                publish_retries: stats.publish_retries.load(Ordering::Relaxed),
+                published_after_retry: stats.published_after_retry.load(Ordering::Relaxed),
+                connected_at_end: parts.connected_at_end,
             },
             check: parts.check,
             errors: stats.errors.lock().unwrap().clone(),
+            drops: stats.drops.lock().unwrap().clone(),
             publish_status: stats.publish_status.lock().unwrap().clone(),
             per_worker: parts.ready.per_worker,
             hists: RawHists {

@@ -48,12 +48,13 @@ pub fn clients_per_process(plan: &Plan, nofile: u64) -> u64 {
     if let Some(n) = plan.common.max_per_process {
         return n.max(1);
     }
-    let extra = plan.clients.assign_connections as u64
+    let pools = plan.clients.assign_connections as u64
         + plan
             .publish
             .as_ref()
             .map(|p| p.publish_connections as u64)
             .unwrap_or(0);
+    let extra = pools * plan.common.gateway.len() as u64;
     nofile.saturating_sub(RESERVE + extra).max(1)
 }
 
@@ -415,9 +416,11 @@ mod tests {
             deliver_secs: 0.0,
             stopped_by: "completed".into(),
             max_errors: 0,
+            allow_gaps: false,
             counters: Default::default(),
             check: None,
             errors: BTreeMap::new(),
+            drops: BTreeMap::new(),
             publish_status: BTreeMap::new(),
             per_worker: BTreeMap::new(),
             hists: crate::result::RawHists {

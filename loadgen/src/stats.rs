@@ -104,6 +104,15 @@ pub struct Stats {
     pub last_received_ns: AtomicU64,
     pub errors_total: AtomicU64,
     pub errors: Mutex<BTreeMap<String, u64>>,
+    /// `--allow-drops`: connection ends of a [`is_drop_kind`] kind go to `drops`.
+    pub allow_drops: bool,
+    /// `--allow-gaps`: gap frames are not errors (the check still counts them).
+    pub allow_gaps: bool,
+    pub drops: Mutex<BTreeMap<String, u64>>,
+    /// Publish requests sent again after a failure (`--retry-for`).
+    pub publish_retries: AtomicU64,
+    /// Messages accepted by a request that had been retried.
+    pub published_after_retry: AtomicU64,
     pub publish_status: Mutex<BTreeMap<String, u64>>,
     pub hists: Mutex<Hists>,
     /// Connections currently open per worker id (from /v1/assign).
@@ -119,6 +128,12 @@ impl Default for Stats {
 
 impl Stats {
     pub fn new() -> Stats {
+        Stats::tolerating(false, false)
+    }
+
+    /// Counters of a run that expects connection drops and/or gaps (`--allow-drops`,
+    /// `--allow-gaps`).
+    pub fn tolerating(allow_drops: bool, allow_gaps: bool) -> Stats {
         Stats {
             start: Instant::now(),
             connected: AtomicI64::new(0),
@@ -138,6 +153,11 @@ impl Stats {
             last_received_ns: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             errors: Mutex::new(BTreeMap::new()),
+            allow_drops,
+            allow_gaps,
+            drops: Mutex::new(BTreeMap::new()),
+            publish_retries: AtomicU64::new(0),
+            published_after_retry: AtomicU64::new(0),
             publish_status: Mutex::new(BTreeMap::new()),
             hists: Mutex::new(Hists {
                 connect: new_hist(),
@@ -155,6 +175,27 @@ impl Stats {
     pub fn error(&self, kind: impl Into<String>) {
         self.errors_total.fetch_add(1, Ordering::Relaxed);
         *self.errors.lock().unwrap().entry(kind.into()).or_insert(0) += 1;
+    }
+
+    /// A connection ended, or a connect attempt failed, as `kind` says: a drop when drops
+    /// are allowed and `kind` is one ([`is_drop_kind`]), else an error. Returns whether it
+    /// was counted as a drop.
+    pub fn ended(&self, kind: impl Into<String>) -> bool {
+        let kind = kind.into();
+        if self.allow_drops && (is_drop_kind(&kind) || is_replaced_kind(&kind)) {
+            *self.drops.lock().unwrap().entry(kind).or_insert(0) += 1;
+            true
+        } else {
+            self.error(kind);
+            false
+        }
+    }
+
+    /// A gap frame arrived (the checker has counted it): an error unless gaps are allowed.
+    pub fn gap(&self) {
+        if !self.allow_gaps {
+            self.error("gap");
+        }
     }
 
     pub fn publish_status(&self, status: impl Into<String>, n: u64) {
@@ -250,9 +291,109 @@ impl Stats {
     }
 }
 
+/// Whether a connection end (or failed connect) of this kind is the peer going away or
+/// not being reachable, which a client survives by assigning again and resuming: the
+/// transport's own failures, 5xx answers, and the close codes and SSE endings that ask
+/// the client to come back. Refusals (4xx), replacement (4001), slowness (4003), protocol
+/// errors and bad bodies are not.
+pub fn is_drop_kind(kind: &str) -> bool {
+    if let Some(code) = kind.strip_prefix("ws_close_") {
+        return matches!(
+            code,
+            "1001" | "1005" | "1006" | "1011" | "1012" | "1013" | "1014" | "4002"
+        );
+    }
+    if let Some(code) = kind.strip_prefix("sse_closed_") {
+        return matches!(code, "resync" | "refused" | "shutdown");
+    }
+    if let Some((_, status)) = kind.rsplit_once("_http_") {
+        return status.starts_with('5');
+    }
+    [
+        "_eof",
+        "_error",
+        "_io",
+        "_connect",
+        "_connect_timeout",
+        "_timeout",
+        "_handshake",
+        "_resolve",
+    ]
+    .iter()
+    .any(|s| kind.ends_with(s))
+}
+
+/// Whether a connection end says a newer connection took the channel (WebSocket 4001,
+/// poll 409, SSE `replaced`). loadgen opens one connection per channel at a time and
+/// closes the old one before it opens the next, so such an end on its live connection
+/// means the server let an older subscription win: with `--allow-drops` (runs that break
+/// hosts) it is counted as a drop of its own kind, so it stays visible, and the client
+/// resumes.
+pub fn is_replaced_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        "ws_close_4001" | "poll_http_409" | "sse_closed_replaced"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_and_errors() {
+        for k in [
+            "ws_eof",
+            "ws_error",
+            "sse_eof",
+            "poll_error",
+            "poll_timeout",
+            "ws_connect",
+            "sse_connect_timeout",
+            "ws_handshake",
+            "assign_connect",
+            "assign_timeout",
+            "assign_io",
+            "assign_http_503",
+            "ws_http_502",
+            "poll_http_503",
+            "ws_close_1001",
+            "ws_close_1013",
+            "ws_close_4002",
+            "sse_closed_resync",
+        ] {
+            assert!(is_drop_kind(k), "{k}");
+        }
+        for k in [
+            "assign_http_403",
+            "ws_http_401",
+            "poll_http_409",
+            "ws_close_4001",
+            "ws_close_4003",
+            "ws_close_1002",
+            "sse_closed_replaced",
+            "bad_frame",
+            "poll_bad_body",
+            "gap",
+        ] {
+            assert!(!is_drop_kind(k), "{k}");
+        }
+        assert!(is_replaced_kind("ws_close_4001") && !is_drop_kind("ws_close_4001"));
+        let s = Stats::tolerating(true, true);
+        assert!(s.ended("ws_eof"));
+        assert!(s.ended("ws_close_4001"));
+        assert!(!s.ended("ws_close_4003"));
+        s.gap();
+        assert_eq!(s.drops.lock().unwrap().get("ws_eof"), Some(&1));
+        assert_eq!(s.drops.lock().unwrap().get("ws_close_4001"), Some(&1));
+        assert_eq!(s.errors.lock().unwrap().len(), 1);
+        assert_eq!(s.errors.lock().unwrap().get("ws_close_4003"), Some(&1));
+        let s = Stats::new();
+        s.ended("ws_eof");
+        s.gap();
+        assert!(s.drops.lock().unwrap().is_empty());
+        assert_eq!(s.errors_total.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn histograms_roundtrip_and_merge() {

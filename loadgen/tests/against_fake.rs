@@ -157,6 +157,7 @@ async fn run_mixed_batched_with_auth_is_clean() {
     let opts = Options {
         subscriber_secret: Some("sub-secret".into()),
         publisher_key: Some("pub-key".into()),
+        ..Options::default()
     };
     let f = fake::start(Mode::Correct, opts).await;
     let o = loadgen(
@@ -209,6 +210,7 @@ async fn wrong_subscriber_secret_is_an_error() {
     let opts = Options {
         subscriber_secret: Some("right".into()),
         publisher_key: None,
+        ..Options::default()
     };
     let f = fake::start(Mode::Correct, opts).await;
     let o = loadgen(
@@ -341,6 +343,234 @@ async fn churn_loses_nothing() {
         0,
         "{check}"
     );
+}
+
+/// A port nothing listens on: connections to it are refused.
+fn dead_gateway() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    drop(l);
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assigns_and_publishes_fail_over_to_the_next_gateway() {
+    // One gateway refuses connections, one answers 503 to everything, one works.
+    let down = fake::start(
+        Mode::Correct,
+        Options {
+            unavailable: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    let good = fake::start(Mode::Correct, Options::default()).await;
+    let gateways = format!("{},{},{}", dead_gateway(), down.url(), good.url());
+    let o = loadgen(
+        &gateways,
+        "failover",
+        &[
+            "run",
+            "--clients",
+            "12",
+            "--transport",
+            "mixed",
+            "--rate",
+            "100/s",
+            "--duration",
+            "1s",
+            "--settle",
+            "0s",
+            "--poll-timeout",
+            "2",
+            "--retry-for",
+            "5s",
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j = &o.json;
+    assert_eq!(n(j, "errors.total"), 0, "{}", j["errors"]);
+    assert_eq!(n(j, "connect.first_ok"), 12);
+    let accepted = n(j, "publish.messages_accepted");
+    assert_eq!(accepted, n(j, "publish.messages_attempted"));
+    assert_eq!(accepted, good.published());
+    assert_eq!(down.published(), 0);
+    let check = &j["delivery"]["check"];
+    assert_eq!(n(check, "unique"), accepted, "{check}");
+    assert_eq!(n(check, "lost") + n(check, "duplicated"), 0, "{check}");
+    assert_eq!(j["gateway"], gateways.as_str());
+}
+
+/// A fake that appends every seventh publish but answers it 503 (the answer was lost).
+async fn lossy_answers(ignore_keys: bool, name: &str) -> (Outcome, fake::Fake) {
+    let f = fake::start(
+        Mode::Correct,
+        Options {
+            lose_answer_every: Some(7),
+            ignore_keys,
+            ..Options::default()
+        },
+    )
+    .await;
+    let o = loadgen(
+        &f.url(),
+        name,
+        &[
+            "run",
+            "--clients",
+            "10",
+            "--transport",
+            "ws",
+            "--rate",
+            "100/s",
+            "--duration",
+            "1s",
+            "--settle",
+            "0s",
+            "--drain",
+            "2s",
+            "--retry-for",
+            "5s",
+            "--check-ids",
+        ],
+    )
+    .await;
+    (o, f)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_publishes_carry_keys_and_are_not_duplicated() {
+    let (o, f) = lossy_answers(false, "retry-keys").await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j = &o.json;
+    let accepted = n(j, "publish.messages_accepted");
+    assert_eq!(accepted, n(j, "publish.messages_attempted"));
+    // Every publish was appended once: the retries were answered with the first seq.
+    assert_eq!(f.published(), accepted);
+    assert!(n(j, "publish.retries") >= accepted / 7, "{}", j["publish"]);
+    assert!(n(j, "publish.accepted_after_retry") >= accepted / 7 - 1);
+    let check = &j["delivery"]["check"];
+    assert_eq!(
+        n(check, "id_duplicated") + n(check, "duplicated"),
+        0,
+        "{check}"
+    );
+    assert_eq!(n(j, "errors.total"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_appended_twice_is_caught_by_its_id() {
+    // The same fake without idempotency: each retried publish is a second copy.
+    let (o, f) = lossy_answers(true, "retry-no-keys").await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    let j = &o.json;
+    let accepted = n(j, "publish.messages_accepted");
+    assert!(f.published() > accepted, "{} vs {accepted}", f.published());
+    let check = &j["delivery"]["check"];
+    assert_eq!(
+        n(check, "id_duplicated"),
+        f.published() - accepted,
+        "{check}"
+    );
+    // Each copy has its own seq: the seq check alone sees nothing wrong.
+    assert_eq!(n(check, "duplicated") + n(check, "lost"), 0, "{check}");
+    assert!(o.stderr.contains("id duplicates"), "{}", o.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cut_connections_are_drops_that_resume() {
+    let cut = || Options {
+        ws_cut_after: Some(4),
+        ..Options::default()
+    };
+    let args = [
+        "run",
+        "--clients",
+        "8",
+        "--transport",
+        "ws",
+        "--rate",
+        "100/s",
+        "--duration",
+        "1s",
+        "--settle",
+        "0s",
+        "--drain",
+        "3s",
+    ];
+    let f = fake::start(Mode::Correct, cut()).await;
+    let mut with = args.to_vec();
+    with.push("--allow-drops");
+    let o = loadgen(&f.url(), "drops", &with).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j = &o.json;
+    let drops = n(j, "connect.drops");
+    assert!(drops >= 8, "{}", j["connect"]);
+    // Each drop is followed by a reconnect, but for a client cut once more at the end.
+    assert!(n(j, "connect.reconnects") + 8 >= drops, "{}", j["connect"]);
+    assert_eq!(n(j, "errors.total"), 0, "{}", j["errors"]);
+    let check = &j["delivery"]["check"];
+    assert_eq!(n(check, "unique"), n(j, "publish.messages_accepted"));
+    assert_eq!(n(check, "lost") + n(check, "duplicated"), 0, "{check}");
+    assert!(o.stderr.contains("drops"), "{}", o.stderr);
+    // Without the flag the same cuts are errors (and still nothing is lost).
+    let f = fake::start(Mode::Correct, cut()).await;
+    let o = loadgen(&f.url(), "drops-errors", &args).await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(n(&o.json, "errors.total") >= 8);
+    assert_eq!(n(&o.json, "connect.drops"), 0);
+    assert_eq!(n(&o.json["delivery"]["check"], "lost"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gaps_replay_is_not_a_duplicate() {
+    let gap = || Options {
+        gap_at: Some(4),
+        ..Options::default()
+    };
+    let args = [
+        "run",
+        "--clients",
+        "6",
+        "--transport",
+        "ws",
+        "--rate",
+        "60/s",
+        "--duration",
+        "1s",
+        "--settle",
+        "0s",
+        "--drain",
+        "2s",
+        "--check-ids",
+    ];
+    let f = fake::start(Mode::Correct, gap()).await;
+    let mut with = args.to_vec();
+    with.push("--allow-gaps");
+    let o = loadgen(&f.url(), "gaps", &with).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let check = &o.json["delivery"]["check"];
+    // Each channel: a gap before seq 4, then seqs 1-3 again.
+    assert_eq!(n(check, "gaps"), 6, "{check}");
+    assert_eq!(n(check, "channels_with_gaps"), 6);
+    assert_eq!(n(check, "max_gaps_per_channel"), 1);
+    assert_eq!(n(check, "gaps_with_missing"), 0);
+    assert_eq!(n(check, "replayed"), 18, "{check}");
+    assert_eq!(
+        n(check, "duplicated") + n(check, "out_of_order") + n(check, "lost"),
+        0,
+        "{check}"
+    );
+    assert!(n(check, "gap_first_unix_ms") >= n(&o.json, "started_unix_ms"));
+    assert!(n(check, "gap_last_unix_ms") >= n(check, "gap_first_unix_ms"));
+    assert_eq!(n(&o.json, "errors.total"), 0);
+    // Without the flag a gap fails the run.
+    let f = fake::start(Mode::Correct, gap()).await;
+    let o = loadgen(&f.url(), "gaps-fail", &args).await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(n(&o.json, "errors.by_kind.gap"), 6);
+    assert_eq!(n(&o.json["delivery"]["check"], "duplicated"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 /// The configured backend; every variant delivers through an outbox of type `O`.
 pub enum AnyStore<O: Outbox> {
     Memory(MemoryStore<O>),
-    Redis(RedisStore<O>),
+    Redis(Box<RedisStore<O>>),
 }
 
 impl<O: Outbox> Store for AnyStore<O> {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::checker::{Seen, SeqChecker};
 use crate::cli::Plan;
-use crate::net::{HttpPool, SourceIps};
+use crate::net::{Gateways, SourceIps};
 use crate::stats::Stats;
 
 /// What every client task of a process shares.
@@ -26,7 +26,7 @@ pub struct ClientCtx {
     pub plan: Arc<Plan>,
     pub stats: Arc<Stats>,
     pub src: Arc<SourceIps>,
-    pub assign: Arc<HttpPool>,
+    pub assign: Arc<Gateways>,
     /// Cancelled when clients must close.
     pub stop: CancellationToken,
     /// `since` of the first connection (`Some(0)` when checking deliveries, so nothing
@@ -35,9 +35,19 @@ pub struct ClientCtx {
 }
 
 impl ClientCtx {
-    /// One text message (WebSocket frame / SSE event data) as the target sends it.
-    pub fn on_text(&self, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) {
-        self.plan.server().on_text(&self.stats, checker, slot, text);
+    /// One text message (WebSocket frame / SSE event data) as the target sends it;
+    /// `Some(kind)` when it ends the stream (an SSE `{"closed":...}` event).
+    pub fn on_text(&self, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) -> Option<String> {
+        self.plan.server().on_text(&self.stats, checker, slot, text)
+    }
+
+    /// A fresh checker for one client, with `--check-ids` if asked.
+    pub fn checker(&self) -> SeqChecker {
+        if self.plan.check.check_ids {
+            SeqChecker::with_ids()
+        } else {
+            SeqChecker::default()
+        }
     }
 }
 
@@ -72,54 +82,96 @@ pub enum SessionEnd {
     Error(String),
 }
 
-/// One message or gap frame as the worker sends it.
+/// One message, gap frame or SSE closing event as the worker sends it.
 #[derive(Debug, Deserialize)]
 pub struct Frame {
     seq: Option<u64>,
     #[serde(default)]
     gap: bool,
+    epoch: Option<u64>,
+    first_seq: Option<u64>,
     data: Option<Data>,
+    /// SSE's last event when the worker ends the stream (`replaced`, `resync`, ...).
+    closed: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Data {
-    Stamped { t: u64 },
+    /// loadgen's own payload: send time and message number.
+    Stamped {
+        t: u64,
+        #[serde(default)]
+        i: Option<u64>,
+    },
     Other(serde::de::IgnoredAny),
 }
 
-/// Handles one `{"seq":N,"data":...}` or gap frame.
-pub fn on_frame(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) {
+/// Handles one `{"seq":N,"data":...}`, gap frame or closing event; `Some(kind)` when the
+/// stream ends with it.
+pub fn on_frame(
+    stats: &Stats,
+    checker: &mut SeqChecker,
+    slot: &Slot,
+    text: &[u8],
+) -> Option<String> {
     match serde_json::from_slice::<Frame>(text) {
         Ok(f) => on_parsed(stats, checker, slot, f),
-        Err(_) => stats.error("bad_frame"),
+        Err(_) => {
+            stats.error("bad_frame");
+            None
+        }
     }
 }
 
-/// Handles one already parsed frame.
-pub fn on_parsed(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, frame: Frame) {
+/// Handles one already parsed frame; `Some(kind)` when the stream ends with it.
+pub fn on_parsed(
+    stats: &Stats,
+    checker: &mut SeqChecker,
+    slot: &Slot,
+    frame: Frame,
+) -> Option<String> {
     match frame {
-        Frame { gap: true, .. } => {
-            checker.gap();
-            stats.error("gap");
-        }
+        Frame {
+            gap: true,
+            epoch,
+            first_seq,
+            ..
+        } => on_gap(stats, checker, epoch, first_seq),
         Frame {
             seq: Some(seq),
             data,
             ..
         } => on_message(stats, checker, slot, seq, data),
+        Frame {
+            closed: Some(code), ..
+        } => return Some(format!("sse_closed_{code}")),
         _ => stats.error("bad_frame"),
     }
+    None
+}
+
+/// A gap signal (frame or poll answer).
+pub fn on_gap(stats: &Stats, checker: &mut SeqChecker, epoch: Option<u64>, first_seq: Option<u64>) {
+    checker.gap(epoch, first_seq, crate::stats::unix_nanos() / 1_000_000);
+    stats.gap();
 }
 
 fn on_message(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, seq: u64, data: Option<Data>) {
     stats.delivered.fetch_add(1, Ordering::Relaxed);
-    if checker.observe(seq) != Seen::Duplicate {
+    let seen = checker.observe(seq);
+    if seen != Seen::Duplicate {
         slot.unique.fetch_add(1, Ordering::Relaxed);
         slot.max_seq.fetch_max(seq, Ordering::Relaxed);
     }
-    if let Some(Data::Stamped { t }) = data {
-        stats.record_delivery(t);
+    if let Some(Data::Stamped { t, i }) = data {
+        if let Some(i) = i {
+            checker.observe_id(i, seq);
+        }
+        // A copy's latency (duplicate, replay) would measure the copy, not the delivery.
+        if seen.is_first() {
+            stats.record_delivery(t);
+        }
     }
 }
 
@@ -145,17 +197,17 @@ pub async fn assign(ctx: &ClientCtx, channel: &str) -> Result<Assignment, String
         }
         None => format!("/v1/assign?channel={channel}"),
     };
-    let (status, body) = ctx
+    let (r, gateway) = ctx
         .assign
-        .send(Method::GET, &path, &[], None, Bytes::new())
-        .await
-        .map_err(|e| format!("assign_{}", e.kind()))?;
+        .send(true, Method::GET, &path, &[], None, Bytes::new())
+        .await;
+    let (status, body) = r.map_err(|e| format!("assign_{}", e.kind()))?;
     if status != 200 {
         return Err(format!("assign_http_{}", status.as_u16()));
     }
     let mut a: Assignment =
         serde_json::from_slice(&body).map_err(|_| "assign_bad_body".to_string())?;
-    let base = ctx.plan.common.gateway.trim_end_matches('/');
+    let base = ctx.assign.base(gateway);
     for url in [&mut a.ws_url, &mut a.poll_url, &mut a.sse_url] {
         if url.starts_with('/') {
             *url = format!("{base}{url}");
@@ -177,7 +229,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
     let plan = &ctx.plan;
     let channel = plan.channel(index);
     let transport = plan.clients.transport.for_client(index);
-    let mut checker = SeqChecker::default();
+    let mut checker = ctx.checker();
     let mut first = true;
     let mut sessions = 0u64;
     let mut failures = 0u32;
@@ -194,7 +246,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
         let started = Instant::now();
         let opened = tokio::select! {
             _ = ctx.stop.cancelled() => break,
-            r = tokio::time::timeout(plan.common.connect_timeout, plan.server().open(&ctx, &channel, transport, since, started)) => r,
+            r = tokio::time::timeout(plan.common.connect_timeout, plan.server().open(&ctx, &channel, transport, since, checker.epoch, started)) => r,
         };
         let failed = match opened {
             Ok(Ok((worker, conn))) => Ok((worker, conn)),
@@ -204,7 +256,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
         let (worker, conn) = match failed {
             Ok(x) => x,
             Err(kind) => {
-                ctx.stats.error(kind);
+                log_end(&channel, "", &kind, ctx.stats.ended(kind.clone()));
                 if first {
                     first = false;
                     ctx.stats.first_done.fetch_add(1, Ordering::Relaxed);
@@ -215,6 +267,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
             }
         };
         failures = 0;
+        tracing::debug!(%channel, %worker, ?since, "connected");
         ctx.stats.up(&worker);
         if sessions > 0 {
             ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -237,6 +290,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
         match end {
             SessionEnd::Stopped => break,
             SessionEnd::Churned => {
+                tracing::debug!(%channel, %worker, "churned");
                 ctx.stats.dropped_on_purpose.fetch_add(1, Ordering::Relaxed);
                 let backoff = plan
                     .churn
@@ -246,7 +300,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
                 tokio::select! { _ = ctx.stop.cancelled() => break, _ = tokio::time::sleep(jitter(backoff)) => {} }
             }
             SessionEnd::Error(kind) => {
-                ctx.stats.error(kind);
+                log_end(&channel, &worker, &kind, ctx.stats.ended(kind.clone()));
                 tokio::select! { _ = ctx.stop.cancelled() => break, _ = tokio::time::sleep(jitter(Duration::from_millis(200))) => {} }
             }
         }
@@ -254,7 +308,22 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
     if first {
         ctx.stats.first_done.fetch_add(1, Ordering::Relaxed);
     }
+    for (id, first_seq, seq) in checker.id_duplicate_examples() {
+        tracing::warn!(%channel, id, first_seq, seq, "message received under a second seq");
+    }
     checker
+}
+
+/// A connection that ended or could not be opened (`worker` empty then): errors and
+/// `replaced` ends at `info`, other drops at `debug` (`RUST_LOG=loadgen=debug`).
+fn log_end(channel: &str, worker: &str, kind: &str, drop: bool) {
+    if drop && crate::stats::is_replaced_kind(kind) {
+        tracing::info!(%channel, %worker, %kind, "live connection replaced");
+    } else if drop {
+        tracing::debug!(%channel, %worker, %kind, "connection dropped");
+    } else {
+        tracing::info!(%channel, %worker, %kind, "connection failed");
+    }
 }
 
 #[cfg(test)]
@@ -266,7 +335,7 @@ mod tests {
     fn frames() {
         let stats = Stats::new();
         let slot = Slot::default();
-        let mut c = SeqChecker::default();
+        let mut c = SeqChecker::with_ids();
         let t = unix_nanos() - 2_000_000;
         on_frame(
             &stats,

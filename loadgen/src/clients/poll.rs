@@ -8,7 +8,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper::Method;
 use serde::Deserialize;
 
-use super::{on_parsed, ClientCtx, Frame, SessionEnd, Slot};
+use super::{on_gap, on_parsed, ClientCtx, Frame, SessionEnd, Slot};
 use crate::checker::SeqChecker;
 use crate::net::{exchange, http_connect, request, with_param, HttpError, ReqBody, Target};
 
@@ -25,6 +25,8 @@ struct PollAnswer {
     next: Option<u64>,
     #[serde(default)]
     gap: bool,
+    epoch: Option<u64>,
+    first_seq: Option<u64>,
 }
 
 pub async fn connect(ctx: &ClientCtx, url: &str) -> Result<PollConn, String> {
@@ -45,11 +47,14 @@ pub async fn session(
 ) -> SessionEnd {
     let timeout = ctx.plan.clients.poll_timeout;
     loop {
-        let path = with_param(
+        let mut path = with_param(
             &with_param(&c.target.path, "since", since),
             "timeout",
             timeout,
         );
+        if let Some(e) = checker.epoch {
+            path = with_param(&path, "epoch", e);
+        }
         let req = request(Method::GET, &c.target, &path, None, Bytes::new());
         let limit = Duration::from_secs(timeout + 15);
         let r = tokio::select! {
@@ -70,8 +75,7 @@ pub async fn session(
             Err(_) => return SessionEnd::Error("poll_bad_body".into()),
         };
         if answer.gap {
-            checker.gap();
-            ctx.stats.error("gap");
+            on_gap(&ctx.stats, checker, answer.epoch, answer.first_seq);
         }
         for m in answer.messages {
             on_parsed(&ctx.stats, checker, slot, m);

@@ -18,13 +18,22 @@ pub struct SseConn {
     parser: EventParser,
 }
 
-/// Opens the stream. A first open uses `since` in the URL; a resume sends `Last-Event-ID`.
-pub async fn connect(ctx: &ClientCtx, url: &str, since: Option<u64>) -> Result<SseConn, String> {
+/// Opens the stream. A first open uses `since` in the URL; a resume sends `Last-Event-ID`
+/// (and `epoch` once a gap told it).
+pub async fn connect(
+    ctx: &ClientCtx,
+    url: &str,
+    since: Option<u64>,
+    epoch: Option<u64>,
+) -> Result<SseConn, String> {
     let first = since == ctx.initial_since;
-    let url = match since {
+    let mut url = match since {
         Some(s) if first => with_param(url, "since", s),
         _ => url.to_string(),
     };
+    if let Some(e) = epoch {
+        url = with_param(&url, "epoch", e);
+    }
     let target = Target::parse(&url).map_err(|_| "sse_bad_url".to_string())?;
     let mut sender = http_connect(&ctx.src, &target)
         .await
@@ -68,7 +77,9 @@ pub async fn session(
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
                         for ev in c.parser.push(data) {
-                            ctx.on_text(checker, slot, ev.data.as_bytes());
+                            if let Some(end) = ctx.on_text(checker, slot, ev.data.as_bytes()) {
+                                return SessionEnd::Error(end);
+                            }
                         }
                     }
                 }

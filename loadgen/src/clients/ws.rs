@@ -23,12 +23,20 @@ pub fn config() -> WebSocketConfig {
         .max_write_buffer_size(1 << 20)
 }
 
-/// Opens the WebSocket at `url` (plus `since`).
-pub async fn connect(ctx: &ClientCtx, url: &str, since: Option<u64>) -> Result<WsConn, String> {
-    let url = match since {
+/// Opens the WebSocket at `url` (plus `since`, and `epoch` once a gap told it).
+pub async fn connect(
+    ctx: &ClientCtx,
+    url: &str,
+    since: Option<u64>,
+    epoch: Option<u64>,
+) -> Result<WsConn, String> {
+    let mut url = match since {
         Some(s) => with_param(url, "since", s),
         None => url.to_string(),
     };
+    if let Some(e) = epoch {
+        url = with_param(&url, "epoch", e);
+    }
     let target = Target::parse(&url).map_err(|_| "ws_bad_url".to_string())?;
     let addr = target
         .resolve()
@@ -63,7 +71,11 @@ pub async fn session(
             m = ws.next() => match m {
                 None => return SessionEnd::Error("ws_eof".into()),
                 Some(Err(_)) => return SessionEnd::Error("ws_error".into()),
-                Some(Ok(Message::Text(t))) => ctx.on_text(checker, slot, t.as_bytes()),
+                Some(Ok(Message::Text(t))) => {
+                    if let Some(end) = ctx.on_text(checker, slot, t.as_bytes()) {
+                        return SessionEnd::Error(end);
+                    }
+                }
                 Some(Ok(Message::Binary(_))) => ctx.stats.error("ws_binary_frame"),
                 Some(Ok(Message::Close(f))) => {
                     let code = f.map(|f| u16::from(f.code)).unwrap_or(1005);

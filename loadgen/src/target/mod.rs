@@ -62,8 +62,8 @@ pub trait Server: Send + Sync {
     /// Checks the flags that matter to this server.
     fn validate(&self, plan: &Plan) -> anyhow::Result<()>;
 
-    /// Base URL publishes go to.
-    fn publish_base<'a>(&self, plan: &'a Plan) -> &'a str;
+    /// Base URLs publishes go to (in turn, failing over).
+    fn publish_bases(&self, plan: &Plan) -> Vec<String>;
 
     /// Path of a single publish to `channel`.
     fn publish_path(&self, channel: &str) -> String;
@@ -74,17 +74,25 @@ pub trait Server: Send + Sync {
     /// What the answer to a single publish whose payload carried `stamp` means.
     fn single_answer(&self, status: StatusCode, body: &[u8], stamp: u64) -> SingleAnswer;
 
-    /// One text message (WebSocket frame / SSE event data) as the server sends it.
-    fn on_text(&self, stats: &Stats, checker: &mut SeqChecker, slot: &Slot, text: &[u8]);
+    /// One text message (WebSocket frame / SSE event data) as the server sends it;
+    /// `Some(kind)` when the message ends the stream.
+    fn on_text(
+        &self,
+        stats: &Stats,
+        checker: &mut SeqChecker,
+        slot: &Slot,
+        text: &[u8],
+    ) -> Option<String>;
 
-    /// Opens a subscriber connection for `channel` (resuming after `since` where the
-    /// server can).
+    /// Opens a subscriber connection for `channel` (resuming after `since`, in `epoch`
+    /// once a gap told it, where the server can).
     fn open<'a>(
         &'a self,
         ctx: &'a ClientCtx,
         channel: &'a str,
         transport: Transport,
         since: Option<u64>,
+        epoch: Option<u64>,
         started: Instant,
     ) -> Opening<'a>;
 
@@ -127,7 +135,7 @@ pub fn parse_vmrss(status: &str) -> Option<u64> {
 /// the server's `/metrics` (nothing for a server without them).
 pub async fn snapshot(plan: &Plan) -> Snapshot {
     if from_metrics(plan) {
-        return memory::snapshot(&plan.common.gateway).await;
+        return memory::snapshot(plan.gateway()).await;
     }
     let pids = &plan.common.target.server_pids;
     let mut snap = Snapshot {
@@ -150,7 +158,7 @@ pub async fn snapshot(plan: &Plan) -> Snapshot {
 /// [`snapshot`] after the settle time, read twice half a second apart (the later kept).
 pub async fn settled_snapshot(plan: &Plan) -> Snapshot {
     if from_metrics(plan) {
-        return memory::settled_snapshot(&plan.common.gateway, plan.clients.settle).await;
+        return memory::settled_snapshot(plan.gateway(), plan.clients.settle).await;
     }
     tokio::time::sleep(plan.clients.settle).await;
     let _ = snapshot(plan).await;

@@ -49,16 +49,18 @@ impl Server for Nchan {
         if plan.common.subscriber_secret.is_some() {
             anyhow::bail!("--subscriber-secret is pushgate-only");
         }
+        if plan
+            .publish
+            .as_ref()
+            .is_some_and(|p| !p.retry_for.is_zero())
+        {
+            anyhow::bail!("--retry-for needs idempotency keys, which Nchan does not have");
+        }
         Ok(())
     }
 
-    fn publish_base<'a>(&self, plan: &'a Plan) -> &'a str {
-        plan.common
-            .target
-            .nchan_url
-            .as_deref()
-            .unwrap_or(&plan.common.gateway)
-            .trim_end_matches('/')
+    fn publish_bases(&self, plan: &Plan) -> Vec<String> {
+        vec![base(plan).to_string()]
     }
 
     fn publish_path(&self, channel: &str) -> String {
@@ -79,8 +81,15 @@ impl Server for Nchan {
         }
     }
 
-    fn on_text(&self, stats: &Stats, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) {
+    fn on_text(
+        &self,
+        stats: &Stats,
+        checker: &mut SeqChecker,
+        slot: &Slot,
+        text: &[u8],
+    ) -> Option<String> {
         on_raw(stats, checker, slot, text);
+        None
     }
 
     fn open<'a>(
@@ -89,16 +98,17 @@ impl Server for Nchan {
         channel: &'a str,
         transport: Transport,
         _since: Option<u64>,
+        _epoch: Option<u64>,
         started: Instant,
     ) -> Opening<'a> {
         Box::pin(async move {
             // Nchan sends what it retains from the oldest message on, so no `since`.
-            let base = self.publish_base(&ctx.plan);
+            let base = base(&ctx.plan);
             let http_url = format!("{base}/sub/{channel}");
             let ws_url = format!("ws://{}", http_url.trim_start_matches("http://"));
             let conn = match transport {
-                Transport::Ws => Conn::Ws(ws::connect(ctx, &ws_url, None).await?),
-                Transport::Sse => Conn::Sse(sse::connect(ctx, &http_url, None).await?),
+                Transport::Ws => Conn::Ws(ws::connect(ctx, &ws_url, None, None).await?),
+                Transport::Sse => Conn::Sse(sse::connect(ctx, &http_url, None, None).await?),
                 Transport::Poll | Transport::Mixed => {
                     Conn::NchanPoll(nchan_poll_connect(ctx, &http_url).await?)
                 }
@@ -112,6 +122,16 @@ impl Server for Nchan {
     fn has_metrics(&self) -> bool {
         false
     }
+}
+
+/// Nchan's base URL: `--nchan-url`, else the (first) `--gateway`.
+fn base(plan: &Plan) -> &str {
+    plan.common
+        .target
+        .nchan_url
+        .as_deref()
+        .unwrap_or(plan.gateway())
+        .trim_end_matches('/')
 }
 
 /// The payload fields loadgen itself publishes.

@@ -26,8 +26,8 @@ impl Server for Pushgate {
         Ok(())
     }
 
-    fn publish_base<'a>(&self, plan: &'a Plan) -> &'a str {
-        &plan.common.gateway
+    fn publish_bases(&self, plan: &Plan) -> Vec<String> {
+        plan.common.gateway.clone()
     }
 
     fn publish_path(&self, channel: &str) -> String {
@@ -48,8 +48,14 @@ impl Server for Pushgate {
         }
     }
 
-    fn on_text(&self, stats: &Stats, checker: &mut SeqChecker, slot: &Slot, text: &[u8]) {
-        on_frame(stats, checker, slot, text);
+    fn on_text(
+        &self,
+        stats: &Stats,
+        checker: &mut SeqChecker,
+        slot: &Slot,
+        text: &[u8],
+    ) -> Option<String> {
+        on_frame(stats, checker, slot, text)
     }
 
     fn open<'a>(
@@ -58,14 +64,15 @@ impl Server for Pushgate {
         channel: &'a str,
         transport: Transport,
         since: Option<u64>,
+        epoch: Option<u64>,
         started: Instant,
     ) -> Opening<'a> {
         Box::pin(async move {
             let a = assign(ctx, channel).await?;
             let assign_us = started.elapsed().as_micros() as u64;
             let conn = match transport {
-                Transport::Ws => Conn::Ws(ws::connect(ctx, &a.ws_url, since).await?),
-                Transport::Sse => Conn::Sse(sse::connect(ctx, &a.sse_url, since).await?),
+                Transport::Ws => Conn::Ws(ws::connect(ctx, &a.ws_url, since, epoch).await?),
+                Transport::Sse => Conn::Sse(sse::connect(ctx, &a.sse_url, since, epoch).await?),
                 Transport::Poll | Transport::Mixed => {
                     Conn::Poll(poll::connect(ctx, &a.poll_url).await?)
                 }

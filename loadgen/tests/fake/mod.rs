@@ -3,12 +3,15 @@
 //! metrics. `Mode::Lossy` / `Mode::Duplicating` break delivery on purpose. It also speaks
 //! the part of Nchan loadgen's `--target nchan` uses: `POST /pub/<ch>` and `GET /sub/<ch>`
 //! (WebSocket, or a long-poll keyed by `If-None-Match`), raw payloads from the oldest on.
+//! [`Options`] break it the way hosts break: answers lost after the append, WebSockets
+//! cut, a gap with a replay (a store whose history changed), a gateway whose store is down.
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,6 +54,18 @@ impl Mode {
 pub struct Options {
     pub subscriber_secret: Option<String>,
     pub publisher_key: Option<String>,
+    /// Every n-th single publish is appended but answered 503, as if the answer was lost.
+    pub lose_answer_every: Option<u64>,
+    /// `Idempotency-Key` is not honoured: a repeat is appended again (default: a repeat is
+    /// answered with the first seq, as pushgate does).
+    pub ignore_keys: bool,
+    /// Each WebSocket is cut (no close frame) after sending this many frames.
+    pub ws_cut_after: Option<usize>,
+    /// The first time a WebSocket is about to send this seq on a channel, it sends a gap
+    /// frame (`first_seq` 1, a new epoch) and everything from seq 1 again first.
+    pub gap_at: Option<u64>,
+    /// Every request is answered 503 (a gateway whose store is down).
+    pub unavailable: bool,
 }
 
 struct Chan {
@@ -64,6 +79,12 @@ struct State {
     addr: SocketAddr,
     channels: Mutex<HashMap<String, Arc<Chan>>>,
     open: Mutex<i64>,
+    /// Single publishes seen (for `lose_answer_every`).
+    publishes: AtomicU64,
+    /// (channel, idempotency key) -> seq.
+    keys: Mutex<HashMap<(String, String), u64>>,
+    /// Channels that had their `gap_at` gap.
+    gapped: Mutex<HashSet<String>>,
 }
 
 pub struct Fake {
@@ -98,6 +119,9 @@ pub async fn start(mode: Mode, opts: Options) -> Fake {
         addr,
         channels: Mutex::new(HashMap::new()),
         open: Mutex::new(0),
+        publishes: AtomicU64::new(0),
+        keys: Mutex::new(HashMap::new()),
+        gapped: Mutex::new(HashSet::new()),
     });
     let s = state.clone();
     tokio::spawn(async move {
@@ -218,6 +242,12 @@ impl State {
 async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let q = query(&req);
+    if s.opts.unavailable {
+        return Ok(full(
+            StatusCode::SERVICE_UNAVAILABLE,
+            r#"{"error":"store_unavailable"}"#,
+        ));
+    }
     let r = match (req.method().as_str(), path.as_str()) {
         ("GET", "/v1/assign") => {
             let channel = match s.subscriber_channel(&q) {
@@ -288,13 +318,45 @@ async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>,
                 ));
             }
             let channel = p["/v1/publish/".len()..].to_string();
+            let key = req
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .filter(|_| !s.opts.ignore_keys);
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let data = match serde_json::from_slice::<serde_json::Value>(&body) {
                 Ok(v) => v.to_string(),
                 Err(_) => serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
                     .to_string(),
             };
-            let seq = s.publish(&channel, data);
+            let seen = key.as_ref().and_then(|k| {
+                s.keys
+                    .lock()
+                    .unwrap()
+                    .get(&(channel.clone(), k.clone()))
+                    .copied()
+            });
+            let seq = match seen {
+                Some(seq) => seq,
+                None => {
+                    let seq = s.publish(&channel, data);
+                    if let Some(k) = key {
+                        s.keys.lock().unwrap().insert((channel, k), seq);
+                    }
+                    seq
+                }
+            };
+            let n = s.publishes.fetch_add(1, Ordering::Relaxed) + 1;
+            if s.opts
+                .lose_answer_every
+                .is_some_and(|every| n.is_multiple_of(every))
+            {
+                return Ok(full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"store_unavailable"}"#,
+                ));
+            }
             full(StatusCode::ACCEPTED, format!(r#"{{"seq":{seq}}}"#))
         }
         ("GET", "/v1/workers") => {
@@ -366,13 +428,30 @@ fn ws_stream(
         } else {
             since
         };
+        let mut frames = 0usize;
         'outer: loop {
             rx.borrow_and_update();
-            for (seq, frame) in s.render_after(&c, sent, raw) {
+            let mut pending = s.render_after(&c, sent, raw).into_iter();
+            while let Some((seq, frame)) = pending.next() {
+                if s.opts.gap_at == Some(seq) && s.gapped.lock().unwrap().insert(channel.clone()) {
+                    // The log's history changed: say so, then everything from seq 1 again.
+                    let gap = r#"{"gap":true,"epoch":2,"first_seq":1}"#;
+                    if ws.send(Message::text(gap)).await.is_err() {
+                        break 'outer;
+                    }
+                    sent = 0;
+                    pending = s.render_after(&c, sent, raw).into_iter();
+                    continue;
+                }
                 if ws.send(Message::text(frame)).await.is_err() {
                     break 'outer;
                 }
                 sent = sent.max(seq);
+                frames += 1;
+                if s.opts.ws_cut_after.is_some_and(|n| frames >= n) {
+                    // Gone without a close frame, as a killed worker's connections are.
+                    break 'outer;
+                }
             }
             tokio::select! {
                 r = rx.changed() => if r.is_err() { break },

@@ -21,23 +21,28 @@
 //! dropped connection on the budget it uses for MOVED/ASK) cannot give a message a second
 //! seq: each publish carries an op id the function recognises.
 
+mod conn;
+mod history;
 pub mod keys;
+mod reply;
 
 use super::contract::{
     BacklogPage, ChannelInfo, Outbox, Published, Start, Store, StoreCheck, StoreError, StoreStats,
 };
 use super::directory::{Holder, WorkerRef};
 use super::memory::log::BACKLOG_MAX_BYTES;
-use super::memory::Retention;
 use crate::metrics;
 use bytes::Bytes;
+use conn::{connect, Conn};
+pub use conn::{RedisOptions, RedisTarget};
 use keys::{decode_holder, encode_holder, ChannelKeys};
 use protocol::link::KickReason;
 use redis::{Cmd, Value};
+use reply::{bad_reply, int, parse_page, parse_publish, text, to_backlog};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::sync::Semaphore;
 
 /// The function library, loaded with `FUNCTION LOAD REPLACE`.
@@ -46,99 +51,13 @@ pub const LIBRARY: &str = include_str!("pushgate.lua");
 /// Epochs stay below 2^53 so JSON clients parse them exactly.
 const EPOCH_MASK: u64 = (1 << 53) - 1;
 
-/// Where Redis is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTarget {
-    /// `redis://HOST:PORT[/DB]`.
-    Single(String),
-    /// `redis+cluster://H1:P1,H2:P2,...`: the seed nodes, as `redis://` URLs.
-    Cluster(Vec<String>),
-}
-
-impl RedisTarget {
-    /// Parses a `--store` value that names Redis; `None` for anything else.
-    pub fn parse(s: &str) -> Option<Result<RedisTarget, String>> {
-        if let Some(rest) = s.strip_prefix("redis+cluster://") {
-            let nodes: Vec<String> = rest
-                .split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(|n| format!("redis://{n}"))
-                .collect();
-            if nodes.is_empty() {
-                return Some(Err("redis+cluster:// needs at least one HOST:PORT".into()));
-            }
-            return Some(Ok(RedisTarget::Cluster(nodes)));
-        }
-        if s.starts_with("redis://") {
-            return Some(match redis::Client::open(s) {
-                Ok(_) => Ok(RedisTarget::Single(s.to_owned())),
-                Err(e) => Err(format!("{s}: {e}")),
-            });
-        }
-        None
-    }
-}
-
-/// How the Redis store behaves.
-#[derive(Debug, Clone)]
-pub struct RedisOptions {
-    pub target: RedisTarget,
-    /// Prefix of every key (`pg`).
-    pub prefix: String,
-    pub retention: Retention,
-    /// Most bytes a channel's retained messages take (data + key + overhead).
-    pub channel_bytes: usize,
-    /// How long a channel's seq and epoch outlive its last activity.
-    pub channel_meta: Duration,
-    /// Deadline of every Redis call.
-    pub timeout: Duration,
-    /// Most Redis calls in flight at once.
-    pub max_inflight: usize,
-    /// Restarts keep every acknowledged write (`--redis-durable`): only a promotion of a
-    /// replica counts as another history.
-    pub durable: bool,
-}
-
-/// The connection: one multiplexed connection (reconnecting by itself) or a cluster client.
-#[derive(Clone)]
-enum Conn {
-    Single(redis::aio::ConnectionManager),
-    Cluster(redis::cluster_async::ClusterConnection),
-}
-
-impl Conn {
-    async fn query(&self, cmd: &Cmd) -> redis::RedisResult<Value> {
-        match self {
-            Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-            Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
-        }
-    }
-}
-
-/// What `pg_publish` answers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PublishReply {
-    seq: u64,
-    epoch: u64,
-    duplicate: bool,
-    owner: String,
-    cause: String,
-    evicted: u64,
-}
-
-/// A backlog page as the functions return it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct PageReply {
-    gap: bool,
-    first_seq: u64,
-    last_seq: u64,
-    messages: Vec<(u64, Bytes)>,
-}
-
 /// The Redis [`crate::store::Store`].
 pub struct RedisStore<O: Outbox> {
-    conn: Conn,
+    /// The connection and its generation. A call that times out replaces it (once per
+    /// generation): the library keeps every unanswered request of a connection until an
+    /// answer or an I/O error comes, and a black-holed connection gives neither, so
+    /// without this each timed-out call would stay in memory.
+    conn: Mutex<(Conn, u64)>,
     outbox: O,
     opts: RedisOptions,
     inflight: Semaphore,
@@ -161,43 +80,9 @@ impl<O: Outbox> RedisStore<O> {
     /// A store over `opts.target`. Connects lazily: the gateway starts (and says it is
     /// unhealthy) while Redis is down, and catches up once it is back.
     pub fn new(opts: RedisOptions, outbox: O) -> anyhow::Result<Self> {
-        let conn = match &opts.target {
-            RedisTarget::Single(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(opts.timeout))
-                    .set_response_timeout(Some(opts.timeout))
-                    // Reconnects keep being tried (in the background, with backoff up to
-                    // 1 s) for as long as the gateway runs; a command never waits for one
-                    // longer than its deadline.
-                    .set_number_of_retries(usize::MAX)
-                    .set_max_delay(Duration::from_secs(1));
-                Conn::Single(redis::aio::ConnectionManager::new_lazy_with_config(
-                    client, config,
-                )?)
-            }
-            RedisTarget::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
-                    // Resends after a dropped connection are safe for publishes (op id,
-                    // see the module doc); the same budget follows MOVED/ASK during a
-                    // reshard and a failover.
-                    .retries(8)
-                    .min_retry_wait(10)
-                    .max_retry_wait(200)
-                    .connection_timeout(opts.timeout)
-                    .response_timeout(opts.timeout)
-                    .build()?;
-                Conn::Cluster(
-                    client.get_pending_async_connection_with_config(
-                        redis::cluster::ClusterConfig::new()
-                            .set_connection_timeout(opts.timeout)
-                            .set_response_timeout(opts.timeout),
-                    ),
-                )
-            }
-        };
+        let conn = connect(&opts)?;
         Ok(RedisStore {
-            conn,
+            conn: Mutex::new((conn, 0)),
             outbox,
             inflight: Semaphore::new(opts.max_inflight.max(1)),
             opts,
@@ -234,7 +119,8 @@ impl<O: Outbox> RedisStore<O> {
             ));
         };
         let started = Instant::now();
-        let r = tokio::time::timeout(self.opts.timeout, self.conn.query(cmd)).await;
+        let (conn, generation) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let r = tokio::time::timeout(self.opts.timeout, conn.query(cmd)).await;
         metrics::REDIS_SECONDS.observe(started.elapsed().as_secs_f64());
         match r {
             Ok(Ok(v)) => {
@@ -261,11 +147,28 @@ impl<O: Outbox> RedisStore<O> {
             Err(_) => {
                 self.healthy.store(false, Ordering::Relaxed);
                 metrics::REDIS_ERRORS.with_label_values(&["timeout"]).inc();
+                self.replace_connection(generation);
                 Err(StoreError::Unavailable(format!(
                     "redis did not answer within {:?}",
                     self.opts.timeout
                 )))
             }
+        }
+    }
+
+    /// Drops connection `generation` (and every request still waiting on it) for a new
+    /// one, unless another call did already.
+    fn replace_connection(&self, generation: u64) {
+        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        if c.1 != generation {
+            return;
+        }
+        match connect(&self.opts) {
+            Ok(fresh) => {
+                *c = (fresh, generation + 1);
+                tracing::debug!("Redis did not answer in time: connection replaced");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot make a new Redis connection"),
         }
     }
 
@@ -287,32 +190,6 @@ impl<O: Outbox> RedisStore<O> {
             }
             r => r,
         }
-    }
-
-    /// The keys whose absence says Redis lost what it held (restarted empty, flushed):
-    /// one, or one on each cluster master (a key on the first slot of each of its slot
-    /// ranges, from `CLUSTER SLOTS` asked anew each time, so a reshard or a failover moves
-    /// them along). They have no expiry, so no `volatile-*` eviction policy takes them.
-    async fn markers(&self) -> Result<Vec<String>, StoreError> {
-        let Conn::Cluster(_) = self.conn else {
-            return Ok(vec![format!("{}:alive", self.opts.prefix)]);
-        };
-        let Value::Array(ranges) = self
-            .raw(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
-            .await?
-        else {
-            return Err(StoreError::Unavailable(
-                "CLUSTER SLOTS: unexpected answer".into(),
-            ));
-        };
-        Ok(ranges
-            .iter()
-            .filter_map(|r| match r {
-                Value::Array(f) => int(f.first()?),
-                _ => None,
-            })
-            .map(|first| keys::marker_for_slot(&self.opts.prefix, first as u16))
-            .collect())
     }
 
     fn worker(&self, id: &str, incarnation: u64) -> WorkerRef {
@@ -338,7 +215,7 @@ impl<O: Outbox> RedisStore<O> {
     /// and with `--redis-durable` a restart keeps every write, so only a promotion counts
     /// (see the library).
     fn strict(&self) -> &'static [u8] {
-        match self.conn {
+        match self.conn.lock().unwrap_or_else(|e| e.into_inner()).0 {
             Conn::Single(_) if !self.opts.durable => b"1",
             _ => b"0",
         }
@@ -461,81 +338,6 @@ fn new_epoch() -> u64 {
 fn count_epoch_change(cause: &str) {
     if !cause.is_empty() {
         metrics::EPOCH_CHANGES.with_label_values(&[cause]).inc();
-    }
-}
-
-fn bad_reply(what: &str, v: &Value) -> StoreError {
-    metrics::REDIS_ERRORS.with_label_values(&["reply"]).inc();
-    StoreError::Unavailable(format!("unexpected answer to {what}: {v:?}"))
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
-        Value::SimpleString(s) => s.parse().ok(),
-        _ => None,
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        Value::Nil => Some(String::new()),
-        _ => None,
-    }
-}
-
-fn parse_publish(v: Value) -> Result<PublishReply, StoreError> {
-    let parsed = match &v {
-        Value::Array(a) if a.len() == 6 => (|| {
-            Some(PublishReply {
-                seq: int(&a[0])?,
-                epoch: int(&a[1])?,
-                duplicate: int(&a[2])? == 1,
-                owner: text(&a[3])?,
-                cause: text(&a[4])?,
-                evicted: int(&a[5])?,
-            })
-        })(),
-        _ => None,
-    };
-    parsed.ok_or_else(|| bad_reply("pg_publish", &v))
-}
-
-/// `{gap, first_seq, last_seq, seq1, data1, ...}` from `a`.
-fn parse_page(a: Vec<Value>) -> Option<PageReply> {
-    if a.len() < 3 || !(a.len() - 3).is_multiple_of(2) {
-        return None;
-    }
-    let mut it = a.into_iter();
-    let gap = int(&it.next()?)? == 1;
-    let first_seq = int(&it.next()?)?;
-    let last_seq = int(&it.next()?)?;
-    let mut messages = Vec::with_capacity(it.len() / 2);
-    while let (Some(seq), Some(data)) = (it.next(), it.next()) {
-        let data = match data {
-            Value::BulkString(b) => Bytes::from(b),
-            _ => return None,
-        };
-        messages.push((int(&seq)?, data));
-    }
-    Some(PageReply {
-        gap,
-        first_seq,
-        last_seq,
-        messages,
-    })
-}
-
-fn to_backlog(epoch: u64, p: PageReply) -> BacklogPage {
-    BacklogPage {
-        epoch,
-        last_seq: p.last_seq,
-        gap_first_seq: p.gap.then_some(p.first_seq),
-        messages: p.messages,
     }
 }
 
@@ -696,66 +498,7 @@ impl<O: Outbox> Store for RedisStore<O> {
     }
 
     async fn check(&self) -> StoreCheck {
-        let unhealthy = StoreCheck {
-            healthy: false,
-            history_lost: false,
-        };
-        let Ok(markers) = self.markers().await else {
-            return unhealthy;
-        };
-        // Each marker holds a random value from the gateway that created it. `SET NX GET`
-        // answers the value that was there, or nil when this call created it. Comparing
-        // values (not "did my SET create it") stays right when the client library re-sends
-        // the SET after a dropped connection, and when another gateway recreated the
-        // marker first.
-        let sets = markers.iter().map(|m| {
-            let fresh = format!("{:016x}", rand::random::<u64>());
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(m).arg(&fresh).arg("NX").arg("GET");
-            async move { (self.raw(&cmd).await, fresh) }
-        });
-        let mut now = Vec::with_capacity(markers.len());
-        for (r, fresh) in futures_util::future::join_all(sets).await {
-            match r {
-                // Missing: this call created it. That is a lost history once subscriptions
-                // were attached (a first start, or a new slot range after a reshard, then
-                // costs one harmless resync).
-                Ok(Value::Nil) => now.push((fresh, true)),
-                Ok(Value::BulkString(v)) => {
-                    now.push((String::from_utf8_lossy(&v).into_owned(), false))
-                }
-                Ok(other) => {
-                    tracing::debug!(?other, "history marker: unexpected answer");
-                    return unhealthy;
-                }
-                // Nothing is concluded from a partial look.
-                Err(_) => return unhealthy,
-            }
-        }
-        let attached = self.attached.load(Ordering::Relaxed);
-        let mut lost = false;
-        let mut seen = self.markers_seen.lock().unwrap_or_else(|e| e.into_inner());
-        for (m, (value, created)) in markers.iter().zip(now) {
-            lost |= created && attached;
-            // Another value than last time: recreated by another gateway first, or by a
-            // re-sent SET of this one.
-            if let Some(before) = seen.insert(m.clone(), value.clone()) {
-                lost |= before != value;
-            }
-        }
-        if seen.len() > 4 * markers.len().max(16) {
-            // Ranges that moved away: forget them rather than grow.
-            seen.retain(|k, _| markers.contains(k));
-        }
-        drop(seen);
-        if lost {
-            // A node that lost its data lost the function library too.
-            self.reload.store(true, Ordering::Relaxed);
-        }
-        StoreCheck {
-            healthy: true,
-            history_lost: lost,
-        }
+        self.check_history().await
     }
 
     async fn stats(&self) -> StoreStats {
@@ -768,72 +511,6 @@ impl<O: Outbox> Store for RedisStore<O> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn targets_parse() {
-        assert_eq!(
-            RedisTarget::parse("redis://127.0.0.1:6379/2"),
-            Some(Ok(RedisTarget::Single("redis://127.0.0.1:6379/2".into())))
-        );
-        assert_eq!(
-            RedisTarget::parse("redis+cluster://a:1, b:2"),
-            Some(Ok(RedisTarget::Cluster(vec![
-                "redis://a:1".into(),
-                "redis://b:2".into()
-            ])))
-        );
-        assert!(matches!(
-            RedisTarget::parse("redis+cluster://"),
-            Some(Err(_))
-        ));
-        assert!(matches!(
-            RedisTarget::parse("redis://:bad:port:x"),
-            Some(Err(_))
-        ));
-        assert_eq!(RedisTarget::parse("memory"), None);
-    }
-
-    #[test]
-    fn replies_parse() {
-        let p = parse_publish(Value::Array(vec![
-            Value::Int(7),
-            Value::Int(99),
-            Value::Int(0),
-            bulk("3:5:w"),
-            bulk("replid"),
-            Value::Int(1),
-        ]))
-        .unwrap();
-        assert_eq!((p.seq, p.epoch, p.duplicate, p.evicted), (7, 99, false, 1));
-        assert_eq!((p.owner.as_str(), p.cause.as_str()), ("3:5:w", "replid"));
-        assert!(parse_publish(Value::Array(vec![Value::Int(1)])).is_err());
-        let page = parse_page(vec![
-            Value::Int(1),
-            Value::Int(4),
-            Value::Int(9),
-            Value::Int(4),
-            bulk("\"a\""),
-            Value::Int(5),
-            bulk("1"),
-        ])
-        .unwrap();
-        assert_eq!((page.gap, page.first_seq, page.last_seq), (true, 4, 9));
-        assert_eq!(page.messages[1], (5, Bytes::from_static(b"1")));
-        let b = to_backlog(3, page);
-        assert_eq!((b.gap_first_seq, b.last_seq, b.epoch), (Some(4), 9, 3));
-        assert!(parse_page(vec![Value::Int(0), Value::Int(1)]).is_none());
-        assert!(parse_page(vec![
-            Value::Int(0),
-            Value::Int(1),
-            Value::Int(0),
-            Value::Int(1)
-        ])
-        .is_none());
-    }
 
     #[test]
     fn epochs_are_json_safe_and_non_zero() {

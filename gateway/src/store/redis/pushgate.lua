@@ -7,11 +7,12 @@
 --                      seq, f seq of the oldest retained message, ft its time (ms), b
 --                      retained bytes, o owner ("incarnation:sub_id:worker"), ot owner
 --                      token, ops the op ids of the last publishes ("op:seq ..."), x and
---                      lx when the meta's and the list's TTLs were last set (ms)
+--                      lx when the meta's and the list's TTLs were last set (ms), g the
+--                      meta's generation (the epoch it was made with)
 --   KEYS[2] <p>:{c}:l  list of the retained messages, oldest first: seqs f..s, one each
 --                      in order (appends at the tail, trims at the head), so a seq's index
 --                      is seq - f. An entry is "<t ms>:<key length>:<key><data>".
---   KEYS[3] <p>:{c}:i:<key>  publish only: "epoch:seq" of an idempotency key
+--   KEYS[3] <p>:{c}:i:<key>  publish only: "generation:seq" of an idempotency key
 --
 -- The meta outlives the messages (its TTL is --channel-meta-secs, the list's the retention
 -- age), so an idle channel's seq goes on and a late resume gets a gap.
@@ -45,12 +46,12 @@ local function cost(e)
 end
 
 -- The meta's fields this library reads, in one call.
-local FIELDS = {'e', 'r', 's', 'f', 'ft', 'b', 'o', 'ops', 'x', 'lx'}
+local FIELDS = {'e', 'r', 's', 'f', 'ft', 'b', 'o', 'ops', 'x', 'lx', 'g'}
 local function read_meta(meta)
   local m = redis.call('HMGET', meta, unpack(FIELDS))
   return {e = m[1], r = m[2], s = tonumber(m[3] or '0'), f = tonumber(m[4] or '0'),
     ft = tonumber(m[5] or '0'), b = tonumber(m[6] or '0'), o = m[7] or '', ops = m[8] or '',
-    x = tonumber(m[9] or '0'), lx = tonumber(m[10] or '0')}
+    x = tonumber(m[9] or '0'), lx = tonumber(m[10] or '0'), g = m[11] or m[1]}
 end
 
 -- TTLs are set with 1/32 of slack and refreshed once that slack is used up, not on every
@@ -73,8 +74,8 @@ local function ensure_meta(meta, list, m, new_epoch, meta_ttl, strict, now)
   if not m.e then
     -- A list left without its meta must not be inherited by the new history.
     redis.call('DEL', list)
-    redis.call('HSET', meta, 'e', new_epoch, 'r', id, 's', 0)
-    m.e, m.r, m.s, m.o, m.ops, m.x, m.lx = new_epoch, id, 0, '', '', 0, 0
+    redis.call('HSET', meta, 'e', new_epoch, 'r', id, 's', 0, 'g', new_epoch)
+    m.e, m.r, m.s, m.o, m.ops, m.x, m.lx, m.g = new_epoch, id, 0, '', '', 0, 0, new_epoch
     cause = 'missing'
   elseif m.r ~= id then
     if strict == '1' or m.r == id2 then
@@ -164,8 +165,11 @@ local function publish(keys, args)
   if key ~= '' then
     local seen = redis.call('GET', keys[3])
     if seen then
-      local e, s = string.match(seen, '^(%d+):(%d+)$')
-      if e == tostring(m.e) then return {tonumber(s), m.e, 1, m.o, cause, 0} end
+      -- Keyed to the meta's generation (set when the meta is made), not to its epoch: a
+      -- 'replid' epoch change keeps the count and what survived, so a key that survived
+      -- still names its message's seq; a meta made anew counts from 1 again.
+      local g, s = string.match(seen, '^(%d+):(%d+)$')
+      if g == tostring(m.g) then return {tonumber(s), m.e, 1, m.o, cause, 0} end
     end
   end
   -- A client library that re-sends this very call after a dropped connection (the
@@ -201,7 +205,7 @@ local function publish(keys, args)
   end
   redis.call('HSET', meta, 's', seq, 'f', f, 'ft', ft, 'b', b, 'ops', table.concat(ops, ' '), 'lx', lx)
   if key ~= '' then
-    redis.call('SET', keys[3], m.e .. ':' .. seq, 'PX', max_age)
+    redis.call('SET', keys[3], m.g .. ':' .. seq, 'PX', max_age)
   end
   return {seq, m.e, 0, m.o, cause, evicted}
 end
