@@ -66,6 +66,15 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_REDIS_DURABLE")]
     pub redis_durable: bool,
 
+    /// Bytes of deliveries kept for workers that have no link to this gateway yet (a
+    /// gateway that just started, with a shared store); sent when the worker links.
+    #[arg(long, env = "PUSHGATE_PARKED_DELIVERY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub parked_delivery_bytes: usize,
+
+    /// How long such a delivery is kept (ms); after it, the message waits in the store.
+    #[arg(long, env = "PUSHGATE_PARKED_DELIVERY_MS", default_value_t = 5000)]
+    pub parked_delivery_ms: u64,
+
     /// Prefix of every key the Redis store writes.
     #[arg(long, env = "PUSHGATE_REDIS_KEY_PREFIX", default_value = "pg")]
     pub redis_key_prefix: String,
@@ -348,6 +357,8 @@ impl std::fmt::Debug for Config {
             .field("redis_max_inflight", &self.redis_max_inflight)
             .field("redis_key_prefix", &self.redis_key_prefix)
             .field("redis_durable", &self.redis_durable)
+            .field("parked_delivery_bytes", &self.parked_delivery_bytes)
+            .field("parked_delivery_ms", &self.parked_delivery_ms)
             .field("publisher_keys", &masked_keys)
             .field(
                 "subscriber_secret",

@@ -47,7 +47,13 @@ pub async fn run(
     }
     metrics::init();
     let addr = listener.local_addr().context("listener address")?;
-    let router = Arc::new(router::Router::new());
+    let router = Arc::new(match config.store_kind() {
+        Ok(config::StoreKind::Redis(_)) => router::Router::with_parking(
+            config.parked_delivery_bytes,
+            Duration::from_millis(config.parked_delivery_ms),
+        ),
+        _ => router::Router::new(),
+    });
     let store = open_store(&config, router.clone()).await?;
     let gateway_id = format!("gateway@{addr}");
     let specs = if config.local_workers > 0 {

@@ -226,6 +226,20 @@ pub static REDIS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Channel logs whose epoch changed because their history was lost, by cause.
+pub static PARKED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_parked_deliveries_total",
+        "Deliveries for a worker with no link to this gateway yet, kept until it links (shared store).",
+    )
+});
+
+pub static PARKED_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_parked_deliveries_sent_total",
+        "Parked deliveries sent when their worker's link came.",
+    )
+});
+
 pub static STORE_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "pushgate_store_resyncs_total",
@@ -248,6 +262,8 @@ pub fn init() {
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&EPOCH_CHANGES);
     LazyLock::force(&STORE_RESYNCS);
+    LazyLock::force(&PARKED);
+    LazyLock::force(&PARKED_SENT);
     LazyLock::force(&PUBLISH_TOTAL);
     LazyLock::force(&PUBLISH_REJECTED);
     LazyLock::force(&BROADCAST_TOTAL);

@@ -6,30 +6,125 @@
 //!
 //! Hot path: one read lock and one hash of the worker id per delivery, no allocation (the
 //! payload `Bytes` is moved into the frame). The map changes only when a link comes or goes.
+//!
+//! With a shared store a delivery may name a worker that has no link to this gateway yet
+//! (this gateway just started; the worker links to it within a second or so). Such
+//! deliveries are parked, bounded in bytes and age (`--parked-delivery-bytes`,
+//! `--parked-delivery-ms`), and sent when that worker's link comes; the worker's order
+//! rules drop what it got meanwhile another way. Past the bounds the message waits in the
+//! store for the client's next message or resume, as before.
 
 use crate::link::LinkHandle;
 use crate::store::contract::{BacklogPage, Outbox};
 use crate::store::directory::{Holder, WorkerRef};
 use bytes::Bytes;
 use protocol::link::{Down, KickReason};
-use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 /// The current link of every connected worker, by worker id.
 #[derive(Default)]
 pub struct Router {
     links: RwLock<HashMap<Arc<str>, Arc<LinkHandle>>>,
+    parked: Mutex<Parked>,
 }
+
+/// Deliveries for workers with no link here yet, oldest first.
+#[derive(Default)]
+struct Parked {
+    queue: VecDeque<(Instant, Holder, u64, u64, Bytes)>,
+    bytes: usize,
+    max_bytes: usize,
+    max_age: Duration,
+}
+
+impl Parked {
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, ..)) = self.queue.front() {
+            if now.duration_since(*at) < self.max_age && self.bytes <= self.max_bytes {
+                break;
+            }
+            let (.., data) = self.queue.pop_front().expect("front exists");
+            self.bytes -= data.len() + PARKED_OVERHEAD;
+        }
+    }
+}
+
+/// Bytes a parked delivery is accounted besides its data.
+const PARKED_OVERHEAD: usize = 64;
 
 impl Router {
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// `link` is now its worker's current link (a reconnect replaces the older one).
+    /// A router that parks deliveries for not-yet-linked workers (shared store), up to
+    /// `max_bytes` for up to `max_age`.
+    pub fn with_parking(max_bytes: usize, max_age: Duration) -> Self {
+        let r = Self::default();
+        {
+            let mut p = r.parked.lock().unwrap_or_else(|e| e.into_inner());
+            p.max_bytes = max_bytes;
+            p.max_age = max_age;
+        }
+        r
+    }
+
+    /// `link` is now its worker's current link (a reconnect replaces the older one); what
+    /// was parked for it goes out first.
     pub fn attach(&self, link: &Arc<LinkHandle>) {
         self.write()
             .insert(link.worker_id.clone(), Arc::clone(link));
+        let mut p = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        if p.queue.is_empty() {
+            return;
+        }
+        p.expire(Instant::now());
+        let mut sent = 0usize;
+        let mut bytes = 0usize;
+        p.queue.retain(|(_, to, epoch, seq, data)| {
+            if to.worker != link.worker {
+                return true;
+            }
+            bytes += data.len() + PARKED_OVERHEAD;
+            sent += usize::from(link.send(Down::Deliver {
+                sub_id: to.sub_id,
+                epoch: *epoch,
+                seq: *seq,
+                data: data.clone(),
+            }));
+            false
+        });
+        p.bytes -= bytes;
+        crate::metrics::PARKED_SENT.inc_by(sent as u64);
+    }
+
+    /// Parks a delivery for `to`, whose worker has no link here (yet).
+    fn park(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool {
+        let mut p = self.parked.lock().unwrap_or_else(|e| e.into_inner());
+        let cost = data.len() + PARKED_OVERHEAD;
+        if cost > p.max_bytes {
+            return false;
+        }
+        // The link may have come between the caller's look and this lock: `attach` adds
+        // the link before it drains, so either it drains this entry or this sees the link.
+        if let Some(sent) = self.with_link(&to.worker, |l| {
+            l.send(Down::Deliver {
+                sub_id: to.sub_id,
+                epoch,
+                seq,
+                data: data.clone(),
+            })
+        }) {
+            return sent;
+        }
+        p.bytes += cost;
+        p.queue
+            .push_back((Instant::now(), to.clone(), epoch, seq, data));
+        p.expire(Instant::now());
+        crate::metrics::PARKED.inc();
+        true
     }
 
     /// `link` ended: it is forgotten unless a newer link of its worker took its place.
@@ -70,15 +165,21 @@ impl Router {
 
 impl Outbox for Router {
     fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool {
-        self.with_link(&to.worker, |l| {
-            l.send(Down::Deliver {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        match links.get(to.worker.id()) {
+            Some(l) if l.worker == to.worker && l.is_alive() => l.send(Down::Deliver {
                 sub_id: to.sub_id,
                 epoch,
                 seq,
                 data,
-            })
-        })
-        .unwrap_or(false)
+            }),
+            // Another incarnation is linked: the entry is stale.
+            Some(_) => false,
+            None => {
+                drop(links);
+                self.park(to, epoch, seq, data)
+            }
+        }
     }
 
     fn backlog(&self, to: &Holder, page: BacklogPage) -> bool {
@@ -106,6 +207,57 @@ mod tests {
     use crate::metrics;
     use crate::store::memory::{MemoryStore, Retention};
     use std::time::Duration;
+
+    #[test]
+    fn deliveries_for_a_worker_not_linked_yet_wait_for_its_link() {
+        let r = Router::with_parking(200, Duration::from_secs(5));
+        let w = WorkerRef::new(Arc::from("w"), 7);
+        let to = |sub_id| Holder {
+            worker: w.clone(),
+            sub_id,
+        };
+        assert!(r.deliver(&to(1), 3, 1, Bytes::from_static(b"a")));
+        assert!(r.deliver(&to(2), 3, 4, Bytes::from_static(b"b")));
+        // Too big for the bound: refused, the message waits in the store.
+        assert!(!r.deliver(&to(1), 3, 2, Bytes::from(vec![0u8; 300])));
+        // Another worker's link takes nothing of it.
+        let (other, mut other_rx) = LinkHandle::new(Arc::from("v"), 0, 1, 8);
+        r.attach(&other);
+        assert!(other_rx.try_recv().is_err());
+        // The worker links (the incarnation its entries name): parked frames go out, in order.
+        let (link, mut rx) = LinkHandle::with_incarnation(Arc::from("w"), 1, 1, 7, 8);
+        r.attach(&link);
+        let got: Vec<(u64, u64)> = std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|d| match d {
+                Down::Deliver { sub_id, seq, .. } => (sub_id, seq),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, vec![(1, 1), (2, 4)]);
+        // A link of another incarnation means the entry is stale: nothing is parked.
+        let old = Holder {
+            worker: WorkerRef::new(Arc::from("w"), 6),
+            sub_id: 1,
+        };
+        assert!(!r.deliver(&old, 3, 5, Bytes::from_static(b"c")));
+        // Without parking (memory store) a missing link is a refusal, as before.
+        let plain = Router::new();
+        assert!(!plain.deliver(&to(1), 3, 1, Bytes::from_static(b"a")));
+    }
+
+    #[test]
+    fn parked_deliveries_expire() {
+        let r = Router::with_parking(1 << 20, Duration::from_millis(0));
+        let w = WorkerRef::new(Arc::from("w"), 7);
+        let h = Holder {
+            worker: w,
+            sub_id: 1,
+        };
+        r.deliver(&h, 3, 1, Bytes::from_static(b"a"));
+        let (link, mut rx) = LinkHandle::with_incarnation(Arc::from("w"), 1, 1, 7, 8);
+        r.attach(&link);
+        assert!(rx.try_recv().is_err(), "expired before the link came");
+    }
 
     #[test]
     fn frames_reach_the_current_incarnation_only() {

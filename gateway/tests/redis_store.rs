@@ -878,3 +878,35 @@ async fn resharding_while_publishing_loses_nothing_and_keeps_order() {
         assert_quiet(ws, 50).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_through_a_gateway_the_worker_has_not_linked_to_yet_arrives_when_it_links() {
+    let redis = RedisServer::start(&[]);
+    let mut b = over_bare(&redis).await;
+    let late = over_bare(&redis).await;
+    // The worker's link to `late` hangs for now (a gateway that just started, before its
+    // workers found it).
+    let hole = Blackhole::start(late.gateway).await;
+    hole.swallow();
+    let via_hole = format!("http://{}", hole.addr);
+    b.add_worker("w", &["--gateway", &via_hole]).await;
+    b.wait_workers(1).await;
+    let mut ws = b.ws("pk:1", Some(0)).await;
+    b.wait_online("pk:1").await;
+    // `late` commits the publish and knows the holder, but has no link to its worker.
+    assert_eq!(late.publish("pk:1", "1").await, 1);
+    assert_quiet(&mut ws, 300).await;
+    let m = String::from_utf8_lossy(&late.get("/metrics").await.body).into_owned();
+    assert_eq!(metric(&m, "pushgate_parked_deliveries_total"), 1.0, "{m}");
+    // The link comes: what was parked for the worker goes out, with no further publish.
+    hole.heal();
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 1, "data": 1}));
+    let m = String::from_utf8_lossy(&late.get("/metrics").await.body).into_owned();
+    assert_eq!(
+        metric(&m, "pushgate_parked_deliveries_sent_total"),
+        1.0,
+        "{m}"
+    );
+    b.stop().await;
+    late.stop().await;
+}

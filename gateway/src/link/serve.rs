@@ -87,10 +87,12 @@ where
             link
         });
     let rx = rx_slot.expect("register calls make_link");
-    app.router.attach(&link);
+    // Welcome first: the worker takes nothing else before it, and attaching sends what
+    // was parked for this worker.
     link.send(Down::Welcome {
         gateway_id: app.gateway_id.clone(),
     });
+    app.router.attach(&link);
     metrics::LINKS_OPEN.inc();
     info!(
         worker = %hello.id,
