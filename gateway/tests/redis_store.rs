@@ -910,3 +910,36 @@ async fn a_publish_through_a_gateway_the_worker_has_not_linked_to_yet_arrives_wh
     b.stop().await;
     late.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_stuck_on_a_slow_redis_do_not_hold_up_the_worker_heartbeats() {
+    let redis = RedisServer::start(&[]);
+    let hole = Blackhole::start(redis.addr).await;
+    let url = format!("redis://{}", hole.addr);
+    let c = start(&["--store", &url, "--redis-timeout-ms", "1500"], 1, &[]).await;
+    let mut assigned = Vec::new();
+    for i in 0..4 {
+        assigned.push(c.assign(&format!("slow:{i}")).await);
+    }
+    hole.swallow();
+    // Four subscribes, each waiting out its 1.5 s deadline in turn: 6 s of store work
+    // queued on one link, twice the time after which a silent worker counts as stale.
+    let mut clients = Vec::new();
+    for a in &assigned {
+        clients.push(ws_connect(a["ws_url"].as_str().unwrap()).await);
+    }
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        let w = c.get("/v1/workers").await.json();
+        assert_eq!(
+            w["workers"][0]["state"],
+            "healthy",
+            "after {:?}: {w}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    hole.heal();
+    drop(clients);
+    c.stop().await;
+}

@@ -102,8 +102,12 @@ where
         "worker link up"
     );
 
+    // Store work (subscribe, fetch, unsubscribe) runs in order beside the reader, so a
+    // slow store call does not hold up the worker's heartbeats behind it.
+    let (ops_tx, ops_rx) = mpsc::channel(STORE_OPS_QUEUE);
     let end = tokio::select! {
-        r = read_loop(&app, &link, &mut reader, &mut buf) => r,
+        r = read_loop(&app, &link, &mut reader, &mut buf, ops_tx) => r,
+        r = store_loop(&app, &link, ops_rx) => r,
         r = write_loop(&link, rx, writer) => r,
         _ = link.closed() => LinkEnd::Closed,
         _ = app.shutdown.cancelled() => LinkEnd::Shutdown,
@@ -137,9 +141,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     link: &Arc<LinkHandle>,
     reader: &mut R,
     buf: &mut BytesMut,
+    ops: mpsc::Sender<Up>,
 ) -> LinkEnd {
-    // Room kept free for deliveries while backlogs are queued.
-    let room = app.config.link_queue / 4;
     loop {
         let frame = match read_frame(reader, buf).await {
             Ok(f) => f,
@@ -149,11 +152,30 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(u) => u,
             Err(e) => return e.into(),
         };
-        let now = now_ms();
         match up {
             Up::Load { connections } => {
                 app.registry.heartbeat(link, connections, Instant::now());
             }
+            Up::Hello(_) => {
+                debug!(worker = %link.worker_id, "repeated Hello on a link; ignored");
+            }
+            // A full queue holds the reader: backpressure on the worker, as before.
+            other => {
+                if ops.send(other).await.is_err() {
+                    return LinkEnd::Closed;
+                }
+            }
+        }
+    }
+}
+
+/// The link's store work, one frame at a time in the order the worker sent them.
+async fn store_loop(app: &App, link: &Arc<LinkHandle>, mut ops: mpsc::Receiver<Up>) -> LinkEnd {
+    // Room kept free for deliveries while backlogs are queued.
+    let room = app.config.link_queue / 4;
+    while let Some(up) = ops.recv().await {
+        let now = now_ms();
+        match up {
             Up::Subscribe {
                 sub_id,
                 since,
@@ -220,12 +242,14 @@ async fn read_loop<R: AsyncRead + Unpin>(
                 };
                 app.store.unsubscribe(&channel, &holder, now).await;
             }
-            Up::Hello(_) => {
-                debug!(worker = %link.worker_id, "repeated Hello on a link; ignored");
-            }
+            Up::Load { .. } | Up::Hello(_) => {}
         }
     }
+    LinkEnd::Closed
 }
+
+/// Store frames a link may have queued behind a slow store call before its reader waits.
+const STORE_OPS_QUEUE: usize = 1024;
 
 /// A subscribe that fails fast because the store is briefly unavailable (a cluster that
 /// is not whole again yet, a node still loading) is tried again a few times, in order on
