@@ -114,8 +114,8 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     ))
 }
 
-/// Publishes a batch's lines: one channel's lines one after the other, in line order (so
-/// their seqs follow the lines), different channels at once, up to [`BATCH_CHANNELS_AT_ONCE`]
+/// Publishes a batch's lines in line order. With a shared store: one channel's lines one
+/// after the other (so their seqs follow the lines), different channels at once, up to [`BATCH_CHANNELS_AT_ONCE`]
 /// (a store on the network then pipelines them instead of paying a round trip per line).
 async fn publish_lines(
     app: &App,
@@ -123,6 +123,17 @@ async fn publish_lines(
     now: u64,
 ) -> Vec<Result<Published, StoreError>> {
     use futures_util::StreamExt as _;
+    if !app.store.is_shared() {
+        // In memory a publish never waits: one after the other, no grouping to pay for.
+        let mut results = Vec::with_capacity(lines.len());
+        for l in lines {
+            let r = app
+                .store
+                .publish(&l.channel, l.data.clone(), l.key.as_deref(), now);
+            results.push(r.await);
+        }
+        return results;
+    }
     let mut by_channel: std::collections::HashMap<&str, Vec<usize>> =
         std::collections::HashMap::new();
     for (i, line) in lines.iter().enumerate() {

@@ -8,7 +8,7 @@
 use super::handle::LinkHandle;
 use crate::app::App;
 use crate::metrics;
-use crate::store::{now_ms, AnyStore, Holder, Start, Store};
+use crate::store::{now_ms, Holder, Start, Store};
 use bytes::BytesMut;
 use protocol::link::{split_frame, Down, KickReason, Up};
 use std::sync::Arc;
@@ -72,7 +72,7 @@ where
         }
     };
     let queue = app.config.link_queue;
-    let shared_store = matches!(app.store, AnyStore::Redis(_));
+    let shared_store = app.store.is_shared();
     let mut rx_slot = None;
     let link = app
         .registry

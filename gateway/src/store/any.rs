@@ -14,6 +14,14 @@ pub enum AnyStore<O: Outbox> {
     Redis(Box<RedisStore<O>>),
 }
 
+impl<O: Outbox> AnyStore<O> {
+    /// The store is shared with other gateways over the network (Redis): its directory
+    /// names workers by incarnation, and concurrent calls are worth pipelining.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, AnyStore::Redis(_))
+    }
+}
+
 impl<O: Outbox> Store for AnyStore<O> {
     async fn publish(
         &self,

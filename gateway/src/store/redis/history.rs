@@ -3,7 +3,7 @@
 //! last time means the node restarted empty or was flushed, and connected clients must be
 //! subscribed again (the epochs themselves are decided by the library, per channel).
 
-use super::{int, keys, Conn, RedisStore};
+use super::{int, keys, RedisStore};
 use crate::store::contract::{Outbox, StoreCheck, StoreError};
 use redis::Value;
 use std::sync::atomic::Ordering;
@@ -14,9 +14,9 @@ impl<O: Outbox> RedisStore<O> {
     /// ranges, from `CLUSTER SLOTS` asked anew each time, so a reshard or a failover moves
     /// them along). They have no expiry, so no `volatile-*` eviction policy takes them.
     async fn markers(&self) -> Result<Vec<String>, StoreError> {
-        let Conn::Cluster(_) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).0 else {
+        if !self.fixed.cluster {
             return Ok(vec![format!("{}:alive", self.opts.prefix)]);
-        };
+        }
         let Value::Array(ranges) = self
             .raw(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
             .await?

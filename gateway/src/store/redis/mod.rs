@@ -74,6 +74,18 @@ pub struct RedisStore<O: Outbox> {
     /// A subscription was attached: if that happened before the first look at the markers,
     /// a marker first seen then may already be a new history.
     attached: AtomicBool,
+    /// Arguments that do not change between calls, rendered once.
+    fixed: FixedArgs,
+}
+
+/// What every call passes that the configuration fixes.
+struct FixedArgs {
+    cluster: bool,
+    strict: &'static [u8],
+    max_age: String,
+    meta_ttl: String,
+    max_messages: String,
+    channel_bytes: String,
 }
 
 impl<O: Outbox> RedisStore<O> {
@@ -81,7 +93,17 @@ impl<O: Outbox> RedisStore<O> {
     /// unhealthy) while Redis is down, and catches up once it is back.
     pub fn new(opts: RedisOptions, outbox: O) -> anyhow::Result<Self> {
         let conn = connect(&opts)?;
+        let cluster = matches!(conn, Conn::Cluster(_));
+        let fixed = FixedArgs {
+            cluster,
+            strict: if cluster || opts.durable { b"0" } else { b"1" },
+            max_age: opts.retention.max_age_ms().to_string(),
+            meta_ttl: (opts.channel_meta.as_millis() as u64).to_string(),
+            max_messages: opts.retention.max_messages.to_string(),
+            channel_bytes: opts.channel_bytes.to_string(),
+        };
         Ok(RedisStore {
+            fixed,
             conn: Mutex::new((conn, 0)),
             outbox,
             inflight: Semaphore::new(opts.max_inflight.max(1)),
@@ -215,21 +237,18 @@ impl<O: Outbox> RedisStore<O> {
     /// and with `--redis-durable` a restart keeps every write, so only a promotion counts
     /// (see the library).
     fn strict(&self) -> &'static [u8] {
-        match self.conn.lock().unwrap_or_else(|e| e.into_inner()).0 {
-            Conn::Single(_) if !self.opts.durable => b"1",
-            _ => b"0",
-        }
+        self.fixed.strict
     }
 
     fn keys(&self, channel: &str) -> ChannelKeys {
         ChannelKeys::new(&self.opts.prefix, channel)
     }
 
-    fn common_args(&self, now_ms: u64) -> (String, String, String, String) {
+    fn common_args(&self, now_ms: u64) -> (String, &str, &str, String) {
         (
             now_ms.to_string(),
-            self.opts.retention.max_age_ms().to_string(),
-            (self.opts.channel_meta.as_millis() as u64).to_string(),
+            &self.fixed.max_age,
+            &self.fixed.meta_ttl,
             new_epoch().to_string(),
         )
     }
@@ -245,8 +264,7 @@ impl<O: Outbox> RedisStore<O> {
         let idem = k.idem(key);
         let (now, max_age, meta_ttl, epoch) = self.common_args(now_ms);
         let op = format!("{:016x}", rand::random::<u64>());
-        let max_messages = self.opts.retention.max_messages.to_string();
-        let channel_bytes = self.opts.channel_bytes.to_string();
+        let (max_messages, channel_bytes) = (&self.fixed.max_messages, &self.fixed.channel_bytes);
         let reply = self
             .fcall(
                 "pg_publish",
