@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What a publish costs in Redis, in one run on one machine:
-#   1. the ceilings: redis-benchmark's plain XADD and the bare pg_publish function (called
-#      directly, no gateway), as calls/s on one Redis core and Redis µs per call;
+#   1. the ceilings: redis-benchmark's plain XADD, the bare pg_publish function and the bare
+#      pg_publish_batch with 32 messages a call (called directly, no gateway), as calls/s
+#      on one Redis core and Redis µs per call and per message;
 #   2. publishes through one gateway (--store redis): single publishes and NDJSON batches,
 #      with the CPU Redis and the gateway used, so publishes per Redis core-second;
 #   3. the same loadgen runs against a memory-store gateway (the ratio Redis costs).
@@ -44,8 +45,21 @@ redis-cli -p "$RP" CONFIG RESETSTAT >/dev/null
 now=$(($(date +%s) * 1000))
 data=$(printf 'x%.0s' $(seq 1 150))
 # pg_publish ARGV: data now max_messages max_age_ms max_channel_bytes meta_ttl_ms new_epoch op key strict
-rb=$(redis-benchmark -p "$RP" -c 16 -P 16 -n 300000 -r 100000 -q FCALL pg_publish 3 'pg:{c__rand_int__}:m' 'pg:{c__rand_int__}:l' 'pg:{c__rand_int__}:i:' "$data" "$now" 100 300000 16777216 2592000000 7 'op__rand_int__' '' 1 | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1)
+rb=$(redis-benchmark -p "$RP" -c 16 -P 16 -n 300000 -r "$CHANNELS" -q FCALL pg_publish 3 'pg:{c__rand_int__}:m' 'pg:{c__rand_int__}:l' 'pg:{c__rand_int__}:i:' "$data" "$now" 100 300000 16777216 2592000000 7 '0000__rand_int__' '' 1 | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1)
 echo "ceiling bare pg_publish: $rb; $(usec_per_call fcall) µs Redis per call"
+redis-cli -p "$RP" FLUSHALL >/dev/null
+# pg_publish_batch ARGV: now max_messages max_age_ms max_channel_bytes meta_ttl_ms new_epoch
+# strict, then data key op for each message (KEYS: meta list idem for each).
+B=32
+keys=(); margs=()
+for _ in $(seq "$B"); do
+  keys+=('pg:{c__rand_int__}:m' 'pg:{c__rand_int__}:l' 'pg:{c__rand_int__}:i:')
+  margs+=("$data" '' '0000__rand_int__')
+done
+redis-cli -p "$RP" CONFIG RESETSTAT >/dev/null
+rb=$(redis-benchmark -p "$RP" -c 16 -P 4 -n $((300000 / B)) -r "$CHANNELS" -q FCALL pg_publish_batch $((3 * B)) "${keys[@]}" "$now" 100 300000 16777216 2592000000 7 1 "${margs[@]}" | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1)
+us=$(usec_per_call fcall)
+echo "ceiling bare pg_publish_batch ($B a call): $rb; $us µs Redis per call = $(python3 -c "print(f'{$us / $B:.2f} µs per message, {1e6 * $B / $us:,.0f} messages per Redis core-second')")"
 redis-cli -p "$RP" FLUSHALL >/dev/null
 
 # 2./3. Through a gateway, Redis store and memory store.
@@ -74,7 +88,7 @@ secs = p.get("secs") or secs
 line = f"{name}: {acc/secs:,.0f} publishes/s accepted ({acc} in {secs:.0f} s), gateway CPU {gms} ms"
 if store != "memory":
     per_core = acc / (rms / 1000) if rms else 0
-    line += f", Redis CPU {rms} ms = {per_core:,.0f} publishes per Redis core-second, {us or '?'} µs Redis per FCALL"
+    line += f", Redis CPU {rms} ms = {per_core:,.0f} publishes per Redis core-second ({1000 * rms / max(acc, 1):.1f} µs each), {us or '?'} µs Redis per FCALL"
 print(line)
 EOF
 }

@@ -215,6 +215,22 @@ pub static REDIS_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     h
 });
 
+/// Redis store: publishes carried by each `pg_publish_batch` call.
+pub static REDIS_PUBLISHES_PER_CALL: LazyLock<Histogram> = LazyLock::new(|| {
+    let h = Histogram::with_opts(
+        HistogramOpts::new(
+            "pushgate_redis_publishes_per_call",
+            "Publishes sent to Redis in one function call (busy gateways batch them).",
+        )
+        .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(h.clone()))
+        .expect("metric registers once");
+    h
+});
+
 /// Redis store: failed calls by kind.
 pub static REDIS_ERRORS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -259,6 +275,7 @@ pub static EPOCH_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 /// Registers every metric (call once at start so all series show before traffic).
 pub fn init() {
     LazyLock::force(&REDIS_SECONDS);
+    LazyLock::force(&REDIS_PUBLISHES_PER_CALL);
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&EPOCH_CHANGES);
     LazyLock::force(&STORE_RESYNCS);

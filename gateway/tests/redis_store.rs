@@ -943,3 +943,100 @@ async fn subscribes_stuck_on_a_slow_redis_do_not_hold_up_the_worker_heartbeats()
     drop(clients);
     c.stop().await;
 }
+
+/// Concurrent publishes travel in few function calls (`pg_publish_batch`), and a batch
+/// keeps each channel's seqs whole: every publish answered, each seq once, every message
+/// delivered in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_calls_and_keep_every_seq() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    let mut ws = c.ws("b:0", Some(0)).await;
+    c.wait_online("b:0").await;
+    const N: u64 = 400;
+    let publishes = (0..N).map(|i| {
+        let c = &c;
+        async move { c.publish(&format!("b:{}", i % 4), &i.to_string()).await }
+    });
+    let mut seqs = futures_util::future::join_all(publishes).await;
+    seqs.sort_unstable();
+    // Four channels of a hundred each: seqs 1..=100 four times, none twice, none skipped.
+    let want: Vec<u64> = (1..=N / 4).flat_map(|s| [s; 4]).collect();
+    assert_eq!(seqs, want);
+    for s in 1..=N / 4 {
+        assert_eq!(next_json(&mut ws).await["seq"], json!(s));
+    }
+    // This test's own Redis counts the function calls (one subscribe among them).
+    let stats = redis.cli(&["INFO", "commandstats"]).unwrap();
+    let calls: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_fcall:calls="))
+        .and_then(|l| l.split(',').next()?.parse().ok())
+        .unwrap();
+    assert!(calls < N / 2, "{calls} calls for {N} concurrent publishes");
+    let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
+    assert!(metric(&m, "pushgate_redis_publishes_per_call_sum") >= N as f64, "{m}");
+    c.stop().await;
+}
+
+/// A batch call re-sent whole (what a client library does after a dropped connection)
+/// answers the seqs the first one took, and appends nothing.
+#[tokio::test]
+async fn a_resent_batch_gives_no_message_a_second_seq() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    // A publish through the gateway has loaded the library.
+    assert_eq!(c.publish("o:1", "0").await, 1);
+    let call = |ops: [&str; 3]| {
+        let now = unix_now().to_string() + "000";
+        let mut args = vec!["FCALL", "pg_publish_batch", "9"];
+        for ch in ["o:1", "o:2", "o:1"] {
+            let keys = [
+                format!("pg:{{{ch}}}:m"),
+                format!("pg:{{{ch}}}:l"),
+                format!("pg:{{{ch}}}:i:"),
+            ];
+            args.extend(keys.map(|k| &*Box::leak(k.into_boxed_str())));
+        }
+        let now = &*Box::leak(now.into_boxed_str());
+        args.extend([now, "100", "300000", "16777216", "2592000000", "7", "1"]);
+        for (i, op) in ops.iter().enumerate() {
+            args.extend([["\"a\"", "\"b\"", "\"c\""][i], "", *op]);
+        }
+        redis.cli(&args).unwrap()
+    };
+    let ops = ["00000000000000a1", "00000000000000a2", "00000000000000a3"];
+    let first = call(ops);
+    // Five publishes in between: the op ids have moved to the older of the fields that
+    // remember them.
+    for i in 4..=8 {
+        assert_eq!(c.publish("o:1", "1").await, i);
+    }
+    let again = call(ops);
+    let seqs = |out: &str| -> Vec<(String, String)> {
+        let l: Vec<&str> = out.lines().collect();
+        l.chunks(6)
+            .map(|r| (r[0].to_owned(), r[2].to_owned()))
+            .collect()
+    };
+    // o:1 gets 2 and 3, o:2 gets 1; the re-sent call answers the same, as duplicates.
+    assert_eq!(
+        seqs(&first),
+        [("2", "0"), ("1", "0"), ("3", "0")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert_eq!(
+        seqs(&again),
+        [("2", "1"), ("1", "1"), ("3", "1")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+    );
+    assert_eq!(redis.cli(&["LLEN", "pg:{o:1}:l"]).unwrap().trim(), "8");
+    assert_eq!(redis.cli(&["HGET", "pg:{o:1}:m", "s"]).unwrap().trim(), "8");
+    // New op ids are new messages.
+    let third = call(["00000000000000b1", "00000000000000b2", "00000000000000b3"]);
+    assert_eq!(seqs(&third)[2], ("10".to_owned(), "0".to_owned()));
+    // The meta stays a compact listpack (no field over 64 bytes).
+    assert_eq!(
+        redis.cli(&["OBJECT", "ENCODING", "pg:{o:1}:m"]).unwrap().trim(),
+        "listpack"
+    );
+    c.stop().await;
+}

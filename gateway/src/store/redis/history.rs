@@ -14,10 +14,11 @@ impl<O: Outbox> RedisStore<O> {
     /// ranges, from `CLUSTER SLOTS` asked anew each time, so a reshard or a failover moves
     /// them along). They have no expiry, so no `volatile-*` eviction policy takes them.
     async fn markers(&self) -> Result<Vec<String>, StoreError> {
-        if !self.fixed.cluster {
+        if !self.client.fixed.cluster {
             return Ok(vec![format!("{}:alive", self.opts.prefix)]);
         }
         let Value::Array(ranges) = self
+            .client
             .raw(&redis::cmd("CLUSTER").arg("SLOTS").to_owned())
             .await?
         else {
@@ -53,7 +54,7 @@ impl<O: Outbox> RedisStore<O> {
             let fresh = format!("{:016x}", rand::random::<u64>());
             let mut cmd = redis::cmd("SET");
             cmd.arg(m).arg(&fresh).arg("NX").arg("GET");
-            async move { (self.raw(&cmd).await, fresh) }
+            async move { (self.client.raw(&cmd).await, fresh) }
         });
         let mut now = Vec::with_capacity(markers.len());
         for (r, fresh) in futures_util::future::join_all(sets).await {
@@ -91,7 +92,7 @@ impl<O: Outbox> RedisStore<O> {
         drop(seen);
         if lost {
             // A node that lost its data lost the function library too.
-            self.reload.store(true, Ordering::Relaxed);
+            self.client.reload.store(true, Ordering::Relaxed);
         }
         StoreCheck {
             healthy: true,

@@ -21,6 +21,8 @@
 //! dropped connection on the budget it uses for MOVED/ASK) cannot give a message a second
 //! seq: each publish carries an op id the function recognises.
 
+mod batch;
+mod client;
 mod conn;
 mod history;
 pub mod keys;
@@ -33,17 +35,16 @@ use super::directory::{Holder, WorkerRef};
 use super::memory::log::BACKLOG_MAX_BYTES;
 use crate::metrics;
 use bytes::Bytes;
-use conn::{connect, Conn};
+use batch::Batcher;
+use client::Client;
 pub use conn::{RedisOptions, RedisTarget};
 use keys::{decode_holder, encode_holder, ChannelKeys};
 use protocol::link::KickReason;
-use redis::{Cmd, Value};
-use reply::{bad_reply, int, parse_page, parse_publish, text, to_backlog};
+use redis::Value;
+use reply::{bad_reply, int, parse_page, text, to_backlog};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
-use tokio::sync::Semaphore;
+use std::sync::{Arc, Mutex};
 
 /// The function library, loaded with `FUNCTION LOAD REPLACE`.
 pub const LIBRARY: &str = include_str!("pushgate.lua");
@@ -53,64 +54,32 @@ const EPOCH_MASK: u64 = (1 << 53) - 1;
 
 /// The Redis [`crate::store::Store`].
 pub struct RedisStore<O: Outbox> {
-    /// The connection and its generation. A call that times out replaces it (once per
-    /// generation): the library keeps every unanswered request of a connection until an
-    /// answer or an I/O error comes, and a black-holed connection gives neither, so
-    /// without this each timed-out call would stay in memory.
-    conn: Mutex<(Conn, u64)>,
+    client: Arc<Client>,
+    /// Every publish goes through it (see `batch.rs`).
+    batcher: Batcher,
     outbox: O,
     opts: RedisOptions,
-    inflight: Semaphore,
     /// Worker refs by (id, incarnation), so a delivery does not allocate one.
     workers: Mutex<HashMap<(String, u64), WorkerRef>>,
-    /// Set when a call found the library missing (a restart without persistence, a new
-    /// node): the next call loads it first.
-    reload: AtomicBool,
-    /// The last call reached Redis.
-    healthy: AtomicBool,
     /// The value each history marker had when this gateway last looked: a marker with
     /// another value (or recreated by this gateway) is a history that lost its data.
     markers_seen: Mutex<HashMap<String, String>>,
     /// A subscription was attached: if that happened before the first look at the markers,
     /// a marker first seen then may already be a new history.
     attached: AtomicBool,
-    /// Arguments that do not change between calls, rendered once.
-    fixed: FixedArgs,
-}
-
-/// What every call passes that the configuration fixes.
-struct FixedArgs {
-    cluster: bool,
-    strict: &'static [u8],
-    max_age: String,
-    meta_ttl: String,
-    max_messages: String,
-    channel_bytes: String,
 }
 
 impl<O: Outbox> RedisStore<O> {
     /// A store over `opts.target`. Connects lazily: the gateway starts (and says it is
     /// unhealthy) while Redis is down, and catches up once it is back.
     pub fn new(opts: RedisOptions, outbox: O) -> anyhow::Result<Self> {
-        let conn = connect(&opts)?;
-        let cluster = matches!(conn, Conn::Cluster(_));
-        let fixed = FixedArgs {
-            cluster,
-            strict: if cluster || opts.durable { b"0" } else { b"1" },
-            max_age: opts.retention.max_age_ms().to_string(),
-            meta_ttl: (opts.channel_meta.as_millis() as u64).to_string(),
-            max_messages: opts.retention.max_messages.to_string(),
-            channel_bytes: opts.channel_bytes.to_string(),
-        };
+        let client = Arc::new(Client::new(opts.clone())?);
         Ok(RedisStore {
-            fixed,
-            conn: Mutex::new((conn, 0)),
+            batcher: Batcher::start(client.clone(), opts.max_inflight),
+            client,
             outbox,
-            inflight: Semaphore::new(opts.max_inflight.max(1)),
             opts,
             workers: Mutex::new(HashMap::new()),
-            reload: AtomicBool::new(true),
-            healthy: AtomicBool::new(false),
             markers_seen: Mutex::new(HashMap::new()),
             attached: AtomicBool::new(false),
         })
@@ -118,100 +87,12 @@ impl<O: Outbox> RedisStore<O> {
 
     /// Loads the function library (on every primary, for a cluster).
     pub async fn load_library(&self) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("FUNCTION");
-        cmd.arg("LOAD").arg("REPLACE").arg(LIBRARY);
-        self.raw(&cmd).await.map(|_| ())?;
-        self.reload.store(false, Ordering::Relaxed);
-        Ok(())
+        self.client.load_library().await
     }
 
     /// Round-trips a PING (for `/healthz`).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.raw(&redis::cmd("PING")).await.map(|_| ())
-    }
-
-    /// One command with the deadline and the in-flight bound, timed and counted.
-    async fn raw(&self, cmd: &Cmd) -> Result<Value, StoreError> {
-        let Ok(_permit) = self.inflight.try_acquire() else {
-            metrics::REDIS_ERRORS
-                .with_label_values(&["overloaded"])
-                .inc();
-            return Err(StoreError::Unavailable(
-                "too many Redis calls in flight".into(),
-            ));
-        };
-        let started = Instant::now();
-        let (conn, generation) = self.conn.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let r = tokio::time::timeout(self.opts.timeout, conn.query(cmd)).await;
-        metrics::REDIS_SECONDS.observe(started.elapsed().as_secs_f64());
-        match r {
-            Ok(Ok(v)) => {
-                self.healthy.store(true, Ordering::Relaxed);
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                let kind = if e.is_io_error() || e.is_connection_dropped() {
-                    "connection"
-                } else if e.is_timeout() {
-                    "timeout"
-                } else {
-                    "reply"
-                };
-                if kind != "reply" {
-                    self.healthy.store(false, Ordering::Relaxed);
-                }
-                metrics::REDIS_ERRORS.with_label_values(&[kind]).inc();
-                if e.to_string().contains("Function not found") {
-                    self.reload.store(true, Ordering::Relaxed);
-                }
-                Err(StoreError::Unavailable(format!("redis: {e}")))
-            }
-            Err(_) => {
-                self.healthy.store(false, Ordering::Relaxed);
-                metrics::REDIS_ERRORS.with_label_values(&["timeout"]).inc();
-                self.replace_connection(generation);
-                Err(StoreError::Unavailable(format!(
-                    "redis did not answer within {:?}",
-                    self.opts.timeout
-                )))
-            }
-        }
-    }
-
-    /// Drops connection `generation` (and every request still waiting on it) for a new
-    /// one, unless another call did already.
-    fn replace_connection(&self, generation: u64) {
-        let mut c = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        if c.1 != generation {
-            return;
-        }
-        match connect(&self.opts) {
-            Ok(fresh) => {
-                *c = (fresh, generation + 1);
-                tracing::debug!("Redis did not answer in time: connection replaced");
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot make a new Redis connection"),
-        }
-    }
-
-    /// `FCALL name` with `keys` and `args`; loads the library first when it is missing
-    /// and retries once if the call found it gone (the function did not run then).
-    async fn fcall(&self, name: &str, keys: &[&str], args: &[&[u8]]) -> Result<Value, StoreError> {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg(name).arg(keys.len()).arg(keys);
-        for a in args {
-            cmd.arg(*a);
-        }
-        if self.reload.load(Ordering::Relaxed) {
-            self.load_library().await?;
-        }
-        match self.raw(&cmd).await {
-            Err(_) if self.reload.load(Ordering::Relaxed) => {
-                self.load_library().await?;
-                self.raw(&cmd).await
-            }
-            r => r,
-        }
+        self.client.raw(&redis::cmd("PING")).await.map(|_| ())
     }
 
     fn worker(&self, id: &str, incarnation: u64) -> WorkerRef {
@@ -232,12 +113,8 @@ impl<O: Outbox> RedisStore<O> {
         decode_holder(owner, |id, inc| self.worker(id, inc))
     }
 
-    /// `1` on one node: any other replication id than the node's own is a lost history
-    /// (a restart from an older snapshot is one). In a cluster keys move between masters,
-    /// and with `--redis-durable` a restart keeps every write, so only a promotion counts
-    /// (see the library).
     fn strict(&self) -> &'static [u8] {
-        self.fixed.strict
+        self.client.fixed.strict
     }
 
     fn keys(&self, channel: &str) -> ChannelKeys {
@@ -247,8 +124,8 @@ impl<O: Outbox> RedisStore<O> {
     fn common_args(&self, now_ms: u64) -> (String, &str, &str, String) {
         (
             now_ms.to_string(),
-            &self.fixed.max_age,
-            &self.fixed.meta_ttl,
+            &self.client.fixed.max_age,
+            &self.client.fixed.meta_ttl,
             new_epoch().to_string(),
         )
     }
@@ -262,28 +139,10 @@ impl<O: Outbox> RedisStore<O> {
     ) -> Result<Published, StoreError> {
         let k = self.keys(channel);
         let idem = k.idem(key);
-        let (now, max_age, meta_ttl, epoch) = self.common_args(now_ms);
-        let op = format!("{:016x}", rand::random::<u64>());
-        let (max_messages, channel_bytes) = (&self.fixed.max_messages, &self.fixed.channel_bytes);
-        let reply = self
-            .fcall(
-                "pg_publish",
-                &[&k.meta, &k.list, &idem],
-                &[
-                    data,
-                    now.as_bytes(),
-                    max_messages.as_bytes(),
-                    max_age.as_bytes(),
-                    channel_bytes.as_bytes(),
-                    meta_ttl.as_bytes(),
-                    epoch.as_bytes(),
-                    op.as_bytes(),
-                    key.unwrap_or("").as_bytes(),
-                    self.strict(),
-                ],
-            )
+        let r = self
+            .batcher
+            .publish(k.meta, k.list, idem, data.clone(), key, now_ms)
             .await?;
-        let r = parse_publish(reply)?;
         count_epoch_change(&r.cause);
         if r.evicted > 0 {
             metrics::MESSAGES_EVICTED
@@ -319,6 +178,7 @@ impl<O: Outbox> RedisStore<O> {
         let max_frame = BACKLOG_MAX_BYTES.to_string();
         let me = encode_holder(holder);
         let reply = self
+            .client
             .fcall(
                 "pg_attach",
                 &[&k.meta, &k.list],
@@ -438,6 +298,7 @@ impl<O: Outbox> Store for RedisStore<O> {
         let max_bytes = max_bytes.to_string();
         let max_frame = BACKLOG_MAX_BYTES.to_string();
         let reply = self
+            .client
             .fcall(
                 "pg_fetch",
                 &[&k.meta, &k.list],
@@ -469,7 +330,7 @@ impl<O: Outbox> Store for RedisStore<O> {
     async fn unsubscribe(&self, channel: &str, holder: &Holder, _now_ms: u64) {
         let k = self.keys(channel);
         let me = encode_holder(holder);
-        if let Err(e) = self.fcall("pg_detach", &[&k.meta], &[me.as_bytes()]).await {
+        if let Err(e) = self.client.fcall("pg_detach", &[&k.meta], &[me.as_bytes()]).await {
             // The entry stays until the next subscriber takes the channel; deliveries to
             // it are dropped by the worker (its sub_id is gone).
             tracing::debug!(error = %e, "unsubscribe not recorded in Redis");
@@ -487,6 +348,7 @@ impl<O: Outbox> Store for RedisStore<O> {
             buffered: 0,
         };
         let Ok(Value::Array(a)) = self
+            .client
             .fcall(
                 "pg_info",
                 &[&k.meta, &k.list],

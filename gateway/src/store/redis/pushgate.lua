@@ -6,7 +6,10 @@
 --   KEYS[1] <p>:{c}:m  meta hash: e epoch, r replid of the history that wrote it, s last
 --                      seq, f seq of the oldest retained message, ft its time (ms), b
 --                      retained bytes, o owner ("incarnation:sub_id:worker"), ot owner
---                      token, ops the op ids of the last publishes ("op:seq ..."), x and
+--                      token, q q2 q3 the op ids of the last 6 to 9 publishes, newest
+--                      first (16 hex digits and a space each; q holds up to 3, then
+--                      moves to q2 and q2 to q3: no field passes 64 bytes, so the hash
+--                      stays a listpack, 264 B against 1,056 as one field), x and
 --                      lx when the meta's and the list's TTLs were last set (ms), g the
 --                      meta's generation (the epoch it was made with)
 --   KEYS[2] <p>:{c}:l  list of the retained messages, oldest first: seqs f..s, one each
@@ -23,7 +26,8 @@
 
 local OVERHEAD = 64          -- bytes accounted per message besides data and key
 local ENTRY_OVERHEAD = 12    -- link frame bytes per backlog message besides its data
-local OPS_KEPT = 8           -- op ids remembered for resends
+local OP_WIDTH = 17          -- an op id (16 hex digits) and its space
+local OPS_PER_FIELD = 3      -- op ids in each of q, q2, q3 (51 bytes)
 
 -- This node's replication ids: its own history, and the one it was a replica of before a
 -- promotion (zeros when none).
@@ -46,12 +50,13 @@ local function cost(e)
 end
 
 -- The meta's fields this library reads, in one call.
-local FIELDS = {'e', 'r', 's', 'f', 'ft', 'b', 'o', 'ops', 'x', 'lx', 'g'}
+local FIELDS = {'e', 'r', 's', 'f', 'ft', 'b', 'o', 'q', 'x', 'lx', 'g', 'q2', 'q3'}
 local function read_meta(meta)
   local m = redis.call('HMGET', meta, unpack(FIELDS))
   return {e = m[1], r = m[2], s = tonumber(m[3] or '0'), f = tonumber(m[4] or '0'),
-    ft = tonumber(m[5] or '0'), b = tonumber(m[6] or '0'), o = m[7] or '', ops = m[8] or '',
-    x = tonumber(m[9] or '0'), lx = tonumber(m[10] or '0'), g = m[11] or m[1]}
+    ft = tonumber(m[5] or '0'), b = tonumber(m[6] or '0'), o = m[7] or '', q = m[8] or '',
+    x = tonumber(m[9] or '0'), lx = tonumber(m[10] or '0'), g = m[11] or m[1],
+    q2 = m[12] or '', q3 = m[13] or ''}
 end
 
 -- TTLs are set with 1/32 of slack and refreshed once that slack is used up, not on every
@@ -60,6 +65,7 @@ end
 local function slack(ttl) return math.floor(ttl / 32) + 1 end
 
 -- Makes sure the meta exists and was written by this Redis history; `m` is updated.
+-- `id`, `id2`: the node's replication ids when the caller has them (nil: asked here).
 -- Returns the cause of a new epoch: '' (none), 'missing' (no meta: new, expired, flushed,
 -- evicted, restarted without persistence) or 'replid' (another history: a failover to a
 -- replica or, with `strict`, a restart from a snapshot; acknowledged writes may be gone).
@@ -68,14 +74,14 @@ local function slack(ttl) return math.floor(ttl / 32) + 1 end
 -- cluster keys also move between masters (a reshard moves them with their `r`), so only
 -- the history this node was promoted from (`master_replid2`) counts as lost, and a key
 -- that came from another master adopts this node's id.
-local function ensure_meta(meta, list, m, new_epoch, meta_ttl, strict, now)
-  local id, id2 = replids()
+local function ensure_meta(meta, list, m, new_epoch, meta_ttl, strict, now, id, id2)
+  if not id then id, id2 = replids() end
   local cause = ''
   if not m.e then
     -- A list left without its meta must not be inherited by the new history.
     redis.call('DEL', list)
     redis.call('HSET', meta, 'e', new_epoch, 'r', id, 's', 0, 'g', new_epoch)
-    m.e, m.r, m.s, m.o, m.ops, m.x, m.lx, m.g = new_epoch, id, 0, '', '', 0, 0, new_epoch
+    m.e, m.r, m.s, m.o, m.q, m.q2, m.q3, m.x, m.lx, m.g = new_epoch, id, 0, '', '', '', '', 0, 0, new_epoch
     cause = 'missing'
   elseif m.r ~= id then
     if strict == '1' or m.r == id2 then
@@ -153,32 +159,45 @@ local function page(list, m, since, client_epoch, max_bytes, max_frame, now, old
   return out
 end
 
--- ARGV: data, now_ms, max_messages, max_age_ms, max_channel_bytes, meta_ttl_ms, new_epoch,
---       op (unique per publish call), key ('' = none), strict
--- Returns {seq, epoch, duplicate 0|1, owner or '', epoch cause, evicted}.
-local function publish(keys, args)
-  local meta, list = keys[1], keys[2]
-  local data, now, max_messages, max_age = args[1], tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
-  local max_bytes, meta_ttl, new_epoch, op, key = tonumber(args[5]), tonumber(args[6]), args[7], args[8], args[9]
+-- One message appended to a channel. `c` holds what the call fixes for all its messages:
+-- now (and now_s, as given), max_messages, max_age, max_bytes, meta_ttl, new_epoch,
+-- strict, id, id2. `op` is 16 hex digits, unique per message.
+--
+-- Written for Redis time (a publish's Lua beyond its five Redis calls was three times
+-- the calls' own cost): no number is turned into a string that was given as one, op ids
+-- are found with a plain search over fixed-width slots, and only changed fields are set.
+-- Returns seq, epoch, duplicate 0|1, owner or '', epoch cause, evicted.
+local function append(meta, list, idem, data, key, op, c)
+  local now = c.now
   local m = read_meta(meta)
-  local cause = ensure_meta(meta, list, m, new_epoch, meta_ttl, args[10], now)
+  local cause = ensure_meta(meta, list, m, c.new_epoch, c.meta_ttl, c.strict, now, c.id, c.id2)
   if key ~= '' then
-    local seen = redis.call('GET', keys[3])
+    local seen = redis.call('GET', idem)
     if seen then
       -- Keyed to the meta's generation (set when the meta is made), not to its epoch: a
       -- 'replid' epoch change keeps the count and what survived, so a key that survived
       -- still names its message's seq; a meta made anew counts from 1 again.
       local g, s = string.match(seen, '^(%d+):(%d+)$')
-      if g == tostring(m.g) then return {tonumber(s), m.e, 1, m.o, cause, 0} end
+      if g == tostring(m.g) then return tonumber(s), m.e, 1, m.o, cause, 0 end
     end
   end
   -- A client library that re-sends this very call after a dropped connection (the
   -- cluster client does, on the same retry budget it uses for MOVED/ASK) must not give
   -- the message a second seq: the op ids of the last publishes are kept.
-  local hit = string.match(' ' .. m.ops, ' ' .. op .. ':(%d+)')
-  if hit then return {tonumber(hit), m.e, 1, m.o, cause, 0} end
+  local at, back = string.find(m.q, op, 1, true), 0
+  if not at then
+    back = #m.q / OP_WIDTH
+    at = string.find(m.q2, op, 1, true)
+    if not at then
+      back = back + #m.q2 / OP_WIDTH
+      at = string.find(m.q3, op, 1, true)
+    end
+  end
+  if at then return m.s - back - (at - 1) / OP_WIDTH, m.e, 1, m.o, cause, 0 end
   local seq = m.s + 1
-  local entry = now .. ':' .. #key .. ':' .. key .. data
+  local entry
+  if key == '' then entry = c.now_s .. ':0:' .. data
+  else entry = c.now_s .. ':' .. #key .. ':' .. key .. data end
   -- RPUSH answers the new length: 1 means the list was empty or had expired (then the
   -- meta's f, ft and b describe messages that are gone).
   local len = redis.call('RPUSH', list, entry)
@@ -189,25 +208,62 @@ local function publish(keys, args)
   -- rule (they skip what is older) and the list's TTL; `ft` stays the time of a message
   -- at or before the oldest, which only tells readers whether to look for expired heads.
   local evicted = 0
-  while len > 1 and evicted < 64 and (len > max_messages or b > max_bytes) do
+  while len > 1 and evicted < 64 and (len > c.max_messages or b > c.max_bytes) do
     b = b - cost(redis.call('LPOP', list))
     len, f, evicted = len - 1, f + 1, evicted + 1
   end
-  local ops = {op .. ':' .. seq}
-  for t in string.gmatch(m.ops, '%S+') do
-    if #ops >= OPS_KEPT then break end
-    table.insert(ops, t)
+  if #m.q >= OPS_PER_FIELD * OP_WIDTH then
+    redis.call('HSET', meta, 'q3', m.q2, 'q2', m.q)
+    m.q = ''
   end
-  local lx = m.lx
-  if len == 1 or now - lx >= slack(max_age) then
-    redis.call('PEXPIRE', list, max_age + slack(max_age))
-    lx = now
+  local q = op .. ' ' .. m.q
+  if len == 1 or now - m.lx >= slack(c.max_age) then
+    redis.call('PEXPIRE', list, c.max_age + slack(c.max_age))
+    redis.call('HSET', meta, 's', seq, 'f', f, 'ft', ft, 'b', b, 'q', q, 'lx', c.now_s)
+  elseif f ~= m.f then
+    redis.call('HSET', meta, 's', seq, 'f', f, 'b', b, 'q', q)
+  else
+    redis.call('HSET', meta, 's', seq, 'b', b, 'q', q)
   end
-  redis.call('HSET', meta, 's', seq, 'f', f, 'ft', ft, 'b', b, 'ops', table.concat(ops, ' '), 'lx', lx)
   if key ~= '' then
-    redis.call('SET', keys[3], m.g .. ':' .. seq, 'PX', max_age)
+    redis.call('SET', idem, m.g .. ':' .. seq, 'PX', c.max_age)
   end
-  return {seq, m.e, 0, m.o, cause, evicted}
+  return seq, m.e, 0, m.o, cause, evicted
+end
+
+-- ARGV: data, now_ms, max_messages, max_age_ms, max_channel_bytes, meta_ttl_ms, new_epoch,
+--       op (unique per publish call), key ('' = none), strict
+-- Returns {seq, epoch, duplicate 0|1, owner or '', epoch cause, evicted}.
+local function publish(keys, args)
+  local c = {now = tonumber(args[2]), now_s = args[2], max_messages = tonumber(args[3]),
+    max_age = tonumber(args[4]), max_bytes = tonumber(args[5]), meta_ttl = tonumber(args[6]),
+    new_epoch = args[7], strict = args[10]}
+  return {append(keys[1], keys[2], keys[3], args[1], args[9], args[8], c)}
+end
+
+-- Several publishes in one call, in order (a channel may come more than once): one
+-- dispatch and one look at the replication ids for all of them. Every key of a call must
+-- be on one node (one slot, in a cluster).
+-- KEYS: meta, list, idempotency key of each message, in turn.
+-- ARGV: now_ms, max_messages, max_age_ms, max_channel_bytes, meta_ttl_ms, new_epoch,
+--       strict, then data, key ('' = none) and op id (16 hex digits, unique) of each
+--       message.
+-- Returns the six values of `publish` for each message, one after another.
+local function publish_batch(keys, args)
+  local c = {now = tonumber(args[1]), now_s = args[1], max_messages = tonumber(args[2]),
+    max_age = tonumber(args[3]), max_bytes = tonumber(args[4]), meta_ttl = tonumber(args[5]),
+    new_epoch = args[6], strict = args[7]}
+  c.id, c.id2 = replids()
+  local out = {}
+  for i = 1, #keys / 3 do
+    local k, a = 3 * i - 2, 3 * i + 5
+    local seq, e, dup, owner, cause, evicted =
+      append(keys[k], keys[k + 1], keys[k + 2], args[a], args[a + 1], args[a + 2], c)
+    local n = #out
+    out[n + 1], out[n + 2], out[n + 3], out[n + 4], out[n + 5], out[n + 6] =
+      seq, e, dup, owner, cause, evicted
+  end
+  return out
 end
 
 -- ARGV: holder, since ('' = live only), client_epoch (''), resume 0|1, max_bytes,
@@ -276,6 +332,7 @@ local function info(keys, args)
 end
 
 redis.register_function('pg_publish', publish)
+redis.register_function('pg_publish_batch', publish_batch)
 redis.register_function('pg_attach', attach)
 redis.register_function('pg_fetch', fetch)
 redis.register_function('pg_detach', detach)

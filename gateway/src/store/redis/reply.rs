@@ -5,7 +5,7 @@ use crate::store::contract::{BacklogPage, StoreError};
 use bytes::Bytes;
 use redis::Value;
 
-/// What `pg_publish` answers.
+/// What `pg_publish` answers for one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct PublishReply {
     pub(super) seq: u64,
@@ -48,9 +48,14 @@ pub(super) fn text(v: &Value) -> Option<String> {
     }
 }
 
-pub(super) fn parse_publish(v: Value) -> Result<PublishReply, StoreError> {
-    let parsed = match &v {
-        Value::Array(a) if a.len() == 6 => (|| {
+/// What `pg_publish_batch` answers for `n` messages: six values each, in turn.
+pub(super) fn parse_publish_batch(v: &Value, n: usize) -> Option<Vec<PublishReply>> {
+    let Value::Array(a) = v else { return None };
+    if a.len() != 6 * n {
+        return None;
+    }
+    a.chunks_exact(6)
+        .map(|a| {
             Some(PublishReply {
                 seq: int(&a[0])?,
                 epoch: int(&a[1])?,
@@ -59,10 +64,8 @@ pub(super) fn parse_publish(v: Value) -> Result<PublishReply, StoreError> {
                 cause: text(&a[4])?,
                 evicted: int(&a[5])?,
             })
-        })(),
-        _ => None,
-    };
-    parsed.ok_or_else(|| bad_reply("pg_publish", &v))
+        })
+        .collect()
 }
 
 /// `{gap, first_seq, last_seq, seq1, data1, ...}` from `a`.
@@ -109,18 +112,22 @@ mod tests {
 
     #[test]
     fn replies_parse() {
-        let p = parse_publish(Value::Array(vec![
+        let one = [
             Value::Int(7),
             Value::Int(99),
             Value::Int(0),
             bulk("3:5:w"),
             bulk("replid"),
             Value::Int(1),
-        ]))
-        .unwrap();
+        ];
+        let two = Value::Array([one.clone(), one.clone()].concat());
+        let p = parse_publish_batch(&two, 2).unwrap();
+        assert_eq!(p.len(), 2);
+        let p = &p[1];
         assert_eq!((p.seq, p.epoch, p.duplicate, p.evicted), (7, 99, false, 1));
         assert_eq!((p.owner.as_str(), p.cause.as_str()), ("3:5:w", "replid"));
-        assert!(parse_publish(Value::Array(vec![Value::Int(1)])).is_err());
+        assert!(parse_publish_batch(&two, 1).is_none());
+        assert!(parse_publish_batch(&Value::Array(vec![Value::Int(1)]), 1).is_none());
         let page = parse_page(vec![
             Value::Int(1),
             Value::Int(4),
