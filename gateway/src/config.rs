@@ -55,7 +55,8 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
 
-    /// Most Redis calls in flight at once; more fail at once (publish: 503).
+    /// Most Redis calls in flight at once, and most publishes queued for a batch call;
+    /// more fail at once (publish: 503).
     #[arg(long, env = "PUSHGATE_REDIS_MAX_INFLIGHT", default_value_t = 10_000)]
     pub redis_max_inflight: usize,
 

@@ -975,7 +975,10 @@ async fn concurrent_publishes_share_calls_and_keep_every_seq() {
         .unwrap();
     assert!(calls < N / 2, "{calls} calls for {N} concurrent publishes");
     let m = String::from_utf8_lossy(&c.get("/metrics").await.body).into_owned();
-    assert!(metric(&m, "pushgate_redis_publishes_per_call_sum") >= N as f64, "{m}");
+    assert!(
+        metric(&m, "pushgate_redis_publishes_per_call_sum") >= N as f64,
+        "{m}"
+    );
     c.stop().await;
 }
 
@@ -1035,7 +1038,10 @@ async fn a_resent_batch_gives_no_message_a_second_seq() {
     assert_eq!(seqs(&third)[2], ("10".to_owned(), "0".to_owned()));
     // The meta stays a compact listpack (no field over 64 bytes).
     assert_eq!(
-        redis.cli(&["OBJECT", "ENCODING", "pg:{o:1}:m"]).unwrap().trim(),
+        redis
+            .cli(&["OBJECT", "ENCODING", "pg:{o:1}:m"])
+            .unwrap()
+            .trim(),
         "listpack"
     );
     c.stop().await;

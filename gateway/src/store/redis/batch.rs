@@ -173,9 +173,15 @@ async fn call(client: &Client, jobs: Vec<Job>) {
     }
     let cmd = fcall_cmd("pg_publish_batch", &keys, &args);
     metrics::REDIS_PUBLISHES_PER_CALL.observe(jobs.len() as f64);
-    let deadline = jobs.iter().map(|j| j.deadline).min().unwrap_or_else(Instant::now);
+    let deadline = jobs
+        .iter()
+        .map(|j| j.deadline)
+        .min()
+        .unwrap_or_else(Instant::now);
     let answers = match client.call(&cmd, deadline).await {
-        Ok(v) => parse_publish_batch(&v, jobs.len()).ok_or_else(|| bad_reply("pg_publish_batch", &v)),
+        Ok(v) => {
+            parse_publish_batch(&v, jobs.len()).ok_or_else(|| bad_reply("pg_publish_batch", &v))
+        }
         Err(e) => Err(e),
     };
     match answers {
@@ -231,18 +237,29 @@ mod tests {
 
     #[test]
     fn one_node_takes_everything_in_order_up_to_the_bounds() {
-        let jobs: Vec<Job> = (0..MAX_PER_CALL + 3).map(|i| job(&format!("c{i}"), 10)).collect();
+        let jobs: Vec<Job> = (0..MAX_PER_CALL + 3)
+            .map(|i| job(&format!("c{i}"), 10))
+            .collect();
         let calls = split(jobs, false);
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0].len(), MAX_PER_CALL);
         assert_eq!(calls[1][0].meta, format!("pg:{{c{MAX_PER_CALL}}}:m"));
-        let big = split(vec![job("a", MAX_CALL_BYTES), job("a", 1), job("a", 1)], false);
+        let big = split(
+            vec![job("a", MAX_CALL_BYTES), job("a", 1), job("a", 1)],
+            false,
+        );
         assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), [1, 2]);
     }
 
     #[test]
     fn a_cluster_call_holds_one_slot_and_keeps_its_order() {
-        let jobs = vec![job("a", 1), job("b", 1), job("a", 2), job("b", 2), job("a", 3)];
+        let jobs = vec![
+            job("a", 1),
+            job("b", 1),
+            job("a", 2),
+            job("b", 2),
+            job("a", 3),
+        ];
         assert_ne!(slot("pg:{a}:m"), slot("pg:{b}:m"));
         let calls = split(jobs, true);
         assert_eq!(
@@ -259,7 +276,9 @@ mod tests {
     #[test]
     fn op_ids_are_sixteen_hex_digits() {
         let a = op_id();
-        assert!(a.iter().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert!(a
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
         assert_ne!(a, op_id());
     }
 }

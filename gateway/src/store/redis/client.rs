@@ -10,8 +10,8 @@ use crate::store::contract::StoreError;
 use redis::{Cmd, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use tokio::time::Instant;
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 /// What every call passes that the configuration fixes, rendered once.
 pub(super) struct FixedArgs {
@@ -75,7 +75,8 @@ impl Client {
 
     /// One command with the deadline and the in-flight bound, timed and counted.
     pub(super) async fn raw(&self, cmd: &Cmd) -> Result<Value, StoreError> {
-        self.raw_until(cmd, Instant::now() + self.opts.timeout).await
+        self.raw_until(cmd, Instant::now() + self.opts.timeout)
+            .await
     }
 
     /// [`Client::raw`] with a deadline of the caller's.

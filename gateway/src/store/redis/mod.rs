@@ -34,8 +34,8 @@ use super::contract::{
 use super::directory::{Holder, WorkerRef};
 use super::memory::log::BACKLOG_MAX_BYTES;
 use crate::metrics;
-use bytes::Bytes;
 use batch::Batcher;
+use bytes::Bytes;
 use client::Client;
 pub use conn::{RedisOptions, RedisTarget};
 use keys::{decode_holder, encode_holder, ChannelKeys};
@@ -330,7 +330,11 @@ impl<O: Outbox> Store for RedisStore<O> {
     async fn unsubscribe(&self, channel: &str, holder: &Holder, _now_ms: u64) {
         let k = self.keys(channel);
         let me = encode_holder(holder);
-        if let Err(e) = self.client.fcall("pg_detach", &[&k.meta], &[me.as_bytes()]).await {
+        if let Err(e) = self
+            .client
+            .fcall("pg_detach", &[&k.meta], &[me.as_bytes()])
+            .await
+        {
             // The entry stays until the next subscriber takes the channel; deliveries to
             // it are dropped by the worker (its sub_id is gone).
             tracing::debug!(error = %e, "unsubscribe not recorded in Redis");
