@@ -7,6 +7,7 @@
 pub mod app;
 pub mod broadcast;
 pub mod config;
+pub mod fleet;
 pub mod http;
 pub mod link;
 pub mod local;
@@ -116,6 +117,19 @@ async fn housekeeping(app: &app::App) {
             warn!(
                 "the store does not answer: publishes get 503 and /healthz says so until it does"
             );
+        }
+    }
+    if let AnyStore::Redis(r) = &app.store {
+        // The fleet registry: renew what this gateway sees, read what the others see.
+        let now_ms = store::now_ms();
+        let lease_ms =
+            app.config.worker_timeout().as_millis() as u64 + SWEEP_EVERY.as_millis() as u64;
+        let leases = app
+            .registry
+            .leases(tokio::time::Instant::now(), now_ms, lease_ms);
+        match r.renew_workers(&leases, now_ms).await {
+            Ok(fleet) => app.router.fleet.replace(fleet),
+            Err(e) => tracing::debug!(error = %e, "worker registry not renewed"),
         }
     }
     if check.history_lost {

@@ -215,6 +215,14 @@ pub static REDIS_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     h
 });
 
+/// Shared store: deliveries for a worker whose lease had ended, neither sent nor parked.
+pub static LEASE_ENDED_DROPS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_lease_ended_deliveries_total",
+        "Deliveries for a worker incarnation whose lease had ended (it died or restarted): not sent, not parked; the message waits in the store.",
+    )
+});
+
 /// Redis store: publishes carried by each `pg_publish_batch` call.
 pub static REDIS_PUBLISHES_PER_CALL: LazyLock<Histogram> = LazyLock::new(|| {
     let h = Histogram::with_opts(
@@ -276,6 +284,7 @@ pub static EPOCH_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub fn init() {
     LazyLock::force(&REDIS_SECONDS);
     LazyLock::force(&REDIS_PUBLISHES_PER_CALL);
+    LazyLock::force(&LEASE_ENDED_DROPS);
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&EPOCH_CHANGES);
     LazyLock::force(&STORE_RESYNCS);

@@ -2,6 +2,7 @@
 //! for new clients and round-robin over a worker's addresses. Pure logic with `now`
 //! injected; one short mutex around it.
 
+use crate::fleet::{Fleet, Lease};
 use crate::link::LinkHandle;
 use protocol::link::Hello;
 use std::collections::HashMap;
@@ -55,6 +56,9 @@ pub struct WorkerView {
 
 struct WorkerEntry {
     id: Arc<str>,
+    incarnation: u64,
+    /// When the current link's Hello came (wall ms), for the fleet registry.
+    since_ms: u64,
     addrs: Vec<String>,
     capacity: u64,
     connections: u64,
@@ -122,6 +126,8 @@ impl Registry {
                 let slot = inner.workers.len();
                 inner.workers.push(WorkerEntry {
                     id: id.clone(),
+                    incarnation: 0,
+                    since_ms: 0,
                     addrs: Vec::new(),
                     capacity: 0,
                     connections: 0,
@@ -142,6 +148,8 @@ impl Registry {
             old.close();
         }
         w.generation += 1;
+        w.incarnation = hello.incarnation;
+        w.since_ms = crate::store::now_ms();
         w.addrs = hello.addrs.clone();
         w.capacity = hello.capacity;
         w.connections = hello.connections;
@@ -183,7 +191,89 @@ impl Registry {
     /// The least-loaded healthy worker ((connections + assigned since its last report) ÷
     /// capacity, ties spread by a rotating start) and the next of its addresses.
     pub fn pick(&self, now: Instant) -> Option<Assignment> {
+        self.pick_in(now, None, 0)
+    }
+
+    /// [`Registry::pick`] over this gateway's workers and, with a shared store, the rest of
+    /// the fleet (`fleet`: workers with a live lease and no link here), at `now_ms`.
+    pub fn pick_in(&self, now: Instant, fleet: Option<&Fleet>, now_ms: u64) -> Option<Assignment> {
         let mut inner = self.lock();
+        let local = self.best_local(&mut inner, now);
+        let remote = fleet.and_then(|f| {
+            f.candidates(now_ms, |id| inner.by_id.contains_key(id))
+                .into_iter()
+                .min_by(|a, b| {
+                    ((a.load as u128) * (b.capacity as u128))
+                        .cmp(&((b.load as u128) * (a.capacity as u128)))
+                })
+                .map(|c| (f, c))
+        });
+        match (local, remote) {
+            (Some((_, l, lc)), Some((f, c)))
+                if (c.load as u128) * (lc as u128) < (l as u128) * (c.capacity as u128) =>
+            {
+                drop(inner);
+                let (addr, secure) = f.take(&c.id)?;
+                Some(Assignment {
+                    worker_id: c.id,
+                    addr,
+                    secure,
+                })
+            }
+            (None, Some((f, c))) => {
+                drop(inner);
+                let (addr, secure) = f.take(&c.id)?;
+                Some(Assignment {
+                    worker_id: c.id,
+                    addr,
+                    secure,
+                })
+            }
+            (Some((i, _, _)), _) => {
+                let w = &mut inner.workers[i];
+                w.assigned_since_report += 1;
+                let addr = w.addrs[w.next_addr % w.addrs.len()].clone();
+                w.next_addr = w.next_addr.wrapping_add(1);
+                Some(Assignment {
+                    worker_id: w.id.clone(),
+                    addr,
+                    secure: w.secure,
+                })
+            }
+            (None, None) => None,
+        }
+    }
+
+    /// The leases this gateway renews: every worker whose link here is live, until
+    /// `now_ms + lease_ms`.
+    pub fn leases(&self, now: Instant, now_ms: u64, lease_ms: u64) -> Vec<(String, String)> {
+        let inner = self.lock();
+        inner
+            .workers
+            .iter()
+            .filter(|w| {
+                matches!(
+                    self.state_of(w, now),
+                    WorkerState::Healthy | WorkerState::Starting
+                )
+            })
+            .map(|w| {
+                let lease = Lease {
+                    incarnation: w.incarnation,
+                    since_ms: w.since_ms,
+                    until_ms: now_ms + lease_ms,
+                    connections: w.connections + w.assigned_since_report,
+                    capacity: if w.ready { w.capacity } else { 0 },
+                    secure: w.secure,
+                    addrs: w.addrs.clone(),
+                };
+                (w.id.to_string(), lease.line())
+            })
+            .collect()
+    }
+
+    /// The least-loaded healthy worker linked here: (slot, load, capacity).
+    fn best_local(&self, inner: &mut Inner, now: Instant) -> Option<(usize, u64, u64)> {
         let n = inner.workers.len();
         if n == 0 {
             return None;
@@ -215,16 +305,7 @@ impl Registry {
                 best = Some((i, load, w.capacity));
             }
         }
-        let (i, _, _) = best?;
-        let w = &mut inner.workers[i];
-        w.assigned_since_report += 1;
-        let addr = w.addrs[w.next_addr % w.addrs.len()].clone();
-        w.next_addr = w.next_addr.wrapping_add(1);
-        Some(Assignment {
-            worker_id: w.id.clone(),
-            addr,
-            secure: w.secure,
-        })
+        best
     }
 
     /// Every known worker, in registration order.

@@ -12,10 +12,14 @@
 //! deliveries are parked, bounded in bytes and age (`--parked-delivery-bytes`,
 //! `--parked-delivery-ms`), and sent when that worker's link comes; the worker's order
 //! rules drop what it got meanwhile another way. Past the bounds the message waits in the
-//! store for the client's next message or resume, as before.
+//! store for the client's next message or resume, as before. The fleet registry
+//! ([`Fleet`], read each second) says when such a worker is gone: once the lease of the
+//! incarnation an entry names has ended, or another incarnation holds it, nothing is
+//! parked or sent for it.
 
+use crate::fleet::Fleet;
 use crate::link::LinkHandle;
-use crate::store::contract::{BacklogPage, Outbox};
+use crate::store::contract::{now_ms, BacklogPage, Outbox};
 use crate::store::directory::{Holder, WorkerRef};
 use bytes::Bytes;
 use protocol::link::{Down, KickReason};
@@ -28,6 +32,8 @@ use std::time::{Duration, Instant};
 pub struct Router {
     links: RwLock<HashMap<Arc<str>, Arc<LinkHandle>>>,
     parked: Mutex<Parked>,
+    /// The shared store's worker registry as last read (empty with the memory store).
+    pub fleet: Fleet,
 }
 
 /// Deliveries for workers with no link here yet, oldest first.
@@ -177,6 +183,16 @@ impl Outbox for Router {
             Some(_) => false,
             None => {
                 drop(links);
+                if self
+                    .fleet
+                    .holds(to.worker.id(), to.worker.incarnation(), now_ms())
+                    == Some(false)
+                {
+                    // That incarnation's lease ended (it died or restarted): the message
+                    // waits in the store for the client's resume.
+                    crate::metrics::LEASE_ENDED_DROPS.inc();
+                    return false;
+                }
                 self.park(to, epoch, seq, data)
             }
         }
@@ -198,6 +214,10 @@ impl Outbox for Router {
 
     fn is_live(&self, worker: &WorkerRef) -> bool {
         self.with_link(worker, |_| ()).is_some()
+            || self
+                .fleet
+                .holds(worker.id(), worker.incarnation(), now_ms())
+                == Some(true)
     }
 }
 

@@ -1046,3 +1046,159 @@ async fn a_resent_batch_gives_no_message_a_second_seq() {
     );
     c.stop().await;
 }
+
+/// The fleet registry in Redis: a gateway with no link to a worker assigns clients to it
+/// from the lease another gateway renews, sees the channel it holds as online, and once
+/// the worker is gone and its lease has ended, assigns nothing to it and no longer counts
+/// it as the channel's live holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_registry_spans_gateways_and_a_dead_workers_lease_ends() {
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let flags = ["--store", url.as_str(), "--worker-timeout-secs", "1"];
+    let a = start(&flags, 0, &[]).await;
+    let b = start(&flags, 0, &[]).await;
+    // A worker that links to gateway a only.
+    let token = tokio_util::sync::CancellationToken::new();
+    let w = worker::Worker::bind(<worker::Config as clap::Parser>::parse_from([
+        "worker",
+        "--gateway",
+        &a.base,
+        "--id",
+        "lone",
+        "--threads",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+    ]))
+    .unwrap();
+    let addr = w.local_addrs()[0].to_string();
+    let handle = w.start(token.clone());
+    a.wait_workers(1).await;
+    // Gateway b learns it from the registry within a couple of seconds.
+    let t = Instant::now();
+    let assigned = loop {
+        let r = b.get("/v1/assign?channel=f:1").await;
+        if r.status == 200 {
+            break r.json();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "b never assigned: {:?}",
+            r.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(assigned["worker"], "lone");
+    assert!(
+        assigned["ws_url"].as_str().unwrap().contains(&addr),
+        "{assigned}"
+    );
+    let fleet = b.get("/v1/workers").await.json();
+    assert_eq!(fleet["workers"], json!([]), "b has no link of its own");
+    assert_eq!(fleet["fleet"][0]["id"], "lone", "{fleet}");
+    // A client through b's assignment; publishes through a (the worker's gateway).
+    let mut ws = ws_connect(assigned["ws_url"].as_str().unwrap()).await;
+    a.wait_online("f:1").await;
+    assert_eq!(a.publish("f:1", "1").await, 1);
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    let info = b.get("/v1/channels/f:1").await.json();
+    assert_eq!(
+        info["online"], true,
+        "b sees the holder live through its lease: {info}"
+    );
+    // The worker goes away; its lease (worker timeout + 1 s) ends and b stops using it.
+    token.cancel();
+    tokio::task::spawn_blocking(move || handle.wait())
+        .await
+        .unwrap();
+    let gone = Instant::now();
+    loop {
+        let r = b.get("/v1/assign?channel=f:1").await;
+        if r.status == 503 {
+            assert_eq!(r.json()["error"], "no_worker");
+            break;
+        }
+        assert_eq!(r.json()["worker"], "lone");
+        assert!(
+            gone.elapsed() < Duration::from_secs(6),
+            "b kept assigning a dead worker"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let info = b.get("/v1/channels/f:1").await.json();
+    assert_eq!(info["online"], false, "{info}");
+    // Published meanwhile: stored, never routed (nor parked) for the dead incarnation.
+    assert_eq!(b.publish("f:1", "2").await, 2);
+    let m = String::from_utf8_lossy(&b.get("/metrics").await.body).into_owned();
+    assert!(
+        metric(&m, "pushgate_lease_ended_deliveries_total") >= 1.0,
+        "{m}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The registry's rule, on the function itself: the same incarnation keeps the later lease
+/// end; another incarnation takes the entry only if it linked later or the lease ended; an
+/// entry ended for longer than the keep time is forgotten.
+#[tokio::test]
+async fn the_worker_registry_keeps_the_newest_incarnation() {
+    let redis = RedisServer::start(&[]);
+    let c = over(&redis, &[]).await;
+    assert_eq!(c.publish("lib:1", "0").await, 1, "the library is loaded");
+    c.stop().await;
+    let renew = |now: &str, id: &str, line: &str| -> Vec<String> {
+        let out = redis
+            .cli(&[
+                "FCALL",
+                "pg_workers",
+                "1",
+                "t:workers",
+                now,
+                "60000",
+                id,
+                line,
+            ])
+            .unwrap();
+        out.lines().map(str::to_owned).collect()
+    };
+    // incarnation since until connections capacity secure addrs
+    assert_eq!(
+        renew("1000", "w", "7 100 5000 0 10 0 a:1"),
+        ["w", "7 100 5000 0 10 0 a:1"]
+    );
+    // The same incarnation: a later lease end wins, an earlier one does not undo it.
+    assert_eq!(
+        renew("1000", "w", "7 200 6000 3 10 0 a:1")[1],
+        "7 200 6000 3 10 0 a:1"
+    );
+    assert_eq!(
+        renew("1000", "w", "7 100 5500 1 10 0 a:1")[1],
+        "7 200 6000 3 10 0 a:1"
+    );
+    // Another incarnation that linked earlier (a gateway still holding a dead one's link)
+    // cannot take a live entry; one that linked later (a restart) does.
+    assert_eq!(
+        renew("1000", "w", "9 150 7000 0 10 0 a:1")[1],
+        "7 200 6000 3 10 0 a:1"
+    );
+    assert_eq!(
+        renew("1000", "w", "9 300 7000 0 10 0 a:2")[1],
+        "9 300 7000 0 10 0 a:2"
+    );
+    // Once the lease has ended, any incarnation takes it.
+    assert_eq!(
+        renew("8000", "w", "5 1 9000 0 10 0 a:3")[1],
+        "5 1 9000 0 10 0 a:3"
+    );
+    // Ended for longer than the keep time (60 s here): forgotten.
+    assert_eq!(
+        renew("70000", "x", "1 1 80000 0 10 0 b:1"),
+        ["x", "1 1 80000 0 10 0 b:1"]
+    );
+    assert_eq!(
+        redis.cli(&["HEXISTS", "t:workers", "w"]).unwrap().trim(),
+        "0"
+    );
+}

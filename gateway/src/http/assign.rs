@@ -53,7 +53,11 @@ fn pick(app: &App, query: &str) -> Result<Resp, Rejection> {
     protocol::validate_channel(&channel).map_err(Rejection::BadChannel)?;
     let a = app
         .registry
-        .pick(Instant::now())
+        .pick_in(
+            Instant::now(),
+            Some(&app.router.fleet),
+            crate::store::now_ms(),
+        )
         .ok_or(Rejection::NoWorker)?;
     metrics::ASSIGN_TOTAL.inc();
     let mut query =

@@ -71,7 +71,29 @@ pub fn workers(app: &App) -> Resp {
             })
         })
         .collect();
-    json_resp(StatusCode::OK, json!({ "workers": list }).to_string())
+    // With a shared store: every worker of the fleet registry, as the gateways that see
+    // it renew it (linked here or not).
+    let now = now_ms();
+    let fleet: Vec<_> = app
+        .router
+        .fleet
+        .list()
+        .into_iter()
+        .map(|(id, l)| {
+            json!({
+                "id": &*id,
+                "incarnation": l.incarnation.to_string(),
+                "addresses": l.addrs,
+                "connections": l.connections,
+                "capacity": l.capacity,
+                "lease_ms": l.until_ms as i64 - now as i64,
+            })
+        })
+        .collect();
+    json_resp(
+        StatusCode::OK,
+        json!({ "workers": list, "fleet": fleet }).to_string(),
+    )
 }
 
 pub async fn metrics_resp(app: &App) -> Resp {

@@ -95,6 +95,29 @@ impl<O: Outbox> RedisStore<O> {
         self.client.raw(&redis::cmd("PING")).await.map(|_| ())
     }
 
+    /// Renews the leases of the workers this gateway sees (`(id, lease line)`, see
+    /// [`crate::fleet`]) and reads the whole fleet back: one call.
+    pub async fn renew_workers(
+        &self,
+        leases: &[(String, String)],
+        now_ms: u64,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let key = format!("{}:workers", self.opts.prefix);
+        let now = now_ms.to_string();
+        let keep = crate::fleet::KEEP_ENDED_MS.to_string();
+        let mut args: Vec<&[u8]> = vec![now.as_bytes(), keep.as_bytes()];
+        for (id, line) in leases {
+            args.extend([id.as_bytes(), line.as_bytes()]);
+        }
+        let reply = self.client.fcall("pg_workers", &[&key], &args).await?;
+        let Value::Array(a) = &reply else {
+            return Err(bad_reply("pg_workers", &reply));
+        };
+        Ok(a.chunks_exact(2)
+            .filter_map(|p| Some((text(&p[0])?, text(&p[1])?)))
+            .collect())
+    }
+
     fn worker(&self, id: &str, incarnation: u64) -> WorkerRef {
         let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = w.get(&(id.to_owned(), incarnation)) {

@@ -331,7 +331,55 @@ local function info(keys, args)
   return {1, m.e, m.s, m.o, n}
 end
 
+-- The worker registry: one hash (KEYS[1]), a field per worker id, the value
+-- "<incarnation> <since ms> <lease end ms> <connections> <capacity> <secure 0|1> <addrs>"
+-- as a gateway that has a live link to it sees it. Every gateway renews the workers it
+-- sees each second and reads the whole fleet back, in this one call.
+-- ARGV: now_ms, keep_ms (how long an ended lease stays listed), then id and value of each
+-- worker this gateway sees. The same incarnation keeps the later lease end; another
+-- incarnation replaces it only when it linked later (a restarted worker) or the current
+-- lease has ended, so a gateway still holding a dead incarnation's link cannot undo it.
+-- Returns the fleet: id, value, id, value, ...
+local function lease_of(v)
+  local inc, since, till = string.match(v, '^(%d+) (%d+) (%d+) ')
+  return inc, tonumber(since), tonumber(till)
+end
+
+local function workers(keys, args)
+  local reg, now, keep = keys[1], tonumber(args[1]), tonumber(args[2])
+  for i = 3, #args - 1, 2 do
+    local id, v = args[i], args[i + 1]
+    local cur = redis.call('HGET', reg, id)
+    local take = true
+    if cur then
+      local inc, since, till = lease_of(v)
+      local cinc, csince, ctill = lease_of(cur)
+      if not inc then
+        take = false
+      elseif cinc == inc then
+        take = till > ctill
+      elseif ctill and ctill >= now then
+        take = since > csince
+      end
+    end
+    if take then redis.call('HSET', reg, id, v) end
+  end
+  local all = redis.call('HGETALL', reg)
+  local out = {}
+  for i = 1, #all - 1, 2 do
+    local _, _, till = lease_of(all[i + 1])
+    if not till or till + keep < now then
+      redis.call('HDEL', reg, all[i])
+    else
+      out[#out + 1] = all[i]
+      out[#out + 1] = all[i + 1]
+    end
+  end
+  return out
+end
+
 redis.register_function('pg_publish', publish)
+redis.register_function('pg_workers', workers)
 redis.register_function('pg_publish_batch', publish_batch)
 redis.register_function('pg_attach', attach)
 redis.register_function('pg_fetch', fetch)
