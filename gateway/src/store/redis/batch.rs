@@ -10,7 +10,7 @@
 //! pays the first once. The gateway's side gains the same way: one request, one reply
 //! and one wake-up of the connection's driver for the whole round.
 
-use super::client::{fcall_cmd, overloaded, Client};
+use super::client::{fcall_cmd, new_epoch, overloaded, Client};
 use super::keys::slot;
 use super::reply::{bad_reply, parse_publish_batch, PublishReply};
 use crate::metrics;
@@ -154,7 +154,7 @@ fn split(jobs: Vec<Job>, cluster: bool) -> Vec<Vec<Job>> {
 async fn call(client: &Client, jobs: Vec<Job>) {
     let f = &client.fixed;
     let now = jobs.iter().map(|j| j.now_ms).max().unwrap_or(0).to_string();
-    let epoch = super::new_epoch().to_string();
+    let epoch = new_epoch().to_string();
     let ops: Vec<[u8; 16]> = jobs.iter().map(|_| op_id()).collect();
     let mut keys: Vec<&str> = Vec::with_capacity(jobs.len() * 3);
     let mut args: Vec<&[u8]> = Vec::with_capacity(7 + jobs.len() * 3);

@@ -4,7 +4,6 @@
 //! replaced.
 
 use super::conn::{connect, Conn, RedisOptions};
-use super::LIBRARY;
 use crate::metrics;
 use crate::store::contract::StoreError;
 use redis::{Cmd, Value};
@@ -12,6 +11,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+
+/// The function library, loaded with `FUNCTION LOAD REPLACE`.
+pub const LIBRARY: &str = include_str!("pushgate.lua");
+
+/// Epochs stay below 2^53 so JSON clients parse them exactly.
+const EPOCH_MASK: u64 = (1 << 53) - 1;
+
+/// A fresh epoch: random, non-zero, below 2^53 (used only when a channel's meta is made
+/// or its history changed).
+pub(super) fn new_epoch() -> u64 {
+    (rand::random::<u64>() & EPOCH_MASK).max(1)
+}
 
 /// What every call passes that the configuration fixes, rendered once.
 pub(super) struct FixedArgs {

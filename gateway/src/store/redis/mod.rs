@@ -36,7 +36,8 @@ use super::memory::log::BACKLOG_MAX_BYTES;
 use crate::metrics;
 use batch::Batcher;
 use bytes::Bytes;
-use client::Client;
+pub use client::LIBRARY;
+use client::{new_epoch, Client};
 pub use conn::{RedisOptions, RedisTarget};
 use keys::{decode_holder, encode_holder, ChannelKeys};
 use protocol::link::KickReason;
@@ -45,12 +46,6 @@ use reply::{bad_reply, int, parse_page, text, to_backlog};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-
-/// The function library, loaded with `FUNCTION LOAD REPLACE`.
-pub const LIBRARY: &str = include_str!("pushgate.lua");
-
-/// Epochs stay below 2^53 so JSON clients parse them exactly.
-const EPOCH_MASK: u64 = (1 << 53) - 1;
 
 /// The Redis [`crate::store::Store`].
 pub struct RedisStore<O: Outbox> {
@@ -229,11 +224,6 @@ impl<O: Outbox> RedisStore<O> {
             other => Err(bad_reply("pg_attach", &other)),
         }
     }
-}
-
-/// A fresh epoch: random, non-zero, below 2^53.
-fn new_epoch() -> u64 {
-    (rand::random::<u64>() & EPOCH_MASK).max(1)
 }
 
 fn count_epoch_change(cause: &str) {
