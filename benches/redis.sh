@@ -8,12 +8,14 @@
 #   3. the same loadgen runs against a memory-store gateway (the ratio Redis costs).
 #
 #   benches/redis.sh [SECONDS=5] [CHANNELS=10000]
+#   SINGLE_RATE=30000 benches/redis.sh ...   (the rate loadgen aims single publishes at)
 #
 # Needs redis-server, redis-benchmark, redis-cli (Debian's redis-server / redis-tools) and
 # release binaries (built if missing). Prints one line per figure; nothing is kept.
 set -euo pipefail
 SECS=${1:-5}
 CHANNELS=${2:-10000}
+SINGLE_RATE=${SINGLE_RATE:-20000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 [ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] || (cd "$ROOT" && cargo build --release -p gateway -p loadgen)
@@ -47,6 +49,12 @@ data=$(printf 'x%.0s' $(seq 1 150))
 # pg_publish ARGV: data now max_messages max_age_ms max_channel_bytes meta_ttl_ms new_epoch op key strict
 rb=$(redis-benchmark -p "$RP" -c 16 -P 16 -n 300000 -r "$CHANNELS" -q FCALL pg_publish 3 'pg:{c__rand_int__}:m' 'pg:{c__rand_int__}:l' 'pg:{c__rand_int__}:i:' "$data" "$now" 100 300000 16777216 2592000000 7 '0000__rand_int__' '' 1 | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1)
 echo "ceiling bare pg_publish: $rb; $(usec_per_call fcall) µs Redis per call"
+redis-cli -p "$RP" FLUSHALL >/dev/null
+# The same, one call per publish without pipelining (8 clients, as 8 publishers): what
+# Redis alone does when every publish is its own round trip, the floor for single publishes.
+redis-cli -p "$RP" CONFIG RESETSTAT >/dev/null
+rb=$(redis-benchmark -p "$RP" -c 8 -P 1 -n 200000 -r "$CHANNELS" -q FCALL pg_publish 3 'pg:{c__rand_int__}:m' 'pg:{c__rand_int__}:l' 'pg:{c__rand_int__}:i:' "$data" "$now" 100 300000 16777216 2592000000 7 '0000__rand_int__' '' 1 | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1)
+echo "floor one call per publish (8 clients, no pipelining): $rb; $(usec_per_call fcall) µs Redis per call"
 redis-cli -p "$RP" FLUSHALL >/dev/null
 # pg_publish_batch ARGV: now max_messages max_age_ms max_channel_bytes meta_ttl_ms new_epoch
 # strict, then data key op for each message (KEYS: meta list idem for each).
@@ -92,7 +100,7 @@ if store != "memory":
 print(line)
 EOF
 }
-single=(--batch 1 --rate 20000/s --publish-connections 8)
+single=(--batch 1 --rate "$SINGLE_RATE/s" --publish-connections 8)
 batch=(--batch 100 --rate 200000/s --publish-connections 4)
 run redis-single "redis://127.0.0.1:$RP" "${single[@]}"
 redis-cli -p "$RP" FLUSHALL >/dev/null
