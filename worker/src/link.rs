@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How long the link's unacknowledged bytes may wait before the kernel ends it.
+const LINK_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -146,6 +148,11 @@ async fn session(
     .context("connect timed out")?
     .with_context(|| format!("connect to {}:{}", setup.host, setup.port))?;
     let _ = stream.set_nodelay(true);
+    // A route that stops acknowledging (a dead host, a black hole) ends the link once the
+    // heartbeats sent into it stay unacknowledged this long (they go every second), instead
+    // of the kernel's retransmission time of minutes. A route that acknowledges and drops
+    // is the gateway's to notice: it closes a link silent for twice its worker timeout.
+    let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(LINK_USER_TIMEOUT));
     let host = if setup.host.contains(':') {
         format!("[{}]:{}", setup.host, setup.port)
     } else {

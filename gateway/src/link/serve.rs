@@ -38,6 +38,8 @@ enum LinkEnd {
     HelloTimeout(Duration),
     #[error("first frame was not Hello")]
     NoHello,
+    #[error("nothing from the worker for {0:?} (a dead route: it reconnects and resubscribes)")]
+    Silent(Duration),
     #[error("bad frame: {0}")]
     Frame(#[from] protocol::link::LinkError),
     #[error("i/o: {0}")]
@@ -143,10 +145,16 @@ async fn read_loop<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     ops: mpsc::Sender<Up>,
 ) -> LinkEnd {
+    // A worker sends `Load` every second; twice the stale timeout of silence is a route
+    // that drops what it is given (deliveries sent into it are lost to the worker), so the
+    // link is closed: the worker reconnects and resubscribes every connection with
+    // `since`, and what it missed comes from the store.
+    let silence = app.config.worker_timeout() * 2;
     loop {
-        let frame = match read_frame(reader, buf).await {
-            Ok(f) => f,
-            Err(e) => return e,
+        let frame = match tokio::time::timeout(silence, read_frame(reader, buf)).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => return e,
+            Err(_) => return LinkEnd::Silent(silence),
         };
         let up = match Up::decode(frame) {
             Ok(u) => u,

@@ -112,6 +112,27 @@ impl Cluster {
         addrs
     }
 
+    /// A worker whose only link goes to `gateway_url` (a proxy in front of this gateway,
+    /// say), stopped with the cluster.
+    pub async fn add_worker_via(&mut self, id: &str, gateway_url: &str) -> Vec<SocketAddr> {
+        let args = [
+            "worker",
+            "--gateway",
+            gateway_url,
+            "--id",
+            id,
+            "--threads",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+        ];
+        let w = worker::Worker::bind(worker::Config::parse_from(args)).unwrap();
+        let addrs = w.local_addrs();
+        self.workers.push(w.start(self.shutdown.child_token()));
+        self.worker_addrs.push(addrs.clone());
+        addrs
+    }
+
     /// Waits until `n` workers are registered and healthy.
     pub async fn wait_workers(&self, n: usize) {
         for _ in 0..500 {
