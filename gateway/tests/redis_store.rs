@@ -1202,3 +1202,85 @@ async fn the_worker_registry_keeps_the_newest_incarnation() {
         "0"
     );
 }
+
+/// Redis behind the fault-injection proxy, its connection reset every 2-8 KB: publishes
+/// that fail answer 503 and are retried under their idempotency key, and in the end every
+/// message has exactly one seq, with none skipped, and reaches its client once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_connections_reset_again_and_again_give_no_message_two_seqs() {
+    let redis = RedisServer::start(&[]);
+    let faults = chaos::Faults {
+        seed: 20261202,
+        reset_after: Some(2_000..=8_000),
+        ..chaos::Faults::default()
+    };
+    let proxy = chaos::Proxy::start("127.0.0.1:0".parse().unwrap(), redis.addr, faults)
+        .await
+        .unwrap();
+    let url = format!("redis://{}", proxy.addr);
+    let c = start(&["--store", &url, "--redis-timeout-ms", "1000"], 1, &[]).await;
+    let mut ws = loop {
+        // Subscribing can meet a reset too: the worker is told and the client retries.
+        let r = c.get("/v1/assign?channel=rr:1").await;
+        assert_eq!(r.status, 200);
+        let mut ws = ws_connect(r.json()["ws_url"].as_str().unwrap()).await;
+        if tokio::time::timeout(Duration::from_secs(3), async {
+            loop {
+                let i = c.get("/v1/channels/rr:1").await.json();
+                if i["online"] == true {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .is_ok()
+        {
+            break ws;
+        }
+        let _ = futures_util::SinkExt::close(&mut ws).await;
+    };
+    const N: u64 = 200;
+    let mut retried = 0;
+    for i in 1..=N {
+        let key = format!("k{i}");
+        let t = Instant::now();
+        loop {
+            let r = c
+                .request(
+                    "POST",
+                    "/v1/publish/rr:1",
+                    &[("Idempotency-Key", &key)],
+                    bytes::Bytes::from(format!("{i}")),
+                )
+                .await;
+            if r.status == 202 {
+                assert_eq!(r.json()["seq"], i, "message {i} got another seq");
+                break;
+            }
+            assert_eq!(r.status, 503, "{:?}", r.json());
+            retried += 1;
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "publish {i} never went in"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // The client: every message once, in order (a reset may have made the worker fetch).
+    for i in 1..=N {
+        let v = next_json(&mut ws).await;
+        assert_eq!(v, json!({"seq": i, "data": i}));
+    }
+    let resets = proxy
+        .control
+        .resets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(resets >= 5, "only {resets} resets: the test did not test");
+    assert_eq!(
+        redis.cli(&["HGET", "pg:{rr:1}:m", "s"]).unwrap().trim(),
+        N.to_string()
+    );
+    eprintln!("{resets} Redis connection resets, {retried} publishes retried");
+    c.stop().await;
+}
