@@ -4,6 +4,7 @@
 
 use crate::config::Config;
 use crate::http::cors::Cors;
+use crate::ratelimit::PublishLimits;
 use crate::registry::Registry;
 use crate::router::Router;
 use crate::store::AnyStore;
@@ -30,6 +31,8 @@ pub struct App {
     pub publish_cors: Option<Cors>,
     /// The store answered its last check (`/healthz`).
     pub store_healthy: AtomicBool,
+    /// `--publish-rate-per-ip`, `--publish-rate-per-key`.
+    pub limits: PublishLimits,
 }
 
 impl App {
@@ -41,6 +44,12 @@ impl App {
         shutdown: CancellationToken,
     ) -> Self {
         let registry = Registry::new(config.worker_timeout());
+        let limits = PublishLimits::new(
+            config.publish_rate_per_ip,
+            config.publish_rate_per_key,
+            config.publish_burst_secs,
+            config.rate_limit_entries,
+        );
         let subscribe_cors = Cors::new(&config.allow_origins, "GET, OPTIONS");
         let publish_cors = (!config.publish_allow_origins.is_empty())
             .then(|| Cors::new(&config.publish_allow_origins, "POST, OPTIONS"));
@@ -55,6 +64,7 @@ impl App {
             subscribe_cors,
             publish_cors,
             store_healthy: AtomicBool::new(true),
+            limits,
         }
     }
 }

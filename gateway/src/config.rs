@@ -167,6 +167,24 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
 
+    /// Publishes per second from one source IP (NDJSON lines and broadcast channels count
+    /// one each); more get 429 with `Retry-After`. 0: no limit.
+    #[arg(long, env = "PUSHGATE_PUBLISH_RATE_PER_IP", default_value_t = 0.0)]
+    pub publish_rate_per_ip: f64,
+
+    /// Publishes per second under one publisher key (`Authorization: Bearer`); more get
+    /// 429 with `Retry-After`. 0: no limit.
+    #[arg(long, env = "PUSHGATE_PUBLISH_RATE_PER_KEY", default_value_t = 0.0)]
+    pub publish_rate_per_key: f64,
+
+    /// Seconds' worth of the publish rates a quiet publisher may save up and send at once.
+    #[arg(long, env = "PUSHGATE_PUBLISH_BURST_SECS", default_value_t = 1.0)]
+    pub publish_burst_secs: f64,
+
+    /// Most source IPs and most keys the publish rate limits remember (idle ones go first).
+    #[arg(long, env = "PUSHGATE_RATE_LIMIT_ENTRIES", default_value_t = 100_000)]
+    pub rate_limit_entries: usize,
+
     /// A worker silent for longer than this is stale and gets no new clients.
     #[arg(long, env = "PUSHGATE_WORKER_TIMEOUT_SECS", default_value_t = 3)]
     pub worker_timeout_secs: u64,
@@ -263,6 +281,16 @@ impl Config {
         anyhow::ensure!(
             self.body_timeout_secs >= 1,
             "--body-timeout-secs must be at least 1"
+        );
+        anyhow::ensure!(
+            [self.publish_rate_per_ip, self.publish_rate_per_key]
+                .iter()
+                .all(|r| r.is_finite() && *r >= 0.0),
+            "--publish-rate-per-ip and --publish-rate-per-key must be 0 (off) or a positive rate"
+        );
+        anyhow::ensure!(
+            self.publish_burst_secs.is_finite() && self.publish_burst_secs > 0.0,
+            "--publish-burst-secs must be more than 0"
         );
         anyhow::ensure!(
             self.worker_timeout_secs >= 1,

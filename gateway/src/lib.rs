@@ -14,6 +14,7 @@ pub mod local;
 pub mod metrics;
 pub mod ndjson;
 pub mod net;
+pub mod ratelimit;
 pub mod registry;
 pub mod router;
 pub mod store;

@@ -73,11 +73,13 @@ pub enum RejectReason {
     StoreUnavailable,
     /// The body did not arrive within `--body-timeout-secs`.
     Timeout,
+    /// Over a publish rate limit (429).
+    RateLimited,
 }
 
 impl RejectReason {
     /// Every label, registered at start so each series shows before traffic.
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         RejectReason::Unauthorized,
         RejectReason::TooLarge,
         RejectReason::BadChannel,
@@ -85,6 +87,7 @@ impl RejectReason {
         RejectReason::TooManyChannels,
         RejectReason::StoreUnavailable,
         RejectReason::Timeout,
+        RejectReason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -96,6 +99,7 @@ impl RejectReason {
             RejectReason::TooManyChannels => "too_many_channels",
             RejectReason::StoreUnavailable => "store_unavailable",
             RejectReason::Timeout => "timeout",
+            RejectReason::RateLimited => "rate_limited",
         }
     }
 

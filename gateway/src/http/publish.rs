@@ -3,10 +3,11 @@
 //! [`crate::ndjson`] and [`crate::broadcast`]; this file checks, appends and answers. A
 //! refusal is a [`Rejection`], counted in `pushgate_publish_rejected_total` here, once.
 
-use super::auth::check_publisher;
+use super::auth::{bearer, check_publisher};
 use super::body::read_body;
 use super::rejection::{store_reason, Rejection};
 use super::reply::{json_resp, Resp};
+use super::server::Peer;
 use crate::app::App;
 use crate::broadcast;
 use crate::metrics::{self, RejectReason};
@@ -32,6 +33,7 @@ pub async fn publish(app: &App, channel: &str, req: Request<Incoming>) -> Resp {
 
 async fn publish_one(app: &App, channel: &str, req: Request<Incoming>) -> Result<Resp, Rejection> {
     check_publisher(app, req.headers())?;
+    rate_limit(app, &req, 1)?;
     protocol::validate_channel(channel).map_err(Rejection::BadChannel)?;
     let key = match req.headers().get("idempotency-key") {
         None => None,
@@ -71,6 +73,10 @@ pub async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
 
 async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     check_publisher(app, req.headers())?;
+    let (peer, key) = who(&req);
+    // One message's worth first, so a publisher already over its limit is refused
+    // before its body is read; the whole batch is charged once it is parsed.
+    rate_limit_parts(app, peer, key.as_deref(), 0)?;
     let is_ndjson = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -94,6 +100,12 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     )
     .map_err(Rejection::TooManyLines)?;
     drop(body);
+    rate_limit_parts(
+        app,
+        peer,
+        key.as_deref(),
+        (lines.len() + rejected.len()) as u64,
+    )?;
     RejectReason::BadRequest.count(rejected.len() as u64);
     let now = now_ms();
     let results = publish_lines(app, &lines, now).await;
@@ -166,6 +178,31 @@ async fn publish_lines(
         .collect()
 }
 
+/// The source IP and the publisher key of a request, for the rate limits.
+fn who(req: &Request<Incoming>) -> (Option<std::net::IpAddr>, Option<String>) {
+    let peer = req.extensions().get::<Peer>().map(|p| p.0);
+    (peer, bearer(req.headers()).map(str::to_owned))
+}
+
+/// Charges `n` messages to the request's source IP and publisher key.
+fn rate_limit(app: &App, req: &Request<Incoming>, n: u64) -> Result<(), Rejection> {
+    let (peer, key) = who(req);
+    rate_limit_parts(app, peer, key.as_deref(), n)
+}
+
+/// Charges `n` messages (0: only checks that one would pass, without charging).
+fn rate_limit_parts(
+    app: &App,
+    peer: Option<std::net::IpAddr>,
+    key: Option<&str>,
+    n: u64,
+) -> Result<(), Rejection> {
+    let now = std::time::Instant::now();
+    app.limits
+        .check(peer, key, n, now)
+        .map_err(|retry_after| Rejection::RateLimited { retry_after })
+}
+
 /// Counts the accepted appends of a batch (NDJSON or broadcast), meters new publishes and
 /// refusals, and hands each refusal (its index, its code) to `reject`.
 fn tally(
@@ -201,6 +238,8 @@ pub async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
 
 async fn broadcast_all(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     check_publisher(app, req.headers())?;
+    let (peer, key) = who(&req);
+    rate_limit_parts(app, peer, key.as_deref(), 0)?;
     let body = read_body(
         req,
         app.config.max_batch_bytes,
@@ -215,6 +254,7 @@ async fn broadcast_all(app: &App, req: Request<Incoming>) -> Result<Resp, Reject
     )
     .map_err(Rejection::Broadcast)?;
     let (channels, mut rejected) = broadcast::split_channels(&parsed.channels);
+    rate_limit_parts(app, peer, key.as_deref(), parsed.channels.len() as u64)?;
     RejectReason::BadChannel.count(rejected.len() as u64);
     // In chunks, yielding in between: a 100,000-channel broadcast does not hold a runtime
     // thread for its whole length, and link writers start on the first chunk's deliveries.

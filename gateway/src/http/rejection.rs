@@ -66,6 +66,10 @@ pub enum Rejection {
     },
     /// A head hyper could not take: why, in a few words.
     Malformed(String),
+    /// Over `--publish-rate-per-ip` or `--publish-rate-per-key`; come back after this.
+    RateLimited {
+        retry_after: std::time::Duration,
+    },
 }
 
 impl Rejection {
@@ -96,6 +100,7 @@ impl Rejection {
             }
             Rejection::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
+            Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -127,6 +132,7 @@ impl Rejection {
             }
             Rejection::UriTooLong { .. } => "uri_too_long",
             Rejection::Malformed(_) => "bad_request",
+            Rejection::RateLimited { .. } => "rate_limited",
         }
     }
 
@@ -173,6 +179,10 @@ impl Rejection {
                 format!("the request target exceeds {limit} bytes")
             }
             Rejection::Malformed(why) => format!("malformed HTTP request: {why}"),
+            Rejection::RateLimited { retry_after } => format!(
+                "over the publish rate limit; retry after {:.3} s",
+                retry_after.as_secs_f64()
+            ),
         }
     }
 
@@ -188,6 +198,7 @@ impl Rejection {
             }
             Rejection::BadChannel(_) => RejectReason::BadChannel,
             Rejection::BodyTimeout { .. } => RejectReason::Timeout,
+            Rejection::RateLimited { .. } => RejectReason::RateLimited,
             Rejection::Store(e) => store_reason(e),
             Rejection::MissingChannel
             | Rejection::BadQuery
@@ -216,6 +227,11 @@ impl Rejection {
             Rejection::UpgradeRequired => Some((
                 header::UPGRADE,
                 HeaderValue::from_static(protocol::link::LINK_UPGRADE),
+            )),
+            // Whole seconds, rounded up (RFC 9110).
+            Rejection::RateLimited { retry_after } => Some((
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after.as_secs_f64().ceil().max(1.0) as u64),
             )),
             // The rest of the body may still trickle in: hyper closes after this answer.
             Rejection::BodyTimeout { .. } => {

@@ -16,6 +16,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The source IP of the connection a request came on (a request extension).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
 /// Accepts connections until `app.shutdown`, one task per connection (tracked).
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
     loop {
@@ -25,9 +29,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
             r = listener.accept() => r,
         };
         match accepted {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 net::tune_accepted(&stream);
-                app.tracker.spawn(serve_connection(app.clone(), stream));
+                app.tracker
+                    .spawn(serve_connection(app.clone(), stream, peer.ip()));
             }
             Err(e) if net::is_fd_exhaustion(&e) => {
                 warn!(error = %e, "accept failed: out of file descriptors; backing off");
@@ -39,11 +44,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
 }
 
 /// Serves one HTTP/1.1 connection (upgrades included) until it ends or shutdown drains it.
-async fn serve_connection(app: Arc<App>, stream: TcpStream) {
+async fn serve_connection(app: Arc<App>, stream: TcpStream, peer: std::net::IpAddr) {
     let shutdown = app.shutdown.clone();
     let max_header_bytes = app.config.max_header_bytes;
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
+        req.extensions_mut().insert(Peer(peer));
         async move { Ok::<_, Infallible>(handle(app, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
