@@ -103,6 +103,13 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_CLOSE_LINGER_SECS", default_value_t = 10)]
     pub close_linger_secs: u32,
 
+    /// Most client connections one source IP may hold open on this worker; more are
+    /// refused at accept with 429 `too_many_connections`. 0: no limit. When set, each
+    /// connection costs ~40-50 B more (its IP, kept until it closes). NAT'd clients and load
+    /// generators share an IP: size it for them.
+    #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
     /// Time a new connection (or an idle keep-alive one) has to send a complete request.
     #[arg(long, env = "PUSHGATE_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u32,

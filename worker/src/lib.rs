@@ -112,6 +112,7 @@ impl Worker {
             ports,
             up_tx,
             link_trim: AtomicBool::new(false),
+            per_ip: Default::default(),
         });
         Ok(Worker {
             shared,

@@ -62,6 +62,9 @@ pub struct Shared {
     /// Set by loop threads that did allocator work (much of it reaches the link thread):
     /// the link thread collects soon, see `trim`.
     pub link_trim: AtomicBool,
+    /// Open connections per source IP, over all loop threads (`--max-connections-per-ip`;
+    /// empty when off).
+    pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
 }
 
 impl Shared {

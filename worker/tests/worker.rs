@@ -816,3 +816,42 @@ async fn over_capacity_gets_503() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_ip_holds_at_most_its_share_of_connections() {
+    let mut h = Harness::start(&["--max-connections-per-ip", "2"]).await;
+    let mut a = ws_connect(&h.ws_url("channel=ip1")).await;
+    let _ = h.link.subscribed().await;
+    let _b = ws_connect(&h.ws_url("channel=ip2")).await;
+    let _ = h.link.subscribed().await;
+    // A third from the same address: refused at accept, as JSON.
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let r = read_response(&mut s, &mut buf).await;
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (429, Some("too_many_connections"))
+    );
+    // Once one leaves, the address has room again (counted over every loop thread).
+    a.close(None).await.unwrap();
+    assert!(matches!(h.link.next().await, Up::Unsubscribe { .. }));
+    drop(a);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(h.addr).await.unwrap();
+        let _ = s
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut out = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut out).await;
+        if out.starts_with(b"HTTP/1.1 200") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the address never got room back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    h.stop().await;
+}

@@ -6,6 +6,7 @@ use crate::metrics::{metrics, CloseReason, Transport};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -27,7 +28,7 @@ impl EventLoop {
         }
         while self.listeners[i].paused_until.is_none() {
             match self.listeners[i].sock.accept() {
-                Ok((stream, _peer)) => self.admit(stream),
+                Ok((stream, peer)) => self.admit(stream, peer.ip()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.accept_failed(i, &e),
@@ -50,15 +51,17 @@ impl EventLoop {
 
     /// A new connection: refused when the worker is full, else a slab slot that reads its
     /// request under the handshake timeout.
-    fn admit(&mut self, mut stream: TcpStream) {
+    fn admit(&mut self, mut stream: TcpStream, ip: IpAddr) {
         metrics().accepted.inc();
         self.busy();
         if self.shared.open.load(Ordering::Relaxed) >= self.shared.capacity {
-            let mut out = Vec::new();
-            let full = "this worker is full";
-            http1::write_error(&mut out, 503, "over_capacity", full, None, b"");
-            let _ = stream.write(&out);
-            metrics().closed(CloseReason::Refused).inc();
+            refuse(&mut stream, 503, "over_capacity", "this worker is full");
+            return;
+        }
+        let per_ip = self.shared.config.max_connections_per_ip;
+        if per_ip > 0 && !self.count_peer(ip, per_ip) {
+            let why = format!("more than {per_ip} connections from one address");
+            refuse(&mut stream, 429, "too_many_connections", &why);
             return;
         }
         let gen = self.gen();
@@ -86,10 +89,38 @@ impl EventLoop {
             extra: None,
         });
         self.shared.open.fetch_add(1, Ordering::Relaxed);
+        if per_ip > 0 {
+            self.peer_ips.insert(key, ip);
+        }
         metrics().open(Transport::Http).inc();
         let at = self.now.secs + self.shared.config.handshake_timeout_secs;
         self.add_deadline(at, key, gen);
         tracing::trace!(thread = self.index, key, "accepted");
+    }
+
+    /// One more connection from `ip`, if it holds fewer than `max`.
+    fn count_peer(&self, ip: IpAddr, max: u32) -> bool {
+        let mut m = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Connection `key` is gone: its IP holds one fewer.
+    pub(super) fn forget_peer(&mut self, key: usize) {
+        let Some(ip) = self.peer_ips.remove(&key) else {
+            return;
+        };
+        let mut m = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
     }
 
     pub(super) fn resume_paused_listeners(&mut self) {
@@ -103,4 +134,12 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// Refused at accept: the JSON error written at once (before any request is read).
+fn refuse(stream: &mut TcpStream, status: u16, code: &str, message: &str) {
+    let mut out = Vec::new();
+    http1::write_error(&mut out, status, code, message, None, b"");
+    let _ = stream.write(&out);
+    metrics().closed(CloseReason::Refused).inc();
 }

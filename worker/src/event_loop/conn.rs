@@ -318,6 +318,7 @@ impl EventLoop {
         self.account_close(key, reason);
         if let Some(conn) = self.conns.try_remove(key) {
             self.shared.open.fetch_sub(1, Ordering::Relaxed);
+            self.forget_peer(key);
             metrics().pending_bytes.sub(conn.pending() as i64);
         }
     }

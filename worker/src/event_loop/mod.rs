@@ -11,7 +11,9 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use protocol::link::Up;
 use slab::Slab;
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,6 +99,8 @@ pub(crate) struct EventLoop {
     /// The batch being gathered holds a Backlog page: it is written whole (`write_conn`).
     batch_page: bool,
     trim: Trim,
+    /// With `--max-connections-per-ip`: each open connection's source IP, by slab key.
+    peer_ips: HashMap<usize, IpAddr>,
 }
 
 impl EventLoop {
@@ -138,6 +142,7 @@ impl EventLoop {
             sweep_cursor: 0,
             resub_cursor: None,
             drain_deadline: None,
+            peer_ips: HashMap::new(),
             batch_count: 0,
             batch_gap: None,
             batch_page: false,
@@ -195,6 +200,9 @@ impl EventLoop {
         }
         // Whatever is left after the drain deadline is dropped.
         let left = self.conns.len();
+        for key in self.peer_ips.keys().copied().collect::<Vec<_>>() {
+            self.forget_peer(key);
+        }
         for conn in self.conns.drain() {
             metrics().pending_bytes.sub(conn.pending() as i64);
         }
