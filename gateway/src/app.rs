@@ -33,6 +33,8 @@ pub struct App {
     pub store_healthy: AtomicBool,
     /// `--publish-rate-per-ip`, `--publish-rate-per-key`.
     pub limits: PublishLimits,
+    /// `--max-inflight-body-bytes`, in KiB permits.
+    pub body_budget: tokio::sync::Semaphore,
 }
 
 impl App {
@@ -44,6 +46,9 @@ impl App {
         shutdown: CancellationToken,
     ) -> Self {
         let registry = Registry::new(config.worker_timeout());
+        let body_budget = tokio::sync::Semaphore::new(
+            config_kib(&config).min(tokio::sync::Semaphore::MAX_PERMITS),
+        );
         let limits = PublishLimits::new(
             config.publish_rate_per_ip,
             config.publish_rate_per_key,
@@ -65,6 +70,12 @@ impl App {
             publish_cors,
             store_healthy: AtomicBool::new(true),
             limits,
+            body_budget,
         }
     }
+}
+
+/// `--max-inflight-body-bytes` in KiB (the body budget's unit).
+fn config_kib(config: &Config) -> usize {
+    config.max_inflight_body_bytes.div_ceil(1024)
 }

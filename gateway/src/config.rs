@@ -141,6 +141,12 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_MAX_CHANNELS", default_value_t = 10_000_000)]
     pub max_channels: usize,
 
+    /// Most request-body bytes the gateway holds at once over all publish requests (a body
+    /// reserves its Content-Length, or its limit when chunked, while it is read and
+    /// published); past it a publish gets 503 `busy` at once.
+    #[arg(long, env = "PUSHGATE_MAX_INFLIGHT_BODY_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+
     /// Largest NDJSON batch body.
     #[arg(long, env = "PUSHGATE_MAX_BATCH_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_batch_bytes: usize,
@@ -260,6 +266,11 @@ impl Config {
         anyhow::ensure!(
             self.max_message_bytes <= protocol::link::MAX_FRAME / 2,
             "--max-message-bytes must fit a link frame"
+        );
+        anyhow::ensure!(
+            self.max_inflight_body_bytes >= self.max_batch_bytes
+                && self.max_inflight_body_bytes >= self.max_message_bytes,
+            "--max-inflight-body-bytes must hold at least one largest batch and message"
         );
         anyhow::ensure!(self.max_channels >= 1, "--max-channels must be at least 1");
         anyhow::ensure!(

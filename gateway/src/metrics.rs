@@ -75,11 +75,13 @@ pub enum RejectReason {
     Timeout,
     /// Over a publish rate limit (429).
     RateLimited,
+    /// `--max-inflight-body-bytes` taken (503).
+    Busy,
 }
 
 impl RejectReason {
     /// Every label, registered at start so each series shows before traffic.
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::Unauthorized,
         RejectReason::TooLarge,
         RejectReason::BadChannel,
@@ -88,6 +90,7 @@ impl RejectReason {
         RejectReason::StoreUnavailable,
         RejectReason::Timeout,
         RejectReason::RateLimited,
+        RejectReason::Busy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -100,6 +103,7 @@ impl RejectReason {
             RejectReason::StoreUnavailable => "store_unavailable",
             RejectReason::Timeout => "timeout",
             RejectReason::RateLimited => "rate_limited",
+            RejectReason::Busy => "busy",
         }
     }
 

@@ -1,6 +1,6 @@
-//! Publish rate limits per source IP and per publisher key: 429 with `Retry-After` and the
+//! Publish limits: rates per source IP and per publisher key (429 with `Retry-After` and the
 //! contract's JSON error, batches and broadcasts charged per message, nothing stored for a
-//! refused publish.
+//! refused publish), and the bound on request bodies in flight (503 busy).
 
 mod common;
 
@@ -83,5 +83,44 @@ async fn each_publisher_key_has_its_own_rate() {
     let wrong = [("Authorization", "Bearer nope")];
     assert_eq!(post(&c, "/v1/publish/k", &wrong, "1").await.status, 401);
     assert_eq!(post(&c, "/v1/publish/k", &beta, "1").await.status, 202);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_in_flight_are_bounded_and_a_publish_past_it_is_busy_not_queued() {
+    use tokio::io::AsyncWriteExt;
+    let c = start(
+        &[
+            "--max-inflight-body-bytes",
+            "16384",
+            "--max-message-bytes",
+            "8192",
+            "--max-batch-bytes",
+            "8192",
+        ],
+        1,
+        &[],
+    )
+    .await;
+    // Two publishes that announce 8 KiB each and send a little: together they hold the
+    // whole budget while their bodies trickle.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(c.gateway).await.unwrap();
+        s.write_all(
+            b"POST /v1/publish/busy HTTP/1.1\r\nHost: x\r\nContent-Length: 8192\r\n\r\n\"ab",
+        )
+        .await
+        .unwrap();
+        slow.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = post(&c, "/v1/publish/busy", &[], "1").await;
+    assert_eq!(r.status, 503, "{:?}", r.json());
+    assert_eq!(r.json()["error"], "busy");
+    // One of them goes away: its share is back.
+    drop(slow.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.publish("busy", "1").await, 1);
     c.stop().await;
 }

@@ -9,15 +9,19 @@ use hyper::body::Incoming;
 use hyper::header;
 use hyper::Request;
 use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 /// Reads a request body of at most `limit` bytes within `timeout` (`what` names it in the
-/// refusal).
-pub async fn read_body(
+/// refusal), holding its share of the gateway's body budget (`--max-inflight-body-bytes`:
+/// its Content-Length, or `limit` when chunked) for as long as the caller keeps the
+/// returned permit.
+pub async fn read_body<'a>(
     req: Request<Incoming>,
     limit: usize,
     what: &'static str,
     timeout: Duration,
-) -> Result<Bytes, Rejection> {
+    budget: &'a Semaphore,
+) -> Result<(Bytes, SemaphorePermit<'a>), Rejection> {
     let too_large = Rejection::TooLarge { what, limit };
     let declared = req
         .headers()
@@ -27,6 +31,11 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large);
     }
+    let reserve = declared.map_or(limit, |n| n as usize).div_ceil(1024).max(1);
+    let permit = u32::try_from(reserve)
+        .ok()
+        .and_then(|n| budget.try_acquire_many(n).ok())
+        .ok_or(Rejection::Busy)?;
     let body = Limited::new(req.into_body(), limit).collect();
     let Ok(read) = tokio::time::timeout(timeout, body).await else {
         return Err(Rejection::BodyTimeout {
@@ -34,7 +43,7 @@ pub async fn read_body(
         });
     };
     match read {
-        Ok(c) => Ok(c.to_bytes()),
+        Ok(c) => Ok((c.to_bytes(), permit)),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large),
         Err(e) => Err(Rejection::BadBody(e.to_string())),
     }

@@ -42,11 +42,12 @@ async fn publish_one(app: &App, channel: &str, req: Request<Incoming>) -> Result
             _ => return Err(Rejection::BadIdempotencyKey),
         },
     };
-    let body = read_body(
+    let (body, _budget) = read_body(
         req,
         app.config.max_message_bytes,
         "the message",
         app.config.body_timeout(),
+        &app.body_budget,
     )
     .await?;
     // The body is a slice of hyper's read buffer, and a retained slice pins the whole
@@ -86,11 +87,12 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     if !is_ndjson {
         return Err(Rejection::NotNdjson);
     }
-    let body = read_body(
+    let (body, _budget) = read_body(
         req,
         app.config.max_batch_bytes,
         "the batch",
         app.config.body_timeout(),
+        &app.body_budget,
     )
     .await?;
     let (lines, mut rejected) = ndjson::parse_batch(
@@ -240,11 +242,12 @@ async fn broadcast_all(app: &App, req: Request<Incoming>) -> Result<Resp, Reject
     check_publisher(app, req.headers())?;
     let (peer, key) = who(&req);
     rate_limit_parts(app, peer, key.as_deref(), 0)?;
-    let body = read_body(
+    let (body, _budget) = read_body(
         req,
         app.config.max_batch_bytes,
         "the broadcast",
         app.config.body_timeout(),
+        &app.body_budget,
     )
     .await?;
     let parsed = broadcast::parse(

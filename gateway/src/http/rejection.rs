@@ -66,6 +66,8 @@ pub enum Rejection {
     },
     /// A head hyper could not take: why, in a few words.
     Malformed(String),
+    /// `--max-inflight-body-bytes` is taken by other requests' bodies.
+    Busy,
     /// Over `--publish-rate-per-ip` or `--publish-rate-per-key`; come back after this.
     RateLimited {
         retry_after: std::time::Duration,
@@ -101,6 +103,7 @@ impl Rejection {
             Rejection::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Rejection::Malformed(_) => StatusCode::BAD_REQUEST,
             Rejection::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -133,6 +136,7 @@ impl Rejection {
             Rejection::UriTooLong { .. } => "uri_too_long",
             Rejection::Malformed(_) => "bad_request",
             Rejection::RateLimited { .. } => "rate_limited",
+            Rejection::Busy => "busy",
         }
     }
 
@@ -179,6 +183,9 @@ impl Rejection {
                 format!("the request target exceeds {limit} bytes")
             }
             Rejection::Malformed(why) => format!("malformed HTTP request: {why}"),
+            Rejection::Busy => {
+                "the gateway holds as many request bodies as it may (--max-inflight-body-bytes); retry".into()
+            }
             Rejection::RateLimited { retry_after } => format!(
                 "over the publish rate limit; retry after {:.3} s",
                 retry_after.as_secs_f64()
@@ -199,6 +206,7 @@ impl Rejection {
             Rejection::BadChannel(_) => RejectReason::BadChannel,
             Rejection::BodyTimeout { .. } => RejectReason::Timeout,
             Rejection::RateLimited { .. } => RejectReason::RateLimited,
+            Rejection::Busy => RejectReason::Busy,
             Rejection::Store(e) => store_reason(e),
             Rejection::MissingChannel
             | Rejection::BadQuery
