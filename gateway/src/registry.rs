@@ -208,19 +208,16 @@ impl Registry {
                 })
                 .map(|c| (f, c))
         });
-        match (local, remote) {
-            (Some((_, l, lc)), Some((f, c)))
-                if (c.load as u128) * (lc as u128) < (l as u128) * (c.capacity as u128) =>
-            {
-                drop(inner);
-                let (addr, secure) = f.take(&c.id)?;
-                Some(Assignment {
-                    worker_id: c.id,
-                    addr,
-                    secure,
-                })
+        // The fleet's best wins only when strictly less loaded than the best one here.
+        let remote_wins = match (&local, &remote) {
+            (Some((_, l, lc)), Some((_, c))) => {
+                (c.load as u128) * (*lc as u128) < (*l as u128) * (c.capacity as u128)
             }
-            (None, Some((f, c))) => {
+            (None, Some(_)) => true,
+            _ => false,
+        };
+        match (local, remote) {
+            (_, Some((f, c))) if remote_wins => {
                 drop(inner);
                 let (addr, secure) = f.take(&c.id)?;
                 Some(Assignment {
@@ -240,7 +237,7 @@ impl Registry {
                     secure: w.secure,
                 })
             }
-            (None, None) => None,
+            (None, _) => None,
         }
     }
 
