@@ -34,3 +34,8 @@ pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
     )
 }
+
+/// The source IP of the connection a request came on (a request extension the publish
+/// rate limits read).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);

@@ -16,10 +16,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The source IP of the connection a request came on (a request extension).
-#[derive(Debug, Clone, Copy)]
-pub struct Peer(pub std::net::IpAddr);
-
 /// Accepts connections until `app.shutdown`, one task per connection (tracked).
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
     loop {
@@ -49,7 +45,7 @@ async fn serve_connection(app: Arc<App>, stream: TcpStream, peer: std::net::IpAd
     let max_header_bytes = app.config.max_header_bytes;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
-        req.extensions_mut().insert(Peer(peer));
+        req.extensions_mut().insert(net::Peer(peer));
         async move { Ok::<_, Infallible>(handle(app, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
