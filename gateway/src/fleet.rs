@@ -127,27 +127,26 @@ impl Fleet {
         Some(e.lease.incarnation == incarnation && e.lease.until_ms >= now_ms)
     }
 
-    /// The workers with a live lease at `now_ms` that may take a client, except those
-    /// `skip` says (the ones linked here, which the local registry knows better).
-    pub fn candidates(&self, now_ms: u64, skip: impl Fn(&str) -> bool) -> Vec<Candidate> {
+    /// The least-loaded worker (load ÷ capacity) with a live lease at `now_ms` that may
+    /// take a client, except those `skip` says (the ones linked here, which the local
+    /// registry knows better).
+    pub fn best(&self, now_ms: u64, skip: impl Fn(&str) -> bool) -> Option<Candidate> {
         let g = self.lock();
-        let Some(map) = g.as_ref() else {
-            return Vec::new();
-        };
-        map.iter()
+        g.as_ref()?
+            .iter()
             .filter(|(id, e)| {
                 e.lease.until_ms >= now_ms
                     && !e.lease.addrs.is_empty()
-                    && e.lease.capacity > 0
+                    && e.lease.connections + e.assigned < e.lease.capacity
                     && !skip(id)
             })
-            .map(|(id, e)| Candidate {
+            .map(|(id, e)| (id, e.lease.connections + e.assigned, e.lease.capacity))
+            .min_by(|a, b| ((a.1 as u128) * (b.2 as u128)).cmp(&((b.1 as u128) * (a.2 as u128))))
+            .map(|(id, load, capacity)| Candidate {
                 id: id.clone(),
-                load: e.lease.connections + e.assigned,
-                capacity: e.lease.capacity,
+                load,
+                capacity,
             })
-            .filter(|c| c.load < c.capacity)
-            .collect()
     }
 
     /// Counts a client sent to `id` and returns the address to send it to (round-robin)
@@ -214,7 +213,7 @@ mod tests {
     }
 
     #[test]
-    fn candidates_are_live_with_room_and_count_what_was_sent() {
+    fn the_best_is_live_least_loaded_with_room_and_counts_what_was_sent() {
         let f = Fleet::new();
         f.replace(
             [
@@ -224,19 +223,17 @@ mod tests {
             ]
             .map(|(id, l)| (id, l.line())),
         );
-        let ids = |now, skip: &str| {
-            let mut v: Vec<String> = f
-                .candidates(now, |id| id == skip)
-                .into_iter()
-                .map(|c| c.id.to_string())
-                .collect();
-            v.sort();
-            v
-        };
-        assert_eq!(ids(100, ""), ["a", "c"], "b's lease ended");
-        assert_eq!(ids(100, "c"), ["a"]);
+        let best = |now, skip: &str| f.best(now, |id| id == skip).map(|c| c.id.to_string());
+        // a: 9 of 10, c: 2 of 10; b's lease has ended.
+        assert_eq!(best(100, "").as_deref(), Some("c"));
+        assert_eq!(best(100, "c").as_deref(), Some("a"));
+        assert_eq!(best(20_000, ""), None, "every lease ended");
         assert_eq!(f.take("a"), Some(("127.0.0.2:1".to_owned(), false)));
         assert_eq!(f.take("a"), Some(("127.0.0.3:1".to_owned(), false)));
-        assert_eq!(ids(100, ""), ["c"], "a is full with what this gateway sent");
+        assert_eq!(
+            best(100, "c"),
+            None,
+            "a is full with what this gateway sent"
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! (`--rate-limit-entries`): a full shard forgets its idle buckets first (a full bucket is
 //! the same as none), then any one. Pure: the clock is passed in.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash};
 use std::sync::Mutex;
@@ -27,7 +28,7 @@ pub struct RateLimiter<K> {
     shards: Vec<Mutex<HashMap<K, Bucket>>>,
 }
 
-impl<K: Hash + Eq + Clone> RateLimiter<K> {
+impl<K: Hash + Eq> RateLimiter<K> {
     /// `per_sec` tokens a second, up to `burst` saved; at most `max_entries` keys.
     pub fn new(per_sec: f64, burst: f64, max_entries: usize) -> Self {
         RateLimiter {
@@ -41,8 +42,13 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 
     /// Takes `n` tokens for `key` at `now`, or says how long until it could. A request
     /// larger than the burst goes through when the bucket is full and leaves it in debt;
-    /// `n` 0 only checks that one token is there.
-    pub fn take(&self, key: &K, n: u64, now: Instant) -> Result<(), Duration> {
+    /// `n` 0 only checks that one token is there. A known key is looked up by reference
+    /// (no allocation); only a new one is made owned.
+    pub fn take<Q>(&self, key: &Q, n: u64, now: Instant) -> Result<(), Duration>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         let shard = (self.hasher.hash_one(key) as usize) % SHARDS;
         let mut m = self.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
         let fill = |b: &Bucket| {
@@ -52,16 +58,21 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
         if !m.contains_key(key) && m.len() >= self.max_per_shard {
             m.retain(|_, b| fill(b) < self.burst);
             if m.len() >= self.max_per_shard {
-                let any = m.keys().next().cloned();
-                if let Some(k) = any {
-                    m.remove(&k);
-                }
+                // Still full of busy keys: one of them goes (the first met).
+                let mut first = true;
+                m.retain(|_, _| !std::mem::take(&mut first));
             }
         }
-        let b = m.entry(key.clone()).or_insert(Bucket {
-            tokens: self.burst,
-            at: now,
-        });
+        if !m.contains_key(key) {
+            m.insert(
+                key.to_owned(),
+                Bucket {
+                    tokens: self.burst,
+                    at: now,
+                },
+            );
+        }
+        let b = m.get_mut(key).expect("inserted above");
         let tokens = fill(b);
         // `n` 0 asks whether one message would pass, charging nothing.
         let need = (n.max(1) as f64).min(self.burst);
@@ -98,11 +109,7 @@ pub struct PublishLimits {
 
 impl PublishLimits {
     pub fn new(per_ip: f64, per_key: f64, burst_secs: f64, max_entries: usize) -> Self {
-        fn make<K: Hash + Eq + Clone>(
-            rate: f64,
-            burst_secs: f64,
-            n: usize,
-        ) -> Option<RateLimiter<K>> {
+        fn make<K: Hash + Eq>(rate: f64, burst_secs: f64, n: usize) -> Option<RateLimiter<K>> {
             (rate > 0.0).then(|| RateLimiter::new(rate, rate * burst_secs, n))
         }
         PublishLimits {
@@ -124,9 +131,14 @@ impl PublishLimits {
             l.take(&ip, n, now)?;
         }
         if let (Some(l), Some(k)) = (&self.per_key, key) {
-            l.take(&k.to_owned(), n, now)?;
+            l.take(k, n, now)?;
         }
         Ok(())
+    }
+
+    /// No limit is configured (the publish path then skips the clock and the lookups).
+    pub fn is_off(&self) -> bool {
+        self.per_ip.is_none() && self.per_key.is_none()
     }
 }
 

@@ -200,12 +200,7 @@ impl Registry {
         let mut inner = self.lock();
         let local = self.best_local(&mut inner, now);
         let remote = fleet.and_then(|f| {
-            f.candidates(now_ms, |id| inner.by_id.contains_key(id))
-                .into_iter()
-                .min_by(|a, b| {
-                    ((a.load as u128) * (b.capacity as u128))
-                        .cmp(&((b.load as u128) * (a.capacity as u128)))
-                })
+            f.best(now_ms, |id| inner.by_id.contains_key(id))
                 .map(|c| (f, c))
         });
         // The fleet's best wins only when strictly less loaded than the best one here.

@@ -55,7 +55,7 @@ where
 {
     let mut buf = read_buf;
     let hello = tokio::select! {
-        r = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader, &mut buf)) => match r {
+        r = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut reader, &mut buf, None)) => match r {
             Err(_) => Err(LinkEnd::HelloTimeout(HELLO_TIMEOUT)),
             Ok(Err(e)) => Err(e),
             Ok(Ok(frame)) => match Up::decode(frame) {
@@ -120,10 +120,12 @@ where
     info!(worker = %hello.id, generation = link.generation, reason = %end, "worker link down");
 }
 
-/// Reads one frame body, buffering as needed.
+/// Reads one frame body, buffering as needed. With `silence`, a read that waits longer
+/// than that for a byte ends the link (frames already buffered need no timer).
 async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
+    silence: Option<Duration>,
 ) -> Result<bytes::Bytes, LinkEnd> {
     loop {
         if let Some(frame) = split_frame(buf)? {
@@ -132,7 +134,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(64 * 1024);
         }
-        if reader.read_buf(buf).await? == 0 {
+        let n = match silence {
+            Some(d) => tokio::time::timeout(d, reader.read_buf(buf))
+                .await
+                .map_err(|_| LinkEnd::Silent(d))??,
+            None => reader.read_buf(buf).await?,
+        };
+        if n == 0 {
             return Err(LinkEnd::Eof);
         }
     }
@@ -151,10 +159,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // `since`, and what it missed comes from the store.
     let silence = app.config.worker_timeout() * 2;
     loop {
-        let frame = match tokio::time::timeout(silence, read_frame(reader, buf)).await {
-            Ok(Ok(f)) => f,
-            Ok(Err(e)) => return e,
-            Err(_) => return LinkEnd::Silent(silence),
+        let frame = match read_frame(reader, buf, Some(silence)).await {
+            Ok(f) => f,
+            Err(e) => return e,
         };
         let up = match Up::decode(frame) {
             Ok(u) => u,

@@ -131,23 +131,26 @@ async fn round(client: Arc<Client>, jobs: Vec<Job>) {
 /// Jobs grouped into calls: one slot per call in a cluster, at most [`MAX_PER_CALL`]
 /// messages and [`MAX_CALL_BYTES`] each, queue order kept within a slot.
 fn split(jobs: Vec<Job>, cluster: bool) -> Vec<Vec<Job>> {
-    let mut calls: Vec<(u16, usize, Vec<Job>)> = Vec::new();
+    let mut calls: Vec<(usize, Vec<Job>)> = Vec::new();
+    // The open call of each slot (its index in `calls`).
+    let mut open: std::collections::HashMap<u16, usize> = std::collections::HashMap::new();
     for j in jobs {
         let s = if cluster { slot(&j.meta) } else { 0 };
-        // The last open call of this slot, if it has room; else a new one.
-        let open = calls.iter().rposition(|(cs, _, _)| *cs == s);
-        match open {
-            Some(i)
-                if calls[i].2.len() < MAX_PER_CALL
-                    && calls[i].1 + j.data.len() <= MAX_CALL_BYTES =>
+        match open.get(&s) {
+            Some(&i)
+                if calls[i].1.len() < MAX_PER_CALL
+                    && calls[i].0 + j.data.len() <= MAX_CALL_BYTES =>
             {
-                calls[i].1 += j.data.len();
-                calls[i].2.push(j);
+                calls[i].0 += j.data.len();
+                calls[i].1.push(j);
             }
-            _ => calls.push((s, j.data.len(), vec![j])),
+            _ => {
+                open.insert(s, calls.len());
+                calls.push((j.data.len(), vec![j]));
+            }
         }
     }
-    calls.into_iter().map(|(_, _, c)| c).collect()
+    calls.into_iter().map(|(_, c)| c).collect()
 }
 
 /// One `FCALL pg_publish_batch`; every job gets its own answer or the call's error.

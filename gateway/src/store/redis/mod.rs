@@ -250,7 +250,8 @@ impl<O: Outbox> Store for RedisStore<O> {
         key: Option<&str>,
         now_ms: u64,
     ) -> Vec<Result<Published, StoreError>> {
-        // All in flight at once: one multiplexed connection pipelines them.
+        // All queued at once: the batcher sends them in few calls (one slot each in a
+        // cluster).
         let calls = channels
             .iter()
             .map(|c| self.publish_one(c, &data, key, now_ms));
