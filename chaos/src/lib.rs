@@ -138,6 +138,8 @@ async fn forward(mut down: TcpStream, mut up: TcpStream, f: Arc<Faults>, c: Arc<
     let half_at = f.half_close_after.clone().map(|r| rng.random_range(r));
     let seeds = (rng.random::<u64>(), rng.random::<u64>());
     let budget = AtomicU64::new(0);
+    // Told by a pump when the bytes of both directions reach `reset_at`.
+    let due = Notify::new();
     let ended = {
         // Borrowed halves: dropping them does not send FIN (owned write halves do), so a
         // reset below is a bare RST.
@@ -151,16 +153,16 @@ async fn forward(mut down: TcpStream, mut up: TcpStream, f: Arc<Faults>, c: Arc<
             shape,
             c: &c,
             budget: &budget,
+            reset_at,
+            due: &due,
         };
         let a = pump(&mut dr, &mut uw, dir(shape_up), rng_a, half_at);
         let b = pump(&mut ur, &mut dw, dir(shape_down), rng_b, None);
         let reset_due = async {
-            let Some(at) = reset_at else {
+            if reset_at.is_none() {
                 return std::future::pending().await;
-            };
-            while budget.load(Ordering::Relaxed) < at {
-                tokio::time::sleep(Duration::from_millis(2)).await;
             }
+            due.notified().await
         };
         tokio::select! {
             _ = async { tokio::join!(a, b) } => false,
@@ -184,6 +186,8 @@ struct Dir<'a> {
     c: &'a Control,
     /// Bytes both directions have read (the reset threshold counts them).
     budget: &'a AtomicU64,
+    reset_at: Option<u64>,
+    due: &'a Notify,
 }
 
 /// One direction: read, then write in segments with delays; stops on EOF, an error, or
@@ -200,6 +204,8 @@ async fn pump(
         shape,
         c,
         budget,
+        reset_at,
+        due,
     } = d;
     let mut buf = vec![0u8; 16 * 1024];
     let mut sent: u64 = 0;
@@ -208,7 +214,11 @@ async fn pump(
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        budget.fetch_add(n as u64, Ordering::Relaxed);
+        let total = budget.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        if reset_at.is_some_and(|at| total >= at) {
+            // A stored permit: the reset comes even if nobody waits yet.
+            due.notify_one();
+        }
         if c.blackhole.load(Ordering::Relaxed) {
             continue;
         }
