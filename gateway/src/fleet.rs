@@ -26,49 +26,79 @@ pub struct Lease {
     pub until_ms: u64,
     pub connections: u64,
     pub capacity: u64,
-    pub secure: bool,
+    /// Plain client addresses (`ws://`, `http://`).
     pub addrs: Vec<String>,
+    /// TLS client addresses (`wss://`, `https://`).
+    pub tls_addrs: Vec<String>,
 }
 
 impl Lease {
     /// The registry's value: `<incarnation> <since> <until> <connections> <capacity>
-    /// <secure 0|1> <addr,addr,...>`.
+    /// <has tls 0|1> <addr,addr,...> <tls addr,tls addr,...>` (either list may be empty).
     pub fn line(&self) -> String {
         format!(
-            "{} {} {} {} {} {} {}",
+            "{} {} {} {} {} {} {} {}",
             self.incarnation,
             self.since_ms,
             self.until_ms,
             self.connections,
             self.capacity,
-            u8::from(self.secure),
-            self.addrs.join(",")
+            u8::from(!self.tls_addrs.is_empty()),
+            self.addrs.join(","),
+            self.tls_addrs.join(",")
         )
+    }
+
+    /// Whether a client can be sent there at all.
+    pub fn has_addrs(&self) -> bool {
+        !self.addrs.is_empty() || !self.tls_addrs.is_empty()
     }
 
     /// Inverse of [`Lease::line`]; `None` for anything else.
     pub fn parse(s: &str) -> Option<Lease> {
         let mut f = s.split(' ');
         let mut num = || f.next()?.parse::<u64>().ok();
-        let (incarnation, since_ms, until_ms, connections, capacity, secure) =
+        let (incarnation, since_ms, until_ms, connections, capacity, _has_tls) =
             (num()?, num()?, num()?, num()?, num()?, num()?);
-        let addrs = f
-            .next()
-            .unwrap_or("")
-            .split(',')
-            .filter(|a| !a.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let mut list = || -> Vec<String> {
+            f.next()
+                .unwrap_or("")
+                .split(',')
+                .filter(|a| !a.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let addrs = list();
+        let tls_addrs = list();
         Some(Lease {
             incarnation,
             since_ms,
             until_ms,
             connections,
             capacity,
-            secure: secure == 1,
             addrs,
+            tls_addrs,
         })
     }
+}
+
+/// The address a client is sent to, round-robin by `next`: a TLS one unless the client
+/// asked for plain (`want_tls` false) and the worker has plain ones; a worker with only
+/// one kind gets its clients there. Returns the address and whether it is TLS.
+pub fn choose(
+    plain: &[String],
+    tls: &[String],
+    next: usize,
+    want_tls: bool,
+) -> Option<(String, bool)> {
+    let (list, is_tls) = match (want_tls && !tls.is_empty(), plain.is_empty()) {
+        (true, _) | (false, true) => (tls, true),
+        (false, false) => (plain, false),
+    };
+    if list.is_empty() {
+        return None;
+    }
+    Some((list[next % list.len()].clone(), is_tls))
 }
 
 struct Entry {
@@ -136,7 +166,7 @@ impl Fleet {
             .iter()
             .filter(|(id, e)| {
                 e.lease.until_ms >= now_ms
-                    && !e.lease.addrs.is_empty()
+                    && e.lease.has_addrs()
                     && e.lease.connections + e.assigned < e.lease.capacity
                     && !skip(id)
             })
@@ -150,17 +180,14 @@ impl Fleet {
     }
 
     /// Counts a client sent to `id` and returns the address to send it to (round-robin)
-    /// and whether it is TLS.
-    pub fn take(&self, id: &str) -> Option<(String, bool)> {
+    /// and whether it is TLS (see [`choose`]).
+    pub fn take(&self, id: &str, want_tls: bool) -> Option<(String, bool)> {
         let mut g = self.lock();
         let e = g.as_mut()?.get_mut(id)?;
-        if e.lease.addrs.is_empty() {
-            return None;
-        }
+        let picked = choose(&e.lease.addrs, &e.lease.tls_addrs, e.next_addr, want_tls)?;
         e.assigned += 1;
-        let addr = e.lease.addrs[e.next_addr % e.lease.addrs.len()].clone();
         e.next_addr = e.next_addr.wrapping_add(1);
-        Some((addr, e.lease.secure))
+        Some(picked)
     }
 
     /// Every worker of the last read, for `/v1/workers`: id and lease.
@@ -186,19 +213,43 @@ mod tests {
             until_ms: until,
             connections: conns,
             capacity: 10,
-            secure: false,
             addrs: vec!["127.0.0.2:1".into(), "127.0.0.3:1".into()],
+            tls_addrs: vec![],
         }
     }
 
     #[test]
     fn lines_round_trip() {
         let l = lease(7, 1_000, 3);
-        assert_eq!(l.line(), "7 5 1000 3 10 0 127.0.0.2:1,127.0.0.3:1");
+        assert_eq!(l.line(), "7 5 1000 3 10 0 127.0.0.2:1,127.0.0.3:1 ");
         assert_eq!(Lease::parse(&l.line()), Some(l));
         assert_eq!(Lease::parse("7 5 x"), None);
         let bare = Lease::parse("1 2 3 4 5 1 ").unwrap();
-        assert!(bare.secure && bare.addrs.is_empty());
+        assert!(!bare.has_addrs());
+        // TLS only: the plain list is empty.
+        let tls = Lease {
+            addrs: vec![],
+            tls_addrs: vec!["push.example:443".into()],
+            ..lease(1, 2, 0)
+        };
+        assert_eq!(tls.line(), "1 5 2 0 10 1  push.example:443");
+        assert_eq!(Lease::parse(&tls.line()), Some(tls));
+        // A line without the TLS list (an older gateway's) parses with none.
+        let old = Lease::parse("7 5 1000 3 10 0 127.0.0.2:1").unwrap();
+        assert!(old.tls_addrs.is_empty() && old.addrs.len() == 1);
+    }
+
+    #[test]
+    fn tls_addresses_are_chosen_unless_the_client_asks_for_plain() {
+        let plain = vec!["10.0.0.1:80".to_owned()];
+        let tls = vec!["a.example:443".to_owned(), "b.example:443".to_owned()];
+        let c = |p: &[String], t: &[String], next, want| choose(p, t, next, want);
+        assert_eq!(c(&plain, &tls, 1, true), Some((tls[1].clone(), true)));
+        assert_eq!(c(&plain, &tls, 1, false), Some((plain[0].clone(), false)));
+        // One kind only: that kind, whatever was asked.
+        assert_eq!(c(&[], &tls, 0, false), Some((tls[0].clone(), true)));
+        assert_eq!(c(&plain, &[], 0, true), Some((plain[0].clone(), false)));
+        assert_eq!(c(&[], &[], 0, true), None);
     }
 
     #[test]
@@ -228,8 +279,8 @@ mod tests {
         assert_eq!(best(100, "").as_deref(), Some("c"));
         assert_eq!(best(100, "c").as_deref(), Some("a"));
         assert_eq!(best(20_000, ""), None, "every lease ended");
-        assert_eq!(f.take("a"), Some(("127.0.0.2:1".to_owned(), false)));
-        assert_eq!(f.take("a"), Some(("127.0.0.3:1".to_owned(), false)));
+        assert_eq!(f.take("a", true), Some(("127.0.0.2:1".to_owned(), false)));
+        assert_eq!(f.take("a", true), Some(("127.0.0.3:1".to_owned(), false)));
         assert_eq!(
             best(100, "c"),
             None,

@@ -2,7 +2,7 @@
 //! for new clients and round-robin over a worker's addresses. Pure logic with `now`
 //! injected; one short mutex around it.
 
-use crate::fleet::{Fleet, Lease};
+use crate::fleet::{choose, Fleet, Lease};
 use crate::link::LinkHandle;
 use protocol::link::Hello;
 use std::collections::HashMap;
@@ -38,9 +38,9 @@ impl WorkerState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {
     pub worker_id: Arc<str>,
-    /// `ip:port` as the worker announced it.
+    /// `host:port` as the worker announced it.
     pub addr: String,
-    /// Use `wss://` / `https://`.
+    /// A TLS address: use `wss://` / `https://`.
     pub secure: bool,
 }
 
@@ -49,6 +49,7 @@ pub struct Assignment {
 pub struct WorkerView {
     pub id: Arc<str>,
     pub addrs: Vec<String>,
+    pub tls_addrs: Vec<String>,
     pub connections: u64,
     pub capacity: u64,
     pub state: WorkerState,
@@ -60,9 +61,9 @@ struct WorkerEntry {
     /// When the current link's Hello came (wall ms), for the fleet registry.
     since_ms: u64,
     addrs: Vec<String>,
+    tls_addrs: Vec<String>,
     capacity: u64,
     connections: u64,
-    secure: bool,
     last_heartbeat: Instant,
     /// A `Load` arrived on the current link (the worker sends it once its side is up).
     ready: bool,
@@ -131,7 +132,7 @@ impl Registry {
                     addrs: Vec::new(),
                     capacity: 0,
                     connections: 0,
-                    secure: false,
+                    tls_addrs: Vec::new(),
                     last_heartbeat: now,
                     ready: false,
                     generation: 0,
@@ -153,7 +154,7 @@ impl Registry {
         w.addrs = hello.addrs.clone();
         w.capacity = hello.capacity;
         w.connections = hello.connections;
-        w.secure = hello.secure;
+        w.tls_addrs = hello.tls_addrs.clone();
         w.last_heartbeat = now;
         w.ready = false;
         w.assigned_since_report = 0;
@@ -191,12 +192,18 @@ impl Registry {
     /// The least-loaded healthy worker ((connections + assigned since its last report) ÷
     /// capacity, ties spread by a rotating start) and the next of its addresses.
     pub fn pick(&self, now: Instant) -> Option<Assignment> {
-        self.pick_in(now, None, 0)
+        self.pick_in(now, None, 0, true)
     }
 
     /// [`Registry::pick`] over this gateway's workers and, with a shared store, the rest of
     /// the fleet (`fleet`: workers with a live lease and no link here), at `now_ms`.
-    pub fn pick_in(&self, now: Instant, fleet: Option<&Fleet>, now_ms: u64) -> Option<Assignment> {
+    pub fn pick_in(
+        &self,
+        now: Instant,
+        fleet: Option<&Fleet>,
+        now_ms: u64,
+        want_tls: bool,
+    ) -> Option<Assignment> {
         let mut inner = self.lock();
         let local = self.best_local(&mut inner, now);
         let remote = fleet.and_then(|f| {
@@ -214,7 +221,7 @@ impl Registry {
         match (local, remote) {
             (_, Some((f, c))) if remote_wins => {
                 drop(inner);
-                let (addr, secure) = f.take(&c.id)?;
+                let (addr, secure) = f.take(&c.id, want_tls)?;
                 Some(Assignment {
                     worker_id: c.id,
                     addr,
@@ -223,13 +230,13 @@ impl Registry {
             }
             (Some((i, _, _)), _) => {
                 let w = &mut inner.workers[i];
+                let (addr, secure) = choose(&w.addrs, &w.tls_addrs, w.next_addr, want_tls)?;
                 w.assigned_since_report += 1;
-                let addr = w.addrs[w.next_addr % w.addrs.len()].clone();
                 w.next_addr = w.next_addr.wrapping_add(1);
                 Some(Assignment {
                     worker_id: w.id.clone(),
                     addr,
-                    secure: w.secure,
+                    secure,
                 })
             }
             (None, _) => None,
@@ -256,8 +263,8 @@ impl Registry {
                     until_ms: now_ms + lease_ms,
                     connections: w.connections + w.assigned_since_report,
                     capacity: if w.ready { w.capacity } else { 0 },
-                    secure: w.secure,
                     addrs: w.addrs.clone(),
+                    tls_addrs: w.tls_addrs.clone(),
                 };
                 (w.id.to_string(), lease.line())
             })
@@ -276,7 +283,7 @@ impl Registry {
         for k in 0..n {
             let i = (start + k) % n;
             let w = &inner.workers[i];
-            if w.addrs.is_empty()
+            if (w.addrs.is_empty() && w.tls_addrs.is_empty())
                 || w.capacity == 0
                 || self.state_of(w, now) != WorkerState::Healthy
             {
@@ -309,6 +316,7 @@ impl Registry {
             .map(|w| WorkerView {
                 id: w.id.clone(),
                 addrs: w.addrs.clone(),
+                tls_addrs: w.tls_addrs.clone(),
                 connections: w.connections,
                 capacity: w.capacity,
                 state: self.state_of(w, now),
@@ -353,7 +361,7 @@ mod tests {
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             capacity,
             connections,
-            secure: false,
+            tls_addrs: vec![],
         }
     }
 

@@ -1163,7 +1163,7 @@ async fn the_worker_registry_keeps_the_newest_incarnation() {
             .unwrap();
         out.lines().map(str::to_owned).collect()
     };
-    // incarnation since until connections capacity secure addrs
+    // incarnation since until connections capacity has-tls addrs (the Lua keeps the line whole)
     assert_eq!(
         renew("1000", "w", "7 100 5000 0 10 0 a:1"),
         ["w", "7 100 5000 0 10 0 a:1"]

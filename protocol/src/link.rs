@@ -88,8 +88,9 @@ pub struct Hello {
     pub capacity: u64,
     /// Connections open now.
     pub connections: u64,
-    /// Whether clients must use `wss://` / `https://` (TLS terminated in the worker).
-    pub secure: bool,
+    /// Bound TLS client addresses (`--listen-tls`) as `host:port`: clients dial them with
+    /// `wss://` / `https://`. Sent after a byte that older decoders read as "secure".
+    pub tls_addrs: Vec<String>,
 }
 
 /// Frames a worker sends to the gateway.
@@ -217,7 +218,11 @@ impl Up {
                 }
                 put_u64(out, h.capacity);
                 put_u64(out, h.connections);
-                out.push(h.secure as u8);
+                out.push(u8::from(!h.tls_addrs.is_empty()));
+                out.extend_from_slice(&(h.tls_addrs.len() as u32).to_be_bytes());
+                for a in &h.tls_addrs {
+                    put_str(out, a);
+                }
             }
             Up::Load { connections } => {
                 out.push(UP_LOAD);
@@ -274,13 +279,25 @@ impl Up {
                 for _ in 0..n {
                     addrs.push(get_string(&mut f)?);
                 }
+                let capacity = get_u64(&mut f)?;
+                let connections = get_u64(&mut f)?;
+                let _secure = get_u8(&mut f)?;
+                // A Hello from a build before TLS listeners ends here.
+                let mut tls_addrs = Vec::new();
+                if !f.is_empty() {
+                    let n = get_u32(&mut f)? as usize;
+                    tls_addrs.reserve(n.min(1024));
+                    for _ in 0..n {
+                        tls_addrs.push(get_string(&mut f)?);
+                    }
+                }
                 Up::Hello(Hello {
                     id,
                     incarnation,
                     addrs,
-                    capacity: get_u64(&mut f)?,
-                    connections: get_u64(&mut f)?,
-                    secure: get_u8(&mut f)? != 0,
+                    capacity,
+                    connections,
+                    tls_addrs,
                 })
             }
             UP_LOAD => Up::Load {
@@ -547,6 +564,27 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_without_tls_addresses_still_decodes() {
+        // As a build before TLS listeners wrote it: the "secure" byte ends the frame.
+        let h = Hello {
+            id: "old".into(),
+            incarnation: 9,
+            addrs: vec!["127.0.0.2:9000".into()],
+            capacity: 5,
+            connections: 1,
+            tls_addrs: vec![],
+        };
+        let mut out = Vec::new();
+        Up::Hello(h.clone()).encode(&mut out);
+        out.truncate(out.len() - 4); // drop the (empty) TLS list
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        let mut buf = BytesMut::from(&out[..]);
+        let body = split_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(Up::decode(body).unwrap(), Up::Hello(h));
+    }
+
+    #[test]
     fn every_frame_roundtrips() {
         roundtrip_up(Up::Hello(Hello {
             id: "w1".into(),
@@ -554,7 +592,15 @@ mod tests {
             addrs: vec!["127.0.0.2:9000".into(), "127.0.0.3:9000".into()],
             capacity: 1_000_000,
             connections: 7,
-            secure: false,
+            tls_addrs: vec![],
+        }));
+        roundtrip_up(Up::Hello(Hello {
+            id: "w2".into(),
+            incarnation: 3,
+            addrs: vec![],
+            capacity: 10,
+            connections: 0,
+            tls_addrs: vec!["push.example:443".into()],
         }));
         roundtrip_up(Up::Load { connections: 3 });
         roundtrip_up(Up::Subscribe {

@@ -22,15 +22,30 @@ pub struct Config {
     )]
     pub gateway: Vec<String>,
 
-    /// Client-facing address to listen on (repeatable; env value comma-separated). Port 0
-    /// picks a free port.
-    #[arg(
-        long,
-        env = "PUSHGATE_LISTEN",
-        value_delimiter = ',',
-        default_value = "127.0.0.2:9000"
-    )]
+    /// Client-facing plain address to listen on (repeatable; env value comma-separated).
+    /// Port 0 picks a free port. Default 127.0.0.2:9000 when neither this nor
+    /// `--listen-tls` is given.
+    #[arg(long, env = "PUSHGATE_LISTEN", value_delimiter = ',')]
     pub listen: Vec<SocketAddr>,
+
+    /// Client-facing TLS address (wss://, https://) to listen on (repeatable; env value
+    /// comma-separated); needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "PUSHGATE_LISTEN_TLS", value_delimiter = ',')]
+    pub listen_tls: Vec<SocketAddr>,
+
+    /// PEM certificate chain for `--listen-tls` (leaf first); reread on SIGHUP.
+    #[arg(long, env = "PUSHGATE_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`; reread on SIGHUP.
+    #[arg(long, env = "PUSHGATE_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// Host name (or IP) clients are told to dial instead of the bound IP, with each
+    /// listener's port: the name on the certificate, a public name behind NAT, or the
+    /// address to use when listening on 0.0.0.0.
+    #[arg(long, env = "PUSHGATE_ADVERTISE")]
+    pub advertise: Option<String>,
 
     /// Worker id shown by the gateway (default: derived from the first listen address and pid).
     #[arg(long, env = "PUSHGATE_ID")]
@@ -138,6 +153,10 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("gateway", &self.gateway)
             .field("listen", &self.listen)
+            .field("listen_tls", &self.listen_tls)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("advertise", &self.advertise)
             .field("id", &self.id)
             .field("capacity", &self.capacity)
             .field(
@@ -176,8 +195,13 @@ impl Config {
 
     /// Checks values clap cannot check on its own.
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.listen.is_empty() {
-            bail!("at least one --listen address is required");
+        if !self.listen_tls.is_empty() && (self.tls_cert.is_none() || self.tls_key.is_none()) {
+            bail!("--listen-tls needs --tls-cert and --tls-key");
+        }
+        if let Some(a) = &self.advertise {
+            if a.is_empty() || a.contains(['/', ' ', '?', '#', '@']) {
+                bail!("--advertise must be a host name or IP, got {a:?}");
+            }
         }
         if self.gateway.is_empty() {
             bail!("at least one --gateway is required");
@@ -235,6 +259,18 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Every client listener, in `--listen` then `--listen-tls` order, with whether it
+    /// speaks TLS.
+    pub fn listeners(&self) -> Vec<(SocketAddr, bool)> {
+        let plain = if self.listen.is_empty() && self.listen_tls.is_empty() {
+            vec![SocketAddr::from(([127, 0, 0, 2], 9000))]
+        } else {
+            self.listen.clone()
+        };
+        let tls = self.listen_tls.iter().map(|&a| (a, true));
+        plain.into_iter().map(|a| (a, false)).chain(tls).collect()
     }
 
     /// `--threads`, or the machine's available parallelism.
@@ -308,7 +344,10 @@ mod tests {
     fn defaults_parse_and_validate() {
         let c = Config::parse_from_args(["worker"]).unwrap();
         assert_eq!(c.gateway, vec!["http://127.0.0.1:8080".to_string()]);
-        assert_eq!(c.listen, vec!["127.0.0.2:9000".parse().unwrap()]);
+        assert_eq!(
+            c.listeners(),
+            vec![("127.0.0.2:9000".parse().unwrap(), false)]
+        );
         assert_eq!(c.allow_origin, vec!["*".to_string()]);
         assert_eq!(c.backlog, 4096);
         c.validate().unwrap();

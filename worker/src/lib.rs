@@ -24,6 +24,7 @@ pub mod session;
 mod shared;
 pub mod sockets;
 pub mod sse;
+pub mod tls;
 mod trim;
 pub mod ws;
 
@@ -45,6 +46,7 @@ pub struct Worker {
     setups: Vec<LoopSetup>,
     up_rx: mpsc::Receiver<protocol::link::Up>,
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     id: String,
 }
 
@@ -81,19 +83,30 @@ impl Worker {
                 listeners: Vec::new(),
             });
         }
-        let mut addrs = Vec::new();
-        for &addr in &config.listen {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) if !config.listen_tls.is_empty() => {
+                Some(tls::server_config::TlsFiles::load(cert, key)?)
+            }
+            _ => None,
+        };
+        let (mut addrs, mut tls_addrs) = (Vec::new(), Vec::new());
+        for (addr, is_tls) in config.listeners() {
             let (actual, listeners) = sockets::bind_group(addr, threads, &sock_opts)
                 .with_context(|| format!("bind {addr}"))?;
-            addrs.push(actual);
+            if is_tls {
+                tls_addrs.push(actual);
+            } else {
+                addrs.push(actual);
+            }
             for (setup, l) in setups.iter_mut().zip(listeners) {
-                setup.listeners.push(l);
+                setup.listeners.push((l, is_tls));
             }
         }
+        let first = addrs.first().or(tls_addrs.first()).expect("a listener");
         let id = config
             .id
             .clone()
-            .unwrap_or_else(|| format!("worker-{}-{}", addrs[0], std::process::id()));
+            .unwrap_or_else(|| format!("worker-{first}-{}", std::process::id()));
         let (up_tx, up_rx) = mpsc::channel(config.link_queue);
         let _ = metrics::metrics();
         let shared = Arc::new(Shared {
@@ -113,19 +126,44 @@ impl Worker {
             up_tx,
             link_trim: AtomicBool::new(false),
             per_ip: Default::default(),
+            tls,
         });
         Ok(Worker {
             shared,
             setups,
             up_rx,
             addrs,
+            tls_addrs,
             id,
         })
     }
 
-    /// The bound client addresses (port 0 resolved), in `--listen` order.
+    /// The bound plain client addresses (port 0 resolved), in `--listen` order.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
         self.addrs.clone()
+    }
+
+    /// The bound TLS client addresses (port 0 resolved), in `--listen-tls` order.
+    pub fn local_tls_addrs(&self) -> Vec<SocketAddr> {
+        self.tls_addrs.clone()
+    }
+
+    /// Addresses as clients are told to dial them: `--advertise` in place of the bound IP.
+    fn advertised(&self, addrs: &[SocketAddr]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            let s = match &self.shared.config.advertise {
+                Some(host) if host.contains(':') && !host.starts_with('[') => {
+                    format!("[{host}]:{}", a.port())
+                }
+                Some(host) => format!("{host}:{}", a.port()),
+                None => a.to_string(),
+            };
+            if !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        out
     }
 
     /// The id this worker registers with.
@@ -144,6 +182,10 @@ impl Worker {
             );
         }
         let mut threads = Vec::new();
+        let (addrs, tls_addrs) = (
+            self.advertised(&self.addrs),
+            self.advertised(&self.tls_addrs),
+        );
         for (i, setup) in self.setups.into_iter().enumerate() {
             let lp = EventLoop::new(i, self.shared.clone(), setup);
             threads.push(
@@ -164,7 +206,8 @@ impl Worker {
                 link::LinkSetup {
                     id: self.id.clone(),
                     incarnation,
-                    addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
+                    addrs: addrs.clone(),
+                    tls_addrs: tls_addrs.clone(),
                     host,
                     port,
                     link_key: self.shared.config.link_key.clone(),
@@ -182,12 +225,34 @@ impl Worker {
                         .build()
                         .expect("link runtime");
                     rt.spawn(link_trim(shared.clone()));
+                    if shared.tls.is_some() {
+                        rt.spawn(reload_on_sighup(shared.clone()));
+                    }
                     rt.block_on(link::run(shared.clone(), up_rx, setups, shutdown.clone()));
                     shared.begin_shutdown();
                 })
                 .expect("spawn link thread"),
         );
         WorkerHandle { threads }
+    }
+}
+
+/// SIGHUP rereads `--tls-cert` and `--tls-key`: new handshakes get the new certificate,
+/// open connections keep their sessions; a file that does not load leaves the old one.
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot watch SIGHUP: the TLS certificate will not be reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let Some(files) = &shared.tls else { return };
+        match files.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "SIGHUP: TLS certificate not reloaded; the old one stays")
+            }
+        }
     }
 }
 
@@ -241,6 +306,7 @@ where
     tracing::info!(
         id = worker.id(),
         listen = ?worker.local_addrs(),
+        listen_tls = ?worker.local_tls_addrs(),
         gateway = %gateway,
         threads,
         capacity = worker.shared.capacity,

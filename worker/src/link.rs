@@ -46,6 +46,7 @@ pub(crate) struct LinkSetup {
     /// shared store's directory.
     pub incarnation: u64,
     pub addrs: Vec<String>,
+    pub tls_addrs: Vec<String>,
     pub host: String,
     pub port: u16,
     /// Sent as `Authorization: Bearer <key>` on the upgrade.
@@ -185,7 +186,7 @@ async fn session(
             addrs: setup.addrs.clone(),
             capacity: shared.capacity as u64,
             connections: shared.connections() as u64,
-            secure: false,
+            tls_addrs: setup.tls_addrs.clone(),
         });
         let mut out = Vec::new();
         hello.encode(&mut out);

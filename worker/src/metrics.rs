@@ -2,6 +2,7 @@
 //! before any traffic), bounded labels only, plus the process collector for
 //! `process_resident_memory_bytes`.
 
+use crate::tls::session::Failure;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use std::sync::LazyLock;
 
@@ -104,6 +105,10 @@ pub struct Metrics {
     pub fetches: IntCounter,
     /// Gap frames/events/poll answers told to clients.
     pub gaps: IntCounter,
+    /// TLS handshakes completed: [full, resumed].
+    tls_handshakes: [IntCounter; 2],
+    /// TLS handshakes that failed, by `Failure`.
+    tls_failures: [IntCounter; 6],
 }
 
 impl Metrics {
@@ -113,6 +118,14 @@ impl Metrics {
 
     pub fn closed(&self, r: CloseReason) -> &IntCounter {
         &self.closed[r as usize]
+    }
+
+    pub fn tls_handshake(&self, resumed: bool) -> &IntCounter {
+        &self.tls_handshakes[usize::from(resumed)]
+    }
+
+    pub fn tls_failure(&self, f: Failure) -> &IntCounter {
+        &self.tls_failures[f as usize]
     }
 }
 
@@ -184,8 +197,26 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Gaps told to clients (a resume or a hole that could not be served whole)",
     )
     .expect("metric");
+    let tls_vec = IntCounterVec::new(
+        Opts::new(
+            "pushgate_tls_handshakes_total",
+            "TLS handshakes completed on --listen-tls, by kind (full, resumed)",
+        ),
+        &["kind"],
+    )
+    .expect("metric");
+    let tls_fail_vec = IntCounterVec::new(
+        Opts::new(
+            "pushgate_tls_handshake_failures_total",
+            "TLS handshakes that failed, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("metric");
     for c in [
         Box::new(holes.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(tls_vec.clone()),
+        Box::new(tls_fail_vec.clone()),
         Box::new(fetches.clone()),
         Box::new(gaps.clone()),
         Box::new(open_vec.clone()),
@@ -219,6 +250,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         holes,
         fetches,
         gaps,
+        tls_handshakes: ["full", "resumed"].map(|k| tls_vec.with_label_values(&[k])),
+        tls_failures: Failure::ALL.map(|f| tls_fail_vec.with_label_values(&[f.as_str()])),
         registry,
     }
 });

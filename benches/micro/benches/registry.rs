@@ -23,7 +23,7 @@ fn pick(c: &mut Criterion) {
                 // Huge capacity: the pick never runs out while criterion iterates.
                 capacity: 1 << 40,
                 connections: (i * 7919) % 50_000,
-                secure: false,
+                tls_addrs: vec![],
             };
             let link = r.register(&hello, now, |slot, generation, id| {
                 LinkHandle::new(id, slot, generation, 16).0

@@ -26,11 +26,19 @@ pub fn assign(app: &App, query: &str) -> Resp {
 fn pick(app: &App, query: &str) -> Result<Resp, Rejection> {
     let mut channel_param = None;
     let mut token_param = None;
+    let mut want_tls = true;
     for pair in query_pairs(query) {
         let (k, v) = pair.map_err(|_| Rejection::BadQuery)?;
         match &*k {
             "channel" => channel_param = Some(v.into_owned()),
             "token" => token_param = Some(v.into_owned()),
+            "tls" => {
+                want_tls = match &*v {
+                    "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(Rejection::BadQuery),
+                }
+            }
             _ => {}
         }
     }
@@ -57,6 +65,7 @@ fn pick(app: &App, query: &str) -> Result<Resp, Rejection> {
             Instant::now(),
             Some(&app.router.fleet),
             crate::store::now_ms(),
+            want_tls,
         )
         .ok_or(Rejection::NoWorker)?;
     metrics::ASSIGN_TOTAL.inc();

@@ -65,6 +65,7 @@ pub fn workers(app: &App) -> Resp {
             json!({
                 "id": &*w.id,
                 "addresses": w.addrs,
+                "tls_addresses": w.tls_addrs,
                 "connections": w.connections,
                 "capacity": w.capacity,
                 "state": w.state.as_str(),
@@ -84,6 +85,7 @@ pub fn workers(app: &App) -> Resp {
                 "id": &*id,
                 "incarnation": l.incarnation.to_string(),
                 "addresses": l.addrs,
+                "tls_addresses": l.tls_addrs,
                 "connections": l.connections,
                 "capacity": l.capacity,
                 "lease_ms": l.until_ms as i64 - now as i64,

@@ -203,7 +203,7 @@ impl FakeWorker {
             addrs: addrs.iter().map(|a| a.to_string()).collect(),
             capacity,
             connections: 0,
-            secure: false,
+            tls_addrs: vec![],
         }))
         .await;
         match self.recv().await {

@@ -1,8 +1,10 @@
 //! Accepting connections, and pausing a listener after EMFILE.
 
+use super::conn::Extra;
 use super::{Conn, EventLoop};
 use crate::http1;
 use crate::metrics::{metrics, CloseReason, Transport};
+use crate::tls::session::Tls;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 use std::io::{self, Write};
@@ -15,6 +17,8 @@ pub(super) const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 pub(super) struct Listener {
     pub(super) sock: TcpListener,
+    /// Connections accepted here start with a TLS handshake.
+    pub(super) tls: bool,
     pub(super) paused_until: Option<Instant>,
 }
 
@@ -28,7 +32,10 @@ impl EventLoop {
         }
         while self.listeners[i].paused_until.is_none() {
             match self.listeners[i].sock.accept() {
-                Ok((stream, peer)) => self.admit(stream, peer.ip()),
+                Ok((stream, peer)) => {
+                    let tls = self.listeners[i].tls;
+                    self.admit(stream, peer.ip(), tls)
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => self.accept_failed(i, &e),
@@ -51,13 +58,35 @@ impl EventLoop {
 
     /// A new connection: refused when the worker is full, else a slab slot that reads its
     /// request under the handshake timeout.
-    fn admit(&mut self, mut stream: TcpStream, ip: IpAddr) {
+    fn admit(&mut self, mut stream: TcpStream, ip: IpAddr, tls: bool) {
         metrics().accepted.inc();
         self.busy();
+        // A TLS client could not read a plain answer: it is refused by the close alone.
+        let refuse = |s: &mut TcpStream, status, code, why: &str| match tls {
+            false => refuse(s, status, code, why),
+            true => metrics().closed(CloseReason::Refused).inc(),
+        };
         if self.shared.open.load(Ordering::Relaxed) >= self.shared.capacity {
             refuse(&mut stream, 503, "over_capacity", "this worker is full");
             return;
         }
+        let extra = if tls {
+            let Some(files) = &self.shared.tls else {
+                return;
+            };
+            match Tls::accept(files.config()) {
+                Ok(t) => Some(Box::new(Extra {
+                    tls: Some(Box::new(t)),
+                    ..Default::default()
+                })),
+                Err(e) => {
+                    tracing::warn!(error = %e, "TLS session could not start");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let per_ip = self.shared.config.max_connections_per_ip;
         if per_ip > 0 && !self.count_peer(ip, per_ip) {
             let why = format!("more than {per_ip} connections from one address");
@@ -86,7 +115,7 @@ impl EventLoop {
             pos: 0,
             epoch: 0,
             channel: None,
-            extra: None,
+            extra,
         });
         self.shared.open.fetch_add(1, Ordering::Relaxed);
         if per_ip > 0 {

@@ -36,6 +36,7 @@ mod read;
 mod render;
 mod requests;
 mod schedule;
+mod sock;
 mod wheel;
 
 use accept::Listener;
@@ -71,7 +72,8 @@ impl Now {
 /// A loop thread before it runs: its poll instance and listeners (bound at `Worker::bind`).
 pub(crate) struct LoopSetup {
     pub poll: Poll,
-    pub listeners: Vec<std::net::TcpListener>,
+    /// Each listener with whether it speaks TLS.
+    pub listeners: Vec<(std::net::TcpListener, bool)>,
 }
 
 /// One loop thread.
@@ -114,7 +116,7 @@ impl EventLoop {
         let now = Now::read(&shared);
         let read_len = READ_BUF.max(c.max_header_bytes + 1);
         let mut listeners = Vec::new();
-        for (i, l) in setup.listeners.into_iter().enumerate() {
+        for (i, (l, tls)) in setup.listeners.into_iter().enumerate() {
             let mut sock = TcpListener::from_std(l);
             setup
                 .poll
@@ -123,6 +125,7 @@ impl EventLoop {
                 .expect("register listener");
             listeners.push(Listener {
                 sock,
+                tls,
                 paused_until: None,
             });
         }

@@ -1,6 +1,7 @@
 //! Socket events: writable (flush), readable (requests, WebSocket frames, discard).
 
-use super::conn::{flush_conn, CLOSING, KEEP_ALIVE, WRITE_SHUT};
+use super::conn::{flush_conn, CLOSING, KEEP_ALIVE};
+use super::sock::{shut_write, sock_read};
 use super::EventLoop;
 use crate::http1::{self, HeadError};
 use crate::metrics::{metrics, CloseReason, Transport};
@@ -12,6 +13,13 @@ impl EventLoop {
     // ---- socket events ----
 
     pub(super) fn on_writable(&mut self, key: usize) {
+        if self.in_tls_handshake(key) {
+            // The server's flight waited for room.
+            if self.tls_handshake(key) {
+                self.read_request(key);
+            }
+            return;
+        }
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -25,12 +33,7 @@ impl EventLoop {
             .add(conn.pending() as i64 - before as i64);
         match res {
             Ok(()) if conn.pending() > 0 => {}
-            Ok(()) if conn.has(CLOSING) => {
-                if !conn.has(WRITE_SHUT) {
-                    conn.flags |= WRITE_SHUT;
-                    let _ = conn.stream.shutdown(std::net::Shutdown::Write);
-                }
-            }
+            Ok(()) if conn.has(CLOSING) => shut_write(conn),
             // Drained: a connection that is behind may fetch now.
             Ok(()) => {
                 if self.side.has(key) {
@@ -50,7 +53,11 @@ impl EventLoop {
             return;
         }
         match conn.transport {
-            Transport::Http => self.read_request(key),
+            Transport::Http => {
+                if self.tls_handshake(key) {
+                    self.read_request(key);
+                }
+            }
             Transport::Ws => self.read_ws(key),
             Transport::Sse | Transport::Poll => self.discard_input(key, CloseReason::ClientClosed),
         }
@@ -93,7 +100,7 @@ impl EventLoop {
         conn.trim_extra();
         let mut eof = false;
         while len < self.read_buf.len() {
-            match conn.stream.read(&mut self.read_buf[len..]) {
+            match sock_read(conn, &mut self.read_buf[len..]) {
                 Ok(0) => {
                     eof = true;
                     break;

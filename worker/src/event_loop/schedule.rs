@@ -3,8 +3,9 @@
 use super::conn::{CLOSING, SUBSCRIBED};
 use super::render;
 use super::{EventLoop, DRAIN_SECS};
-use crate::metrics::{CloseReason, Transport};
+use crate::metrics::{metrics, CloseReason, Transport};
 use crate::session::End;
+use crate::tls::session::Failure;
 use std::time::Duration;
 
 impl EventLoop {
@@ -38,7 +39,12 @@ impl EventLoop {
             return;
         }
         match conn.transport {
-            Transport::Http => self.close_now(key, CloseReason::Timeout),
+            Transport::Http => {
+                if self.in_tls_handshake(key) {
+                    metrics().tls_failure(Failure::Timeout).inc();
+                }
+                self.close_now(key, CloseReason::Timeout)
+            }
             Transport::Poll if conn.has(SUBSCRIBED) => {
                 self.body.clear();
                 self.answer_poll(key, None, false);

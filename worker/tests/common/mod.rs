@@ -265,6 +265,9 @@ pub struct Harness {
     pub gw: FakeGateway,
     pub link: FakeLink,
     pub addr: SocketAddr,
+    /// The first `--listen-tls` address, if the worker has one.
+    pub tls_addr: Option<SocketAddr>,
+    pub hello: protocol::link::Hello,
     pub shutdown: CancellationToken,
     handle: Option<worker::WorkerHandle>,
 }
@@ -292,6 +295,7 @@ impl Harness {
         let config = worker::Config::parse_from_args(args).unwrap();
         let w = worker::Worker::bind(config).unwrap();
         let addr = w.local_addrs()[0];
+        let tls_addr = w.local_tls_addrs().first().copied();
         let shutdown = CancellationToken::new();
         let handle = w.start(shutdown.clone());
         let (link, hello) = gw.accept().await;
@@ -301,6 +305,8 @@ impl Harness {
             gw,
             link,
             addr,
+            tls_addr,
+            hello,
             shutdown,
             handle: Some(handle),
         }

@@ -332,7 +332,7 @@ local function info(keys, args)
 end
 
 -- The worker registry: one hash (KEYS[1]), a field per worker id, the value
--- "<incarnation> <since ms> <lease end ms> <connections> <capacity> <secure 0|1> <addrs>"
+-- "<incarnation> <since ms> <lease end ms> <connections> <capacity> <has tls 0|1> <addrs> <tls addrs>"
 -- as a gateway that has a live link to it sees it. Every gateway renews the workers it
 -- sees each second and reads the whole fleet back, in this one call.
 -- ARGV: now_ms, keep_ms (how long an ended lease stays listed), then id and value of each
