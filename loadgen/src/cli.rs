@@ -100,6 +100,16 @@ pub struct CommonArgs {
     /// Publisher key sent as `Authorization: Bearer <key>`.
     #[arg(long, env = "PUSHGATE_PUBLISHER_KEY", hide_env_values = true)]
     pub publisher_key: Option<String>,
+    /// Ask `/v1/assign` for the TLS URLs of workers that have TLS listeners (`wss://`,
+    /// `https://`); without it loadgen asks for the plain ones (`tls=false`).
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM CA certificate(s) that TLS workers' certificates are checked against.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Accept any TLS certificate (measurements only: no protection at all).
+    #[arg(long)]
+    pub insecure: bool,
     /// Local source addresses, bound round-robin: `127.0.1.1-127.0.1.40`, a comma list, or both.
     #[arg(long, value_parser = parse_source_ips)]
     pub source_ips: Option<SourceIpList>,

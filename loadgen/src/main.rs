@@ -15,6 +15,7 @@ mod scenario;
 mod shard;
 mod stats;
 mod target;
+mod tls;
 
 use std::io::Write as _;
 use std::process::ExitCode;

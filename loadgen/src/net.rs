@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,19 +20,21 @@ use tokio::net::{TcpSocket, TcpStream};
 pub struct Target {
     pub host: String,
     pub port: u16,
+    /// `https://` or `wss://`.
+    pub tls: bool,
     /// Path and query, e.g. `/v1/ws?channel=c`.
     pub path: String,
 }
 
 impl Target {
-    /// Parses `http://host:port/path?query` (also `ws://`). TLS schemes are refused.
+    /// Parses `http://host:port/path?query` (also `ws://`, `https://`, `wss://`).
     pub fn parse(url: &str) -> anyhow::Result<Target> {
         let (scheme, rest) = url
             .split_once("://")
             .with_context(|| format!("not an absolute URL: {url}"))?;
-        let default_port = match scheme {
-            "http" | "ws" => 80,
-            "https" | "wss" => bail!("TLS URLs are not supported by loadgen yet: {url}"),
+        let (default_port, tls) = match scheme {
+            "http" | "ws" => (80, false),
+            "https" | "wss" => (443, true),
             s => bail!("unsupported scheme {s:?} in {url}"),
         };
         let (authority, path) = match rest.find(['/', '?']) {
@@ -59,7 +61,12 @@ impl Target {
         if host.is_empty() {
             bail!("no host in {url}");
         }
-        Ok(Target { host, port, path })
+        Ok(Target {
+            host,
+            port,
+            tls,
+            path,
+        })
     }
 
     /// `host:port` for the Host header.
@@ -89,19 +96,62 @@ pub fn with_param(url: &str, name: &str, value: impl std::fmt::Display) -> Strin
     format!("{url}{sep}{name}={value}")
 }
 
-/// Local source addresses used round-robin; empty = let the kernel choose.
-#[derive(Debug, Default)]
+/// A connection to a target: plain TCP, or TLS over it for `https://` / `wss://`.
+pub type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
+
+/// How connections are dialed: local source addresses used round-robin (empty = let the
+/// kernel choose), and the TLS client for TLS targets, with its handshake counts.
+#[derive(Default)]
 pub struct SourceIps {
     ips: Vec<IpAddr>,
     next: AtomicUsize,
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// TLS handshakes done: full, resumed.
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
+}
+
+impl std::fmt::Debug for SourceIps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceIps")
+            .field("ips", &self.ips)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl SourceIps {
     pub fn new(ips: Vec<IpAddr>) -> SourceIps {
         SourceIps {
             ips,
-            next: AtomicUsize::new(0),
+            ..Default::default()
         }
+    }
+
+    /// Dials TLS targets with `config` (one session cache for every client).
+    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> SourceIps {
+        self.tls = Some(tokio_rustls::TlsConnector::from(config));
+        self
+    }
+
+    /// Connects to `target` (resolved as `addr`), with TLS when it is a TLS URL.
+    pub async fn dial(&self, addr: SocketAddr, target: &Target) -> std::io::Result<Stream> {
+        let tcp = self.connect(addr).await?;
+        if !target.tls {
+            return Ok(tokio_util::either::Either::Left(tcp));
+        }
+        let Some(tls) = &self.tls else {
+            return Err(std::io::Error::other("a TLS URL needs --ca or --insecure"));
+        };
+        let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+            .map_err(std::io::Error::other)?;
+        let s = tls.connect(name, tcp).await?;
+        let counter = match s.get_ref().1.handshake_kind() {
+            Some(rustls::HandshakeKind::Resumed) => &self.tls_resumed,
+            _ => &self.tls_full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(tokio_util::either::Either::Right(s))
     }
 
     /// The next source address of the same family as `dst`, if any are configured.
@@ -161,7 +211,7 @@ pub async fn http_connect(
 ) -> anyhow::Result<SendRequest<ReqBody>> {
     let addr = target.resolve().await?;
     let stream = src
-        .connect(addr)
+        .dial(addr, target)
         .await
         .with_context(|| format!("connect {addr}"))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -433,7 +483,10 @@ mod tests {
             (t.host.as_str(), t.port, t.authority()),
             ("::1", 8080, "[::1]:8080".to_string())
         );
-        assert!(Target::parse("wss://h/x").is_err());
+        let t = Target::parse("wss://h/x").unwrap();
+        assert!(t.tls && t.port == 443);
+        assert!(!Target::parse("ws://h/x").unwrap().tls);
+        assert!(Target::parse("ftp://h/x").is_err());
         assert!(Target::parse("/relative").is_err());
         assert_eq!(with_param("/a?b=1", "since", 5), "/a?b=1&since=5");
         assert_eq!(with_param("/a", "since", 5), "/a?since=5");

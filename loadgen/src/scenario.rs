@@ -166,13 +166,17 @@ impl Process {
         } else {
             plan.clients.clients
         };
-        let src = Arc::new(SourceIps::new(
+        let mut src = SourceIps::new(
             plan.common
                 .source_ips
                 .clone()
                 .map(|l| l.0)
                 .unwrap_or_default(),
-        ));
+        );
+        if let Some(config) = crate::tls::client_config(&plan.common, n)? {
+            src = src.with_tls(config);
+        }
+        let src = Arc::new(src);
         let assign = Arc::new(Gateways::new(
             &plan.common.gateway,
             src.clone(),

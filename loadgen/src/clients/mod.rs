@@ -197,6 +197,11 @@ pub async fn assign(ctx: &ClientCtx, channel: &str) -> Result<Assignment, String
         }
         None => format!("/v1/assign?channel={channel}"),
     };
+    let path = if ctx.plan.common.tls {
+        path
+    } else {
+        path + "&tls=false"
+    };
     let (r, gateway) = ctx
         .assign
         .send(true, Method::GET, &path, &[], None, Bytes::new())
@@ -218,7 +223,8 @@ pub async fn assign(ctx: &ClientCtx, channel: &str) -> Result<Assignment, String
 
 /// An open connection of one transport.
 pub enum Conn {
-    Ws(ws::WsConn),
+    /// Boxed: a TLS stream makes it over a kilobyte.
+    Ws(Box<ws::WsConn>),
     Sse(sse::SseConn),
     Poll(poll::PollConn),
     NchanPoll(crate::target::nchan::NchanPoll),
@@ -279,7 +285,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
             ctx.stats.first_done.fetch_add(1, Ordering::Relaxed);
         }
         let end = match conn {
-            Conn::Ws(c) => ws::session(&ctx, c, &mut checker, &slot).await,
+            Conn::Ws(c) => ws::session(&ctx, *c, &mut checker, &slot).await,
             Conn::Sse(c) => sse::session(&ctx, c, &mut checker, &slot).await,
             Conn::Poll(c) => poll::session(&ctx, c, since.unwrap_or(0), &mut checker, &slot).await,
             Conn::NchanPoll(c) => {

@@ -4,16 +4,15 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::WebSocketStream;
 
 use super::{ClientCtx, SessionEnd, Slot};
 use crate::checker::SeqChecker;
-use crate::net::{with_param, Target};
+use crate::net::{with_param, Stream, Target};
 
-pub type WsConn = WebSocketStream<TcpStream>;
+pub type WsConn = WebSocketStream<Stream>;
 
 /// Small buffers: loadgen holds many idle sockets too.
 pub fn config() -> WebSocketConfig {
@@ -44,7 +43,7 @@ pub async fn connect(
         .map_err(|_| "ws_resolve".to_string())?;
     let stream = ctx
         .src
-        .connect(addr)
+        .dial(addr, &target)
         .await
         .map_err(|_| "ws_connect".to_string())?;
     match tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config())).await {

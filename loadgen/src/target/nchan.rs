@@ -107,7 +107,7 @@ impl Server for Nchan {
             let http_url = format!("{base}/sub/{channel}");
             let ws_url = format!("ws://{}", http_url.trim_start_matches("http://"));
             let conn = match transport {
-                Transport::Ws => Conn::Ws(ws::connect(ctx, &ws_url, None, None).await?),
+                Transport::Ws => Conn::Ws(Box::new(ws::connect(ctx, &ws_url, None, None).await?)),
                 Transport::Sse => Conn::Sse(sse::connect(ctx, &http_url, None, None).await?),
                 Transport::Poll | Transport::Mixed => {
                     Conn::NchanPoll(nchan_poll_connect(ctx, &http_url).await?)

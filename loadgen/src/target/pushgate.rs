@@ -71,7 +71,9 @@ impl Server for Pushgate {
             let a = assign(ctx, channel).await?;
             let assign_us = started.elapsed().as_micros() as u64;
             let conn = match transport {
-                Transport::Ws => Conn::Ws(ws::connect(ctx, &a.ws_url, since, epoch).await?),
+                Transport::Ws => {
+                    Conn::Ws(Box::new(ws::connect(ctx, &a.ws_url, since, epoch).await?))
+                }
                 Transport::Sse => Conn::Sse(sse::connect(ctx, &a.sse_url, since, epoch).await?),
                 Transport::Poll | Transport::Mixed => {
                     Conn::Poll(poll::connect(ctx, &a.poll_url).await?)
