@@ -99,32 +99,6 @@ async fn tls_connect(
     TlsConnector::from(config.clone()).connect(name, tcp).await
 }
 
-async fn read_until_in<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-    needle: &[u8],
-) -> String {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            if let Some(p) = buf.windows(needle.len()).position(|w| w == needle) {
-                let out: Vec<u8> = buf.drain(..p + needle.len()).collect();
-                return String::from_utf8(out).unwrap();
-            }
-            let mut chunk = [0u8; 4096];
-            let k = s.read(&mut chunk).await.unwrap();
-            assert!(
-                k > 0,
-                "EOF before {:?}: {:?}",
-                String::from_utf8_lossy(needle),
-                String::from_utf8_lossy(buf)
-            );
-            buf.extend_from_slice(&chunk[..k]);
-        }
-    })
-    .await
-    .expect("in time")
-}
-
 fn deliver(sub_id: u64, seq: u64, data: &'static str) -> Down {
     Down::Deliver {
         epoch: 1,
@@ -191,9 +165,9 @@ async fn websocket_poll_and_sse_over_tls() {
     h.link.send(backlog(sub2)).await;
     h.link.send(deliver(sub2, 1, "\"polled\"")).await;
     let mut buf = Vec::new();
-    let head = read_until_in(&mut p, &mut buf, b"\r\n\r\n").await;
+    let head = read_until(&mut p, &mut buf, b"\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    read_until_in(&mut p, &mut buf, b"\"polled\"").await;
+    read_until(&mut p, &mut buf, b"\"polled\"").await;
     // The answered poll's subscription ends.
     assert!(matches!(h.link.next().await, Up::Unsubscribe { .. }));
 
@@ -206,9 +180,9 @@ async fn websocket_poll_and_sse_over_tls() {
     h.link.send(backlog(sub3)).await;
     h.link.send(deliver(sub3, 1, "[3]")).await;
     let mut buf = Vec::new();
-    let head = read_until_in(&mut s, &mut buf, b"\r\n\r\n").await;
+    let head = read_until(&mut s, &mut buf, b"\r\n\r\n").await;
     assert!(head.contains("Content-Type: text/event-stream"), "{head}");
-    let ev = read_until_in(&mut s, &mut buf, b"\n\n").await;
+    let ev = read_until(&mut s, &mut buf, b"\n\n").await;
     assert_eq!(ev, "id: 1\ndata: {\"seq\":1,\"data\":[3]}\n\n");
 
     // The WebSocket close handshake, then the server's close_notify: a clean TLS end.

@@ -25,7 +25,6 @@ const TAG: usize = 16;
 pub const APPLICATION_DATA: u8 = 23;
 pub const ALERT: u8 = 21;
 pub const HANDSHAKE: u8 = 22;
-pub const CHANGE_CIPHER_SPEC: u8 = 20;
 
 /// Why a record could not be taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -174,11 +173,6 @@ impl Records {
             return Err(RecordError::Unsupported);
         }
         Ok(Records { suite, v13, tx, rx })
-    }
-
-    /// Bytes a record adds to its plaintext.
-    pub fn overhead(&self) -> usize {
-        HEADER + TAG + usize::from(self.v13) + self.suite.explicit_nonce(self.v13)
     }
 
     /// Appends `plain` (at most [`MAX_PLAIN`] bytes) to `out` as one record of type `ty`.

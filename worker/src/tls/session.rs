@@ -109,6 +109,11 @@ pub struct Session {
     close_sent: bool,
 }
 
+thread_local! {
+    /// Records sealed by [`Tls::write`] before they go to the socket.
+    static SEALED: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Largest handshake flight buffered from a client (a ClientHello with many extensions is
 /// a few KB; certificates from clients are not asked for).
 const MAX_HANDSHAKE_INPUT: usize = 64 * 1024;
@@ -187,14 +192,31 @@ impl Tls {
         };
         s.flush(sock)?;
         let n = data.len().min(MAX_PLAIN);
-        s.records
-            .seal(APPLICATION_DATA, &data[..n], &mut s.out)
-            .map_err(invalid)?;
-        match s.flush(sock) {
-            Ok(()) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-            Err(e) => Err(e),
-        }
+        // Sealed into the thread's scratch and written from there: only what the socket
+        // refuses is copied into the session (no allocation per message).
+        SEALED.with_borrow_mut(|sealed| {
+            sealed.clear();
+            s.records
+                .seal(APPLICATION_DATA, &data[..n], sealed)
+                .map_err(invalid)?;
+            let mut off = 0;
+            while off < sealed.len() {
+                match sock.write(&sealed[off..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(k) => off += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => return Err(e),
+                }
+            }
+            if off < sealed.len() {
+                s.out.extend_from_slice(&sealed[off..]);
+            }
+            if sealed.capacity() > 4 * MAX_PLAIN {
+                *sealed = Vec::new();
+            }
+            Ok(n)
+        })
     }
 
     /// Writes pending sealed bytes (a handshake's flight too); `WouldBlock` if some stay.

@@ -425,7 +425,11 @@ pub async fn get(addr: SocketAddr, path: &str) -> Response {
 }
 
 /// Reads from `s` until `buf` holds `needle`; returns everything up to and including it.
-pub async fn read_until(s: &mut TcpStream, buf: &mut Vec<u8>, needle: &[u8]) -> String {
+pub async fn read_until<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    needle: &[u8],
+) -> String {
     tokio::time::timeout(WAIT, async {
         loop {
             if let Some(p) = buf.windows(needle.len()).position(|w| w == needle) {
