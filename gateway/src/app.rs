@@ -35,6 +35,8 @@ pub struct App {
     pub limits: PublishLimits,
     /// `--max-inflight-body-bytes`, in KiB permits.
     pub body_budget: tokio::sync::Semaphore,
+    /// The fleet's TLS session-ticket keys, handed to workers over their links.
+    pub tickets: crate::tickets::Tickets,
 }
 
 impl App {
@@ -44,6 +46,7 @@ impl App {
         router: Arc<Router>,
         gateway_id: String,
         shutdown: CancellationToken,
+        tickets: crate::tickets::Tickets,
     ) -> Self {
         let registry = Registry::new(config.worker_timeout());
         let body_budget = tokio::sync::Semaphore::new(
@@ -71,6 +74,7 @@ impl App {
             store_healthy: AtomicBool::new(true),
             limits,
             body_budget,
+            tickets,
         }
     }
 }

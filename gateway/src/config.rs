@@ -99,6 +99,26 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_LINK_KEY", hide_env_values = true)]
     pub link_key: Option<String>,
 
+    /// Serve the API and worker links over TLS with this certificate chain (PEM; with
+    /// `--tls-key`). Reloaded on SIGHUP.
+    #[arg(long, env = "PUSHGATE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key of `--tls-cert` (PEM).
+    #[arg(long, env = "PUSHGATE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Rotation period of the fleet's TLS session-ticket keys, which the gateways generate
+    /// and hand to every worker (tickets resume on any worker; a ticket lives at most two
+    /// periods).
+    #[arg(long, env = "PUSHGATE_TICKET_ROTATE_SECS", default_value_t = 3600)]
+    pub ticket_rotate_secs: u64,
+
+    /// Ticket keys from a file instead (64 hex digits per line, the first seals, all
+    /// open; mode 600), reread on SIGHUP.
+    #[arg(long, env = "PUSHGATE_TICKET_KEY_FILE")]
+    pub ticket_key_file: Option<PathBuf>,
+
     /// Origins allowed by CORS on assign (and, passed on to workers, poll and SSE).
     #[arg(
         long = "allow-origin",
@@ -251,6 +271,10 @@ impl Config {
                 "--redis-key-prefix must be non-empty and free of braces"
             );
         }
+        anyhow::ensure!(
+            (1..=302_400).contains(&self.ticket_rotate_secs),
+            "--ticket-rotate-secs must be 1 to 302400 (a TLS 1.3 ticket lives at most 7 days, two periods here)"
+        );
         anyhow::ensure!(
             self.retention_messages >= 1,
             "--retention-messages must be at least 1"

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod router;
 pub mod store;
+pub mod tickets;
 
 pub use config::Config;
 
@@ -63,13 +64,18 @@ pub async fn run(
     } else {
         Vec::new()
     };
+    let tickets =
+        tickets::Tickets::new(config.ticket_rotate_secs, config.ticket_key_file.as_deref())?;
     let app = Arc::new(app::App::new(
         config,
         store,
         router,
         gateway_id,
         shutdown.clone(),
+        tickets,
     ));
+    // Keys exist before the first worker links.
+    refresh_ticket_keys(&app).await;
 
     let sweeper = {
         let app = app.clone();
@@ -133,6 +139,7 @@ async fn housekeeping(app: &app::App) {
             Err(e) => tracing::debug!(error = %e, "worker registry not renewed"),
         }
     }
+    refresh_ticket_keys(app).await;
     if check.history_lost {
         let workers = app.router.resubscribe_all();
         metrics::STORE_RESYNCS.inc();
@@ -140,6 +147,31 @@ async fn housekeeping(app: &app::App) {
             workers,
             "the store lost its history (restarted empty or flushed); every worker subscribes its connections again"
         );
+    }
+}
+
+/// Rotates the fleet's ticket keys (agreeing on them through Redis when gateways share one
+/// and have a `--link-key` to wrap them with) and tells every worker a set that changed.
+async fn refresh_ticket_keys(app: &app::App) {
+    let now_ms = store::now_ms();
+    let now = now_ms / 1000;
+    if !app.tickets.from_file() {
+        if let (AnyStore::Redis(r), Some(link_key)) = (&app.store, &app.config.link_key) {
+            let wrap = tickets::Wrap::new(link_key);
+            match r.agree_ticket_keys(&app.tickets, &wrap, now).await {
+                Ok(agreed) => {
+                    app.tickets.adopt(now, agreed);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "ticket keys not agreed through Redis this time")
+                }
+            }
+        }
+        // Any period still without a key (no Redis, or it did not answer) gets one here.
+        app.tickets.generate(now);
+    }
+    if app.tickets.due(now) {
+        app.router.send_ticket_keys(&app.tickets.frame(now_ms));
     }
 }
 

@@ -362,6 +362,7 @@ mod tests {
             capacity,
             connections,
             tls_addrs: vec![],
+            wants_ticket_keys: false,
         }
     }
 

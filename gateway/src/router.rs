@@ -154,6 +154,19 @@ impl Router {
             .count()
     }
 
+    /// Sends the fleet's ticket keys down every link that takes them. Returns how many.
+    pub fn send_ticket_keys(&self, frame: &Down) -> usize {
+        let links = self.links.read().unwrap_or_else(|e| e.into_inner());
+        links
+            .values()
+            .filter(|l| {
+                l.gets_ticket_keys
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .filter(|l| l.send(frame.clone()))
+            .count()
+    }
+
     /// Runs `f` on `worker`'s link when that link is the incarnation the entry names and
     /// still open.
     fn with_link<R>(&self, worker: &WorkerRef, f: impl FnOnce(&LinkHandle) -> R) -> Option<R> {

@@ -91,6 +91,40 @@ pub struct Hello {
     /// Bound TLS client addresses (`--listen-tls`) as `host:port`: clients dial them with
     /// `wss://` / `https://`. Sent after a byte that older decoders read as "secure".
     pub tls_addrs: Vec<String>,
+    /// The worker takes [`Down::TicketKeys`] (a gateway sends them to no other worker).
+    pub wants_ticket_keys: bool,
+}
+
+/// One TLS session-ticket key as the gateways hand it to workers. Its `Debug` shows the id
+/// only: keys are never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TicketKey {
+    /// Written in front of every ticket sealed with this key, so a worker finds the key.
+    pub id: [u8; 4],
+    /// AES-256-GCM key.
+    pub key: [u8; 32],
+    /// Whether new tickets are sealed with it (exactly one key of a set does); the others
+    /// only open tickets.
+    pub encrypt: bool,
+    /// Seconds until the worker must forget the key, counted from when it got the set (the
+    /// key is erased on time even if no newer set arrives).
+    pub expires_in_secs: u32,
+}
+
+impl std::fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TicketKey")
+            .field("id", &format_args!("{:02x?}", self.id))
+            .field("encrypt", &self.encrypt)
+            .field("expires_in_secs", &self.expires_in_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for TicketKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
 }
 
 /// Frames a worker sends to the gateway.
@@ -186,6 +220,13 @@ pub enum Down {
     },
     /// Drop the subscriber behind `sub_id` (its close reason given by `reason`).
     Kick { sub_id: u64, reason: KickReason },
+    /// The fleet's TLS session-ticket keys, replacing any set this link sent before: sent
+    /// after `Welcome` and at every rotation, only to workers that asked for them, over a
+    /// link that is TLS or on loopback. `lifetime_secs` is the ticket lifetime to announce.
+    TicketKeys {
+        lifetime_secs: u32,
+        keys: Vec<TicketKey>,
+    },
     /// The store lost every directory entry (a Redis that restarted empty): subscribe every
     /// connection again, with `resume` and the position it reached, as after a link came
     /// back. Clients stay connected; their next frame is a gap if their history is gone.
@@ -202,6 +243,9 @@ const DOWN_BACKLOG: u8 = 11;
 const DOWN_DELIVER: u8 = 12;
 const DOWN_KICK: u8 = 13;
 const DOWN_RESUBSCRIBE_ALL: u8 = 14;
+const DOWN_TICKET_KEYS: u8 = 15;
+/// Most keys one `TicketKeys` frame may carry.
+pub const MAX_TICKET_KEYS: usize = 16;
 
 impl Up {
     /// Appends this frame (length prefix included) to `out`.
@@ -223,6 +267,7 @@ impl Up {
                 for a in &h.tls_addrs {
                     put_str(out, a);
                 }
+                out.push(u8::from(h.wants_ticket_keys));
             }
             Up::Load { connections } => {
                 out.push(UP_LOAD);
@@ -291,6 +336,8 @@ impl Up {
                         tls_addrs.push(get_string(&mut f)?);
                     }
                 }
+                // ... and one from before fleet ticket keys here.
+                let wants_ticket_keys = !f.is_empty() && get_u8(&mut f)? != 0;
                 Up::Hello(Hello {
                     id,
                     incarnation,
@@ -298,6 +345,7 @@ impl Up {
                     capacity,
                     connections,
                     tls_addrs,
+                    wants_ticket_keys,
                 })
             }
             UP_LOAD => Up::Load {
@@ -334,7 +382,7 @@ impl Down {
             Down::Backlog { sub_id, .. }
             | Down::Deliver { sub_id, .. }
             | Down::Kick { sub_id, .. } => Some(*sub_id),
-            Down::Welcome { .. } | Down::ResubscribeAll => None,
+            Down::Welcome { .. } | Down::ResubscribeAll | Down::TicketKeys { .. } => None,
         }
     }
 
@@ -385,6 +433,22 @@ impl Down {
                 out.push(DOWN_RESUBSCRIBE_ALL);
                 finish(out, start);
             }
+            Down::TicketKeys {
+                lifetime_secs,
+                keys,
+            } => {
+                let start = begin(out);
+                out.push(DOWN_TICKET_KEYS);
+                out.extend_from_slice(&lifetime_secs.to_be_bytes());
+                out.push(keys.len().min(MAX_TICKET_KEYS) as u8);
+                for k in keys.iter().take(MAX_TICKET_KEYS) {
+                    out.extend_from_slice(&k.id);
+                    out.extend_from_slice(&k.key);
+                    out.push(u8::from(k.encrypt));
+                    out.extend_from_slice(&k.expires_in_secs.to_be_bytes());
+                }
+                finish(out, start);
+            }
         }
     }
 
@@ -433,6 +497,35 @@ impl Down {
                 Down::Kick { sub_id, reason }
             }
             DOWN_RESUBSCRIBE_ALL => Down::ResubscribeAll,
+            DOWN_TICKET_KEYS => {
+                let lifetime_secs = get_u32(&mut f)?;
+                let n = get_u8(&mut f)? as usize;
+                if n > MAX_TICKET_KEYS {
+                    return Err(LinkError::Truncated);
+                }
+                let mut keys = Vec::with_capacity(n);
+                for _ in 0..n {
+                    if f.len() < 4 + 32 + 1 + 4 {
+                        return Err(LinkError::Truncated);
+                    }
+                    let mut id = [0u8; 4];
+                    id.copy_from_slice(&f.split_to(4));
+                    let mut key = [0u8; 32];
+                    key.copy_from_slice(&f.split_to(32));
+                    let encrypt = get_u8(&mut f)? != 0;
+                    let expires_in_secs = get_u32(&mut f)?;
+                    keys.push(TicketKey {
+                        id,
+                        key,
+                        encrypt,
+                        expires_in_secs,
+                    });
+                }
+                Down::TicketKeys {
+                    lifetime_secs,
+                    keys,
+                }
+            }
             k => return Err(LinkError::UnknownKind(k)),
         })
     }
@@ -573,10 +666,11 @@ mod tests {
             capacity: 5,
             connections: 1,
             tls_addrs: vec![],
+            wants_ticket_keys: false,
         };
         let mut out = Vec::new();
         Up::Hello(h.clone()).encode(&mut out);
-        out.truncate(out.len() - 4); // drop the (empty) TLS list
+        out.truncate(out.len() - 5); // drop the (empty) TLS list and the ticket-key flag
         let len = (out.len() - 4) as u32;
         out[..4].copy_from_slice(&len.to_be_bytes());
         let mut buf = BytesMut::from(&out[..]);
@@ -593,6 +687,7 @@ mod tests {
             capacity: 1_000_000,
             connections: 7,
             tls_addrs: vec![],
+            wants_ticket_keys: false,
         }));
         roundtrip_up(Up::Hello(Hello {
             id: "w2".into(),
@@ -601,6 +696,7 @@ mod tests {
             capacity: 10,
             connections: 0,
             tls_addrs: vec!["push.example:443".into()],
+            wants_ticket_keys: false,
         }));
         roundtrip_up(Up::Load { connections: 3 });
         roundtrip_up(Up::Subscribe {
@@ -650,6 +746,53 @@ mod tests {
             assert_eq!(KickReason::try_from(reason as u8), Ok(reason));
         }
         roundtrip_down(Down::ResubscribeAll);
+        roundtrip_down(Down::TicketKeys {
+            lifetime_secs: 7200,
+            keys: vec![],
+        });
+        roundtrip_down(Down::TicketKeys {
+            lifetime_secs: 1,
+            keys: (0..3u8)
+                .map(|i| TicketKey {
+                    id: [i, 1, 2, 3],
+                    key: [i + 7; 32],
+                    encrypt: i == 1,
+                    expires_in_secs: 3600 * u32::from(i),
+                })
+                .collect(),
+        });
+        roundtrip_up(Up::Hello(Hello {
+            id: "w3".into(),
+            incarnation: 3,
+            addrs: vec![],
+            capacity: 10,
+            connections: 0,
+            tls_addrs: vec![],
+            wants_ticket_keys: true,
+        }));
+    }
+
+    #[test]
+    fn ticket_keys_are_bounded_and_never_shown() {
+        let k = TicketKey {
+            id: [0xab, 0, 0, 1],
+            key: [0x5a; 32],
+            encrypt: true,
+            expires_in_secs: 9,
+        };
+        let shown = format!("{k:?}");
+        assert!(shown.contains("ab") && !shown.contains("5a"), "{shown}");
+        // A count above the bound is refused, not allocated.
+        let mut out = Vec::new();
+        Down::TicketKeys {
+            lifetime_secs: 1,
+            keys: vec![],
+        }
+        .encode(&mut out);
+        *out.last_mut().unwrap() = (MAX_TICKET_KEYS + 1) as u8;
+        let mut buf = BytesMut::from(&out[..]);
+        let body = split_frame(&mut buf).unwrap().unwrap();
+        assert_eq!(Down::decode(body), Err(LinkError::Truncated));
     }
 
     #[test]

@@ -201,7 +201,8 @@ impl Worker {
             .config
             .gateway
             .iter()
-            .map(|g| {
+            .enumerate()
+            .map(|(index, g)| {
                 let (host, port) = config::gateway_host_port(g).expect("validated in bind");
                 link::LinkSetup {
                     id: self.id.clone(),
@@ -211,6 +212,7 @@ impl Worker {
                     host,
                     port,
                     link_key: self.shared.config.link_key.clone(),
+                    index,
                 }
             })
             .collect();
@@ -227,6 +229,7 @@ impl Worker {
                     rt.spawn(link_trim(shared.clone()));
                     if shared.tls.is_some() {
                         rt.spawn(reload_on_sighup(shared.clone()));
+                        rt.spawn(prune_ticket_keys(shared.clone()));
                     }
                     rt.block_on(link::run(shared.clone(), up_rx, setups, shutdown.clone()));
                     shared.begin_shutdown();
@@ -253,6 +256,21 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
                 tracing::warn!(error = %format!("{e:#}"), "SIGHUP: TLS certificate not reloaded; the old one stays")
             }
         }
+    }
+}
+
+/// Erases fleet ticket keys whose time is up, once a second (a key goes on time even if
+/// its gateway is unreachable and no handshake touches it).
+async fn prune_ticket_keys(shared: Arc<Shared>) {
+    let Some(files) = &shared.tls else { return };
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        files.tickets().prune(std::time::Instant::now());
+        metrics::metrics()
+            .tls_ticket_keys
+            .set(files.tickets().key_count() as i64);
     }
 }
 

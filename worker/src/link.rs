@@ -51,6 +51,8 @@ pub(crate) struct LinkSetup {
     pub port: u16,
     /// Sent as `Authorization: Bearer <key>` on the upgrade.
     pub link_key: Option<String>,
+    /// This link's place in `--gateway` (whose ticket keys seal first).
+    pub index: usize,
 }
 
 /// The up queue from the loop threads: held by the control link's writer.
@@ -187,6 +189,7 @@ async fn session(
             capacity: shared.capacity as u64,
             connections: shared.connections() as u64,
             tls_addrs: setup.tls_addrs.clone(),
+            wants_ticket_keys: shared.tls.is_some(),
         });
         let mut out = Vec::new();
         hello.encode(&mut out);
@@ -211,7 +214,7 @@ async fn session(
     tracing::info!(gateway = %welcome, "gateway link up");
     let (rd, wr) = stream.into_split();
     tokio::select! {
-        r = reader(shared, rd, buf) => r,
+        r = reader(shared, rd, buf, setup.index) => r,
         r = writer(shared, wr, up) => r,
     }
 }
@@ -222,6 +225,7 @@ async fn reader(
     shared: &Arc<Shared>,
     mut rd: OwnedReadHalf,
     mut buf: BytesMut,
+    index: usize,
 ) -> anyhow::Result<()> {
     let mut per_thread: Vec<Vec<Cmd>> = (0..shared.ports.len()).map(|_| Vec::new()).collect();
     // The last read took less than there was room for: the socket had nothing more.
@@ -233,6 +237,19 @@ async fn reader(
                 // The gateway's store lost its directory: as after a link came back.
                 for cmds in per_thread.iter_mut() {
                     cmds.push(Cmd::LinkUp);
+                }
+                continue;
+            }
+            if let Down::TicketKeys {
+                lifetime_secs,
+                keys,
+            } = &down
+            {
+                if let Some(files) = &shared.tls {
+                    files
+                        .tickets()
+                        .install(index, *lifetime_secs, keys, std::time::Instant::now());
+                    tracing::debug!(keys = keys.len(), "ticket keys from the gateway");
                 }
                 continue;
             }

@@ -109,6 +109,8 @@ pub struct Metrics {
     tls_handshakes: [IntCounter; 2],
     /// TLS handshakes that failed, by `Failure`.
     tls_failures: [IntCounter; 6],
+    /// Fleet ticket keys held (from the gateways).
+    pub tls_ticket_keys: IntGauge,
 }
 
 impl Metrics {
@@ -213,8 +215,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         &["reason"],
     )
     .expect("metric");
+    let ticket_keys = IntGauge::new(
+        "pushgate_tls_ticket_keys",
+        "Fleet TLS session-ticket keys held (sent by the gateways; 0: tickets only this process opens)",
+    )
+    .expect("metric");
     for c in [
         Box::new(holes.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(ticket_keys.clone()),
         Box::new(tls_vec.clone()),
         Box::new(tls_fail_vec.clone()),
         Box::new(fetches.clone()),
@@ -252,6 +260,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         gaps,
         tls_handshakes: ["full", "resumed"].map(|k| tls_vec.with_label_values(&[k])),
         tls_failures: Failure::ALL.map(|f| tls_fail_vec.with_label_values(&[f.as_str()])),
+        tls_ticket_keys: ticket_keys,
         registry,
     }
 });

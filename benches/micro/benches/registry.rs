@@ -24,6 +24,7 @@ fn pick(c: &mut Criterion) {
                 capacity: 1 << 40,
                 connections: (i * 7919) % 50_000,
                 tls_addrs: vec![],
+                wants_ticket_keys: false,
             };
             let link = r.register(&hello, now, |slot, generation, id| {
                 LinkHandle::new(id, slot, generation, 16).0

@@ -7,6 +7,7 @@ use super::rejection::Rejection;
 use super::reply::{empty, Resp};
 use crate::app::App;
 use crate::link;
+use crate::link::serve::LinkPeer;
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -33,6 +34,14 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
             return Rejection::LinkKey.response();
         }
     }
+    let peer = LinkPeer {
+        ip: req
+            .extensions()
+            .get::<crate::net::Peer>()
+            .map(|p| p.0)
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        tls: false,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let app2 = app.clone();
     app.tracker.spawn(async move {
@@ -50,11 +59,11 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
                 let mut read_buf = BytesMut::from(&parts.read_buf[..]);
                 read_buf.extend_from_slice(&rest);
                 let (r, w) = stream.into_split();
-                link::serve::serve_link(app2, r, w, read_buf).await;
+                link::serve::serve_link(app2, peer, r, w, read_buf).await;
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                link::serve::serve_link(app2, r, w, BytesMut::new()).await;
+                link::serve::serve_link(app2, peer, r, w, BytesMut::new()).await;
             }
         }
     });

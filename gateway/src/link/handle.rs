@@ -32,6 +32,8 @@ pub struct LinkHandle {
     closed: CancellationToken,
     /// Signalled by the writer each time it takes frames off the queue ([`Self::room`]).
     drained: tokio::sync::Notify,
+    /// The worker asked for the fleet's ticket keys and this link may carry them.
+    pub gets_ticket_keys: AtomicBool,
 }
 
 impl LinkHandle {
@@ -64,6 +66,7 @@ impl LinkHandle {
             alive: AtomicBool::new(true),
             closed: CancellationToken::new(),
             drained: tokio::sync::Notify::new(),
+            gets_ticket_keys: AtomicBool::new(false),
         });
         (handle, rx)
     }

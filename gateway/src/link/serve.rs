@@ -46,10 +46,31 @@ enum LinkEnd {
     Io(#[from] std::io::Error),
 }
 
+/// Where a link comes from: what decides whether ticket keys may cross it.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkPeer {
+    pub ip: std::net::IpAddr,
+    /// The link runs over the gateway's TLS listener.
+    pub tls: bool,
+}
+
+impl LinkPeer {
+    /// Ticket keys cross a link on loopback, or a TLS link that the link key
+    /// authenticated; never a plain link between hosts.
+    pub fn may_carry_ticket_keys(&self, link_key_set: bool) -> bool {
+        self.ip.is_loopback() || (self.tls && link_key_set)
+    }
+}
+
 /// Runs one upgraded link connection to its end. `read_buf` holds bytes the HTTP layer
 /// had already read past the upgrade request.
-pub async fn serve_link<R, W>(app: Arc<App>, mut reader: R, writer: W, read_buf: BytesMut)
-where
+pub async fn serve_link<R, W>(
+    app: Arc<App>,
+    peer: LinkPeer,
+    mut reader: R,
+    writer: W,
+    read_buf: BytesMut,
+) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
 {
@@ -94,6 +115,19 @@ where
     link.send(Down::Welcome {
         gateway_id: app.gateway_id.clone(),
     });
+    if hello.wants_ticket_keys {
+        if peer.may_carry_ticket_keys(app.config.link_key.is_some()) {
+            link.gets_ticket_keys
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            link.send(app.tickets.frame(now_ms()));
+        } else {
+            tracing::warn!(
+                worker = %hello.id,
+                peer = %peer.ip,
+                "worker link is plain (or has no --link-key) and not on loopback: no fleet ticket keys for it (serve the gateway with --tls-cert and set --link-key); its TLS clients resume only with it"
+            );
+        }
+    }
     app.router.attach(&link);
     metrics::LINKS_OPEN.inc();
     info!(
@@ -328,5 +362,22 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if out.capacity() > KEEP_BUFFER {
             out.shrink_to(64 * 1024);
         }
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::LinkPeer;
+
+    #[test]
+    fn ticket_keys_never_cross_a_plain_link_between_hosts() {
+        let remote = "10.0.0.7".parse().unwrap();
+        let lo = "127.0.0.3".parse().unwrap();
+        let peer = |ip, tls| LinkPeer { ip, tls };
+        assert!(peer(lo, false).may_carry_ticket_keys(false));
+        assert!(peer("::1".parse().unwrap(), false).may_carry_ticket_keys(false));
+        assert!(!peer(remote, false).may_carry_ticket_keys(true));
+        assert!(!peer(remote, true).may_carry_ticket_keys(false));
+        assert!(peer(remote, true).may_carry_ticket_keys(true));
     }
 }

@@ -27,6 +27,8 @@ pub struct Cluster {
     pub gateway_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub workers: Vec<worker::WorkerHandle>,
     pub worker_addrs: Vec<Vec<SocketAddr>>,
+    /// Each worker's `--listen-tls` addresses, as bound.
+    pub worker_tls_addrs: Vec<Vec<SocketAddr>>,
     pub http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     /// The Redis server behind the gateway, when the test crate runs the Redis store.
     pub redis: Option<redis::RedisServer>,
@@ -80,6 +82,7 @@ pub async fn start(gw_args: &[&str], workers: usize, worker_args: &[&str]) -> Cl
         gateway_task: Some(gateway_task),
         workers: Vec::new(),
         worker_addrs: Vec::new(),
+        worker_tls_addrs: Vec::new(),
         http: Client::builder(TokioExecutor::new()).build_http(),
         redis,
     };
@@ -107,6 +110,7 @@ impl Cluster {
         args.extend(extra.iter().map(|s| s.to_string()));
         let w = worker::Worker::bind(worker::Config::parse_from(args)).unwrap();
         let addrs = w.local_addrs();
+        self.worker_tls_addrs.push(w.local_tls_addrs());
         self.workers.push(w.start(self.shutdown.child_token()));
         self.worker_addrs.push(addrs.clone());
         addrs
@@ -128,6 +132,7 @@ impl Cluster {
         ];
         let w = worker::Worker::bind(worker::Config::parse_from(args)).unwrap();
         let addrs = w.local_addrs();
+        self.worker_tls_addrs.push(w.local_tls_addrs());
         self.workers.push(w.start(self.shutdown.child_token()));
         self.worker_addrs.push(addrs.clone());
         addrs

@@ -204,6 +204,7 @@ impl FakeWorker {
             capacity,
             connections: 0,
             tls_addrs: vec![],
+            wants_ticket_keys: false,
         }))
         .await;
         match self.recv().await {

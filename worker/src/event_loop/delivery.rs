@@ -135,7 +135,7 @@ impl EventLoop {
                 }
             }
             // The link thread turns ResubscribeAll into LinkUp; neither reaches a connection.
-            Down::Welcome { .. } | Down::ResubscribeAll => {}
+            Down::Welcome { .. } | Down::ResubscribeAll | Down::TicketKeys { .. } => {}
         }
     }
 

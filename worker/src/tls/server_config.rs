@@ -3,10 +3,10 @@
 //! reloaded from the same files on SIGHUP (new handshakes use the new certificate; open
 //! connections keep their session).
 
+use super::tickets::FleetTickets;
 use anyhow::{bail, Context};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::ProducesTickets;
 use rustls::ServerConfig;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -15,8 +15,9 @@ use std::sync::{Arc, RwLock};
 pub struct TlsFiles {
     cert: PathBuf,
     key: PathBuf,
-    /// Kept across reloads, so tickets issued before a reload still resume.
-    ticketer: Arc<dyn ProducesTickets>,
+    /// Kept across reloads, so tickets issued before a reload still resume; holds the
+    /// fleet's keys once a gateway sent them.
+    tickets: Arc<FleetTickets>,
     current: RwLock<Arc<ServerConfig>>,
 }
 
@@ -31,12 +32,12 @@ impl std::fmt::Debug for TlsFiles {
 
 impl TlsFiles {
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<TlsFiles> {
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().context("TLS ticketer")?;
-        let config = build(cert, key, ticketer.clone())?;
+        let tickets = FleetTickets::new()?;
+        let config = build(cert, key, tickets.clone())?;
         Ok(TlsFiles {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
-            ticketer,
+            tickets,
             current: RwLock::new(config),
         })
     }
@@ -49,19 +50,20 @@ impl TlsFiles {
             .clone()
     }
 
+    /// The ticketer of every handshake (fleet keys go in here).
+    pub fn tickets(&self) -> &Arc<FleetTickets> {
+        &self.tickets
+    }
+
     /// Reads the files again; on any error the current certificate stays.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let config = build(&self.cert, &self.key, self.ticketer.clone())?;
+        let config = build(&self.cert, &self.key, self.tickets.clone())?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = config;
         Ok(())
     }
 }
 
-fn build(
-    cert: &Path,
-    key: &Path,
-    ticketer: Arc<dyn ProducesTickets>,
-) -> anyhow::Result<Arc<ServerConfig>> {
+fn build(cert: &Path, key: &Path, tickets: Arc<FleetTickets>) -> anyhow::Result<Arc<ServerConfig>> {
     let chain = CertificateDer::pem_file_iter(cert)
         .with_context(|| format!("read --tls-cert {}", cert.display()))?
         .collect::<Result<Vec<_>, _>>()
@@ -82,6 +84,6 @@ fn build(
     // The record layer after the handshake is ours (see records.rs).
     config.enable_secret_extraction = true;
     config.max_early_data_size = 0;
-    config.ticketer = ticketer;
+    config.ticketer = tickets;
     Ok(Arc::new(config))
 }

@@ -113,6 +113,62 @@ impl<O: Outbox> RedisStore<O> {
             .collect())
     }
 
+    /// The fleet's ticket keys for the previous, current and next rotation period, as the
+    /// gateways sharing this Redis agreed: for the current and the next, the first
+    /// gateway's `SET NX` wins and the others read its key back; the previous one is only
+    /// read. Keys are stored sealed under `wrap` (see [`crate::tickets`]) and expire once
+    /// no worker may open tickets with them. Keys this gateway cannot open (another link
+    /// key) are left out.
+    pub async fn agree_ticket_keys(
+        &self,
+        tickets: &crate::tickets::Tickets,
+        wrap: &crate::tickets::Wrap,
+        now: u64,
+    ) -> Result<Vec<(u64, crate::tickets::Key)>, StoreError> {
+        let p = tickets.period_secs();
+        let periods = tickets.periods(now);
+        let calls = periods.iter().enumerate().map(|(i, &n)| {
+            let key = format!("{}:tickets:{n}", self.opts.prefix);
+            let mut cmd;
+            let mut fresh = None;
+            if i == 0 {
+                cmd = redis::cmd("GET");
+                cmd.arg(&key);
+            } else {
+                // Openable until period n + 1 ends; a minute's slack for clock skew.
+                let ttl = ((n + 2) * p).saturating_sub(now) + 60;
+                let sealed = wrap.seal(n, &crate::tickets::Key::random());
+                cmd = redis::cmd("SET");
+                cmd.arg(&key)
+                    .arg(&sealed)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("EX")
+                    .arg(ttl);
+                fresh = Some(sealed);
+            }
+            async move { (n, self.client.raw(&cmd).await, fresh) }
+        });
+        let mut agreed = Vec::new();
+        for (n, reply, fresh) in futures_util::future::join_all(calls).await {
+            let sealed = match (reply?, fresh) {
+                (Value::BulkString(v), _) => v,
+                // This call's SET created it: the value is the one it carried.
+                (Value::Nil, Some(v)) => v,
+                (Value::Nil, None) => continue,
+                (other, _) => return Err(bad_reply("ticket keys", &other)),
+            };
+            match wrap.open(n, &sealed) {
+                Some(key) => agreed.push((n, key)),
+                None => tracing::debug!(
+                    period = n,
+                    "a ticket key in Redis is sealed under another --link-key; ignored"
+                ),
+            }
+        }
+        Ok(agreed)
+    }
+
     fn worker(&self, id: &str, incarnation: u64) -> WorkerRef {
         let mut w = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(r) = w.get(&(id.to_owned(), incarnation)) {
