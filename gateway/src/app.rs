@@ -37,6 +37,8 @@ pub struct App {
     pub body_budget: tokio::sync::Semaphore,
     /// The fleet's TLS session-ticket keys, handed to workers over their links.
     pub tickets: crate::tickets::Tickets,
+    /// `--tls-cert`/`--tls-key`: the listener speaks TLS (API and links); reloaded on SIGHUP.
+    pub tls: Option<worker::tls::server_config::TlsFiles>,
 }
 
 impl App {
@@ -47,6 +49,7 @@ impl App {
         gateway_id: String,
         shutdown: CancellationToken,
         tickets: crate::tickets::Tickets,
+        tls: Option<worker::tls::server_config::TlsFiles>,
     ) -> Self {
         let registry = Registry::new(config.worker_timeout());
         let body_budget = tokio::sync::Semaphore::new(
@@ -75,6 +78,7 @@ impl App {
             limits,
             body_budget,
             tickets,
+            tls,
         }
     }
 }

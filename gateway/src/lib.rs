@@ -66,6 +66,10 @@ pub async fn run(
     };
     let tickets =
         tickets::Tickets::new(config.ticket_rotate_secs, config.ticket_key_file.as_deref())?;
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(worker::tls::server_config::TlsFiles::load(cert, key)?),
+        _ => None,
+    };
     let app = Arc::new(app::App::new(
         config,
         store,
@@ -73,7 +77,11 @@ pub async fn run(
         gateway_id,
         shutdown.clone(),
         tickets,
+        tls,
     ));
+    if app.tls.is_some() || app.tickets.from_file() {
+        tokio::spawn(reload_on_sighup(app.clone()));
+    }
     // Keys exist before the first worker links.
     refresh_ticket_keys(&app).await;
 
@@ -171,7 +179,55 @@ async fn refresh_ticket_keys(app: &app::App) {
         app.tickets.generate(now);
     }
     if app.tickets.due(now) {
-        app.router.send_ticket_keys(&app.tickets.frame(now_ms));
+        let frame = app.tickets.frame(now_ms);
+        app.router.send_ticket_keys(&frame);
+        // The gateway's own listener seals with the same keys: its API clients resume on
+        // any gateway of the fleet too.
+        if let (
+            Some(tls),
+            protocol::link::Down::TicketKeys {
+                lifetime_secs,
+                keys,
+            },
+        ) = (&app.tls, &frame)
+        {
+            tls.tickets()
+                .install(0, *lifetime_secs, keys, std::time::Instant::now());
+        }
+    }
+}
+
+/// SIGHUP rereads `--tls-cert`/`--tls-key` (new handshakes get the new certificate, open
+/// connections go on) and `--ticket-key-file`; a file that does not load changes nothing.
+async fn reload_on_sighup(app: Arc<app::App>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot watch SIGHUP: certificates and ticket keys will not be reloaded");
+        return;
+    };
+    loop {
+        tokio::select! {
+            r = hup.recv() => if r.is_none() { return },
+            _ = app.shutdown.cancelled() => return,
+        }
+        if let Some(tls) = &app.tls {
+            match tls.reload() {
+                Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    warn!(error = %format!("{e:#}"), "SIGHUP: TLS certificate not reloaded; the old one stays")
+                }
+            }
+        }
+        match app.tickets.reload() {
+            Ok(true) => {
+                info!("SIGHUP: ticket keys reloaded");
+                refresh_ticket_keys(&app).await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), "SIGHUP: --ticket-key-file not reloaded; the old keys stay")
+            }
+        }
     }
 }
 
@@ -235,11 +291,13 @@ where
             net::bind_listener(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let addr = listener.local_addr()?;
+        let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
         info!(
             listen = %addr,
+            tls = config.tls_cert.is_some(),
             local_workers = config.local_workers,
             store = %config.store,
-            "gateway listening on http://{addr} (API, dashboard, /metrics, worker links)"
+            "gateway listening on {scheme}://{addr} (API, dashboard, /metrics, worker links)"
         );
         if config.is_open() {
             warn!("OPEN MODE: no --subscriber-secret and no --publisher-key; anyone who can reach {addr} can publish to and subscribe to any channel");

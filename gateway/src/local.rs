@@ -33,6 +33,18 @@ pub struct WorkerSpec {
     pub id: String,
 }
 
+/// The first DNS name of the leaf certificate in `cert` (PEM).
+fn first_dns_name(cert: &std::path::Path) -> anyhow::Result<Option<String>> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(cert)
+        .with_context(|| format!("read --tls-cert {}", cert.display()))?;
+    let leaf = webpki::EndEntityCert::try_from(&der)
+        .map_err(|e| anyhow::anyhow!("--tls-cert {}: {e}", cert.display()))?;
+    let name = leaf.valid_dns_names().next().map(str::to_owned);
+    Ok(name)
+}
+
 /// The command lines of all local workers. `gateway_addr` is where the gateway listens.
 pub fn worker_specs(config: &Config, gateway_addr: SocketAddr) -> anyhow::Result<Vec<WorkerSpec>> {
     let exe = match &config.worker_exe {
@@ -57,14 +69,24 @@ pub fn worker_specs(config: &Config, gateway_addr: SocketAddr) -> anyhow::Result
     if let Some(key) = &config.link_key {
         env.push(("PUSHGATE_LINK_KEY".to_owned(), key.clone()));
     }
+    // A TLS gateway is dialed over TLS by its local workers too, trusting its own
+    // certificate chain and checking the first DNS name on it (or the IP, if none).
+    let mut link: Vec<OsString> = vec!["--gateway".into()];
+    match (&config.tls_cert, config.tls_key.is_some()) {
+        (Some(cert), true) => {
+            link.push(format!("https://{dial}").into());
+            link.extend(["--gateway-ca".into(), cert.clone().into_os_string()]);
+            if let Some(name) = first_dns_name(cert)? {
+                link.extend(["--gateway-tls-name".into(), name.into()]);
+            }
+        }
+        _ => link.push(format!("http://{dial}").into()),
+    }
     let mut specs = Vec::new();
     for i in 0..config.local_workers {
         let id = format!("local-{i}");
-        let mut args: Vec<OsString> = vec![
-            "worker".into(),
-            "--gateway".into(),
-            format!("http://{dial}").into(),
-        ];
+        let mut args: Vec<OsString> = vec!["worker".into()];
+        args.extend(link.iter().cloned());
         for j in 0..config.local_worker_ips {
             args.push("--listen".into());
             args.push(

@@ -289,7 +289,27 @@ pub static EPOCH_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 });
 
 /// Registers every metric (call once at start so all series show before traffic).
+pub static TLS_HANDSHAKES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "pushgate_tls_handshakes_total",
+        "TLS handshakes completed on the gateway's listener (--tls-cert), by kind (full, resumed).",
+        "kind",
+        &["full", "resumed"],
+    )
+});
+
+pub static TLS_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "pushgate_tls_handshake_failures_total",
+        "TLS handshakes on the gateway's listener that failed, by reason (plain_http, refused, timeout).",
+        "reason",
+        &["plain_http", "refused", "timeout"],
+    )
+});
+
 pub fn init() {
+    LazyLock::force(&TLS_HANDSHAKES);
+    LazyLock::force(&TLS_FAILURES);
     LazyLock::force(&REDIS_SECONDS);
     LazyLock::force(&REDIS_PUBLISHES_PER_CALL);
     LazyLock::force(&LEASE_ENDED_DROPS);

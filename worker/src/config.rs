@@ -11,8 +11,8 @@ use std::net::SocketAddr;
     about = "pushgate worker: holds client connections and delivers messages"
 )]
 pub struct Config {
-    /// Gateway to open a link to (`http://host:port`; repeatable: one link to each, env
-    /// value comma-separated). With several, subscriptions go over one of them and
+    /// Gateway to open a link to (`http://host:port`, or `https://host:port` for a link
+    /// over TLS; repeatable: one link to each, env value comma-separated). With several, subscriptions go over one of them and
     /// deliveries come over all (gateways that share a Redis store).
     #[arg(
         long,
@@ -40,6 +40,17 @@ pub struct Config {
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`; reread on SIGHUP.
     #[arg(long, env = "PUSHGATE_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
+
+    /// CA certificates (PEM) that `https://` gateways' certificates are checked against,
+    /// instead of the system's roots. The gateway's own certificate file works for a
+    /// self-signed one.
+    #[arg(long, env = "PUSHGATE_GATEWAY_CA")]
+    pub gateway_ca: Option<std::path::PathBuf>,
+
+    /// Name the `https://` gateways' certificates must carry (and the SNI sent), when it
+    /// is not the host in `--gateway` (dialing an IP, say).
+    #[arg(long, env = "PUSHGATE_GATEWAY_TLS_NAME")]
+    pub gateway_tls_name: Option<String>,
 
     /// Host name (or IP) clients are told to dial instead of the bound IP, with each
     /// listener's port: the name on the certificate, a public name behind NAT, or the
@@ -207,7 +218,11 @@ impl Config {
             bail!("at least one --gateway is required");
         }
         for g in &self.gateway {
-            gateway_host_port(g).with_context(|| format!("--gateway {g}"))?;
+            let (host, _, tls) = gateway_target(g).with_context(|| format!("--gateway {g}"))?;
+            if tls {
+                crate::tls::client::server_name(&host, self.gateway_tls_name.as_deref())
+                    .with_context(|| format!("--gateway {g}"))?;
+            }
         }
         let threads = self.threads();
         if threads == 0 || threads > MAX_THREADS {
@@ -309,9 +324,24 @@ fn nofile_soft_limit() -> Option<u64> {
 
 /// Splits `http://host:port[/...]` into `(host, port)` (port 80 when absent).
 pub fn gateway_host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url
-        .strip_prefix("http://")
-        .with_context(|| format!("{url:?} must start with http://"))?;
+    let (host, port, _) = gateway_target(url)?;
+    Ok((host, port))
+}
+
+/// Splits `http://host:port[/...]` or `https://...` into `(host, port, tls)` (port 80 or
+/// 443 when absent).
+pub fn gateway_target(url: &str) -> anyhow::Result<(String, u16, bool)> {
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(r), _) => (r, false),
+        (_, Some(r)) => (r, true),
+        _ => bail!("{url:?} must start with http:// or https://"),
+    };
+    let default_port = if tls { 443 } else { 80 };
+    let (host, port) = split_authority(url, rest, default_port)?;
+    Ok((host, port, tls))
+}
+
+fn split_authority(url: &str, rest: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
     let authority = rest.split('/').next().unwrap_or("");
     if authority.is_empty() {
         bail!("{url:?} has no host");
@@ -323,7 +353,7 @@ pub fn gateway_host_port(url: &str) -> anyhow::Result<(String, u16)> {
             .with_context(|| format!("{url:?}: unclosed ["))?;
         let port = match after.strip_prefix(':') {
             Some(p) => p.parse().with_context(|| format!("{url:?}: bad port"))?,
-            None => 80,
+            None => default_port,
         };
         return Ok((host.to_owned(), port));
     }
@@ -332,7 +362,7 @@ pub fn gateway_host_port(url: &str) -> anyhow::Result<(String, u16)> {
             host.to_owned(),
             port.parse().with_context(|| format!("{url:?}: bad port"))?,
         )),
-        None => Ok((authority.to_owned(), 80)),
+        None => Ok((authority.to_owned(), default_port)),
     }
 }
 
@@ -386,7 +416,15 @@ mod tests {
             gateway_host_port("http://[::1]:81").unwrap(),
             ("::1".into(), 81)
         );
-        assert!(gateway_host_port("https://x").is_err());
+        assert_eq!(
+            gateway_target("https://gw.example").unwrap(),
+            ("gw.example".into(), 443, true)
+        );
+        assert_eq!(
+            gateway_target("https://[::1]:8443/").unwrap(),
+            ("::1".into(), 8443, true)
+        );
+        assert!(gateway_host_port("ftp://x").is_err());
         assert!(gateway_host_port("http://x:notaport").is_err());
     }
 }

@@ -48,6 +48,8 @@ pub struct Worker {
     addrs: Vec<SocketAddr>,
     tls_addrs: Vec<SocketAddr>,
     id: String,
+    /// The TLS client of `https://` gateway links.
+    link_tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// The running worker's threads.
@@ -60,6 +62,13 @@ impl Worker {
     /// per loop thread; port 0 is resolved once and shared). Nothing runs yet.
     pub fn bind(config: Config) -> anyhow::Result<Worker> {
         config.validate()?;
+        let link_tls = if config.gateway.iter().any(|g| g.starts_with("https://")) {
+            Some(tls::client::link_client_config(
+                config.gateway_ca.as_deref(),
+            )?)
+        } else {
+            None
+        };
         let threads = config.threads();
         let sock_opts = sockets::SocketOptions {
             backlog: config.backlog,
@@ -135,6 +144,7 @@ impl Worker {
             addrs,
             tls_addrs,
             id,
+            link_tls,
         })
     }
 
@@ -203,8 +213,18 @@ impl Worker {
             .iter()
             .enumerate()
             .map(|(index, g)| {
-                let (host, port) = config::gateway_host_port(g).expect("validated in bind");
+                let (host, port, tls) = config::gateway_target(g).expect("validated in bind");
+                let tls = tls.then(|| {
+                    let name = tls::client::server_name(
+                        &host,
+                        self.shared.config.gateway_tls_name.as_deref(),
+                    )
+                    .expect("validated in bind");
+                    let config = self.link_tls.clone().expect("made in bind");
+                    (tokio_rustls::TlsConnector::from(config), name)
+                });
                 link::LinkSetup {
+                    tls,
                     id: self.id.clone(),
                     incarnation,
                     addrs: addrs.clone(),

@@ -18,8 +18,7 @@ use protocol::link::{split_frame, Down, Hello, Up};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +52,11 @@ pub(crate) struct LinkSetup {
     pub link_key: Option<String>,
     /// This link's place in `--gateway` (whose ticket keys seal first).
     pub index: usize,
+    /// For an `https://` gateway: the TLS client and the name its certificate must carry.
+    pub tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
 }
 
 /// The up queue from the loop threads: held by the control link's writer.
@@ -156,6 +160,32 @@ async fn session(
     // of the kernel's retransmission time of minutes. A route that acknowledges and drops
     // is the gateway's to notice: it closes a link silent for twice its worker timeout.
     let _ = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(LINK_USER_TIMEOUT));
+    match &setup.tls {
+        None => {
+            let buf = introduce(shared, setup, &mut stream, welcomed).await?;
+            let (rd, wr) = stream.into_split();
+            pump(shared, up, setup, rd, wr, buf).await
+        }
+        Some((connector, name)) => {
+            let mut stream =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, connector.connect(name.clone(), stream))
+                    .await
+                    .context("TLS handshake with the gateway timed out")?
+                    .context("TLS handshake with the gateway")?;
+            let buf = introduce(shared, setup, &mut stream, welcomed).await?;
+            let (rd, wr) = tokio::io::split(stream);
+            pump(shared, up, setup, rd, wr, buf).await
+        }
+    }
+}
+
+/// The upgrade, Hello and Welcome on a fresh connection; what was read past the Welcome.
+async fn introduce<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    setup: &LinkSetup,
+    stream: &mut S,
+    welcomed: &mut bool,
+) -> anyhow::Result<BytesMut> {
     let host = if setup.host.contains(':') {
         format!("[{}]:{}", setup.host, setup.port)
     } else {
@@ -163,6 +193,7 @@ async fn session(
     };
     let req = protocol::link::upgrade_request(&host, setup.link_key.as_deref());
     stream.write_all(req.as_bytes()).await?;
+    stream.flush().await?;
 
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let welcome = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -194,6 +225,7 @@ async fn session(
         let mut out = Vec::new();
         hello.encode(&mut out);
         stream.write_all(&out).await?;
+        stream.flush().await?;
         loop {
             if let Some(frame) = split_frame(&mut buf)? {
                 match Down::decode(frame)? {
@@ -211,8 +243,19 @@ async fn session(
 
     *welcomed = true;
     link_up(shared);
-    tracing::info!(gateway = %welcome, "gateway link up");
-    let (rd, wr) = stream.into_split();
+    tracing::info!(gateway = %welcome, tls = setup.tls.is_some(), "gateway link up");
+    Ok(buf)
+}
+
+/// Both directions of a welcomed link, until either fails.
+async fn pump<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    up: &UpQueue,
+    setup: &LinkSetup,
+    rd: R,
+    wr: W,
+    buf: BytesMut,
+) -> anyhow::Result<()> {
     tokio::select! {
         r = reader(shared, rd, buf, setup.index) => r,
         r = writer(shared, wr, up) => r,
@@ -221,9 +264,9 @@ async fn session(
 
 /// Splits Down frames out of the stream and hands them to their loop threads, one inbox
 /// append and at most one wake-up per thread per read.
-async fn reader(
+async fn reader<R: AsyncRead + Unpin>(
     shared: &Arc<Shared>,
-    mut rd: OwnedReadHalf,
+    mut rd: R,
     mut buf: BytesMut,
     index: usize,
 ) -> anyhow::Result<()> {
@@ -290,7 +333,11 @@ async fn reader(
 /// one within [`LINGER`] first waits out the rest of it, and takes everything queued
 /// meanwhile: at most ~1,000 link writes a second however fast clients come, and no wait
 /// at all when the link is quiet.
-async fn writer(shared: &Arc<Shared>, mut wr: OwnedWriteHalf, up: &UpQueue) -> anyhow::Result<()> {
+async fn writer<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    mut wr: W,
+    up: &UpQueue,
+) -> anyhow::Result<()> {
     let mut out = Vec::with_capacity(1024);
     let mut load = tokio::time::interval(LOAD_EVERY);
     load.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -301,6 +348,7 @@ async fn writer(shared: &Arc<Shared>, mut wr: OwnedWriteHalf, up: &UpQueue) -> a
             _ = load.tick() => {
                 Up::Load { connections: shared.connections() as u64 }.encode(&mut out);
                 wr.write_all(&out).await?;
+                wr.flush().await?;
                 out.clear();
             }
         }
@@ -340,6 +388,8 @@ async fn writer(shared: &Arc<Shared>, mut wr: OwnedWriteHalf, up: &UpQueue) -> a
             }
         }
         wr.write_all(&out).await?;
+        // A TLS link keeps what the socket did not take inside the session until flushed.
+        wr.flush().await?;
         last_write = tokio::time::Instant::now();
         if out.capacity() > 1 << 20 {
             out = Vec::with_capacity(64 * 1024);

@@ -52,6 +52,8 @@ pub enum Rejection {
     UpgradeRequired,
     /// A worker link without the gateway's link key.
     LinkKey,
+    /// Plain HTTP on the gateway's TLS listener (answered in plain text, then closed).
+    TlsRequired,
     /// A request head over `--max-header-bytes` (protocol level: answered below hyper).
     HeadTooLarge {
         limit: usize,
@@ -97,6 +99,7 @@ impl Rejection {
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::UpgradeRequired => StatusCode::UPGRADE_REQUIRED,
+            Rejection::TlsRequired => StatusCode::BAD_REQUEST,
             Rejection::HeadTooLarge { .. } | Rejection::TooManyHeaders { .. } => {
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
             }
@@ -129,6 +132,7 @@ impl Rejection {
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::UpgradeRequired => "upgrade_required",
             Rejection::LinkKey => "link_key",
+            Rejection::TlsRequired => "tls_required",
             // The worker's codes for the same refusals.
             Rejection::HeadTooLarge { .. } | Rejection::TooManyHeaders { .. } => {
                 "headers_too_large"
@@ -172,6 +176,7 @@ impl Rejection {
             Rejection::UpgradeRequired => {
                 format!("worker links upgrade to {}", protocol::link::LINK_UPGRADE)
             }
+            Rejection::TlsRequired => "this port speaks TLS: use https://".into(),
             Rejection::LinkKey => {
                 "a worker link needs the gateway's link key (Authorization: Bearer <key>)".into()
             }
@@ -216,6 +221,7 @@ impl Rejection {
             | Rejection::MethodNotAllowed { .. }
             | Rejection::UpgradeRequired
             | Rejection::LinkKey
+            | Rejection::TlsRequired
             | Rejection::HeadTooLarge { .. }
             | Rejection::TooManyHeaders { .. }
             | Rejection::UriTooLong { .. }

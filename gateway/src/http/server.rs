@@ -1,6 +1,7 @@
 //! The accept loop and the HTTP/1.1 settings of every connection (upgrades included).
 
 use super::guard_io::GuardIo;
+use super::rejection::Rejection;
 use super::routes::handle;
 use crate::app::App;
 use crate::net;
@@ -8,6 +9,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
@@ -15,6 +17,8 @@ use tracing::{debug, warn};
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long open connections get to finish at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client on the TLS listener may take to finish its handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until `app.shutdown`, one task per connection (tracked).
 pub async fn serve(listener: TcpListener, app: Arc<App>) {
@@ -27,8 +31,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         match accepted {
             Ok((stream, peer)) => {
                 net::tune_accepted(&stream);
-                app.tracker
-                    .spawn(serve_connection(app.clone(), stream, peer.ip()));
+                if app.tls.is_some() {
+                    app.tracker.spawn(serve_tls(app.clone(), stream, peer.ip()));
+                } else {
+                    app.tracker
+                        .spawn(serve_connection(app.clone(), stream, peer.ip()));
+                }
             }
             Err(e) if net::is_fd_exhaustion(&e) => {
                 warn!(error = %e, "accept failed: out of file descriptors; backing off");
@@ -39,8 +47,53 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
     }
 }
 
+/// `--tls-cert`: the handshake (bounded in time), then HTTP as on a plain connection. Plain
+/// HTTP gets a plain JSON 400 `tls_required`; every failure is counted by reason.
+async fn serve_tls(app: Arc<App>, stream: TcpStream, peer: std::net::IpAddr) {
+    let Some(files) = &app.tls else { return };
+    let fail = |reason: &str| {
+        crate::metrics::TLS_FAILURES
+            .with_label_values(&[reason])
+            .inc()
+    };
+    let deadline = tokio::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT;
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        // A TLS record starts with its content type: 22, handshake.
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            fail("plain_http");
+            let mut stream = stream;
+            let _ = stream
+                .write_all(&Rejection::TlsRequired.raw_response())
+                .await;
+            let _ = stream.shutdown().await;
+            return;
+        }
+        Ok(Ok(1)) => {}
+        Ok(_) => return,
+        Err(_) => return fail("timeout"),
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(files.config());
+    let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            return fail("refused");
+        }
+        Err(_) => return fail("timeout"),
+    };
+    let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+    crate::metrics::TLS_HANDSHAKES
+        .with_label_values(&[if resumed { "resumed" } else { "full" }])
+        .inc();
+    serve_connection(app, tls, peer).await
+}
+
 /// Serves one HTTP/1.1 connection (upgrades included) until it ends or shutdown drains it.
-async fn serve_connection(app: Arc<App>, stream: TcpStream, peer: std::net::IpAddr) {
+async fn serve_connection<S>(app: Arc<App>, stream: S, peer: std::net::IpAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let shutdown = app.shutdown.clone();
     let max_header_bytes = app.config.max_header_bytes;
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {

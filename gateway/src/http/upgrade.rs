@@ -15,6 +15,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
 use tracing::debug;
 
 /// `GET /v1/link` with `Upgrade: pushgate-link/2`: answers 101 and hands the connection to
@@ -34,14 +35,12 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
             return Rejection::LinkKey.response();
         }
     }
-    let peer = LinkPeer {
-        ip: req
-            .extensions()
-            .get::<crate::net::Peer>()
-            .map(|p| p.0)
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-        tls: false,
-    };
+    let ip = req
+        .extensions()
+        .get::<crate::net::Peer>()
+        .map(|p| p.0)
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let plain = LinkPeer { ip, tls: false };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let app2 = app.clone();
     app.tracker.spawn(async move {
@@ -52,18 +51,32 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<GuardIo<TcpStream>>>() {
+        // What hyper read past the request, then what the guard had read past it.
+        let rest = |hyper_buf: &[u8], guard_buf: &[u8]| {
+            let mut read_buf = BytesMut::from(hyper_buf);
+            read_buf.extend_from_slice(guard_buf);
+            read_buf
+        };
+        let upgraded = match upgraded.downcast::<TokioIo<GuardIo<TcpStream>>>() {
             Ok(parts) => {
-                // What hyper read past the request, then what the guard had read past it.
-                let (stream, rest) = parts.io.into_inner().into_parts();
-                let mut read_buf = BytesMut::from(&parts.read_buf[..]);
-                read_buf.extend_from_slice(&rest);
+                let (stream, guard_buf) = parts.io.into_inner().into_parts();
+                let read_buf = rest(&parts.read_buf, &guard_buf);
                 let (r, w) = stream.into_split();
+                return link::serve::serve_link(app2, plain, r, w, read_buf).await;
+            }
+            Err(upgraded) => upgraded,
+        };
+        match upgraded.downcast::<TokioIo<GuardIo<TlsStream<TcpStream>>>>() {
+            Ok(parts) => {
+                let (stream, guard_buf) = parts.io.into_inner().into_parts();
+                let read_buf = rest(&parts.read_buf, &guard_buf);
+                let (r, w) = tokio::io::split(stream);
+                let peer = LinkPeer { ip, tls: true };
                 link::serve::serve_link(app2, peer, r, w, read_buf).await;
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                link::serve::serve_link(app2, peer, r, w, BytesMut::new()).await;
+                link::serve::serve_link(app2, plain, r, w, BytesMut::new()).await;
             }
         }
     });

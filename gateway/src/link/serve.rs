@@ -356,6 +356,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if let Err(e) = writer.write_all(&out).await {
             return e.into();
         }
+        // Over TLS, what the socket did not take stays in the session until flushed (a
+        // no-op on a plain socket).
+        if let Err(e) = writer.flush().await {
+            return e.into();
+        }
         metrics::LINK_FRAMES_SENT.inc_by(n as u64);
         metrics::LINK_BATCHES_SENT.inc();
         out.clear();

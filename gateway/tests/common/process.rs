@@ -21,7 +21,7 @@ impl Drop for GatewayProcess {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -54,6 +54,22 @@ pub fn spawn_gateway(args: &[&str]) -> GatewayProcess {
         child,
         base: format!("http://{listen}"),
         redis,
+    }
+}
+
+/// Starts `gateway <args>` (its own `--listen` included), memory store, no Redis.
+pub fn spawn_gateway_args(args: &[&str]) -> GatewayProcess {
+    let child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--worker-exe", env!("CARGO_BIN_EXE_gateway")])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    GatewayProcess {
+        child,
+        base: String::new(),
+        redis: None,
     }
 }
 
