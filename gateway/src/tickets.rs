@@ -296,6 +296,9 @@ fn read_key_file(path: &Path) -> anyhow::Result<Vec<Key>> {
 /// key derived (HKDF-SHA256) from `--link-key`, the period as additional data.
 pub struct Wrap {
     kek: LessSafeKey,
+    /// Names the link key without revealing it: gateways with another link key (a
+    /// misconfigured one) keep their keys under other names instead of taking over these.
+    id: String,
 }
 
 impl Wrap {
@@ -308,9 +311,19 @@ impl Wrap {
             .and_then(|okm| okm.fill(&mut kek[..]))
             .expect("32 bytes from HKDF-SHA256");
         let unbound = UnboundKey::new(&AES_256_GCM, &kek[..]).expect("AES-256 key");
+        let mut id = [0u8; 32];
+        prk.expand(&[b"name"], HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut id))
+            .expect("32 bytes from HKDF-SHA256");
         Wrap {
             kek: LessSafeKey::new(unbound),
+            id: id[..8].iter().map(|b| format!("{b:02x}")).collect(),
         }
+    }
+
+    /// The name under which this link key's ticket keys are kept.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// `nonce | AES-256-GCM(id | key)`, bound to `period`.
@@ -475,5 +488,8 @@ mod tests {
         assert!(w.open(8, &sealed).is_none());
         assert!(Wrap::new("other").open(7, &sealed).is_none());
         assert!(w.open(7, &sealed[1..]).is_none());
+        assert_eq!(w.id(), Wrap::new("link secret").id());
+        assert_ne!(w.id(), Wrap::new("other").id());
+        assert_eq!(w.id().len(), 16);
     }
 }

@@ -170,8 +170,13 @@ pub struct FakeWorker {
 
 impl FakeWorker {
     pub async fn connect(addr: SocketAddr) -> FakeWorker {
+        Self::connect_with_key(addr, None).await
+    }
+
+    /// [`Self::connect`] presenting `link_key`.
+    pub async fn connect_with_key(addr: SocketAddr, link_key: Option<&str>) -> FakeWorker {
         let mut stream = TcpStream::connect(addr).await.unwrap();
-        let req = protocol::link::upgrade_request(&addr.to_string(), None);
+        let req = protocol::link::upgrade_request(&addr.to_string(), link_key);
         stream.write_all(req.as_bytes()).await.unwrap();
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
@@ -214,6 +219,29 @@ impl FakeWorker {
         // A real worker sends its first Load once its side of the link is up; until then
         // the gateway lists it as `starting` and assigns it no clients.
         self.send(Up::Load { connections: 0 }).await;
+    }
+
+    /// Says Hello asking for the fleet's ticket keys; the `TicketKeys` frame that follows
+    /// the Welcome.
+    pub async fn hello_wanting_ticket_keys(&mut self, id: &str) -> Down {
+        self.send(Up::Hello(Hello {
+            id: id.into(),
+            incarnation: 1,
+            addrs: vec!["127.0.0.9:1".into()],
+            capacity: 10,
+            connections: 0,
+            tls_addrs: vec!["localhost:1".into()],
+            wants_ticket_keys: true,
+        }))
+        .await;
+        match self.recv().await {
+            Down::Welcome { .. } => {}
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+        match self.recv().await {
+            d @ Down::TicketKeys { .. } => d,
+            other => panic!("expected TicketKeys, got {other:?}"),
+        }
     }
 
     pub async fn subscribe(

@@ -128,7 +128,7 @@ impl<O: Outbox> RedisStore<O> {
         let p = tickets.period_secs();
         let periods = tickets.periods(now);
         let calls = periods.iter().enumerate().map(|(i, &n)| {
-            let key = format!("{}:tickets:{n}", self.opts.prefix);
+            let key = format!("{}:tickets:{}:{n}", self.opts.prefix, wrap.id());
             let mut cmd;
             let mut fresh = None;
             if i == 0 {
