@@ -287,6 +287,19 @@ async fn bad_input_on_a_tls_port_is_refused_and_counted() {
     assert_eq!(failures(&h, "refused").await, before + 1.0);
     tls_connect(tls_addr, &cert.client()).await.unwrap();
 
+    // An SNI the certificate does not carry: the worker has one certificate and shows it;
+    // the client finds the name missing and aborts, which is counted.
+    let before = failures(&h, "refused").await;
+    let tcp = TcpStream::connect(tls_addr).await.unwrap();
+    let other = ServerName::try_from("other.example").unwrap();
+    let e = TlsConnector::from(cert.client())
+        .connect(other, tcp)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("certificate"), "{e}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(failures(&h, "refused").await, before + 1.0);
+
     // A TLS ClientHello on the plain port gets the plain port's 400 and a close.
     let r = tls_connect(h.addr, &cert.client()).await;
     assert!(r.is_err());
