@@ -9,13 +9,18 @@ use std::time::Duration;
 /// Runs `loadgen run <args>` against `base`; returns its JSON result after checking that it
 /// passed with every client connected and nothing lost, duplicated or out of order.
 async fn run_loadgen(base: &str, clients: u64, args: &[&str]) -> serde_json::Value {
+    run_loadgen_cmd("run", base, clients, args).await
+}
+
+/// [`run_loadgen`] with another loadgen command (`churn`).
+async fn run_loadgen_cmd(cmd: &str, base: &str, clients: u64, args: &[&str]) -> serde_json::Value {
     let json = std::env::temp_dir().join(format!(
         "pushgate-loadgen-{}-{clients}.json",
         std::process::id()
     ));
     let clients_arg = clients.to_string();
     let out = tokio::process::Command::new(workspace_bin("loadgen"))
-        .args(["run", "--gateway", base, "--clients", &clients_arg])
+        .args([cmd, "--gateway", base, "--clients", &clients_arg])
         .args(args)
         .args([
             "--source-ips",
@@ -40,7 +45,8 @@ async fn run_loadgen(base: &str, clients: u64, args: &[&str]) -> serde_json::Val
         out.status
     );
     assert_eq!(r["passed"], true, "{r}");
-    assert_eq!(r["connect"]["ok"], clients, "{}", r["connect"]);
+    let connected = if cmd == "run" { "ok" } else { "first_ok" };
+    assert_eq!(r["connect"][connected], clients, "{}", r["connect"]);
     let accepted = r["publish"]["messages_accepted"].as_u64().unwrap();
     let check = &r["delivery"]["check"];
     for k in ["lost", "duplicated", "out_of_order", "gaps", "unexpected"] {
@@ -128,4 +134,59 @@ async fn loadgen_broadcast_reaches_every_channel_in_order() {
         drained["workers"][0]["rss_after"].as_u64().unwrap() > 0,
         "{drained}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_tls_churn_resumes_on_whichever_worker_it_is_sent_to() {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("pg-lg-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let worker_args = format!(
+        "--local-worker-arg=--listen-tls=127.0.0.1:0,--tls-cert={},--tls-key={},--advertise=localhost",
+        cert_path.display(),
+        key_path.display()
+    );
+    let gw = spawn_gateway(&["--local-workers", "2", &worker_args]);
+    wait_healthy(&gw.base, 2, Duration::from_secs(30)).await;
+    let ca = cert_path.to_str().unwrap();
+    let args = [
+        "--tls",
+        "--ca",
+        ca,
+        "--transport",
+        "mixed",
+        "--ramp",
+        "500/s",
+        "--rate",
+        "100/s",
+        "--duration",
+        "8s",
+        "--fraction",
+        "1",
+        "--churn-rate",
+        "100/s",
+    ];
+    let r = run_loadgen_cmd("churn", &gw.base, 300, &args).await;
+    let tls = &r["tls"];
+    // Every client's first handshake is full; after that clients come back (through a
+    // fresh assign, to either worker) with a ticket, and the fleet's shared keys open it.
+    let offered = tls["offered"].as_u64().unwrap();
+    assert!(offered >= 300, "{tls}");
+    let share = tls["resumed_of_offered"].as_f64().unwrap();
+    assert!(share >= 0.95, "{tls}");
+    assert!(
+        r["connect"]["reconnects"].as_u64().unwrap() >= 300,
+        "{}",
+        r["connect"]
+    );
+    let per_worker = r["connect"]["per_worker"].as_object().map(|m| m.len());
+    assert_eq!(per_worker, Some(2), "{}", r["connect"]["per_worker"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -101,7 +101,6 @@ pub type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::client::Tl
 
 /// How connections are dialed: local source addresses used round-robin (empty = let the
 /// kernel choose), and the TLS client for TLS targets, with its handshake counts.
-#[derive(Default)]
 pub struct SourceIps {
     ips: Vec<IpAddr>,
     next: AtomicUsize,
@@ -109,6 +108,24 @@ pub struct SourceIps {
     /// TLS handshakes done: full, resumed.
     pub tls_full: AtomicU64,
     pub tls_resumed: AtomicU64,
+    /// TLS handshake time, TCP connected to handshake done (µs).
+    pub tls_handshake: std::sync::Mutex<hdrhistogram::Histogram<u64>>,
+    /// The TLS client's tickets (how many handshakes offered one).
+    pub tickets: Option<Arc<crate::tls::TicketPool>>,
+}
+
+impl Default for SourceIps {
+    fn default() -> Self {
+        SourceIps {
+            ips: Vec::new(),
+            next: AtomicUsize::new(0),
+            tls: None,
+            tls_full: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
+            tls_handshake: std::sync::Mutex::new(crate::stats::new_hist()),
+            tickets: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for SourceIps {
@@ -129,9 +146,21 @@ impl SourceIps {
     }
 
     /// Dials TLS targets with `config` (one session cache for every client).
-    pub fn with_tls(mut self, config: Arc<rustls::ClientConfig>) -> SourceIps {
+    pub fn with_tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        tickets: Arc<crate::tls::TicketPool>,
+    ) -> SourceIps {
         self.tls = Some(tokio_rustls::TlsConnector::from(config));
+        self.tickets = Some(tickets);
         self
+    }
+
+    /// TLS handshakes that offered a ticket.
+    pub fn tls_offered(&self) -> u64 {
+        self.tickets
+            .as_ref()
+            .map_or(0, |t| t.offered.load(Ordering::Relaxed))
     }
 
     /// Connects to `target` (resolved as `addr`), with TLS when it is a TLS URL.
@@ -145,7 +174,10 @@ impl SourceIps {
         };
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(std::io::Error::other)?;
+        let t0 = std::time::Instant::now();
         let s = tls.connect(name, tcp).await?;
+        let us = t0.elapsed().as_micros() as u64;
+        let _ = self.tls_handshake.lock().unwrap().record(us.max(1));
         let counter = match s.get_ref().1.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => &self.tls_resumed,
             _ => &self.tls_full,

@@ -34,6 +34,14 @@ pub struct Counters {
     pub published_after_retry: u64,
     #[serde(default)]
     pub connected_at_end: u64,
+    /// TLS handshakes: full, resumed.
+    #[serde(default)]
+    pub tls_full: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
+    /// TLS handshakes that offered a ticket (a client's first never can).
+    #[serde(default)]
+    pub tls_offered: u64,
 }
 
 impl Counters {
@@ -56,6 +64,9 @@ impl Counters {
         self.publish_retries += o.publish_retries;
         self.published_after_retry += o.published_after_retry;
         self.connected_at_end += o.connected_at_end;
+        self.tls_full += o.tls_full;
+        self.tls_resumed += o.tls_resumed;
+        self.tls_offered += o.tls_offered;
     }
 }
 
@@ -66,6 +77,9 @@ pub struct RawHists {
     pub assign_us: String,
     pub latency_us: String,
     pub publish_us: String,
+    /// TLS handshake time (TCP connected to handshake done).
+    #[serde(default = "crate::stats::empty_hist_b64")]
+    pub tls_handshake_us: String,
 }
 
 /// Everything one process measured, in a form that merges exactly.
@@ -145,6 +159,7 @@ impl RawResult {
         merge_b64(&mut self.hists.assign_us, &o.hists.assign_us)?;
         merge_b64(&mut self.hists.latency_us, &o.hists.latency_us)?;
         merge_b64(&mut self.hists.publish_us, &o.hists.publish_us)?;
+        merge_b64(&mut self.hists.tls_handshake_us, &o.hists.tls_handshake_us)?;
         for t in &o.timeline {
             match self.timeline.iter_mut().find(|x| x.t == t.t) {
                 Some(x) => {
@@ -280,6 +295,23 @@ pub struct LatencyPoint {
     pub value_us: u64,
 }
 
+/// TLS handshakes of a `--tls` run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TlsSummary {
+    pub full: u64,
+    pub resumed: u64,
+    /// resumed / (full + resumed).
+    pub resumed_share: f64,
+    /// Handshakes that offered a ticket, and the share of those resumed: what the servers
+    /// made of the tickets they were shown (a client's first handshake has none).
+    pub offered: u64,
+    pub resumed_of_offered: f64,
+    /// Over the whole run.
+    pub full_per_sec: f64,
+    pub resumed_per_sec: f64,
+    pub handshake_us: HistSummary,
+}
+
 /// The `--json` document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
@@ -298,6 +330,8 @@ pub struct Summary {
     pub publish: PublishSummary,
     pub delivery: DeliverySummary,
     pub errors: ErrorSummary,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSummary>,
     pub memory: Option<MemoryResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_after_drain: Option<MemoryResult>,
@@ -320,6 +354,8 @@ impl Summary {
         let assign = hist_from_b64(&raw.hists.assign_us).context("assign histogram")?;
         let latency = hist_from_b64(&raw.hists.latency_us).context("latency histogram")?;
         let publish = hist_from_b64(&raw.hists.publish_us).context("publish histogram")?;
+        let handshakes =
+            hist_from_b64(&raw.hists.tls_handshake_us).context("TLS handshake histogram")?;
         let c = &raw.counters;
         let errors_total = raw.errors_total();
         let check_ok = raw.check.map(|c| c.clean(raw.allow_gaps)).unwrap_or(true);
@@ -407,6 +443,23 @@ impl Summary {
                 total: errors_total,
                 by_kind: raw.errors.clone(),
             },
+            tls: (c.tls_full + c.tls_resumed > 0).then(|| TlsSummary {
+                full: c.tls_full,
+                resumed: c.tls_resumed,
+                resumed_share: (c.tls_resumed as f64 / (c.tls_full + c.tls_resumed) as f64
+                    * 10_000.0)
+                    .round()
+                    / 10_000.0,
+                offered: c.tls_offered,
+                resumed_of_offered: if c.tls_offered == 0 {
+                    0.0
+                } else {
+                    (c.tls_resumed as f64 / c.tls_offered as f64 * 10_000.0).round() / 10_000.0
+                },
+                full_per_sec: rate(c.tls_full, raw.elapsed_secs),
+                resumed_per_sec: rate(c.tls_resumed, raw.elapsed_secs),
+                handshake_us: HistSummary::of(&handshakes),
+            }),
             memory: raw.memory.clone(),
             memory_after_drain: raw.memory_after_drain.clone(),
             timeline,
@@ -458,6 +511,21 @@ impl Summary {
                 }
                 let _ = writeln!(s, "; connected at the end {}", c.connected_at_end);
             }
+        }
+        if let Some(t) = &self.tls {
+            let _ = writeln!(
+                s,
+                "  tls       {} full + {} resumed handshakes ({:.1} % resumed; {:.1} % of the {} that offered a ticket; {:.0}/s full, {:.0}/s resumed); handshake p50 {} p99 {}",
+                t.full,
+                t.resumed,
+                t.resumed_share * 100.0,
+                t.resumed_of_offered * 100.0,
+                t.offered,
+                t.full_per_sec,
+                t.resumed_per_sec,
+                ms(t.handshake_us.p50),
+                ms(t.handshake_us.p99)
+            );
         }
         let p = &self.publish;
         if p.requests > 0 {

@@ -173,8 +173,8 @@ impl Process {
                 .map(|l| l.0)
                 .unwrap_or_default(),
         );
-        if let Some(config) = crate::tls::client_config(&plan.common, n)? {
-            src = src.with_tls(config);
+        if let Some((config, tickets)) = crate::tls::client_config(&plan.common, n)? {
+            src = src.with_tls(config, tickets);
         }
         let src = Arc::new(src);
         let assign = Arc::new(Gateways::new(
@@ -402,7 +402,13 @@ impl Process {
 
     /// The process's result from its counters, histograms and phases.
     fn result(self, parts: ResultParts) -> RawResult {
-        let Process { plan, stats, n, .. } = self;
+        let Process {
+            plan,
+            stats,
+            n,
+            src,
+            ..
+        } = self;
         let mut prev = stats_prev(&stats);
         stats.tick(&mut prev);
         let h = stats.hists.lock().unwrap();
@@ -442,6 +448,9 @@ impl Process {
                 publish_retries: stats.publish_retries.load(Ordering::Relaxed),
                 published_after_retry: stats.published_after_retry.load(Ordering::Relaxed),
                 connected_at_end: parts.connected_at_end,
+                tls_full: src.tls_full.load(Ordering::Relaxed),
+                tls_resumed: src.tls_resumed.load(Ordering::Relaxed),
+                tls_offered: src.tls_offered(),
             },
             check: parts.check,
             errors: stats.errors.lock().unwrap().clone(),
@@ -453,6 +462,7 @@ impl Process {
                 assign_us: hist_to_b64(&h.assign),
                 latency_us: hist_to_b64(&h.latency),
                 publish_us: hist_to_b64(&h.publish),
+                tls_handshake_us: hist_to_b64(&src.tls_handshake.lock().unwrap()),
             },
             timeline: stats.timeline.lock().unwrap().clone(),
             memory: parts.memory,

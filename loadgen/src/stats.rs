@@ -37,6 +37,11 @@ pub fn hist_from_b64(s: &str) -> anyhow::Result<Histogram<u64>> {
     Ok(h)
 }
 
+/// An empty histogram, serialized (results from before a histogram existed).
+pub fn empty_hist_b64() -> String {
+    hist_to_b64(&new_hist())
+}
+
 /// Adds `from` (base64) into `into` (base64).
 pub fn merge_b64(into: &mut String, from: &str) -> anyhow::Result<()> {
     let mut a = hist_from_b64(into)?;
