@@ -11,7 +11,9 @@
 #
 # Environment (defaults): BURST_ROUNDS=4 messages per channel (0 = no burst, idle figure
 # only), BURST_BYTES=4096 payload bytes, BURST_RATE=2 rounds per second, BURST_BATCH=50
-# messages per NDJSON publish, SETTLE=5s before each memory reading, OUT=benches/out.
+# messages per NDJSON publish, SETTLE=5s before each memory reading, OUT=benches/out,
+# TLS=1: the clients connect over TLS (wss://, https://) to a TLS listener of the worker
+# (a throw-away ECDSA P-256 certificate made with openssl; loadgen --tls --ca).
 #
 # Each transport is measured on its own, freshly started worker. Traffic stays on loopback
 # (clients from 127.0.1.1-127.0.1.40). Needs: a Rust toolchain, curl and python3, and an
@@ -36,12 +38,27 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 500)) ]; then
 fi
 (cd "$ROOT" && cargo build --release -q -p gateway -p loadgen)
 SRC=127.0.1.1-127.0.1.40
+TLS=${TLS:-0}
+worker_tls=()
+lg_tls=()
+tag=
+if [ "$TLS" = 1 ]; then
+  mkdir -p "$OUT/tls"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=pushgate-bench -addext "subjectAltName=IP:127.0.0.2,DNS:localhost" \
+    -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=serverAuth" \
+    -keyout "$OUT/tls/key.pem" -out "$OUT/tls/cert.pem" 2>/dev/null
+  chmod 600 "$OUT/tls/key.pem"
+  worker_tls=("--local-worker-arg=--listen-tls=127.0.0.2:0,--tls-cert=$OUT/tls/cert.pem,--tls-key=$OUT/tls/key.pem")
+  lg_tls=(--tls --ca "$OUT/tls/cert.pem")
+  tag=-tls
+fi
 
 gw=
 trap '[ -n "$gw" ] && kill $gw 2>/dev/null || true' EXIT
 for t in $TRANSPORTS; do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  "$BIN/gateway" --listen 127.0.0.1:$port --local-workers 1 --local-worker-ips 4 >"$OUT/gateway-$t.log" 2>&1 &
+  "$BIN/gateway" --listen 127.0.0.1:$port --local-workers 1 --local-worker-ips 4 "${worker_tls[@]}" >"$OUT/gateway-$t$tag.log" 2>&1 &
   gw=$!
   healthy=
   for _ in $(seq 100); do
@@ -55,15 +72,16 @@ for t in $TRANSPORTS; do
     continue
   fi
   common=(--gateway "http://127.0.0.1:$port" --clients "$N" --transport "$t" --ramp 5000/s
-    --source-ips "$SRC" --poll-timeout 120 --settle "$SETTLE" --json "$OUT/idle-$t.json" --quiet)
+    --source-ips "$SRC" --poll-timeout 120 --settle "$SETTLE" --json "$OUT/idle-$t$tag.json" --quiet
+    "${lg_tls[@]}")
   if [ "$BURST_ROUNDS" -gt 0 ]; then
     # --pattern all: --rate counts rounds, each round one message to every channel.
     duration=$(python3 -c "print($BURST_ROUNDS / $BURST_RATE)")
     "$BIN/loadgen" run "${common[@]}" --pattern all --rate "$BURST_RATE/s" --duration "${duration}s" \
       --batch "$BURST_BATCH" --payload-bytes "$BURST_BYTES" --drain 60s --memory-after-drain \
-      >"$OUT/idle-$t.txt" 2>&1 || true
+      >"$OUT/idle-$t$tag.txt" 2>&1 || true
   else
-    "$BIN/loadgen" connect "${common[@]}" --hold 3s >"$OUT/idle-$t.txt" 2>&1 || true
+    "$BIN/loadgen" connect "${common[@]}" --hold 3s >"$OUT/idle-$t$tag.txt" 2>&1 || true
   fi
   # Writes the sockets did not take whole (per-connection buffers), read before the stop.
   buffered=$(python3 - "http://127.0.0.1:$port" <<'PY' || true
@@ -75,7 +93,7 @@ PY
 )
   kill $gw; wait $gw 2>/dev/null || true
   gw=
-  python3 - "$OUT/idle-$t.json" "$t" "$N" "${buffered:-?}" <<'PY'
+  python3 - "$OUT/idle-$t$tag.json" "$t$tag" "$N" "${buffered:-?}" <<'PY'
 import json, sys
 path, t, n, buffered = sys.argv[1:]
 try:
@@ -88,12 +106,14 @@ def fig(m):
     return (f'{"n/a" if per is None else f"{per:.1f}"} B/conn '
             f'(+{m.get("workers_delta_bytes")} B over {m.get("connections")})')
 c = r["connect"]
-line = f'{t:5} clients_ok={c["ok"]:6} rate={c["rate_per_sec"]:6.0f}/s idle: {fig(r.get("memory"))}'
+line = f'{t:9} clients_ok={c["ok"]:6} rate={c["rate_per_sec"]:6.0f}/s idle: {fig(r.get("memory"))}'
 if r["command"] == "run":
     k = r["delivery"].get("check") or {}
     line += (f' | after burst: {fig(r.get("memory_after_drain"))}'
              f' published={r["publish"]["messages_accepted"]} unique={k.get("unique")}'
              f' lost={k.get("lost")} buffered_writes={buffered}')
+if r.get("tls"):
+    line += f' tls_full={r["tls"]["full"]} tls_resumed={r["tls"]["resumed"]}'
 print(line)
 if int(c["ok"]) != int(n):
     print(f'{t}: not every client connected; the figures above are for fewer connections', file=sys.stderr)

@@ -96,6 +96,35 @@ pub fn with_param(url: &str, name: &str, value: impl std::fmt::Display) -> Strin
     format!("{url}{sep}{name}={value}")
 }
 
+/// A dial that failed in the TLS handshake (a certificate not trusted, say), as opposed to
+/// the TCP connect.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS handshake: {0}")]
+pub struct TlsFailed(pub String);
+
+/// `<prefix>_tls` for a dial that failed in its TLS handshake, else `<prefix>_connect`.
+pub fn dial_error_kind(prefix: &str, e: &std::io::Error) -> String {
+    if e.get_ref().is_some_and(|i| i.is::<TlsFailed>()) {
+        format!("{prefix}_tls")
+    } else {
+        format!("{prefix}_connect")
+    }
+}
+
+/// [`dial_error_kind`] for an error with the dial's somewhere in its chain.
+pub fn connect_error_kind(prefix: &str, e: &anyhow::Error) -> String {
+    let tls = e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .is_some_and(|i| i.is::<TlsFailed>())
+    });
+    if tls {
+        format!("{prefix}_tls")
+    } else {
+        format!("{prefix}_connect")
+    }
+}
+
 /// A connection to a target: plain TCP, or TLS over it for `https://` / `wss://`.
 pub type Stream = tokio_util::either::Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
@@ -175,7 +204,10 @@ impl SourceIps {
         let name = rustls::pki_types::ServerName::try_from(target.host.clone())
             .map_err(std::io::Error::other)?;
         let t0 = std::time::Instant::now();
-        let s = tls.connect(name, tcp).await?;
+        let s = tls.connect(name, tcp).await.map_err(|e| {
+            tracing::debug!(error = %e, host = %target.host, "TLS handshake failed");
+            std::io::Error::other(TlsFailed(e.to_string()))
+        })?;
         let us = t0.elapsed().as_micros() as u64;
         let _ = self.tls_handshake.lock().unwrap().record(us.max(1));
         let counter = match s.get_ref().1.handshake_kind() {
@@ -498,6 +530,21 @@ impl Gateways {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn tls_failures_are_told_apart_from_connect_failures() {
+        let tls = std::io::Error::other(TlsFailed("unknown issuer".into()));
+        assert_eq!(dial_error_kind("ws", &tls), "ws_tls");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(dial_error_kind("ws", &refused), "ws_connect");
+        let wrapped = anyhow::Error::from(tls).context("connect 127.0.0.2:9");
+        assert_eq!(connect_error_kind("sse", &wrapped), "sse_tls");
+        let wrapped = anyhow::Error::from(refused).context("connect 127.0.0.2:9");
+        assert_eq!(connect_error_kind("poll", &wrapped), "poll_connect");
+        // A TLS failure is a setup error, not a drop to resume from.
+        assert!(!crate::stats::is_drop_kind("ws_tls"));
+    }
+
     use super::*;
 
     #[test]

@@ -33,7 +33,7 @@ pub async fn connect(ctx: &ClientCtx, url: &str) -> Result<PollConn, String> {
     let target = Target::parse(url).map_err(|_| "poll_bad_url".to_string())?;
     let sender = http_connect(&ctx.src, &target)
         .await
-        .map_err(|_| "poll_connect".to_string())?;
+        .map_err(|e| crate::net::connect_error_kind("poll", &e))?;
     Ok(PollConn { sender, target })
 }
 

@@ -37,7 +37,7 @@ pub async fn connect(
     let target = Target::parse(&url).map_err(|_| "sse_bad_url".to_string())?;
     let mut sender = http_connect(&ctx.src, &target)
         .await
-        .map_err(|_| "sse_connect".to_string())?;
+        .map_err(|e| crate::net::connect_error_kind("sse", &e))?;
     let mut req = request(Method::GET, &target, &target.path, None, Bytes::new());
     req.headers_mut().insert(
         hyper::header::ACCEPT,

@@ -45,7 +45,7 @@ pub async fn connect(
         .src
         .dial(addr, &target)
         .await
-        .map_err(|_| "ws_connect".to_string())?;
+        .map_err(|e| crate::net::dial_error_kind("ws", &e))?;
     match tokio_tungstenite::client_async_with_config(url.as_str(), stream, Some(config())).await {
         Ok((ws, _resp)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => Err(format!("ws_http_{}", resp.status().as_u16())),
