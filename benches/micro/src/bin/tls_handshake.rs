@@ -39,9 +39,20 @@ struct Cert {
 }
 
 fn make_cert(dir: &Path, name: &'static str, newkey: &[&str]) -> Cert {
-    let (cert, key) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
+    let (cert, key) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
         .args(newkey)
         .args(["-addext", "subjectAltName=DNS:localhost"])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
@@ -118,8 +129,7 @@ fn floor(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usiz
                     c.process_new_packets().unwrap();
                 }
             }
-            if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write()
-            {
+            if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
                 break;
             }
         }
@@ -130,7 +140,10 @@ fn floor(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usiz
 /// CPU time (ns) of every thread of `pid`.
 fn process_cpu_ns(pid: u32) -> u64 {
     let mut total = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
             total += s
                 .split_whitespace()
@@ -158,15 +171,25 @@ impl Drop for Worker {
 
 fn get(addr: SocketAddr, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
-    out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+    out.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
 }
 
 fn start_worker(cert: &Cert) -> Worker {
     let exe = std::env::current_exe().unwrap().with_file_name("gateway");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gw: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let worker_args = format!(
         "--local-worker-arg=--threads=1,--listen-tls=127.0.0.2:0,--tls-cert={},--tls-key={}",
@@ -174,7 +197,13 @@ fn start_worker(cert: &Cert) -> Worker {
         cert.key.display()
     );
     let gateway = Command::new(&exe)
-        .args(["--listen", &gw.to_string(), "--local-workers", "1", &worker_args])
+        .args([
+            "--listen",
+            &gw.to_string(),
+            "--local-workers",
+            "1",
+            &worker_args,
+        ])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
@@ -183,24 +212,37 @@ fn start_worker(cert: &Cert) -> Worker {
     let tls = loop {
         assert!(Instant::now() < deadline, "no healthy worker");
         std::thread::sleep(Duration::from_millis(100));
-        let Ok(_) = std::net::TcpStream::connect(gw) else { continue };
+        let Ok(_) = std::net::TcpStream::connect(gw) else {
+            continue;
+        };
         let body = get(gw, "/v1/workers");
         if !body.contains("healthy") {
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let a = v["workers"][0]["tls_addresses"][0].as_str().unwrap().to_owned();
+        let a = v["workers"][0]["tls_addresses"][0]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let p = v["workers"][0]["addresses"][0].as_str().unwrap().to_owned();
         break (a.parse().unwrap(), p.parse().unwrap());
     };
     let (tls, plain) = tls;
     // The worker is a child of whichever gateway thread spawned it.
     let mut children = String::new();
-    for task in std::fs::read_dir(format!("/proc/{}/task", gateway.id())).unwrap().flatten() {
+    for task in std::fs::read_dir(format!("/proc/{}/task", gateway.id()))
+        .unwrap()
+        .flatten()
+    {
         children += &std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
         children.push(' ');
     }
-    let pid = children.split_whitespace().next().expect("the worker process").parse().unwrap();
+    let pid = children
+        .split_whitespace()
+        .next()
+        .expect("the worker process")
+        .parse()
+        .unwrap();
     Worker {
         gateway,
         pid,
@@ -212,7 +254,10 @@ fn start_worker(cert: &Cert) -> Worker {
 /// Server CPU ns per plain connection (connect, close; no request) over loopback: the
 /// kernel's and the event loop's share of every TLS row below.
 fn tcp_plain(worker: &Worker, n: usize, concurrency: usize) -> f64 {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let addr = worker.plain;
@@ -246,8 +291,16 @@ fn tcp_plain(worker: &Worker, n: usize, concurrency: usize) -> f64 {
 /// Server CPU ns per handshake over loopback, handshakes per second, how many resumed.
 /// `clients[i % len]` dials the i-th connection (one session cache per concurrent slot: a
 /// shared one keeps only 8 tickets per name).
-fn tcp(worker: &Worker, clients: &[Arc<ClientConfig>], n: usize, concurrency: usize) -> (f64, f64, u64) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+fn tcp(
+    worker: &Worker,
+    clients: &[Arc<ClientConfig>],
+    n: usize,
+    concurrency: usize,
+) -> (f64, f64, u64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let connectors: Vec<_> = clients
             .iter()
@@ -306,14 +359,27 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("pg-tls-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let certs = [
-        make_cert(&dir, "ecdsa-p256", &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]),
+        make_cert(
+            &dir,
+            "ecdsa-p256",
+            &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        ),
         make_cert(&dir, "rsa-2048", &["-newkey", "rsa:2048"]),
     ];
     let mut rows = Vec::new();
     if !json {
         println!(
             "{:11} {:14} {:8} {:>10} {:>10} {:>10} {:>6} {:>7} {:>10} {:>9}",
-            "cert", "offer", "kind", "floor µs", "busy µs", "tcp µs", "ratio", "-plain", "per s", "resumed"
+            "cert",
+            "offer",
+            "kind",
+            "floor µs",
+            "busy µs",
+            "tcp µs",
+            "ratio",
+            "-plain",
+            "per s",
+            "resumed"
         );
     }
     for cert in &certs {
@@ -324,7 +390,14 @@ fn main() {
         if json {
             rows.push(serde_json::json!({"cert": cert.name, "kind": "plain-tcp", "tcp_us": plain_ns / 1e3, "n": n}));
         } else {
-            println!("{:11} {:14} {:8} {:>10} {:>10.1}", cert.name, "(no TLS)", "connect", "", plain_ns / 1e3);
+            println!(
+                "{:11} {:14} {:8} {:>10} {:>10.1}",
+                cert.name,
+                "(no TLS)",
+                "connect",
+                "",
+                plain_ns / 1e3
+            );
         }
         for offer in ["x25519-aes128", "default"] {
             for (kind, resume) in [("full", false), ("resumed", true)] {
@@ -351,7 +424,9 @@ fn main() {
                     t.join().unwrap();
                     ns
                 };
-                let slots: Vec<_> = (0..concurrency).map(|_| client(cert, offer, resume)).collect();
+                let slots: Vec<_> = (0..concurrency)
+                    .map(|_| client(cert, offer, resume))
+                    .collect();
                 let (tcp_ns, rate, resumed) = tcp(&worker, &slots, n, concurrency);
                 let ratio = tcp_ns / floor_ns;
                 let above = (tcp_ns - plain_ns) / floor_ns;
