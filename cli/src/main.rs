@@ -12,7 +12,7 @@ mod session_file;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use openssl::ssl::{SslConnector, SslMethod, SslSessionCacheMode, SslStream, SslVerifyMode};
+use openssl::ssl::{Ssl, SslContext, SslMethod, SslSessionCacheMode, SslStream, SslVerifyMode};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -197,47 +197,63 @@ impl Stream {
     }
 }
 
-/// How connections are made: the TLS client and the sessions it keeps.
+/// How connections are made: the TLS client (made on the first TLS dial) and the sessions
+/// it keeps.
 struct Dialer {
-    tls: SslConnector,
+    tls: Option<SslContext>,
+    ca: Option<PathBuf>,
     sessions: Option<Arc<Mutex<session_file::SessionFile>>>,
+    /// The server name the connection being made is for (connections are made one at a
+    /// time): the name its tickets are kept under.
+    current: Arc<Mutex<String>>,
     verbose: bool,
 }
 
 impl Dialer {
     fn new(common: &Common) -> anyhow::Result<Dialer> {
-        let mut b = SslConnector::builder(SslMethod::tls_client())?;
-        b.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))?;
-        b.set_verify(SslVerifyMode::PEER);
-        if let Some(ca) = &common.ca {
-            b.set_ca_file(ca)
-                .with_context(|| format!("--ca {}", ca.display()))?;
-        }
         let sessions = match &common.session_file {
             Some(p) => Some(Arc::new(Mutex::new(session_file::SessionFile::open(p)?))),
             None => None,
         };
-        if let Some(s) = &sessions {
+        Ok(Dialer {
+            tls: None,
+            ca: common.ca.clone(),
+            sessions,
+            current: Arc::new(Mutex::new(String::new())),
+            verbose: common.verbose,
+        })
+    }
+
+    /// The TLS context: `--ca`, or the system's roots (reading those costs ~40 ms, so only
+    /// when they are needed).
+    fn context(&mut self) -> anyhow::Result<&SslContext> {
+        if self.tls.is_some() {
+            return Ok(self.tls.as_ref().expect("just checked"));
+        }
+        let mut b = SslContext::builder(SslMethod::tls_client())?;
+        b.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))?;
+        b.set_verify(SslVerifyMode::PEER);
+        match &self.ca {
+            Some(ca) => b
+                .set_ca_file(ca)
+                .with_context(|| format!("--ca {}", ca.display()))?,
+            None => b.set_default_verify_paths()?,
+        }
+        if let Some(s) = &self.sessions {
             // TLS 1.3 tickets come after the handshake: each one the server sends is kept
             // (the last wins), under the name the connection was made to.
             b.set_session_cache_mode(
                 SslSessionCacheMode::CLIENT | SslSessionCacheMode::NO_INTERNAL,
             );
-            let s = s.clone();
-            b.set_new_session_callback(move |ssl, session| {
-                let Some(name) = ssl.servername(openssl::ssl::NameType::HOST_NAME) else {
-                    return;
-                };
+            let (s, current) = (s.clone(), self.current.clone());
+            b.set_new_session_callback(move |_, session| {
+                let name = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 if let Ok(der) = session.to_der() {
-                    s.lock().unwrap_or_else(|e| e.into_inner()).put(name, der);
+                    s.lock().unwrap_or_else(|e| e.into_inner()).put(&name, der);
                 }
             });
         }
-        Ok(Dialer {
-            tls: b.build(),
-            sessions,
-            verbose: common.verbose,
-        })
+        Ok(self.tls.insert(b.build()))
     }
 
     fn dial(&mut self, url: &Url, timeout: Duration) -> anyhow::Result<Stream> {
@@ -259,7 +275,18 @@ impl Dialer {
         if !url.tls {
             return Ok(Stream::Plain(counted));
         }
-        let mut ssl = self.tls.configure()?.into_ssl(&url.host)?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = url.host.clone();
+        let mut ssl = Ssl::new(self.context()?)?;
+        // SNI (for a name, not an IP) and the name the certificate must carry.
+        if url.host.parse::<std::net::IpAddr>().is_err() {
+            ssl.set_hostname(&url.host)?;
+        }
+        let param = ssl.param_mut();
+        param.set_hostflags(openssl::x509::verify::X509CheckFlags::NO_PARTIAL_WILDCARDS);
+        match url.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => param.set_ip(ip)?,
+            Err(_) => param.set_host(&url.host)?,
+        }
         let mut offered = false;
         if let Some(s) = &self.sessions {
             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());

@@ -134,8 +134,8 @@ impl SessionFile {
                 .mode(0o600)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&tmp)?;
+            // No fsync: a session file lost in a crash costs one full handshake.
             f.write_all(out.as_bytes())?;
-            f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
         if let Err(e) = write() {
