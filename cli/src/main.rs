@@ -227,9 +227,14 @@ impl Dialer {
     /// The TLS context: `--ca`, or the system's roots (reading those costs ~40 ms, so only
     /// when they are needed).
     fn context(&mut self) -> anyhow::Result<&SslContext> {
-        if self.tls.is_some() {
-            return Ok(self.tls.as_ref().expect("just checked"));
+        if self.tls.is_none() {
+            let ctx = self.build_context()?;
+            self.tls = Some(ctx);
         }
+        Ok(self.tls.as_ref().expect("made above"))
+    }
+
+    fn build_context(&self) -> anyhow::Result<SslContext> {
         let mut b = SslContext::builder(SslMethod::tls_client())?;
         b.set_min_proto_version(Some(openssl::ssl::SslVersion::TLS1_2))?;
         b.set_verify(SslVerifyMode::PEER);
@@ -253,7 +258,7 @@ impl Dialer {
                 }
             });
         }
-        Ok(self.tls.insert(b.build()))
+        Ok(b.build())
     }
 
     fn dial(&mut self, url: &Url, timeout: Duration) -> anyhow::Result<Stream> {
