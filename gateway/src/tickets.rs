@@ -76,6 +76,23 @@ struct State {
     sent: Option<(u64, u64)>,
 }
 
+impl State {
+    /// The set's version, a new one if it `changed`.
+    fn bump(&mut self, changed: bool) -> u64 {
+        if changed {
+            self.version += 1;
+        }
+        self.version
+    }
+}
+
+/// Erases the keys of periods before `prev`; whether any went.
+fn erase_before(keys: &mut BTreeMap<u64, Key>, prev: u64) -> bool {
+    let before = keys.len();
+    keys.retain(|n, _| *n >= prev);
+    keys.len() != before
+}
+
 impl std::fmt::Debug for Tickets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tickets")
@@ -138,14 +155,9 @@ impl Tickets {
                     Key::random()
                 });
             }
-            let before = keys.len();
-            keys.retain(|n, _| *n >= prev);
-            changed |= keys.len() != before;
+            changed |= erase_before(keys, prev);
         }
-        if changed {
-            st.version += 1;
-        }
-        st.version
+        st.bump(changed)
     }
 
     /// Takes the keys agreed through the store for `periods` (any period not given keeps
@@ -161,14 +173,9 @@ impl Tickets {
                     changed = true;
                 }
             }
-            let before = keys.len();
-            keys.retain(|n, _| *n >= prev);
-            changed |= keys.len() != before;
+            changed |= erase_before(keys, prev);
         }
-        if changed {
-            st.version += 1;
-        }
-        st.version
+        st.bump(changed)
     }
 
     /// Reads `--ticket-key-file` again (SIGHUP); on an error the keys stay as they were.

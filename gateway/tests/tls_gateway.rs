@@ -4,64 +4,19 @@
 
 mod common;
 
+use common::certs::Certs;
+
 use clap::Parser;
 use common::process::{free_port, spawn_gateway_args};
 use futures_util::StreamExt;
-use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::HandshakeKind;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
-
-struct Certs {
-    dir: PathBuf,
-    cert: rcgen::Certificate,
-}
-
-impl Certs {
-    /// A self-signed certificate for `localhost` and 127.0.0.1.
-    fn new(tag: &str) -> Certs {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("pg-gwtls-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        Certs { dir, cert }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_owned()
-    }
-
-    fn client(&self) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.resumption = Resumption::in_memory_sessions(64);
-        TlsConnector::from(Arc::new(config))
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// One HTTP/1.1 request over TLS (`Connection: close`): status, body, handshake kind.
 async fn https(

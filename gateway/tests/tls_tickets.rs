@@ -5,61 +5,16 @@
 
 mod common;
 
+use common::certs::Certs;
+
 use common::*;
-use rustls::client::Resumption;
 use rustls::pki_types::ServerName;
 use rustls::HandshakeKind;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-
-struct Certs {
-    dir: PathBuf,
-    cert: rcgen::Certificate,
-}
-
-impl Certs {
-    fn new(tag: &str) -> Certs {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let dir = std::env::temp_dir().join(format!("pg-tk-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        Certs { dir, cert }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_str().unwrap().to_owned()
-    }
-
-    /// A client that trusts the test certificate, with its own session cache.
-    fn client(&self) -> TlsConnector {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.cert.der().clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.resumption = Resumption::in_memory_sessions(64);
-        TlsConnector::from(Arc::new(config))
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// Starts a gateway (extra flags `gw`) with two TLS workers; their TLS addresses.
 async fn fleet(certs: &Certs, gw: &[&str]) -> (Cluster, SocketAddr, SocketAddr) {

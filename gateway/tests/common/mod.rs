@@ -1,6 +1,7 @@
 //! Test support: a real gateway and real workers on 127.0.0.1 port 0, plus small clients.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod process;
 pub mod redis;
 
