@@ -138,24 +138,16 @@ async fn loadgen_broadcast_reaches_every_channel_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_tls_churn_resumes_on_whichever_worker_it_is_sent_to() {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("pg-lg-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let certs = common::certs::Certs::new("lg-tls");
     let worker_args = format!(
         "--local-worker-arg=--listen-tls=127.0.0.1:0,--tls-cert={},--tls-key={},--advertise=localhost",
-        cert_path.display(),
-        key_path.display()
+        certs.path("cert.pem"),
+        certs.path("key.pem")
     );
     let gw = spawn_gateway(&["--local-workers", "2", &worker_args]);
     wait_healthy(&gw.base, 2, Duration::from_secs(30)).await;
-    let ca = cert_path.to_str().unwrap();
+    let ca = certs.path("cert.pem");
+    let ca = ca.as_str();
     let args = [
         "--tls",
         "--ca",
@@ -188,5 +180,4 @@ async fn loadgen_tls_churn_resumes_on_whichever_worker_it_is_sent_to() {
     );
     let per_worker = r["connect"]["per_worker"].as_object().map(|m| m.len());
     assert_eq!(per_worker, Some(2), "{}", r["connect"]["per_worker"]);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,22 +7,12 @@ mod common;
 use common::*;
 use futures_util::StreamExt;
 use rustls::pki_types::ServerName;
-use std::sync::Arc;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn assign_hands_out_tls_urls_and_they_work() {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("pg-gw-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let certs = common::certs::Certs::new("assign");
+    let (cert_path, key_path) = (certs.path("cert.pem"), certs.path("key.pem"));
 
     let mut c = start(&[], 0, &[]).await;
     let args = [
@@ -31,9 +21,9 @@ async fn assign_hands_out_tls_urls_and_they_work() {
         "--listen-tls",
         "127.0.0.1:0",
         "--tls-cert",
-        cert_path.to_str().unwrap(),
+        &cert_path,
         "--tls-key",
-        key_path.to_str().unwrap(),
+        &key_path,
         "--advertise",
         "localhost",
     ];
@@ -84,16 +74,9 @@ async fn assign_hands_out_tls_urls_and_they_work() {
     );
 
     // Follow the wss:// URL with a client that trusts the certificate.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let tcp = TcpStream::connect(("127.0.0.1", tls_port)).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
+    let tls = certs
+        .client()
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
