@@ -126,6 +126,12 @@ pub fn parse(
     max_channels: usize,
     max_data: usize,
 ) -> Result<Broadcast<'_>, BroadcastError> {
+    // serde's derived struct reader also takes an array of the fields in order.
+    if !crate::ndjson::is_object(body) {
+        return Err(BroadcastError::Invalid(
+            "the body must be a JSON object".into(),
+        ));
+    }
     let b: Body<'_> = serde_json::from_slice(body)
         .map_err(|e| BroadcastError::Invalid(format!("invalid JSON body: {e}")))?;
     let raw_channels = b
@@ -190,6 +196,16 @@ pub fn split_channels<'b>(channels: &'b [Cow<'_, str>]) -> (Vec<&'b str>, Vec<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_array_is_not_a_body() {
+        let e = parse(br#"[["a","b"], {"x":1}]"#, 10, 100).err().unwrap();
+        assert!(
+            matches!(&e, BroadcastError::Invalid(m) if m.contains("JSON object")),
+            "{e:?}"
+        );
+        assert!(parse(br#"  {"channels":["a"],"data":1}"#, 10, 100).is_ok());
+    }
 
     #[test]
     fn parses_channels_data_and_key() {

@@ -91,6 +91,11 @@ pub fn parse_batch(
 }
 
 fn parse_line(text: &[u8], max_data: usize) -> Result<(String, Bytes, Option<String>), String> {
+    // serde's derived struct reader also takes an array of the fields in order: a line
+    // must be an object.
+    if !is_object(text) {
+        return Err("a line must be a JSON object".into());
+    }
     let line: Line<'_> = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let channel = line.channel.ok_or("missing channel")?;
     protocol::validate_channel(&channel).map_err(|e| format!("bad channel: {e}"))?;
@@ -109,9 +114,28 @@ fn parse_line(text: &[u8], max_data: usize) -> Result<(String, Bytes, Option<Str
     Ok((channel.into_owned(), data, key))
 }
 
+/// Whether `text` starts, past whitespace, with `{`.
+pub fn is_object(text: &[u8]) -> bool {
+    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrays_are_not_lines() {
+        // Positional fields, as serde's derived reader would take them.
+        let body = "[\"a\", {\"x\":1}]\n [\"b\", 2, \"key\"]\n{\"channel\":\"c\",\"data\":3}\n";
+        let (good, bad) = parse_batch(body.as_bytes(), 100, 100).unwrap();
+        assert_eq!(good.len(), 1, "only the object line");
+        assert_eq!(good[0].channel, "c");
+        assert_eq!(bad.len(), 2);
+        assert!(
+            bad.iter().all(|b| b.error.contains("JSON object")),
+            "{bad:?}"
+        );
+    }
 
     #[test]
     fn good_and_bad_lines() {

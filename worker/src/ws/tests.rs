@@ -207,7 +207,7 @@ fn agrees_with_tungstenite() {
     };
     let text = "aé€𝄞z".as_bytes();
     let mut seen = std::collections::HashMap::new();
-    for _ in 0..3000 {
+    for _ in 0..20_000 {
         let mut stream = Vec::new();
         for _ in 0..1 + rnd(5) {
             let payload: Vec<u8> = match rnd(4) {
@@ -388,4 +388,72 @@ fn refuses_bad_frames() {
         Err(FrameError::Protocol)
     );
     assert_eq!(FrameError::TooLarge.close_code(), 1009);
+}
+
+/// Text messages of random bytes (mostly valid UTF-8 with multi-byte characters, sometimes
+/// broken), cut into random fragments and read in random steps, one after another on one
+/// connection: the decoder's verdict is `from_utf8` of each whole message, every time.
+#[test]
+fn utf8_verdicts_match_whole_message_checks_under_random_cuts() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    let pieces: [&[u8]; 8] = [
+        b"a",
+        "é".as_bytes(),
+        "€".as_bytes(),
+        "😀".as_bytes(),
+        b"z",
+        &[0xff],
+        &[0xe2, 0x82],
+        &[0xc3],
+    ];
+    for _ in 0..20_000 {
+        let mut stream = Vec::new();
+        let mut verdict = Ok(());
+        // A few messages back to back; the first invalid one ends the connection.
+        for _ in 0..3 {
+            let mut msg = Vec::new();
+            for _ in 0..rnd(12) {
+                let kinds = if rnd(10) == 0 { 8 } else { 5 };
+                let p = pieces[rnd(kinds) as usize];
+                msg.extend_from_slice(p);
+            }
+            // Fragments at random cuts.
+            let mut cuts = Vec::new();
+            for _ in 0..rnd(4) {
+                cuts.push(rnd(msg.len() as u64 + 1) as usize);
+            }
+            cuts.sort_unstable();
+            let mut start = 0;
+            let mut frames: Vec<(usize, usize)> = Vec::new();
+            for c in cuts {
+                frames.push((start, c));
+                start = c;
+            }
+            frames.push((start, msg.len()));
+            // Some messages are binary: never checked, and they must not disturb the next.
+            let binary = rnd(4) == 0;
+            for (i, (a, b)) in frames.iter().enumerate() {
+                let first = if binary { OP_BINARY } else { OP_TEXT };
+                let op = if i == 0 { first } else { OP_CONT };
+                stream.extend(frame(i + 1 == frames.len(), op, &msg[*a..*b]));
+                // A ping between fragments is allowed and must not disturb the check.
+                if rnd(5) == 0 && i + 1 < frames.len() {
+                    stream.extend(masked(OP_PING, b"p"));
+                }
+            }
+            if !binary && std::str::from_utf8(&msg).is_err() {
+                verdict = Err(FrameError::BadUtf8);
+                break;
+            }
+        }
+        let step = 1 + rnd(stream.len() as u64 + 1) as usize;
+        let got = run(&stream, step).map(|_| ());
+        assert_eq!(got, verdict, "stream {stream:02x?} read {step} at a time");
+    }
 }
