@@ -126,9 +126,9 @@ async fn s_client(addr: SocketAddr, ca: &str, extra: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_keeps_last_periods_tickets_and_drops_older_ones() {
-    const P: u64 = 4;
+    const P: u64 = 6;
     let certs = Certs::new("rotate");
-    let (c, a, b) = fleet(&certs, &["--ticket-rotate-secs", "4"]).await;
+    let (c, a, b) = fleet(&certs, &["--ticket-rotate-secs", "6"]).await;
     let now_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -148,19 +148,19 @@ async fn a_rotation_keeps_last_periods_tickets_and_drops_older_ones() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // 1.5 s into a period m (the gateway rotates within a second of its start): two clients
+    // 2.5 s into a period m (the gateway rotates within a second of its start): two clients
     // take a ticket sealed with key m.
     let m = now_ms() / 1000 / P + 1;
-    sleep_until_ms(m * P * 1000 + 1500).await;
+    sleep_until_ms(m * P * 1000 + 2500).await;
     let (last_period, two_ago) = (certs.client(), certs.client());
     assert_eq!(handshake(&last_period, a).await, HandshakeKind::Full);
     assert_eq!(handshake(&two_ago, a).await, HandshakeKind::Full);
     // Late in period m + 1, key m (now the previous one) still opens the ticket at B.
-    sleep_until_ms((m + 2) * P * 1000 - 2000).await;
+    sleep_until_ms((m + 2) * P * 1000 - 2500).await;
     assert_eq!(handshake(&last_period, b).await, HandshakeKind::Resumed);
     // In period m + 2 key m is erased everywhere: the ticket (still within the lifetime
     // the client was told, two periods) gets a full handshake, with either worker.
-    sleep_until_ms((m + 2) * P * 1000 + 500).await;
+    sleep_until_ms((m + 2) * P * 1000 + 1000).await;
     assert_eq!(handshake(&two_ago, b).await, HandshakeKind::Full);
     c.stop().await;
 }
