@@ -103,6 +103,10 @@ impl EventLoop {
             .register(&mut stream, Token(key), interest)
             .is_err()
         {
+            // Counted above, never held: give the count back.
+            if per_ip > 0 {
+                self.uncount_peer(ip);
+            }
             return;
         }
         entry.insert(Conn {
@@ -143,6 +147,11 @@ impl EventLoop {
         let Some(ip) = self.peer_ips.remove(&key) else {
             return;
         };
+        self.uncount_peer(ip);
+    }
+
+    /// `ip` holds one connection fewer.
+    fn uncount_peer(&self, ip: IpAddr) {
         let mut m = self.shared.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(&ip) {
             *n -= 1;
