@@ -113,11 +113,12 @@ async fn loadgen_broadcast_reaches_every_channel_in_order() {
     assert_eq!(r["publish"]["requests"], 3, "{}", r["publish"]);
     assert_eq!(r["publish"]["messages_accepted"], 1500, "{}", r["publish"]);
     assert_eq!(r["delivery"]["check"]["received"], 1500);
-    // Three broadcasts one second apart: first sent -> last received spans the two gaps,
-    // and covers every single message's latency.
+    // Three broadcasts one second apart: first sent -> last received spans the two gaps
+    // (less the publisher's timer jitter: a first send stamped a few ms late shortens it;
+    // seen: 1,993 ms), and covers every single message's latency.
     let span = r["delivery"]["span_ms"].as_f64().expect("span_ms");
     let max_latency_ms = r["delivery"]["latency_us"]["max"].as_f64().unwrap() / 1000.0;
-    assert!((2000.0..10_000.0).contains(&span), "span {span} ms");
+    assert!((1800.0..10_000.0).contains(&span), "span {span} ms");
     assert!(
         span >= max_latency_ms,
         "span {span} ms < max latency {max_latency_ms} ms"

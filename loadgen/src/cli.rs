@@ -110,6 +110,9 @@ pub struct CommonArgs {
     /// Accept any TLS certificate (measurements only: no protection at all).
     #[arg(long)]
     pub insecure: bool,
+    /// Never offer a TLS ticket: every handshake is full (to compare with resumption).
+    #[arg(long)]
+    pub tls_no_resume: bool,
     /// Local source addresses, bound round-robin: `127.0.1.1-127.0.1.40`, a comma list, or both.
     #[arg(long, value_parser = parse_source_ips)]
     pub source_ips: Option<SourceIpList>,

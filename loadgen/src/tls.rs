@@ -55,7 +55,11 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let pool = Arc::new(TicketPool::new((2 * clients).clamp(256, 4 << 20) as usize));
-    config.resumption = rustls::client::Resumption::store(pool.clone());
+    config.resumption = if args.tls_no_resume {
+        rustls::client::Resumption::disabled()
+    } else {
+        rustls::client::Resumption::store(pool.clone())
+    };
     Ok(Some((Arc::new(config), pool)))
 }
 
