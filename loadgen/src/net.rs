@@ -206,7 +206,13 @@ impl SourceIps {
         let t0 = std::time::Instant::now();
         let s = tls.connect(name, tcp).await.map_err(|e| {
             tracing::debug!(error = %e, host = %target.host, "TLS handshake failed");
-            std::io::Error::other(TlsFailed(e.to_string()))
+            // A TLS refusal (certificate, protocol) is its own kind; the connection being
+            // reset or closed mid-handshake is a connect failure like any other.
+            if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) {
+                std::io::Error::other(TlsFailed(e.to_string()))
+            } else {
+                e
+            }
         })?;
         let us = t0.elapsed().as_micros() as u64;
         let _ = self.tls_handshake.lock().unwrap().record(us.max(1));
