@@ -127,9 +127,9 @@ pub fn parse(
     max_data: usize,
 ) -> Result<Broadcast<'_>, BroadcastError> {
     // serde's derived struct reader also takes an array of the fields in order.
-    if !crate::ndjson::is_object(body) {
+    if crate::ndjson::is_array(body) {
         return Err(BroadcastError::Invalid(
-            "the body must be a JSON object".into(),
+            "the body must be a JSON object, not an array".into(),
         ));
     }
     let b: Body<'_> = serde_json::from_slice(body)

@@ -93,8 +93,8 @@ pub fn parse_batch(
 fn parse_line(text: &[u8], max_data: usize) -> Result<(String, Bytes, Option<String>), String> {
     // serde's derived struct reader also takes an array of the fields in order: a line
     // must be an object.
-    if !is_object(text) {
-        return Err("a line must be a JSON object".into());
+    if is_array(text) {
+        return Err("a line must be a JSON object, not an array".into());
     }
     let line: Line<'_> = serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
     let channel = line.channel.ok_or("missing channel")?;
@@ -114,9 +114,10 @@ fn parse_line(text: &[u8], max_data: usize) -> Result<(String, Bytes, Option<Str
     Ok((channel.into_owned(), data, key))
 }
 
-/// Whether `text` starts, past whitespace, with `{`.
-pub fn is_object(text: &[u8]) -> bool {
-    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+/// Whether `text` starts, past whitespace, with `[` (what else is no object, serde's
+/// reader already refuses with its own message).
+pub fn is_array(text: &[u8]) -> bool {
+    text.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
 }
 
 #[cfg(test)]
