@@ -142,6 +142,14 @@ impl Tickets {
         [n.saturating_sub(1), n, n + 1]
     }
 
+    /// The key this gateway holds for `period`, if any.
+    pub fn key_for(&self, period: u64) -> Option<Key> {
+        match &self.state().source {
+            Source::Periods(keys) => keys.get(&period).cloned(),
+            Source::File { .. } => None,
+        }
+    }
+
     /// Makes sure the current and the next period have keys (random ones, for those that
     /// have none) and erases those before the previous. Returns the set's version.
     pub fn generate(&self, now: u64) -> u64 {

@@ -88,6 +88,26 @@ async fn gateways_on_one_redis_hand_out_the_same_ticket_keys() {
         let ttl: i64 = redis.cli(&["TTL", name]).unwrap().trim().parse().unwrap();
         assert!(ttl > 0, "{name} never expires");
     }
+    // A Redis that restarts empty is given the keys back by the gateways, not new ones:
+    // tickets already sealed go on resuming.
+    redis.cli(&["FLUSHALL"]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut wa2 = FakeWorker::connect_with_key(a.addr, Some("fleet-key")).await;
+    let mut wb2 = FakeWorker::connect_with_key(b.addr, Some("fleet-key")).await;
+    let after_a = keys(&wa2.hello_wanting_ticket_keys("w-a2").await);
+    let after_b = keys(&wb2.hello_wanting_ticket_keys("w-b2").await);
+    let current = |k: &[([u8; 4], [u8; 32], bool)]| k.iter().find(|k| k.2).map(|k| k.0);
+    assert_eq!(
+        current(&after_a),
+        current(&ka),
+        "the sealing key changed after FLUSHALL"
+    );
+    assert_eq!(after_a, after_b);
+    let listed = redis.cli(&["--scan", "--pattern", "*tickets*"]).unwrap();
+    assert!(
+        listed.lines().filter(|l| !l.is_empty()).count() >= 2,
+        "{listed}"
+    );
     for g in [a, b, other] {
         g.stop().await;
     }

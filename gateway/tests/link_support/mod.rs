@@ -238,9 +238,13 @@ impl FakeWorker {
             Down::Welcome { .. } => {}
             other => panic!("expected Welcome, got {other:?}"),
         }
-        match self.recv().await {
-            d @ Down::TicketKeys { .. } => d,
-            other => panic!("expected TicketKeys, got {other:?}"),
+        loop {
+            match self.recv().await {
+                d @ Down::TicketKeys { .. } => return d,
+                // A store resync told to every link may come first.
+                Down::ResubscribeAll => continue,
+                other => panic!("expected TicketKeys, got {other:?}"),
+            }
         }
     }
 

@@ -137,7 +137,13 @@ impl<O: Outbox> RedisStore<O> {
             } else {
                 // Openable until period n + 1 ends; a minute's slack for clock skew.
                 let ttl = ((n + 2) * p).saturating_sub(now) + 60;
-                let sealed = wrap.seal(n, &crate::tickets::Key::random());
+                // The key this gateway already uses, if any: a Redis that lost the keys
+                // (restarted empty) is given them back instead of new ones, so tickets
+                // already sealed go on resuming.
+                let candidate = tickets
+                    .key_for(n)
+                    .unwrap_or_else(crate::tickets::Key::random);
+                let sealed = wrap.seal(n, &candidate);
                 cmd = redis::cmd("SET");
                 cmd.arg(&key)
                     .arg(&sealed)
