@@ -322,12 +322,6 @@ fn nofile_soft_limit() -> Option<u64> {
     (rc == 0).then_some(lim.rlim_cur)
 }
 
-/// Splits `http://host:port[/...]` into `(host, port)` (port 80 when absent).
-pub fn gateway_host_port(url: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port, _) = gateway_target(url)?;
-    Ok((host, port))
-}
-
 /// Splits `http://host:port[/...]` or `https://...` into `(host, port, tls)` (port 80 or
 /// 443 when absent).
 pub fn gateway_target(url: &str) -> anyhow::Result<(String, u16, bool)> {
@@ -405,16 +399,16 @@ mod tests {
     #[test]
     fn gateway_urls() {
         assert_eq!(
-            gateway_host_port("http://127.0.0.1:8080").unwrap(),
-            ("127.0.0.1".into(), 8080)
+            gateway_target("http://127.0.0.1:8080").unwrap(),
+            ("127.0.0.1".into(), 8080, false)
         );
         assert_eq!(
-            gateway_host_port("http://gw.local/").unwrap(),
-            ("gw.local".into(), 80)
+            gateway_target("http://gw.local/").unwrap(),
+            ("gw.local".into(), 80, false)
         );
         assert_eq!(
-            gateway_host_port("http://[::1]:81").unwrap(),
-            ("::1".into(), 81)
+            gateway_target("http://[::1]:81").unwrap(),
+            ("::1".into(), 81, false)
         );
         assert_eq!(
             gateway_target("https://gw.example").unwrap(),
@@ -424,7 +418,7 @@ mod tests {
             gateway_target("https://[::1]:8443/").unwrap(),
             ("::1".into(), 8443, true)
         );
-        assert!(gateway_host_port("ftp://x").is_err());
-        assert!(gateway_host_port("http://x:notaport").is_err());
+        assert!(gateway_target("ftp://x").is_err());
+        assert!(gateway_target("http://x:notaport").is_err());
     }
 }

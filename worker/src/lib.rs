@@ -62,7 +62,11 @@ impl Worker {
     /// per loop thread; port 0 is resolved once and shared). Nothing runs yet.
     pub fn bind(config: Config) -> anyhow::Result<Worker> {
         config.validate()?;
-        let link_tls = if config.gateway.iter().any(|g| g.starts_with("https://")) {
+        let any_tls = config
+            .gateway
+            .iter()
+            .any(|g| config::gateway_target(g).is_ok_and(|(_, _, tls)| tls));
+        let link_tls = if any_tls {
             Some(tls::client::link_client_config(
                 config.gateway_ca.as_deref(),
             )?)
