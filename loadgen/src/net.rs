@@ -102,27 +102,26 @@ pub fn with_param(url: &str, name: &str, value: impl std::fmt::Display) -> Strin
 #[error("TLS handshake: {0}")]
 pub struct TlsFailed(pub String);
 
+fn is_tls_failure(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<TlsFailed>())
+}
+
+fn dial_kind(prefix: &str, tls: bool) -> String {
+    format!("{prefix}_{}", if tls { "tls" } else { "connect" })
+}
+
 /// `<prefix>_tls` for a dial that failed in its TLS handshake, else `<prefix>_connect`.
 pub fn dial_error_kind(prefix: &str, e: &std::io::Error) -> String {
-    if e.get_ref().is_some_and(|i| i.is::<TlsFailed>()) {
-        format!("{prefix}_tls")
-    } else {
-        format!("{prefix}_connect")
-    }
+    dial_kind(prefix, is_tls_failure(e))
 }
 
 /// [`dial_error_kind`] for an error with the dial's somewhere in its chain.
 pub fn connect_error_kind(prefix: &str, e: &anyhow::Error) -> String {
-    let tls = e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .is_some_and(|i| i.is::<TlsFailed>())
-    });
-    if tls {
-        format!("{prefix}_tls")
-    } else {
-        format!("{prefix}_connect")
-    }
+    let tls = e
+        .chain()
+        .filter_map(|c| c.downcast_ref::<std::io::Error>())
+        .any(is_tls_failure);
+    dial_kind(prefix, tls)
 }
 
 /// A connection to a target: plain TCP, or TLS over it for `https://` / `wss://`.
@@ -536,6 +535,7 @@ impl Gateways {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn tls_failures_are_told_apart_from_connect_failures() {
@@ -550,8 +550,6 @@ mod tests {
         // A TLS failure is a setup error, not a drop to resume from.
         assert!(!crate::stats::is_drop_kind("ws_tls"));
     }
-
-    use super::*;
 
     #[test]
     fn targets() {

@@ -117,15 +117,15 @@ impl FleetTickets {
         out.extend_from_slice(&key.id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
-        let mut body = out.split_off(ID_LEN + NONCE_LEN);
-        key.sealer
-            .seal_in_place_append_tag(
+        let tag = key
+            .sealer
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(key.id),
-                &mut body,
+                &mut out[ID_LEN + NONCE_LEN..],
             )
             .ok()?;
-        out.append(&mut body);
+        out.extend_from_slice(tag.as_ref());
         Some(out)
     }
 
