@@ -126,16 +126,16 @@ fn parse_url(url: &str) -> anyhow::Result<Url> {
 }
 
 /// Bytes moved over a socket (both ways), for `-v`.
-#[derive(Default, Debug)]
+#[derive(Debug)]
 struct Counted {
-    inner: Option<TcpStream>,
+    inner: TcpStream,
     read: u64,
     written: u64,
 }
 
 impl Read for Counted {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.as_mut().expect("open").read(buf)?;
+        let n = self.inner.read(buf)?;
         self.read += n as u64;
         Ok(n)
     }
@@ -143,12 +143,12 @@ impl Read for Counted {
 
 impl Write for Counted {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.as_mut().expect("open").write(buf)?;
+        let n = self.inner.write(buf)?;
         self.written += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.as_mut().expect("open").flush()
+        self.inner.flush()
     }
 }
 
@@ -184,8 +184,8 @@ impl Write for Stream {
 impl Stream {
     fn tcp(&self) -> &TcpStream {
         match self {
-            Stream::Plain(s) => s.inner.as_ref().expect("open"),
-            Stream::Tls(s) => s.get_ref().inner.as_ref().expect("open"),
+            Stream::Plain(s) => &s.inner,
+            Stream::Tls(s) => &s.get_ref().inner,
         }
     }
 
@@ -274,8 +274,9 @@ impl Dialer {
         tcp.set_read_timeout(Some(timeout))?;
         tcp.set_write_timeout(Some(timeout))?;
         let counted = Counted {
-            inner: Some(tcp),
-            ..Default::default()
+            inner: tcp,
+            read: 0,
+            written: 0,
         };
         if !url.tls {
             return Ok(Stream::Plain(counted));
@@ -406,15 +407,11 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// `s` percent-encoded as the gateway decodes it (path segment or query value).
 fn percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    let mut out = String::new();
+    protocol::query::percent_encode_into(&mut out, s);
+    out
 }
 
 fn gateway_url(common: &Common, path: &str) -> anyhow::Result<Url> {
@@ -577,7 +574,7 @@ mod tests {
         let u = parse_url("https://[::1]:8443/x").unwrap();
         assert!(u.host == "::1" && u.port == 8443);
         assert!(parse_url("ftp://x").is_err());
-        assert_eq!(percent("a b/ü"), "a%20b%2F%C3%BC");
+        assert_eq!(percent("a b/ü:x"), "a%20b%2F%C3%BC:x");
         assert_eq!(dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), b"abcde");
     }
 }
