@@ -4,15 +4,20 @@
 //! For each certificate (ECDSA P-256, RSA-2048), client offer (X25519 + AES-128-GCM only;
 //! rustls' defaults, X25519MLKEM768 first) and kind (full; resumed with a ticket):
 //! - **floor**: rustls server and client in this one thread, records passed in memory; only
-//!   the server's calls are timed. The server is configured as the worker configures it
-//!   (`worker::tls::server_config::TlsFiles`: the same ticketer, ALPN, versions).
+//!   the server's calls are timed, by the thread's CPU clock (a preemption does not count).
+//!   The server is configured as the worker configures it
+//!   (`worker::tls::server_config::TlsFiles`: the same ticketer, ALPN, versions, one
+//!   ticket); **floor/2t** the same sending rustls' default two tickets.
+//! - **kernel**: the kernel's floor under the same handshake over TCP: the bytes of the
+//!   floor's handshake, in the same writes, replayed with no TLS by a one-thread mio server
+//!   in this process (server CPU from its thread's schedstat); **kern/-t** the same without
+//!   the tickets' write of their own (the design that sends them with a later write).
 //! - **tcp**: a real worker (a `gateway --local-workers 1` child, one loop thread, a TLS
 //!   listener) over loopback; `--concurrency` clients each connect, handshake, send
 //!   close_notify and read to the end (the tickets are taken on the way). Server CPU is
 //!   the worker process's CPU time (every thread, from `/proc/<pid>/task/*/schedstat`, ns)
-//!   over the run, divided by the handshakes. "-plain" is that minus the CPU of a plain
-//!   connect/close to the same worker (the kernel's TCP work and the event loop), over the
-//!   floor: what the worker adds to the handshake itself.
+//!   over the run, divided by the handshakes. **÷fl** is tcp over the floor, **÷fl+k** tcp
+//!   over floor + kernel: what the worker adds to the crypto and the kernel's work.
 //!
 //!   tls-handshake [--n 3000] [--concurrency 32] [--json]
 //!
@@ -94,20 +99,45 @@ fn client(cert: &Cert, offer: &str, resume: bool) -> Arc<ClientConfig> {
     Arc::new(c)
 }
 
-/// Server-side ns per handshake, in memory.
-fn floor(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usize) -> f64 {
+/// CPU time (user + system) of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What crossed the wire in one handshake, in order, as the tcp clients make it: the
+/// client's hello; the server's flight; the client's Finished; the server's tickets (empty
+/// when it sends none); the client's close_notify.
+struct Exchange {
+    flights: [Vec<u8>; 5],
+}
+
+/// Server CPU ns per handshake in memory (the server's calls only, timed by the thread's
+/// CPU clock, so a preemption does not count), and the bytes of the last handshake.
+fn floor(
+    server: &Arc<rustls::ServerConfig>,
+    client: &Arc<ClientConfig>,
+    n: usize,
+) -> (f64, Exchange) {
     let name = ServerName::try_from("localhost").unwrap();
-    let mut server_ns = 0u128;
+    let mut server_ns = 0u64;
+    let mut flights: [Vec<u8>; 5] = Default::default();
     // One warm-up handshake (and the first ticket for the resumed runs).
     for i in 0..=n {
         let mut c = ClientConnection::new(client.clone(), name.clone()).unwrap();
         let mut s = ServerConnection::new(server.clone()).unwrap();
+        let mut round = 0;
         loop {
             let mut to_server = Vec::new();
             while c.wants_write() {
                 c.write_tls(&mut to_server).unwrap();
             }
-            let t0 = Instant::now();
+            let t0 = thread_cpu_ns();
             if !to_server.is_empty() {
                 let mut rd = &to_server[..];
                 while !rd.is_empty() {
@@ -120,8 +150,13 @@ fn floor(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usiz
                 s.write_tls(&mut to_client).unwrap();
             }
             if i > 0 {
-                server_ns += t0.elapsed().as_nanos();
+                server_ns += thread_cpu_ns() - t0;
             }
+            if round < 2 {
+                flights[2 * round] = to_server;
+                flights[2 * round + 1] = to_client.clone();
+            }
+            round += 1;
             if !to_client.is_empty() {
                 let mut rd = &to_client[..];
                 while !rd.is_empty() {
@@ -133,8 +168,159 @@ fn floor(server: &Arc<rustls::ServerConfig>, client: &Arc<ClientConfig>, n: usiz
                 break;
             }
         }
+        c.send_close_notify();
+        let mut close = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut close).unwrap();
+        }
+        flights[4] = close;
     }
-    server_ns as f64 / n as f64
+    (server_ns as f64 / n as f64, Exchange { flights })
+}
+
+/// The kernel's floor under one handshake over TCP: the same bytes in the same writes,
+/// with no TLS. A server thread (one mio loop, as the worker's) accepts, reads, and writes
+/// the server's recorded flight once the client's hello is in, the tickets once its
+/// Finished is in (or never, `tickets = false`: the design that sends them with a later
+/// write), and closes at EOF; clients (tokio, 32 at a time) write the client's recorded
+/// flights and read the server's. Returns the server thread's CPU ns per connection
+/// (schedstat, as the worker's is read: user, system and the softirq work charged to it).
+fn kernel_floor(x: &Exchange, n: usize, concurrency: usize, tickets: bool) -> f64 {
+    use mio::net::TcpListener;
+    use mio::{Events, Interest, Poll, Token};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let std_listener = std::net::TcpListener::bind("127.0.0.3:0").unwrap();
+    let addr = std_listener.local_addr().unwrap();
+    std_listener.set_nonblocking(true).unwrap();
+    let (hello, finished) = (x.flights[0].len(), x.flights[2].len());
+    let (flight, ticket_bytes) = (x.flights[1].clone(), x.flights[3].clone());
+    let flight_len = flight.len();
+    let stop = Arc::new(AtomicBool::new(false));
+    let tid = Arc::new(AtomicU64::new(0));
+    let server = {
+        let (stop, tid) = (stop.clone(), tid.clone());
+        std::thread::spawn(move || {
+            // SAFETY: gettid has no preconditions.
+            tid.store(unsafe { libc::gettid() } as u64, Ordering::SeqCst);
+            let mut listener = TcpListener::from_std(std_listener);
+            let mut poll = Poll::new().unwrap();
+            const LISTENER: Token = Token(usize::MAX);
+            poll.registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)
+                .unwrap();
+            let mut conns: std::collections::HashMap<usize, (mio::net::TcpStream, usize)> =
+                Default::default();
+            let mut next = 0usize;
+            let mut events = Events::with_capacity(1024);
+            let mut buf = vec![0u8; 16 * 1024];
+            while !stop.load(Ordering::Relaxed) {
+                poll.poll(&mut events, Some(Duration::from_millis(50)))
+                    .unwrap();
+                for ev in &events {
+                    if ev.token() == LISTENER {
+                        while let Ok((mut s, _)) = listener.accept() {
+                            let _ = s.set_nodelay(true);
+                            poll.registry()
+                                .register(&mut s, Token(next), Interest::READABLE)
+                                .unwrap();
+                            conns.insert(next, (s, 0));
+                            next += 1;
+                        }
+                        continue;
+                    }
+                    let key = ev.token().0;
+                    let Some((s, got)) = conns.get_mut(&key) else {
+                        continue;
+                    };
+                    let before = *got;
+                    let mut eof = false;
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => {
+                                eof = true;
+                                break;
+                            }
+                            Ok(k) => *got += k,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                            Err(_) => {
+                                eof = true;
+                                break;
+                            }
+                        }
+                    }
+                    if before < hello && *got >= hello {
+                        s.write_all(&flight).unwrap();
+                    }
+                    if tickets && before < hello + finished && *got >= hello + finished {
+                        s.write_all(&ticket_bytes).unwrap();
+                    }
+                    if eof {
+                        let (mut s, _) = conns.remove(&key).unwrap();
+                        let _ = poll.registry().deregister(&mut s);
+                    }
+                }
+            }
+        })
+    };
+    while tid.load(Ordering::SeqCst) == 0 {
+        std::thread::yield_now();
+    }
+    let schedstat = format!("/proc/self/task/{}/schedstat", tid.load(Ordering::SeqCst));
+    let read_cpu = move || -> u64 {
+        std::fs::read_to_string(&schedstat)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let x_hello = Arc::new(x.flights[0].clone());
+    let x_finished = Arc::new(x.flights[2].clone());
+    let x_close = Arc::new(x.flights[4].clone());
+    let per_conn = rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let one = {
+            let (h, f, c) = (x_hello.clone(), x_finished.clone(), x_close.clone());
+            move || {
+                let (h, f, c) = (h.clone(), f.clone(), c.clone());
+                async move {
+                    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    tcp.set_nodelay(true).unwrap();
+                    tcp.write_all(&h).await.unwrap();
+                    let mut got = vec![0u8; flight_len];
+                    tcp.read_exact(&mut got).await.unwrap();
+                    tcp.write_all(&f).await.unwrap();
+                    tcp.write_all(&c).await.unwrap();
+                    tcp.shutdown().await.unwrap();
+                    let mut sink = Vec::new();
+                    let _ = tcp.read_to_end(&mut sink).await;
+                }
+            }
+        };
+        for _ in 0..concurrency {
+            one().await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cpu0 = read_cpu();
+        let mut set = tokio::task::JoinSet::new();
+        let (mut started, mut done) = (0, 0);
+        while done < n {
+            while started < n && set.len() < concurrency {
+                set.spawn(one());
+                started += 1;
+            }
+            if set.join_next().await.is_some() {
+                done += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (read_cpu() - cpu0) as f64 / n as f64
+    });
+    stop.store(true, Ordering::Relaxed);
+    server.join().unwrap();
+    per_conn
 }
 
 /// CPU time (ns) of every thread of `pid`.
@@ -369,15 +555,17 @@ fn main() {
     let mut rows = Vec::new();
     if !json {
         println!(
-            "{:11} {:14} {:8} {:>10} {:>10} {:>10} {:>6} {:>7} {:>10} {:>9}",
+            "{:11} {:14} {:8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>6} {:>7}",
             "cert",
             "offer",
             "kind",
-            "floor µs",
-            "busy µs",
-            "tcp µs",
-            "ratio",
-            "-plain",
+            "floor",
+            "floor/2t",
+            "kernel",
+            "kern/-t",
+            "tcp",
+            "÷fl",
+            "÷fl+k",
             "per s",
             "resumed"
         );
@@ -385,17 +573,22 @@ fn main() {
     for cert in &certs {
         let files = worker::tls::server_config::TlsFiles::load(&cert.cert, &cert.key).unwrap();
         let server = files.config();
+        // The same server sending rustls' default two tickets per handshake, not one.
+        let two_tickets = {
+            let mut c = (*server).clone();
+            c.send_tls13_tickets = 2;
+            Arc::new(c)
+        };
         let worker = start_worker(cert);
         let plain_ns = tcp_plain(&worker, n, concurrency);
         if json {
             rows.push(serde_json::json!({"cert": cert.name, "kind": "plain-tcp", "tcp_us": plain_ns / 1e3, "n": n}));
         } else {
             println!(
-                "{:11} {:14} {:8} {:>10} {:>10.1}",
+                "{:11} {:14} {:8} {:>44.1}",
                 cert.name,
                 "(no TLS)",
                 "connect",
-                "",
                 plain_ns / 1e3
             );
         }
@@ -408,49 +601,44 @@ fn main() {
                     }
                 }
                 let c = client(cert, offer, resume);
-                let floor_ns = floor(&server, &c, n.min(2000));
-                // The same floor while another thread does the same handshakes on the other
-                // core, as the clients do during the tcp run (caches and memory shared).
-                let busy = {
-                    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                    let (s2, c2, stop2) = (server.clone(), c.clone(), stop.clone());
-                    let t = std::thread::spawn(move || {
-                        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
-                            floor(&s2, &c2, 20);
-                        }
-                    });
-                    let ns = floor(&server, &c, n.min(2000));
-                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                    t.join().unwrap();
-                    ns
-                };
+                let (floor_ns, exchange) = floor(&server, &c, n.min(2000));
+                let (two_tickets_ns, _) = floor(&two_tickets, &c, n.min(2000));
+                let kernel_ns = kernel_floor(&exchange, n, concurrency, true);
+                let kernel_later_ns = kernel_floor(&exchange, n, concurrency, false);
                 let slots: Vec<_> = (0..concurrency)
                     .map(|_| client(cert, offer, resume))
                     .collect();
                 let (tcp_ns, rate, resumed) = tcp(&worker, &slots, n, concurrency);
                 let ratio = tcp_ns / floor_ns;
-                let above = (tcp_ns - plain_ns) / floor_ns;
+                let over_kernel = tcp_ns / (floor_ns + kernel_ns);
+                let bytes: Vec<usize> = exchange.flights.iter().map(Vec::len).collect();
                 if json {
                     rows.push(serde_json::json!({
                         "cert": cert.name, "offer": offer, "kind": kind,
-                        "floor_us": floor_ns / 1e3, "floor_busy_us": busy / 1e3,
+                        "floor_us": floor_ns / 1e3, "floor_two_tickets_us": two_tickets_ns / 1e3,
+                        "kernel_floor_us": kernel_ns / 1e3,
+                        "kernel_floor_tickets_later_us": kernel_later_ns / 1e3,
                         "tcp_us": tcp_ns / 1e3, "ratio": ratio,
-                        "ratio_above_plain_tcp": above,
+                        "ratio_over_floor_and_kernel": over_kernel,
                         "handshakes_per_sec": rate, "resumed": resumed, "n": n,
+                        "flight_bytes": bytes,
                     }));
                 } else {
                     println!(
-                        "{:11} {:14} {:8} {:>10.1} {:>10.1} {:>10.1} {:>6.2} {:>7.2} {:>10.0} {:>9}",
+                        "{:11} {:14} {:8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>6.2} {:>6.2} {:>6.0} {:>7}  bytes {:?}",
                         cert.name,
                         offer,
                         kind,
                         floor_ns / 1e3,
-                        busy / 1e3,
+                        two_tickets_ns / 1e3,
+                        kernel_ns / 1e3,
+                        kernel_later_ns / 1e3,
                         tcp_ns / 1e3,
                         ratio,
-                        above,
+                        over_kernel,
                         rate,
-                        resumed
+                        resumed,
+                        bytes
                     );
                 }
             }
