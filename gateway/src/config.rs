@@ -89,15 +89,38 @@ pub struct Config {
     )]
     pub publisher_keys: Vec<String>,
 
+    /// File holding the publisher keys instead, one per line (blank lines and surrounding
+    /// whitespace ignored; not readable by group or others).
+    #[arg(
+        long,
+        env = "PUSHGATE_PUBLISHER_KEY_FILE",
+        conflicts_with = "publisher_keys"
+    )]
+    pub publisher_key_file: Option<PathBuf>,
+
     /// HS256 secret subscriber tokens are signed with; unset = subscribing is open.
     #[arg(long, env = "PUSHGATE_SUBSCRIBER_SECRET", hide_env_values = true)]
     pub subscriber_secret: Option<String>,
+
+    /// File holding `--subscriber-secret` instead (surrounding whitespace ignored; not
+    /// readable by group or others).
+    #[arg(
+        long,
+        env = "PUSHGATE_SUBSCRIBER_SECRET_FILE",
+        conflicts_with = "subscriber_secret"
+    )]
+    pub subscriber_secret_file: Option<PathBuf>,
 
     /// Key workers must present (`Authorization: Bearer`) to open a link; unset with
     /// `--local-workers`: a random one is made and given to them; unset otherwise: any
     /// host that reaches this port may register as a worker.
     #[arg(long, env = "PUSHGATE_LINK_KEY", hide_env_values = true)]
     pub link_key: Option<String>,
+
+    /// File holding `--link-key` instead (surrounding whitespace ignored; not readable by
+    /// group or others).
+    #[arg(long, env = "PUSHGATE_LINK_KEY_FILE", conflicts_with = "link_key")]
+    pub link_key_file: Option<PathBuf>,
 
     /// Serve the API and worker links over TLS with this certificate chain (PEM; with
     /// `--tls-key`). Reloaded on SIGHUP.
@@ -255,6 +278,33 @@ pub struct Config {
 }
 
 impl Config {
+    /// Reads `--publisher-key-file`, `--subscriber-secret-file` and `--link-key-file` into
+    /// their secrets (each checked by `worker::config::read_secret_file`: a regular file,
+    /// mode & 077 = 0, not empty); a secret given both ways is an error. Once read, the
+    /// file fields are empty, so a second call does nothing.
+    pub fn load_secret_files(&mut self) -> anyhow::Result<()> {
+        if let Some(path) = self.publisher_key_file.take() {
+            anyhow::ensure!(
+                self.publisher_keys.is_empty(),
+                "--publisher-key and --publisher-key-file are both given; use one"
+            );
+            let text = worker::config::read_secret_file("--publisher-key-file", &path)?;
+            self.publisher_keys = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        use worker::config::load_secret;
+        load_secret(
+            "--subscriber-secret",
+            &mut self.subscriber_secret,
+            &mut self.subscriber_secret_file,
+        )?;
+        load_secret("--link-key", &mut self.link_key, &mut self.link_key_file)
+    }
+
     /// Checks what clap cannot: ranges, combinations, unsupported choices.
     pub fn validate(&self) -> anyhow::Result<()> {
         if let StoreKind::Redis(_) = self.store_kind()? {
@@ -428,7 +478,10 @@ impl std::fmt::Debug for Config {
                 "subscriber_secret",
                 &self.subscriber_secret.as_ref().map(|_| "***"),
             )
+            .field("publisher_key_file", &self.publisher_key_file)
+            .field("subscriber_secret_file", &self.subscriber_secret_file)
             .field("link_key", &self.link_key.as_ref().map(|_| "***"))
+            .field("link_key_file", &self.link_key_file)
             .field("allow_origins", &self.allow_origins)
             .field("publish_allow_origins", &self.publish_allow_origins)
             .field("retention_messages", &self.retention_messages)

@@ -43,6 +43,7 @@ pub async fn run(
     mut config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    config.load_secret_files()?;
     config.validate()?;
     if config.link_key.is_none() && config.local_workers > 0 {
         // Local workers get a key of their own, so nobody else can pose as one.
@@ -278,8 +279,9 @@ where
     T: Into<OsString> + Clone,
 {
     use clap::Parser;
-    let config = Config::try_parse_from(args).unwrap_or_else(|e| e.exit());
+    let mut config = Config::try_parse_from(args).unwrap_or_else(|e| e.exit());
     init_tracing();
+    config.load_secret_files()?;
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

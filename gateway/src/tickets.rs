@@ -289,21 +289,9 @@ pub fn parse_key_file(text: &str) -> anyhow::Result<Vec<Key>> {
     Ok(keys)
 }
 
+/// Checked like every secret file (regular, mode & 077 = 0, not empty), then parsed.
 fn read_key_file(path: &Path) -> anyhow::Result<Vec<Key>> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("--ticket-key-file {}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        bail!(
-            "--ticket-key-file {}: mode {mode:o} lets others read it; chmod 600 it",
-            path.display()
-        );
-    }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("--ticket-key-file {}", path.display()))?,
-    );
+    let text = worker::config::read_secret_file("--ticket-key-file", path)?;
     parse_key_file(&text).with_context(|| format!("--ticket-key-file {}", path.display()))
 }
 

@@ -4,6 +4,8 @@
 //! - [`envelope`]: the JSON a client receives (`{"seq":N,"data":...}`, the gap signal, errors);
 //! - [`link`]: the binary frames on the gateway<->worker link and its upgrade handshake;
 //! - [`query`]: query strings and percent-encoding (one decoder for both binaries);
+//! - [`ratelimit`]: sharded, bounded token buckets (the gateway's publish limits, the
+//!   worker's connect limit);
 //! - [`token`]: HS256 subscriber tokens.
 //!
 //! Everything here is plain functions over bytes: no I/O, no clocks (callers pass `now`).
@@ -12,6 +14,7 @@ pub mod channel;
 pub mod envelope;
 pub mod link;
 pub mod query;
+pub mod ratelimit;
 pub mod token;
 
 pub use channel::{validate_channel, ChannelError, MAX_CHANNEL_LEN};

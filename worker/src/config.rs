@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 /// Everything a worker can be told at start.
 #[derive(clap::Parser, Clone)]
@@ -35,17 +36,17 @@ pub struct Config {
 
     /// PEM certificate chain for `--listen-tls` (leaf first); reread on SIGHUP.
     #[arg(long, env = "PUSHGATE_TLS_CERT")]
-    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_cert: Option<PathBuf>,
 
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`; reread on SIGHUP.
     #[arg(long, env = "PUSHGATE_TLS_KEY")]
-    pub tls_key: Option<std::path::PathBuf>,
+    pub tls_key: Option<PathBuf>,
 
     /// CA certificates (PEM) that `https://` gateways' certificates are checked against,
     /// instead of the system's roots. The gateway's own certificate file works for a
     /// self-signed one.
     #[arg(long, env = "PUSHGATE_GATEWAY_CA")]
-    pub gateway_ca: Option<std::path::PathBuf>,
+    pub gateway_ca: Option<PathBuf>,
 
     /// Name the `https://` gateways' certificates must carry (and the SNI sent), when it
     /// is not the host in `--gateway` (dialing an IP, say).
@@ -71,10 +72,24 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_SUBSCRIBER_SECRET", hide_env_values = true)]
     pub subscriber_secret: Option<String>,
 
+    /// File holding `--subscriber-secret` instead (surrounding whitespace ignored; not
+    /// readable by group or others).
+    #[arg(
+        long,
+        env = "PUSHGATE_SUBSCRIBER_SECRET_FILE",
+        conflicts_with = "subscriber_secret"
+    )]
+    pub subscriber_secret_file: Option<PathBuf>,
+
     /// Shared key presented to the gateway when opening the link (the gateway's
     /// `--link-key`); needed when the gateway has one.
     #[arg(long, env = "PUSHGATE_LINK_KEY", hide_env_values = true)]
     pub link_key: Option<String>,
+
+    /// File holding `--link-key` instead (surrounding whitespace ignored; not readable by
+    /// group or others).
+    #[arg(long, env = "PUSHGATE_LINK_KEY_FILE", conflicts_with = "link_key")]
+    pub link_key_file: Option<PathBuf>,
 
     /// Origins allowed for browser clients (repeatable; `*` allows any).
     #[arg(
@@ -136,6 +151,22 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: u32,
 
+    /// New connections per second one source IP may open on this worker (over all its
+    /// threads); more are refused at accept with 429 `connect_rate_limited` and
+    /// `Retry-After`. 0: no limit.
+    #[arg(long, env = "PUSHGATE_CONNECT_RATE_PER_IP", default_value_t = 0.0)]
+    pub connect_rate_per_ip: f64,
+
+    /// Seconds' worth of `--connect-rate-per-ip` a quiet source IP may save up and spend
+    /// at once.
+    #[arg(long, env = "PUSHGATE_CONNECT_BURST_SECS", default_value_t = 1.0)]
+    pub connect_burst_secs: f64,
+
+    /// Most source IPs the connect-rate limit remembers (idle ones are forgotten first,
+    /// and within 16 s anyway).
+    #[arg(long, env = "PUSHGATE_RATE_LIMIT_ENTRIES", default_value_t = 100_000)]
+    pub rate_limit_entries: usize,
+
     /// Time a new connection (or an idle keep-alive one) has to send a complete request.
     #[arg(long, env = "PUSHGATE_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
     pub handshake_timeout_secs: u32,
@@ -174,7 +205,9 @@ impl std::fmt::Debug for Config {
                 "subscriber_secret",
                 &self.subscriber_secret.as_ref().map(|_| "<masked>"),
             )
+            .field("subscriber_secret_file", &self.subscriber_secret_file)
             .field("link_key", &self.link_key.as_ref().map(|_| "<masked>"))
+            .field("link_key_file", &self.link_key_file)
             .field("allow_origin", &self.allow_origin)
             .field("threads", &self.threads)
             .field("backlog", &self.backlog)
@@ -186,6 +219,10 @@ impl std::fmt::Debug for Config {
             .field("hole_wait_ms", &self.hole_wait_ms)
             .field("max_held_bytes", &self.max_held_bytes)
             .field("close_linger_secs", &self.close_linger_secs)
+            .field("max_connections_per_ip", &self.max_connections_per_ip)
+            .field("connect_rate_per_ip", &self.connect_rate_per_ip)
+            .field("connect_burst_secs", &self.connect_burst_secs)
+            .field("rate_limit_entries", &self.rate_limit_entries)
             .field("handshake_timeout_secs", &self.handshake_timeout_secs)
             .field("link_queue", &self.link_queue)
             .field("socket_recv_buffer", &self.socket_recv_buffer)
@@ -202,6 +239,18 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         <Config as clap::Parser>::try_parse_from(args)
+    }
+
+    /// Reads `--subscriber-secret-file` and `--link-key-file` into their secrets (see
+    /// [`read_secret_file`]); a secret given both ways is an error. Once read, the file
+    /// fields are empty, so a second call does nothing.
+    pub fn load_secret_files(&mut self) -> anyhow::Result<()> {
+        load_secret(
+            "--subscriber-secret",
+            &mut self.subscriber_secret,
+            &mut self.subscriber_secret_file,
+        )?;
+        load_secret("--link-key", &mut self.link_key, &mut self.link_key_file)
     }
 
     /// Checks values clap cannot check on its own.
@@ -265,6 +314,15 @@ impl Config {
         if self.link_queue == 0 {
             bail!("--link-queue must be positive");
         }
+        if !(self.connect_rate_per_ip.is_finite() && self.connect_rate_per_ip >= 0.0) {
+            bail!("--connect-rate-per-ip must be 0 (off) or a positive rate");
+        }
+        if !(self.connect_burst_secs.is_finite() && self.connect_burst_secs > 0.0) {
+            bail!("--connect-burst-secs must be more than 0");
+        }
+        if self.rate_limit_entries == 0 {
+            bail!("--rate-limit-entries must be at least 1");
+        }
         if self.allow_origin.is_empty() || self.allow_origin.len() > u16::MAX as usize - 1 {
             bail!("--allow-origin needs 1..65534 entries");
         }
@@ -310,6 +368,70 @@ impl Config {
     pub fn any_origin(&self) -> bool {
         self.allow_origin.iter().any(|o| o == "*")
     }
+}
+
+/// Largest secret file read: a secret is a line, not a document.
+const MAX_SECRET_FILE: u64 = 64 * 1024;
+
+/// Moves the one secret in `file` (if given; surrounding whitespace ignored) into `value`,
+/// emptying `file`; `flag` names both in errors.
+pub fn load_secret(
+    flag: &str,
+    value: &mut Option<String>,
+    file: &mut Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let Some(path) = file.take() else {
+        return Ok(());
+    };
+    if value.is_some() {
+        bail!("{flag} and {flag}-file are both given; use one");
+    }
+    let text = read_secret_file(&format!("{flag}-file"), &path)?;
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let (Some(secret), None) = (lines.next(), lines.next()) else {
+        bail!(
+            "{flag}-file {}: holds more than one line; it takes one secret",
+            path.display()
+        );
+    };
+    *value = Some(secret.to_owned());
+    Ok(())
+}
+
+/// The text of a file that holds secrets (`--*-file` flags, `--ticket-key-file`): it must
+/// be a regular file (a symlink to one is fine), readable by its owner only (mode & 077 =
+/// 0), at most 64 KiB and not blank. Errors name `flag` and the path, never the content.
+pub fn read_secret_file(flag: &str, path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let at = || format!("{flag} {}", path.display());
+    // Checked before opening: opening a FIFO would wait for a writer.
+    let meta = std::fs::metadata(path).with_context(at)?;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", at());
+    }
+    let mut f = std::fs::File::open(path).with_context(at)?;
+    // Checked again on what was opened (the path may have changed in between).
+    let meta = f.metadata().with_context(at)?;
+    let mode = meta.permissions().mode() & 0o777;
+    if !meta.is_file() {
+        bail!("{}: not a regular file", at());
+    }
+    if mode & 0o077 != 0 {
+        bail!("{}: mode {mode:o} lets others read it; chmod 600 it", at());
+    }
+    let mut text = zeroize::Zeroizing::new(String::new());
+    (&mut f)
+        .take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .with_context(at)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
+        bail!("{}: larger than {MAX_SECRET_FILE} bytes", at());
+    }
+    if text.trim().is_empty() {
+        bail!("{}: empty", at());
+    }
+    Ok(text)
 }
 
 fn nofile_soft_limit() -> Option<u64> {
@@ -394,6 +516,113 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains("hunter2"), "{dbg}");
         assert!(dbg.contains("<masked>"));
+    }
+
+    /// A fresh directory under the system's temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let d = std::env::temp_dir().join(format!("pg-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            TempDir(d)
+        }
+
+        fn file(&self, name: &str, text: &str, mode: u32) -> PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.0.join(name);
+            std::fs::write(&p, text).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn load(args: &[&str]) -> anyhow::Result<Config> {
+        let mut c = Config::parse_from_args(std::iter::once("worker").chain(args.iter().copied()))?;
+        c.load_secret_files()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn secrets_come_from_files_that_only_their_owner_reads() {
+        let d = TempDir::new("worker-secrets");
+        let key = d.file("link", "  k3y-from-file \n\n", 0o600);
+        let secret = d.file("sub", "s3cret\n", 0o400);
+        let (k, s) = (key.to_str().unwrap(), secret.to_str().unwrap());
+        let c = load(&["--link-key-file", k, "--subscriber-secret-file", s]).unwrap();
+        assert_eq!(c.link_key.as_deref(), Some("k3y-from-file"));
+        assert_eq!(c.subscriber_secret.as_deref(), Some("s3cret"));
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("k3y") && !dbg.contains("s3cret"), "{dbg}");
+        // Read once: a second call changes nothing.
+        let mut again = c.clone();
+        again.load_secret_files().unwrap();
+        assert_eq!(again.link_key.as_deref(), Some("k3y-from-file"));
+
+        let refused = |args: &[&str], want: &str| {
+            let err = format!("{:#}", load(args).unwrap_err());
+            assert!(err.contains(want), "{args:?}: {err}");
+            assert!(!err.contains("k3y") && !err.contains("s3cret"), "{err}");
+        };
+        let open = d.file("open", "k3y\n", 0o644);
+        let group = d.file("group", "k3y\n", 0o640);
+        let empty = d.file("empty", " \n\n", 0o600);
+        let two = d.file("two", "k3y\nk3y2\n", 0o600);
+        let missing = d.0.join("missing");
+        let dir = d.0.to_str().unwrap();
+        for (p, want) in [
+            (&open, "mode 644 lets others read it"),
+            (&group, "mode 640"),
+            (&empty, "empty"),
+            (&two, "more than one line"),
+            (&missing, "No such file"),
+        ] {
+            refused(&["--link-key-file", p.to_str().unwrap()], want);
+            refused(
+                &["--link-key-file", p.to_str().unwrap()],
+                p.to_str().unwrap(),
+            );
+        }
+        refused(&["--subscriber-secret-file", dir], "not a regular file");
+        // The flag and its file together: refused by the parser.
+        let both = load(&["--link-key", "x", "--link-key-file", k]).unwrap_err();
+        assert!(both.to_string().contains("cannot be used with"), "{both}");
+        // Built in code: refused when the file is read.
+        let mut c = Config::parse_from_args(["worker", "--link-key", "x"]).unwrap();
+        c.link_key_file = Some(key.clone());
+        let err = c.load_secret_files().unwrap_err().to_string();
+        assert!(err.contains("both given"), "{err}");
+    }
+
+    #[test]
+    fn connect_rate_flags_validate() {
+        let c = Config::parse_from_args(["worker"]).unwrap();
+        assert_eq!(
+            (
+                c.connect_rate_per_ip,
+                c.connect_burst_secs,
+                c.rate_limit_entries
+            ),
+            (0.0, 1.0, 100_000)
+        );
+        let c = Config::parse_from_args(["worker", "--connect-rate-per-ip", "2.5"]).unwrap();
+        c.validate().unwrap();
+        for bad in [
+            "--connect-rate-per-ip=-1",
+            "--connect-rate-per-ip=inf",
+            "--connect-burst-secs=0",
+            "--rate-limit-entries=0",
+        ] {
+            let c = Config::parse_from_args(["worker", bad]).unwrap();
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

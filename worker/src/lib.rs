@@ -32,6 +32,7 @@ pub use config::Config;
 
 use anyhow::Context;
 use event_loop::{EventLoop, LoopSetup, WAKER};
+use protocol::ratelimit::RateLimiter;
 use shared::{Shared, ThreadPort};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
@@ -58,9 +59,11 @@ pub struct WorkerHandle {
 }
 
 impl Worker {
-    /// Validates the config and binds every listener (one SO_REUSEPORT socket per address
-    /// per loop thread; port 0 is resolved once and shared). Nothing runs yet.
-    pub fn bind(config: Config) -> anyhow::Result<Worker> {
+    /// Reads the secret files, validates the config and binds every listener (one
+    /// SO_REUSEPORT socket per address per loop thread; port 0 is resolved once and
+    /// shared). Nothing runs yet.
+    pub fn bind(mut config: Config) -> anyhow::Result<Worker> {
+        config.load_secret_files()?;
         config.validate()?;
         let any_tls = config
             .gateway
@@ -120,6 +123,11 @@ impl Worker {
             .id
             .clone()
             .unwrap_or_else(|| format!("worker-{first}-{}", std::process::id()));
+        let rate = config.connect_rate_per_ip;
+        let connect_rate = (rate > 0.0).then(|| {
+            let burst = rate * config.connect_burst_secs;
+            RateLimiter::new(rate, burst, config.rate_limit_entries)
+        });
         let (up_tx, up_rx) = mpsc::channel(config.link_queue);
         let _ = metrics::metrics();
         let shared = Arc::new(Shared {
@@ -139,6 +147,7 @@ impl Worker {
             up_tx,
             link_trim: AtomicBool::new(false),
             per_ip: Default::default(),
+            connect_rate,
             tls,
         });
         Ok(Worker {

@@ -53,7 +53,7 @@ pub enum CloseReason {
     SlowClient = 5,
     /// Worker shutdown.
     Shutdown = 6,
-    /// Over `--capacity`.
+    /// Refused at accept (see [`RefuseReason`]).
     Refused = 7,
     /// A socket error.
     IoError = 8,
@@ -87,11 +87,50 @@ impl CloseReason {
     }
 }
 
+/// Why a connection was refused at accept; the `reason` label of
+/// `pushgate_connections_refused_total`, and the answer a plain connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RefuseReason {
+    /// `--capacity` connections are open.
+    OverCapacity = 0,
+    /// The source IP holds `--max-connections-per-ip`.
+    TooManyConnections = 1,
+    /// The source IP opened connections faster than `--connect-rate-per-ip`.
+    ConnectRateLimited = 2,
+}
+
+impl RefuseReason {
+    const ALL: [RefuseReason; 3] = [
+        RefuseReason::OverCapacity,
+        RefuseReason::TooManyConnections,
+        RefuseReason::ConnectRateLimited,
+    ];
+
+    /// The label, and the `error` code of the JSON answer.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::OverCapacity => "over_capacity",
+            RefuseReason::TooManyConnections => "too_many_connections",
+            RefuseReason::ConnectRateLimited => "connect_rate_limited",
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(self) -> u16 {
+        match self {
+            RefuseReason::OverCapacity => 503,
+            RefuseReason::TooManyConnections | RefuseReason::ConnectRateLimited => 429,
+        }
+    }
+}
+
 /// All worker metrics, with label handles resolved once.
 pub struct Metrics {
     pub registry: Registry,
     open: [IntGauge; 4],
     closed: [IntCounter; 9],
+    refused: [IntCounter; 3],
     pub accepted: IntCounter,
     pub delivered: IntCounter,
     pub link_up: IntGauge,
@@ -122,6 +161,10 @@ impl Metrics {
         &self.closed[r as usize]
     }
 
+    pub fn refused(&self, r: RefuseReason) -> &IntCounter {
+        &self.refused[r as usize]
+    }
+
     pub fn tls_handshake(&self, resumed: bool) -> &IntCounter {
         &self.tls_handshakes[usize::from(resumed)]
     }
@@ -145,6 +188,14 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Opts::new(
             "pushgate_connections_closed_total",
             "Client connections closed, by reason",
+        ),
+        &["reason"],
+    )
+    .expect("metric");
+    let refused_vec = IntCounterVec::new(
+        Opts::new(
+            "pushgate_connections_refused_total",
+            "Client connections refused at accept, by reason (each also counts as closed with reason refused)",
         ),
         &["reason"],
     )
@@ -229,6 +280,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(gaps.clone()),
         Box::new(open_vec.clone()),
         Box::new(closed_vec.clone()),
+        Box::new(refused_vec.clone()),
         Box::new(accepted.clone()),
         Box::new(delivered.clone()),
         Box::new(link_up.clone()),
@@ -248,6 +300,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics {
         open: Transport::ALL.map(|t| open_vec.with_label_values(&[t.as_str()])),
         closed: CloseReason::ALL.map(|r| closed_vec.with_label_values(&[r.as_str()])),
+        refused: RefuseReason::ALL.map(|r| refused_vec.with_label_values(&[r.as_str()])),
         accepted,
         delivered,
         link_up,
@@ -291,6 +344,10 @@ mod tests {
             "{s}"
         );
         assert!(s.contains("pushgate_connections_closed_total{reason=\"slow_client\"}"));
+        assert!(
+            s.contains("pushgate_connections_refused_total{reason=\"connect_rate_limited\"}"),
+            "{s}"
+        );
         assert!(s.contains("process_resident_memory_bytes"), "{s}");
         assert!(s.contains("pushgate_link_up"));
     }

@@ -65,6 +65,8 @@ pub struct Shared {
     /// Open connections per source IP, over all loop threads (`--max-connections-per-ip`;
     /// empty when off).
     pub per_ip: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, u32>>,
+    /// New connections per source IP (`--connect-rate-per-ip`; `None` when off).
+    pub connect_rate: Option<protocol::ratelimit::RateLimiter<std::net::IpAddr>>,
     /// The certificate of the TLS listeners (`--listen-tls`), reloaded on SIGHUP.
     pub tls: Option<crate::tls::server_config::TlsFiles>,
 }

@@ -307,6 +307,35 @@ async fn bad_input_on_a_tls_port_is_refused_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_connect_rate_a_tls_port_closes_without_an_answer() {
+    let cert = Cert::new();
+    let h = start(&cert, &["--connect-rate-per-ip", "2"]).await;
+    let tls_addr = h.tls_addr.unwrap();
+    // Metrics are read from an address of their own: each read is a connection.
+    let watcher: std::net::IpAddr = "127.0.0.6".parse().unwrap();
+    let refused = || async {
+        let body = get_from(watcher, h.addr, "/metrics").await.body;
+        let name = "pushgate_connections_refused_total{reason=\"connect_rate_limited\"}";
+        String::from_utf8(body)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .expect("the metric")
+    };
+    let before = refused().await;
+    for _ in 0..2 {
+        tls_connect(tls_addr, &cert.client()).await.unwrap();
+    }
+    // The third within the second: a TLS client could not read a plain 429, so the
+    // connection is closed at accept, with not one byte written.
+    let mut s = TcpStream::connect(tls_addr).await.unwrap();
+    assert_eq!(read_to_eof(&mut s).await, b"");
+    assert!(tls_connect(tls_addr, &cert.client()).await.is_err());
+    assert_eq!(refused().await, before + 2.0);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_certificate_and_open_sessions_go_on() {
     let cert = Cert::new();
     let mut h = start(&cert, &[]).await;

@@ -828,6 +828,66 @@ async fn one_source_ip_holds_at_most_its_share_of_connections() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_ip_opening_connections_too_fast_gets_429_until_retry_after() {
+    let h = Harness::start(&["--connect-rate-per-ip", "5"]).await;
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let (me, other, watcher) = (ip("127.0.0.1"), ip("127.0.0.5"), ip("127.0.0.6"));
+    let name = "pushgate_connections_refused_total{reason=\"connect_rate_limited\"}";
+    let refused_metric = |text: Vec<u8>| -> f64 {
+        let text = String::from_utf8(text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing: {text}"))
+    };
+    // The metric is read from an address of its own (each read is a connection).
+    let before = refused_metric(get_from(watcher, h.addr, "/metrics").await.body);
+    // A burst of one second's worth: 5 connections in quick succession are served...
+    for i in 0..5 {
+        let r = get_from(me, h.addr, "/healthz").await;
+        assert_eq!(r.status, 200, "connection {i}");
+    }
+    // ...the next ones are refused at accept, before any request is read, on whichever
+    // loop thread took them (the table is shared).
+    let mut retry_after = 0;
+    for i in 0..3 {
+        let mut s = connect_from(me, h.addr).await;
+        let mut buf = Vec::new();
+        let r = read_response(&mut s, &mut buf).await;
+        assert_eq!(
+            (r.status, r.json()["error"].as_str()),
+            (429, Some("connect_rate_limited")),
+            "connection {} from the same address: {r:?}",
+            i + 6
+        );
+        assert!(r.json()["message"].as_str().is_some_and(|m| !m.is_empty()));
+        retry_after = r
+            .header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .expect("a Retry-After in whole seconds");
+        // Then closed.
+        let mut rest = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut rest).await;
+        assert!(rest.is_empty() && buf.is_empty(), "{rest:?}");
+    }
+    // One token comes back each 200 ms: rounded up to whole seconds.
+    assert_eq!(retry_after, 1);
+    // Another source address has its own bucket.
+    for i in 0..5 {
+        let r = get_from(other, h.addr, "/healthz").await;
+        assert_eq!(r.status, 200, "connection {i} from {other}");
+    }
+    let after = refused_metric(get_from(watcher, h.addr, "/metrics").await.body);
+    assert_eq!(after - before, 3.0);
+    // Retry-After tells the truth: after it the address is served again.
+    tokio::time::sleep(std::time::Duration::from_secs(retry_after)).await;
+    for i in 0..2 {
+        let r = get_from(me, h.addr, "/healthz").await;
+        assert_eq!(r.status, 200, "connection {i} after Retry-After");
+    }
+    h.stop().await;
+}
+
 /// Waits until the worker answers a new connection's `GET /healthz` with 200 (room again
 /// after a refusal at accept; a refusal may arrive as a JSON error or a reset).
 async fn wait_for_room(h: &Harness, why: &str) {

@@ -1,9 +1,11 @@
-//! Accepting connections, and pausing a listener after EMFILE.
+//! Accepting connections (refused at once when the worker is full or a source IP is over
+//! `--max-connections-per-ip` or `--connect-rate-per-ip`), and pausing a listener after
+//! EMFILE.
 
 use super::conn::Extra;
 use super::{Conn, EventLoop};
 use crate::http1;
-use crate::metrics::{metrics, CloseReason, Transport};
+use crate::metrics::{metrics, CloseReason, RefuseReason, Transport};
 use crate::tls::session::Tls;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
@@ -56,19 +58,35 @@ impl EventLoop {
         }
     }
 
-    /// A new connection: refused when the worker is full, else a slab slot that reads its
-    /// request under the handshake timeout.
+    /// A new connection: refused when the worker is full or its source IP is over a limit,
+    /// else a slab slot that reads its request under the handshake timeout.
     fn admit(&mut self, mut stream: TcpStream, ip: IpAddr, tls: bool) {
         metrics().accepted.inc();
         self.busy();
-        // A TLS client could not read a plain answer: it is refused by the close alone.
-        let refuse = |s: &mut TcpStream, status, code, why: &str| match tls {
-            false => refuse(s, status, code, why),
-            true => metrics().closed(CloseReason::Refused).inc(),
-        };
         if self.shared.open.load(Ordering::Relaxed) >= self.shared.capacity {
-            refuse(&mut stream, 503, "over_capacity", "this worker is full");
+            refuse(
+                &mut stream,
+                tls,
+                RefuseReason::OverCapacity,
+                "this worker is full",
+                b"",
+            );
             return;
+        }
+        // Before any TLS state is made: a refused connection costs no handshake. One clock
+        // read per loop turn serves every accept of the turn.
+        if let Some(limit) = &self.shared.connect_rate {
+            if let Err(wait) = limit.take(&ip, 1, self.now.at) {
+                let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+                let why = format!(
+                    "more than {} new connections per second from one address; retry after {secs} s",
+                    self.shared.config.connect_rate_per_ip
+                );
+                let header = format!("Retry-After: {secs}\r\n");
+                let reason = RefuseReason::ConnectRateLimited;
+                refuse(&mut stream, tls, reason, &why, header.as_bytes());
+                return;
+            }
         }
         let extra = if tls {
             let Some(files) = &self.shared.tls else {
@@ -90,7 +108,13 @@ impl EventLoop {
         let per_ip = self.shared.config.max_connections_per_ip;
         if per_ip > 0 && !self.count_peer(ip, per_ip) {
             let why = format!("more than {per_ip} connections from one address");
-            refuse(&mut stream, 429, "too_many_connections", &why);
+            refuse(
+                &mut stream,
+                tls,
+                RefuseReason::TooManyConnections,
+                &why,
+                b"",
+            );
             return;
         }
         let gen = self.gen();
@@ -174,10 +198,16 @@ impl EventLoop {
     }
 }
 
-/// Refused at accept: the JSON error written at once (before any request is read).
-fn refuse(stream: &mut TcpStream, status: u16, code: &str, message: &str) {
-    let mut out = Vec::new();
-    http1::write_error(&mut out, status, code, message, None, b"");
-    let _ = stream.write(&out);
+/// Refused at accept: the JSON error written at once (before any request is read), with
+/// `extra` header lines; then the connection is dropped. A TLS client could not read a
+/// plain answer: it is refused by the close alone.
+fn refuse(stream: &mut TcpStream, tls: bool, reason: RefuseReason, message: &str, extra: &[u8]) {
+    if !tls {
+        let mut out = Vec::new();
+        let (status, code) = (reason.status(), reason.as_str());
+        http1::write_error(&mut out, status, code, message, None, extra);
+        let _ = stream.write(&out);
+    }
+    metrics().refused(reason).inc();
     metrics().closed(CloseReason::Refused).inc();
 }

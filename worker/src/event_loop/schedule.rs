@@ -1,4 +1,5 @@
-//! The schedule: wheel ticks, deadlines, the ping sweep and the shutdown drain.
+//! The schedule: wheel ticks, deadlines, the ping sweep, the connect-rate table's sweep and
+//! the shutdown drain.
 
 use super::conn::{CLOSING, SUBSCRIBED};
 use super::render;
@@ -14,6 +15,10 @@ impl EventLoop {
     pub(super) fn tick(&mut self) {
         if self.wheel.next <= self.now.secs {
             self.trim.second();
+            // One shard of the connect-rate table a second: idle IPs go within 16 s.
+            if let (0, Some(limit)) = (self.index, &self.shared.connect_rate) {
+                limit.sweep(self.now.secs as usize, self.now.at);
+            }
         }
         while self.wheel.next <= self.now.secs {
             let sec = self.wheel.next;

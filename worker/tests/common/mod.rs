@@ -415,6 +415,26 @@ pub async fn request(addr: SocketAddr, raw: &str) -> Response {
     read_response(&mut s, &mut buf).await
 }
 
+/// A connection to `addr` from source IP `src` (any of 127/8 on loopback).
+pub async fn connect_from(src: std::net::IpAddr, addr: SocketAddr) -> TcpStream {
+    let sock = match src {
+        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    }
+    .unwrap();
+    sock.bind(SocketAddr::new(src, 0)).unwrap();
+    sock.connect(addr).await.unwrap()
+}
+
+/// `GET path` with `Connection: close`, from source IP `src`.
+pub async fn get_from(src: std::net::IpAddr, addr: SocketAddr, path: &str) -> Response {
+    let mut s = connect_from(src, addr).await;
+    let raw = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    read_response(&mut s, &mut buf).await
+}
+
 /// `GET path` with `Connection: close`.
 pub async fn get(addr: SocketAddr, path: &str) -> Response {
     request(
