@@ -8,20 +8,6 @@ use common::process::*;
 use common::*;
 use std::time::{Duration, Instant};
 
-/// Pids of the gateway's direct children (its local workers).
-fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(s) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn local_workers_start_restart_and_lose_nothing() {
     let gw = spawn_gateway(&["--local-workers", "2"]);

@@ -237,19 +237,6 @@ fn environ_var(pid: u32, name: &str) -> Option<String> {
     })
 }
 
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(s) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn local_workers_get_the_secrets_from_files_through_their_environment() {
     let f = Files::new("local");
@@ -265,7 +252,7 @@ async fn local_workers_get_the_secrets_from_files_through_their_environment() {
     ]);
     // Healthy: the child linked with the key from the file.
     wait_healthy(&gw.base, 1, Duration::from_secs(30)).await;
-    let kids = children_of(gw.child.id());
+    let kids = children(gw.child.id());
     assert_eq!(kids.len(), 1, "{kids:?}");
     let pid = kids[0];
     assert_eq!(

@@ -304,23 +304,38 @@ fn kernel_floor(x: &Exchange, n: usize, concurrency: usize, tickets: bool) -> f6
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let cpu0 = read_cpu();
-        let mut set = tokio::task::JoinSet::new();
-        let (mut started, mut done) = (0, 0);
-        while done < n {
-            while started < n && set.len() < concurrency {
-                set.spawn(one());
-                started += 1;
-            }
-            if set.join_next().await.is_some() {
-                done += 1;
-            }
-        }
+        run_clients(n, concurrency, |_| one(), |()| {}).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         (read_cpu() - cpu0) as f64 / n as f64
     });
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     per_conn
+}
+
+/// Runs `n` client connections `concurrency` at a time (`one(i)` makes the i-th), handing
+/// each one's result to `done`.
+async fn run_clients<T, F>(
+    n: usize,
+    concurrency: usize,
+    mut one: impl FnMut(usize) -> F,
+    mut done: impl FnMut(T),
+) where
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut set = tokio::task::JoinSet::new();
+    let (mut started, mut finished) = (0, 0);
+    while finished < n {
+        while started < n && set.len() < concurrency {
+            set.spawn(one(started));
+            started += 1;
+        }
+        if let Some(r) = set.join_next().await {
+            done(r.unwrap());
+            finished += 1;
+        }
+    }
 }
 
 /// CPU time (ns) of every thread of `pid`.
@@ -458,17 +473,7 @@ fn tcp_plain(worker: &Worker, n: usize, concurrency: usize) -> f64 {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         let cpu0 = process_cpu_ns(worker.pid);
-        let mut set = tokio::task::JoinSet::new();
-        let (mut started, mut done) = (0, 0);
-        while done < n {
-            while started < n && set.len() < concurrency {
-                set.spawn(one());
-                started += 1;
-            }
-            if set.join_next().await.is_some() {
-                done += 1;
-            }
-        }
+        run_clients(n, concurrency, |_| one(), |()| {}).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         (process_cpu_ns(worker.pid) - cpu0) as f64 / n as f64
     })
@@ -515,19 +520,13 @@ fn tcp(
         let cpu0 = process_cpu_ns(worker.pid);
         let t0 = Instant::now();
         let mut resumed = 0u64;
-        let mut done = 0;
-        let mut set = tokio::task::JoinSet::new();
-        let mut started = 0;
-        while done < n {
-            while started < n && set.len() < concurrency {
-                set.spawn(one(connector(started)));
-                started += 1;
-            }
-            if let Some(r) = set.join_next().await {
-                resumed += u64::from(r.unwrap());
-                done += 1;
-            }
-        }
+        run_clients(
+            n,
+            concurrency,
+            |i| one(connector(i)),
+            |r| resumed += u64::from(r),
+        )
+        .await;
         let secs = t0.elapsed().as_secs_f64();
         // Let the worker finish its closes before reading its CPU.
         tokio::time::sleep(Duration::from_millis(300)).await;
