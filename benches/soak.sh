@@ -10,7 +10,8 @@
 #
 #   benches/soak.sh [SECONDS=600] [CLIENTS=6000]
 #
-# Environment: OUT=benches/out, WARMUP=120 (s), LIMIT=10 (%), RATE=300/s.
+# Environment: OUT=benches/out, WARMUP=120 (s), LIMIT=10 (%), RATE=300/s, RETENTION=60 (the
+# gateway's --retention-secs: the store's steady state must come within the warm-up).
 # Needs a Rust toolchain, curl and python3.
 set -euo pipefail
 SECS=${1:-600}
@@ -18,6 +19,7 @@ CLIENTS=${2:-6000}
 WARMUP=${WARMUP:-120}
 LIMIT=${LIMIT:-10}
 RATE=${RATE:-300/s}
+RETENTION=${RETENTION:-60}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 OUT=${OUT:-$ROOT/benches/out}
@@ -27,12 +29,14 @@ ulimit -n "$(ulimit -Hn)"
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 gwurl=http://127.0.0.1:$port
 RUST_LOG=warn "$BIN/gateway" --listen 127.0.0.1:$port --local-workers 2 \
-  --local-worker-arg=--max-pending-bytes=262144 >"$OUT/soak-gateway.log" 2>&1 &
+  --retention-secs "$RETENTION" --local-worker-arg=--max-pending-bytes=262144 \
+  >"$OUT/soak-gateway.log" 2>&1 &
 gw=$!
 pids+=($gw)
 for _ in $(seq 200); do

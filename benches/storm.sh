@@ -32,7 +32,8 @@ done
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 cpu_ns() { # CPU time of every thread of the given pids (ns)
   local t=0 v p f
@@ -54,14 +55,14 @@ export PUSHGATE_LINK_KEY=$key
 RUST_LOG=warn "$BIN/gateway" --listen 127.0.0.1:$port >"$OUT/storm-gateway.log" 2>&1 &
 gw=$!
 pids+=($gw)
-worker() { # worker IP
+worker() { # worker IP (run as $(worker IP): the caller adds the pid to pids)
   RUST_LOG=warn "$BIN/gateway" worker --gateway "http://127.0.0.1:$port" --listen "$1:0" \
     >"$OUT/storm-worker-$1.log" 2>&1 &
-  pids+=($!)
   echo $!
 }
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 a=$(worker 127.0.0.2)
+pids+=($a)
 for _ in $(seq 100); do [ "$(healthy)" -ge 1 ] && break; sleep 0.1; done
 
 "$BIN/loadgen" run --gateway "http://127.0.0.1:$port" --clients "$N" --transport "$TRANSPORT" \
@@ -75,6 +76,7 @@ a_id=$(workers_json | python3 -c 'import json,sys; print(json.load(sys.stdin)["w
 b=$(worker 127.0.0.3)
 c=$(worker 127.0.0.4)
 d=$(worker 127.0.0.5)
+pids+=($b $c $d)
 for _ in $(seq 100); do [ "$(healthy)" -ge 4 ] && break; sleep 0.1; done
 # B, C and D by their plain addresses: their own counts of open connections, not the
 # gateway's view (which lags by a load report, and still lists A until its link is gone).
