@@ -320,7 +320,12 @@ where
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).try_init();
+    // A log line that cannot be written (stderr's reader is gone) is dropped: the
+    // subscriber would otherwise report it with eprintln!, which panics there.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .log_internal_errors(false)
+        .try_init();
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

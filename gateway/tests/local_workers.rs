@@ -122,3 +122,30 @@ async fn local_workers_start_restart_and_lose_nothing() {
         assert!(!alive, "worker {p} outlived the gateway");
     }
 }
+
+/// A gateway and its local workers whose stderr's reader has gone (a log pipe that broke)
+/// go on: lines that cannot be written are dropped, not a panic at the first one.
+#[tokio::test]
+async fn a_broken_log_pipe_stops_neither_the_gateway_nor_its_workers() {
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--listen", &listen, "--local-workers", "1"])
+        .args(["--worker-exe", env!("CARGO_BIN_EXE_gateway")])
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the only reader: every write to stderr now fails with EPIPE.
+    drop(child.stderr.take());
+    let base = format!("http://{listen}");
+    wait_healthy(&base, 1, Duration::from_secs(30)).await;
+    let (status, _) = http_post(&format!("{base}/v1/publish/logpipe"), "hi").await;
+    assert_eq!(status, 202);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the gateway is still running"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

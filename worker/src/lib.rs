@@ -350,6 +350,9 @@ where
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr's reader is gone) is dropped: the
+        // subscriber would otherwise report it with eprintln!, which panics there.
+        .log_internal_errors(false)
         .try_init();
     let gateway = config.gateway.join(",");
     let threads = config.threads();
