@@ -299,31 +299,36 @@ fn kernel_floor(x: &Exchange, n: usize, concurrency: usize, tickets: bool) -> f6
                 }
             }
         };
-        for _ in 0..concurrency {
-            one().await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu0 = read_cpu();
-        run_clients(n, concurrency, |_| one(), |()| {}).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        (read_cpu() - cpu0) as f64 / n as f64
+        measure(n, concurrency, read_cpu, |_| one(), |()| {})
+            .await
+            .0
     });
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
     per_conn
 }
 
-/// Runs `n` client connections `concurrency` at a time (`one(i)` makes the i-th), handing
-/// each one's result to `done`.
-async fn run_clients<T, F>(
+/// Server CPU ns per connection and the run's wall time: `concurrency` warm-up
+/// connections (the first tickets), a settle, then `n` connections `concurrency` at a time
+/// (`one(i)` makes the i-th, its result goes to `done`), a settle for the server's closes;
+/// `cpu()` is read on either side of the measured part.
+async fn measure<T, F>(
     n: usize,
     concurrency: usize,
+    cpu: impl Fn() -> u64,
     mut one: impl FnMut(usize) -> F,
     mut done: impl FnMut(T),
-) where
+) -> (f64, f64)
+where
     F: std::future::Future<Output = T> + Send + 'static,
     T: Send + 'static,
 {
+    for i in 0..concurrency {
+        one(i).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu0 = cpu();
+    let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     let (mut started, mut finished) = (0, 0);
     while finished < n {
@@ -336,6 +341,9 @@ async fn run_clients<T, F>(
             finished += 1;
         }
     }
+    let secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ((cpu() - cpu0) as f64 / n as f64, secs)
 }
 
 /// CPU time (ns) of every thread of `pid`.
@@ -468,14 +476,8 @@ fn tcp_plain(worker: &Worker, n: usize, concurrency: usize) -> f64 {
             let mut sink = Vec::new();
             let _ = tcp.read_to_end(&mut sink).await;
         };
-        for _ in 0..concurrency {
-            one().await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu0 = process_cpu_ns(worker.pid);
-        run_clients(n, concurrency, |_| one(), |()| {}).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        (process_cpu_ns(worker.pid) - cpu0) as f64 / n as f64
+        let cpu = || process_cpu_ns(worker.pid);
+        measure(n, concurrency, cpu, |_| one(), |()| {}).await.0
     })
 }
 
@@ -512,26 +514,17 @@ fn tcp(
             let _ = tls.read_to_end(&mut sink).await;
             resumed
         };
-        // Warm-up (and first tickets).
-        for i in 0..concurrency {
-            one(connector(i)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu0 = process_cpu_ns(worker.pid);
-        let t0 = Instant::now();
         let mut resumed = 0u64;
-        run_clients(
+        let cpu = || process_cpu_ns(worker.pid);
+        let (ns, secs) = measure(
             n,
             concurrency,
+            cpu,
             |i| one(connector(i)),
             |r| resumed += u64::from(r),
         )
         .await;
-        let secs = t0.elapsed().as_secs_f64();
-        // Let the worker finish its closes before reading its CPU.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let cpu = process_cpu_ns(worker.pid) - cpu0;
-        (cpu as f64 / n as f64, n as f64 / secs, resumed)
+        (ns, n as f64 / secs, resumed)
     })
 }
 
