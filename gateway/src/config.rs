@@ -37,8 +37,9 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_STORE", default_value = "memory")]
     pub store: String,
 
-    /// How long a channel's seq and epoch outlive its last activity (Redis store), so an
-    /// idle channel goes on counting and a late resume is told of its gap.
+    /// How long a channel's seq and epoch outlive its last activity (both stores), so an
+    /// idle channel goes on counting and a late resume is told of its gap. The memory
+    /// store keeps at most --max-channels of them (~100 B each plus the name).
     #[arg(long, env = "PUSHGATE_CHANNEL_META_SECS", default_value_t = 30 * 24 * 3600)]
     pub channel_meta_secs: u64,
 
@@ -313,14 +314,14 @@ impl Config {
                 "--redis-timeout-ms and --redis-max-inflight must be at least 1"
             );
             anyhow::ensure!(
-                self.channel_meta_secs >= self.retention_secs,
-                "--channel-meta-secs must be at least --retention-secs (a channel's seq must outlive its messages)"
-            );
-            anyhow::ensure!(
                 !self.redis_key_prefix.is_empty() && !self.redis_key_prefix.contains(['{', '}']),
                 "--redis-key-prefix must be non-empty and free of braces"
             );
         }
+        anyhow::ensure!(
+            self.channel_meta_secs >= self.retention_secs,
+            "--channel-meta-secs must be at least --retention-secs (a channel's seq must outlive its messages)"
+        );
         anyhow::ensure!(
             (1..=302_400).contains(&self.ticket_rotate_secs),
             "--ticket-rotate-secs must be 1 to 302400 (a TLS 1.3 ticket lives at most 7 days, two periods here)"
@@ -559,6 +560,8 @@ mod tests {
         assert!(err.to_string().contains("redis+cluster://"), "{err}");
         let short = parse(&["--store", "redis://h:1", "--channel-meta-secs", "10"]);
         assert!(short.validate().is_err(), "meta shorter than retention");
+        let short = parse(&["--channel-meta-secs", "10"]);
+        assert!(short.validate().is_err(), "in the memory store too");
     }
 
     #[test]

@@ -242,12 +242,15 @@ async fn open_store(
         max_age: config.retention_age(),
     };
     Ok(match config.store_kind()? {
-        config::StoreKind::Memory => AnyStore::Memory(MemoryStore::new(
-            retention,
-            config.retention_total_bytes,
-            config.max_channels,
-            router,
-        )),
+        config::StoreKind::Memory => AnyStore::Memory(
+            MemoryStore::new(
+                retention,
+                config.retention_total_bytes,
+                config.max_channels,
+                router,
+            )
+            .with_channel_meta(Duration::from_secs(config.channel_meta_secs)),
+        ),
         config::StoreKind::Redis(target) => {
             let store = RedisStore::new(
                 RedisOptions {

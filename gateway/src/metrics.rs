@@ -149,6 +149,22 @@ pub static STORE_BYTES: LazyLock<IntGauge> = LazyLock::new(|| {
 pub static STORE_CHANNELS: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("pushgate_store_channels", "Channels the store tracks."));
 
+/// Forgotten channels whose seq and epoch the memory store keeps, set at scrape.
+pub static STORE_IDLE_CHANNELS: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "pushgate_store_idle_channels",
+        "Channels the memory store remembers only by seq and epoch (--channel-meta-secs).",
+    )
+});
+
+/// Idle channels' metas dropped before --channel-meta-secs because --max-channels was reached.
+pub static CHANNEL_METAS_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_channel_metas_dropped_total",
+        "Idle channels' seq and epoch dropped early at the --max-channels bound (their next publish opens a new epoch).",
+    )
+});
+
 /// Workers by state, set at scrape.
 pub static WORKERS: LazyLock<IntGaugeVec> = LazyLock::new(|| {
     let g = IntGaugeVec::new(
@@ -324,6 +340,8 @@ pub fn init() {
     LazyLock::force(&MESSAGES_EVICTED);
     LazyLock::force(&STORE_BYTES);
     LazyLock::force(&STORE_CHANNELS);
+    LazyLock::force(&STORE_IDLE_CHANNELS);
+    LazyLock::force(&CHANNEL_METAS_DROPPED);
     LazyLock::force(&WORKERS);
     LazyLock::force(&ASSIGN_TOTAL);
     LazyLock::force(&LINK_FRAMES_SENT);

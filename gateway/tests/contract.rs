@@ -90,6 +90,80 @@ async fn resume_older_than_retention_gets_gap_first() {
     c.stop().await;
 }
 
+/// Long enough for a channel idle past a 1 s retention to be forgotten by every store's
+/// sweep (the memory store visits each shard once in 4 s).
+const FORGOTTEN: Duration = Duration::from_millis(6500);
+
+#[tokio::test]
+async fn an_idle_channel_goes_on_counting_after_its_messages_expired() {
+    let c = start(&["--retention-secs", "1"], 1, &[]).await;
+    assert_eq!(c.publish("idle.1", "1").await, 1);
+    assert_eq!(c.publish("idle.1", "2").await, 2);
+    tokio::time::sleep(FORGOTTEN).await;
+    let info = c.get("/v1/channels/idle.1").await.json();
+    assert_eq!(
+        (info["last_seq"].clone(), info["buffered"].clone()),
+        (json!(2), json!(0))
+    );
+    assert_eq!(
+        c.publish("idle.1", "3").await,
+        3,
+        "the seq did not start over"
+    );
+    // A resume from before the expiry is told of its gap, in the channel's one epoch.
+    let mut ws = c.ws("idle.1", Some(0)).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(
+        (gap["gap"].clone(), gap["first_seq"].clone()),
+        (json!(true), json!(3)),
+        "{gap}"
+    );
+    assert_eq!(next_json(&mut ws).await, json!({"seq": 3, "data": 3}));
+    drop(ws);
+    let a = c.assign("idle.1").await;
+    let url = format!(
+        "{}&since=3&epoch={}",
+        a["ws_url"].as_str().unwrap(),
+        gap["epoch"]
+    );
+    let mut ws = ws_connect(&url).await;
+    c.publish("idle.1", "4").await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"seq": 4, "data": 4}),
+        "no gap: same epoch"
+    );
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_idle_past_channel_meta_secs_starts_a_new_epoch() {
+    let c = start(
+        &["--retention-secs", "1", "--channel-meta-secs", "2"],
+        1,
+        &[],
+    )
+    .await;
+    assert_eq!(c.publish("idle.2", "1").await, 1);
+    assert_eq!(c.publish("idle.2", "2").await, 2);
+    tokio::time::sleep(FORGOTTEN).await;
+    assert_eq!(c.get("/v1/channels/idle.2").await.json()["last_seq"], 0);
+    assert_eq!(
+        c.publish("idle.2", "x").await,
+        1,
+        "a new epoch counts from 1"
+    );
+    let mut ws = c.ws("idle.2", Some(2)).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(
+        (gap["gap"].clone(), gap["first_seq"].clone()),
+        (json!(true), json!(1)),
+        "{gap}"
+    );
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn newer_connection_replaces_older_with_a_reason() {
     let c = start(&[], 2, &[]).await;

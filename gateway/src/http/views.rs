@@ -102,6 +102,7 @@ pub async fn metrics_resp(app: &App) -> Resp {
     let stats = app.store.stats().await;
     metrics::STORE_BYTES.set(stats.bytes as i64);
     metrics::STORE_CHANNELS.set(stats.channels as i64);
+    metrics::STORE_IDLE_CHANNELS.set(stats.idle_channels as i64);
     let [healthy, stale, disconnected, starting] = app.registry.counts(Instant::now());
     for (state, n) in [
         ("starting", starting),

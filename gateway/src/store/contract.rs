@@ -111,6 +111,9 @@ pub struct StoreCheck {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StoreStats {
     pub channels: u64,
+    /// Channels remembered only by their seq and epoch (memory store; Redis keeps a meta
+    /// key that expires on its own).
+    pub idle_channels: u64,
     pub bytes: u64,
     pub messages: u64,
 }

@@ -127,6 +127,15 @@ impl ChannelLog {
         }
     }
 
+    /// An empty log that goes on after `last_seq` in `epoch`: a channel forgotten while
+    /// idle and seen again within `--channel-meta-secs`.
+    pub fn continued(epoch: u64, last_seq: u64) -> Self {
+        ChannelLog {
+            last_seq,
+            ..ChannelLog::new(epoch)
+        }
+    }
+
     pub fn epoch(&self) -> u64 {
         self.epoch
     }

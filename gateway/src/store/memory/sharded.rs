@@ -22,13 +22,20 @@ use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Epochs stay below 2^53 so JSON clients parse them exactly.
 const EPOCH_MASK: u64 = (1 << 53) - 1;
 
 /// Default number of shards.
 pub const DEFAULT_SHARDS: usize = 64;
+
+/// How long a forgotten channel's seq and epoch are kept unless told otherwise
+/// (`--channel-meta-secs`' default).
+pub const DEFAULT_CHANNEL_META: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Metas looked at to pick the oldest when the bound forces one out.
+const META_EVICTION_SAMPLE: usize = 8;
 
 /// A channel in the store: its log and its directory entry.
 struct ChannelState {
@@ -40,9 +47,22 @@ struct ChannelState {
     last_active: u64,
 }
 
+/// What the store keeps of a channel it forgot (no messages, no holder, idle past the
+/// retention age): enough to go on counting. 24 bytes plus its name and map slot.
+#[derive(Debug, Clone, Copy)]
+struct Meta {
+    epoch: u64,
+    last_seq: u64,
+    /// The channel's `last_active` when it was forgotten.
+    idle_since_ms: u64,
+}
+
 #[derive(Default)]
 struct Shard {
     channels: HashMap<Arc<str>, ChannelState>,
+    /// Forgotten channels' seq and epoch, for `--channel-meta-secs` after their last
+    /// activity (at most `--max-channels` in all).
+    metas: HashMap<Arc<str>, Meta>,
     ledger: Ledger,
 }
 
@@ -74,6 +94,10 @@ pub struct MemoryStore<O> {
     retention: Retention,
     max_channels: usize,
     channels: AtomicUsize,
+    /// How long a forgotten channel's [`Meta`] is kept, from its last activity.
+    meta_ms: u64,
+    /// [`Meta`]s held over all shards (at most `max_channels`).
+    metas: AtomicUsize,
     next_epoch: AtomicU64,
     sweep_cursor: AtomicUsize,
     /// Called under the shard lock for every delivery, backlog and kick.
@@ -109,10 +133,20 @@ impl<O: Outbox> MemoryStore<O> {
             retention,
             max_channels,
             channels: AtomicUsize::new(0),
+            meta_ms: DEFAULT_CHANNEL_META.as_millis() as u64,
+            metas: AtomicUsize::new(0),
             next_epoch: AtomicU64::new(base.max(1)),
             sweep_cursor: AtomicUsize::new(0),
             outbox,
         }
+    }
+
+    /// Keeps a forgotten channel's seq and epoch for `d` after its last activity
+    /// (`--channel-meta-secs`), so its next publish goes on counting and a resume from
+    /// before gets the gap frame.
+    pub fn with_channel_meta(mut self, d: Duration) -> Self {
+        self.meta_ms = d.as_millis().try_into().unwrap_or(u64::MAX);
+        self
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, Shard> {
@@ -138,12 +172,19 @@ impl<O: Outbox> MemoryStore<O> {
             self.channels.fetch_sub(1, Ordering::Relaxed);
             return Err(StoreError::TooManyChannels);
         }
-        let name: Arc<str> = Arc::from(channel);
+        // A channel forgotten within --channel-meta-secs goes on with its seq and epoch.
+        let (name, log) = match shard.metas.remove_entry(channel) {
+            Some((name, m)) => {
+                self.metas.fetch_sub(1, Ordering::Relaxed);
+                (name, ChannelLog::continued(m.epoch, m.last_seq))
+            }
+            None => (Arc::from(channel), ChannelLog::new(self.new_epoch())),
+        };
         shard.channels.insert(
             name.clone(),
             ChannelState {
                 name,
-                log: ChannelLog::new(self.new_epoch()),
+                log,
                 holder: None,
                 last_active: now_ms,
             },
@@ -346,7 +387,7 @@ impl<O: Outbox> MemoryStore<O> {
             return ChannelInfo {
                 online: false,
                 worker: None,
-                last_seq: 0,
+                last_seq: shard.metas.get(channel).map_or(0, |m| m.last_seq),
                 buffered: 0,
             };
         };
@@ -405,8 +446,9 @@ impl<O: Outbox> MemoryStore<O> {
     }
 
     /// Synchronous core of [`Store::sweep`]: visits a quarter of the shards per call (so a
-    /// full pass takes four calls), expiring by age and forgetting channels that are empty,
-    /// idle for longer than retention and without a live holder.
+    /// full pass takes four calls), expiring by age, forgetting channels that are empty,
+    /// idle for longer than retention and without a live holder (their seq and epoch are
+    /// kept as a [`Meta`]), and dropping metas idle for longer than `--channel-meta-secs`.
     pub fn sweep_now(&self, now_ms: u64) {
         let n = self.shards.len();
         let per_call = n.div_ceil(4);
@@ -428,6 +470,11 @@ impl<O: Outbox> MemoryStore<O> {
         let shard = &mut *guard;
         let mut evicted = Evicted::default();
         let before = shard.channels.len();
+        let metas_before = shard.metas.len();
+        shard
+            .metas
+            .retain(|_, m| now_ms.saturating_sub(m.idle_since_ms) <= self.meta_ms);
+        let mut forgotten = Vec::new();
         shard.channels.retain(|_, c| {
             c.log.expire(now_ms, &self.retention, &mut evicted);
             let idle = now_ms.saturating_sub(c.last_active) > self.retention.max_age_ms();
@@ -442,11 +489,64 @@ impl<O: Outbox> MemoryStore<O> {
             {
                 c.holder = None;
             }
+            if c.holder.is_none() && c.log.last_seq() > 0 {
+                forgotten.push((
+                    c.name.clone(),
+                    c.log.epoch(),
+                    c.log.last_seq(),
+                    c.last_active,
+                ));
+            }
             c.holder.is_some()
         });
         let removed = before - shard.channels.len();
         self.channels.fetch_sub(removed, Ordering::Relaxed);
+        let expired = metas_before - shard.metas.len();
+        self.metas.fetch_sub(expired, Ordering::Relaxed);
+        for (name, epoch, last_seq, idle_since_ms) in forgotten {
+            self.keep_meta(shard, name, epoch, last_seq, idle_since_ms, now_ms);
+        }
         self.finish(shard, evicted);
+    }
+
+    /// Keeps a forgotten channel's meta if it is still within `--channel-meta-secs`; at the
+    /// `--max-channels` bound the oldest of a sample of this shard's metas makes room (none
+    /// in this shard: the new one is not kept).
+    fn keep_meta(
+        &self,
+        shard: &mut Shard,
+        name: Arc<str>,
+        epoch: u64,
+        last_seq: u64,
+        idle_since_ms: u64,
+        now_ms: u64,
+    ) {
+        if now_ms.saturating_sub(idle_since_ms) > self.meta_ms {
+            return;
+        }
+        if self.metas.load(Ordering::Relaxed) >= self.max_channels {
+            let oldest = shard
+                .metas
+                .iter()
+                .take(META_EVICTION_SAMPLE)
+                .min_by_key(|(_, m)| m.idle_since_ms)
+                .map(|(k, _)| k.clone());
+            let Some(oldest) = oldest else {
+                metrics::CHANNEL_METAS_DROPPED.inc();
+                return;
+            };
+            shard.metas.remove(&oldest);
+            self.metas.fetch_sub(1, Ordering::Relaxed);
+            metrics::CHANNEL_METAS_DROPPED.inc();
+        }
+        let meta = Meta {
+            epoch,
+            last_seq,
+            idle_since_ms,
+        };
+        if shard.metas.insert(name, meta).is_none() {
+            self.metas.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Synchronous core of [`Store::stats`].
@@ -458,6 +558,7 @@ impl<O: Outbox> MemoryStore<O> {
             s.messages += shard.ledger.messages() as u64;
         }
         s.channels = self.channels.load(Ordering::Relaxed) as u64;
+        s.idle_channels = self.metas.load(Ordering::Relaxed) as u64;
         s
     }
 }

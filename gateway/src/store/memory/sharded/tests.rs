@@ -416,17 +416,28 @@ fn publish_many_appends_per_channel_and_shares_the_payload() {
     assert_eq!(r.iter().filter(|p| p.is_err()).count(), 1, "{r:?}");
 }
 
+/// The first frame `l` was handed, as (epoch, gap_first_seq, seqs).
+fn backlog_of(l: &Rec) -> (u64, Option<u64>, Vec<u64>) {
+    match l.try_recv().unwrap() {
+        Down::Backlog {
+            epoch,
+            gap_first_seq,
+            messages,
+            ..
+        } => (epoch, gap_first_seq, messages.iter().map(|m| m.0).collect()),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
-fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
+fn sweep_expires_and_forgets_idle_channels_but_keeps_their_seq_and_epoch() {
     let s = store(1 << 20, 100);
     let mut t = T0;
     s.publish_now("c", b("1"), None, t).unwrap();
+    s.publish_now("c", b("2"), None, t).unwrap();
     let l = link(&s, "w", 16);
     s.subscribe_now("c", l.holder(1), Some(0), None, t).unwrap();
-    let epoch = match l.try_recv().unwrap() {
-        Down::Backlog { epoch, .. } => epoch,
-        other => panic!("{other:?}"),
-    };
+    let (epoch, _, _) = backlog_of(&l);
     let age = s.metrics_age_count();
     t += 11_000;
     s.sweep_all(t);
@@ -436,24 +447,85 @@ fn sweep_expires_and_forgets_idle_channels_with_a_new_epoch_later() {
     l.close();
     t += 11_000;
     s.sweep_all(t);
+    let st = s.stats_now();
     assert_eq!(
-        s.stats_now().channels,
-        0,
-        "idle, empty, unsubscribed: forgotten"
+        (st.channels, st.idle_channels),
+        (0, 1),
+        "idle, empty, unsubscribed: forgotten, its meta kept"
     );
+    assert_eq!(s.channel_info_now("c", t).last_seq, 2);
+    // A resume from before the expiry is told of its gap, in the same epoch.
     let l2 = link(&s, "w2", 16);
     s.subscribe_now("c", l2.holder(2), Some(1), Some(epoch), t)
         .unwrap();
+    assert_eq!(backlog_of(&l2), (epoch, Some(3), vec![]));
+    assert_eq!(
+        s.stats_now().idle_channels,
+        0,
+        "the meta is a channel again"
+    );
+    // The next publish goes on counting and reaches the subscriber live.
+    assert_eq!(s.publish_now("c", b("3"), None, t).unwrap().seq, 3);
     match l2.try_recv().unwrap() {
-        Down::Backlog {
-            epoch: e2,
-            gap_first_seq,
-            ..
-        } => {
-            assert_ne!(e2, epoch);
-            assert_eq!(gap_first_seq, Some(1));
-        }
+        Down::Deliver { seq, epoch: e, .. } => assert_eq!((seq, e), (3, epoch)),
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_meta_older_than_channel_meta_is_forgotten_and_the_seq_starts_over() {
+    let s = store(1 << 20, 100).with_channel_meta(Duration::from_secs(60));
+    let mut t = T0;
+    s.publish_now("c", b("1"), None, t).unwrap();
+    t += 11_000;
+    s.sweep_all(t);
+    assert_eq!(s.stats_now().idle_channels, 1);
+    t += 49_000;
+    s.sweep_all(t);
+    assert_eq!(
+        s.stats_now().idle_channels,
+        1,
+        "60 s after its last publish: kept"
+    );
+    t += 1_000;
+    s.sweep_all(t);
+    assert_eq!(s.stats_now().idle_channels, 0);
+    let l = link(&s, "w", 16);
+    s.subscribe_now("c", l.holder(1), Some(1), Some(1), t)
+        .unwrap();
+    let (epoch, gap, _) = backlog_of(&l);
+    assert_eq!(gap, Some(1), "another epoch: the gap frame");
+    assert_ne!(epoch, 1);
+    assert_eq!(s.publish_now("c", b("x"), None, t).unwrap().seq, 1);
+}
+
+#[test]
+fn metas_are_bounded_by_max_channels() {
+    let s = store(1 << 20, 3);
+    let mut t = T0;
+    for c in ["a", "b", "c"] {
+        s.publish_now(c, b("1"), None, t).unwrap();
+    }
+    t += 11_000;
+    s.sweep_all(t);
+    assert_eq!(s.stats_now().idle_channels, 3);
+    let dropped = metrics::CHANNEL_METAS_DROPPED.get();
+    // Three more channels come and go: the metas stay at three, the oldest go first.
+    for c in ["d", "e", "f"] {
+        s.publish_now(c, b("1"), None, t).unwrap();
+        s.publish_now(c, b("2"), None, t).unwrap();
+        t += 11_000;
+        s.sweep_all(t);
+        let st = s.stats_now();
+        assert_eq!((st.channels, st.idle_channels), (0, 3), "after {c}");
+    }
+    assert!(metrics::CHANNEL_METAS_DROPPED.get() >= dropped + 3);
+    for c in ["d", "e", "f"] {
+        assert_eq!(s.channel_info_now(c, t).last_seq, 2, "{c} kept");
+        assert_eq!(s.channel_info_now(c, t).last_seq, 2);
+    }
+    for c in ["a", "b", "c"] {
+        assert_eq!(s.channel_info_now(c, t).last_seq, 0, "{c} was the oldest");
     }
 }
 
