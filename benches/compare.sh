@@ -37,136 +37,11 @@ RATE=${RATE:-2000}
 FANOUT=${FANOUT:-1000}
 BATCH=${BATCH:-100}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BIN=$ROOT/target/release
 OUT=${OUT:-$ROOT/benches/out/compare}
-TEMPLATE=$ROOT/benches/nchan/nginx.conf
-SRC_IPS=127.0.1.1-127.0.1.20
-mkdir -p "$OUT"
-TMP=$(mktemp -d /tmp/pushgate-compare.XXXXXX)
 
-# ---------------------------------------------------------------- prerequisites
-missing=()
-NGINX=$(command -v nginx || true)
-[ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
-[ -z "$NGINX" ] && missing+=("nginx (package nginx-light or nginx)")
-NCHAN_MODULE=""
-if command -v dpkg >/dev/null 2>&1; then
-  NCHAN_MODULE=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep 'ngx_nchan_module\.so$' | head -1 || true)
-fi
-[ -z "$NCHAN_MODULE" ] && [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] &&
-  NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
-[ -z "$NCHAN_MODULE" ] && missing+=("the Nchan module (package libnginx-mod-nchan)")
-for tool in python3 curl pgrep; do
-  command -v $tool >/dev/null 2>&1 || missing+=("$tool")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "compare.sh: missing: ${missing[*]}" >&2
-  echo "compare.sh: on Debian/Ubuntu: apt-get install -y nginx-light libnginx-mod-nchan python3 curl procps" >&2
-  exit 3
-fi
-
-# One process may hold at most this many files here; the servers and loadgen inherit it.
-ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((N + 500)) ]; then
-  echo "compare.sh: open-file limit $(ulimit -n) is too low for N=$N" >&2
-  exit 2
-fi
-
-if [ -z "${NO_BUILD:-}" ]; then
-  # One build per target kind: `--bin` would narrow every `-p` to that one binary.
-  (cd "$ROOT" && cargo build --release -q -p gateway -p worker -p loadgen &&
-    cargo build --release -q -p pushgate-benches --bin send-floor)
-fi
-
-# ---------------------------------------------------------------- process handling
-SERVER_PIDS=()   # every process we started and have not stopped yet
-cleanup() {
-  local p
-  for p in "${SERVER_PIDS[@]:-}"; do
-    [ -n "$p" ] && kill "$p" 2>/dev/null || true
-  done
-  for p in "${SERVER_PIDS[@]:-}"; do
-    [ -n "$p" ] || continue
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-  done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-# Sets: PORT, MAIN_PID (the process to stop), PIDS_ARGS (--server-pid ... of every server
-# process), TARGET_ARGS (loadgen flags that point at the server).
-start_server() {
-  local kind=$1 i
-  PORT=$(free_port)
-  case $kind in
-    nchan)
-      local d=$TMP/nchan-$PORT
-      mkdir -p "$d"
-      sed -e "s|\${NCHAN_MODULE}|$NCHAN_MODULE|g" -e "s|\${NCHAN_PORT}|$PORT|g" \
-          -e "s|\${NCHAN_DIR}|$d|g" "$TEMPLATE" >"$d/nginx.conf"
-      "$NGINX" -e "$d/error.log" -p "$d" -c "$d/nginx.conf" >"$OUT/nginx-$CUR.log" 2>&1 &
-      MAIN_PID=$!
-      SERVER_PIDS+=("$MAIN_PID")
-      TARGET_ARGS=(--target nchan --nchan-url "http://127.0.0.1:$PORT")
-      for i in $(seq 100); do
-        curl -fs "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1 && break
-        sleep 0.1
-      done
-      ;;
-    pushgate)
-      "$BIN/gateway" --listen "127.0.0.1:$PORT" --local-workers 1 --local-worker-ips 4 \
-        >"$OUT/gateway-$CUR.log" 2>&1 &
-      MAIN_PID=$!
-      SERVER_PIDS+=("$MAIN_PID")
-      TARGET_ARGS=(--gateway "http://127.0.0.1:$PORT")
-      for i in $(seq 100); do
-        curl -fs "http://127.0.0.1:$PORT/v1/workers" 2>/dev/null | grep -q healthy && break
-        sleep 0.1
-      done
-      ;;
-  esac
-  kill -0 "$MAIN_PID" 2>/dev/null || { echo "compare.sh: $kind did not start (see $OUT)" >&2; exit 2; }
-  local children
-  children=$(pgrep -P "$MAIN_PID" || true)
-  [ -n "$children" ] || { echo "compare.sh: $kind has no worker process" >&2; exit 2; }
-  PIDS_ARGS=(--server-pid "$MAIN_PID")
-  for i in $children; do PIDS_ARGS+=(--server-pid "$i"); done
-  SERVER_PIDS+=($children)
-}
-
-stop_server() {
-  kill "$MAIN_PID" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$MAIN_PID" 2>/dev/null || break; sleep 0.1; done
-  kill -9 "$MAIN_PID" 2>/dev/null || true
-  wait "$MAIN_PID" 2>/dev/null || true
-  # Stray children (a worker that outlived its gateway) go too.
-  local p
-  for p in "${SERVER_PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  SERVER_PIDS=()
-  sleep 1
-}
-
-# run_case NAME KIND loadgen-args...: fresh server, one loadgen run, server stopped.
-# KIND pushgate-only runs pushgate under NAME-pushgate and records no Nchan counterpart.
-run_case() {
-  local name=$1 kind=$2
-  shift 2
-  CUR=$name-$kind
-  start_server "$kind"
-  local rc=0
-  timeout 600 "$BIN/loadgen" "$@" "${TARGET_ARGS[@]}" "${PIDS_ARGS[@]}" \
-    --source-ips "$SRC_IPS" --max-duration 8m --quiet --json "$OUT/$CUR.json" \
-    2>"$OUT/$CUR.stderr" || rc=$?
-  echo "$CUR rc=$rc" >>"$OUT/rc.txt"
-  echo "  $CUR: loadgen exit $rc" >&2
-  stop_server
-}
+ME=compare.sh
+# shellcheck source=benches/servers.sh
+source "$ROOT/benches/servers.sh"
 
 : >"$OUT/rc.txt"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -214,38 +89,13 @@ run_case e pushgate "${CMD_E[@]}"
 
 # ---------------------------------------------------------------- table
 TABLE=$OUT/table.md
-python3 - "$OUT" "$N" "$CHANNELS" "$RATE" "$FANOUT" "$BATCH" >"$TABLE" <<'PY'
+PYTHONPATH=$ROOT/benches python3 - "$OUT" "$N" "$CHANNELS" "$RATE" "$FANOUT" "$BATCH" >"$TABLE" <<'PY'
 import json, os, sys
 out, n, channels, rate, fanout, batch = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 
-def load(name):
-    try:
-        return json.load(open(os.path.join(out, name + ".json")))
-    except Exception:
-        return None
-
-def marks(name):
-    m = {}
-    try:
-        for line in open(os.path.join(out, name + ".stderr")):
-            p = line.split()
-            if len(p) >= 4 and p[0] == "SERVER_CPU":
-                m[p[1]] = (int(p[2]), int(p[3]))  # (unix ms, cpu ms)
-    except OSError:
-        pass
-    return m
-
-def cpu_ms(name, idle_corrected=False):
-    m = marks(name)
-    if "publish_start" not in m or "drained" not in m:
-        return None
-    (t0, c0), (t1, c1) = m["publish_start"], m["drained"]
-    busy = c1 - c0
-    if idle_corrected and "connected" in m and t0 > m["connected"][0]:
-        # Server CPU while idle with every client connected (settle time before publishing).
-        idle_rate = (c0 - m["connected"][1]) / (t0 - m["connected"][0])
-        busy -= idle_rate * (t1 - t0)
-    return busy
+from runs import Runs, lat, span, check
+R = Runs(out)
+load, per_delivery = R.load, R.per_delivery
 
 def mem(r):
     m = r and r.get("memory")
@@ -255,24 +105,6 @@ def mem(r):
 
 def conns(r):
     return r and r["memory"] and r["memory"]["connections"]
-
-def lat(r, key):
-    l = r and r["delivery"]["latency_us"]
-    return l[key] / 1000 if l and l.get("count") else None
-
-def span(r):
-    return r and r["delivery"].get("span_ms")
-
-def check(r):
-    c = r and r["delivery"].get("check")
-    if not c:
-        return "n/a"
-    return f'{c["received"]}/{c["expected"]} lost {c["lost"]} dup {c["duplicated"]} ooo {c["out_of_order"]}'
-
-def per_delivery(name, r, idle_corrected=False):
-    ms = cpu_ms(name, idle_corrected)
-    d = r and r["delivery"]["received"]
-    return ms * 1000 / d if ms is not None and d else None
 
 rows = []
 def row(label, p, q, unit, fmt="{:,.0f}", ratio=True):
@@ -367,22 +199,6 @@ if [ -z "${NO_RECORD:-}" ]; then
   } >"$RUN"
   # The run goes at the end of the section (before the next "## " heading), or starts the
   # section at the end of the file.
-  python3 - "$RESULTS" "$RUN" "$HEADING" <<'PY'
-import os, sys
-path, run, heading = sys.argv[1:]
-text = open(path).read() if os.path.exists(path) else ""
-block = open(run).read().rstrip("\n") + "\n"
-lines = text.splitlines(keepends=True)
-if heading + "\n" in lines:
-    i = lines.index(heading + "\n") + 1
-    while i < len(lines) and not lines[i].startswith("## "):
-        i += 1
-    head = "".join(lines[:i]).rstrip("\n") + "\n\n"
-    tail = "".join(lines[i:])
-    text = head + block + ("\n" + tail if tail else "")
-else:
-    text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + block
-open(path, "w").write(text.rstrip("\n") + "\n")
-PY
+  python3 "$ROOT/benches/runs.py" append "$RESULTS" "$RUN" "$HEADING"
   echo "appended to $RESULTS" >&2
 fi

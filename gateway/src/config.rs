@@ -29,6 +29,10 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Threads of the gateway's runtime (default: available parallelism).
+    #[arg(long, env = "PUSHGATE_THREADS")]
+    pub threads: Option<usize>,
+
     /// Worker processes to start and supervise on this host (`<worker-exe> worker ...`).
     #[arg(long, env = "PUSHGATE_LOCAL_WORKERS", default_value_t = 0)]
     pub local_workers: u32,
@@ -398,6 +402,10 @@ impl Config {
             !self.allow_origins.is_empty(),
             "--allow-origin needs at least one origin"
         );
+        anyhow::ensure!(
+            self.threads.is_none_or(|n| (1..=1024).contains(&n)),
+            "--threads must be 1..=1024"
+        );
         if self.local_workers > 0 {
             anyhow::ensure!(
                 self.local_worker_ips >= 1,
@@ -464,6 +472,7 @@ impl std::fmt::Debug for Config {
         let masked_keys: Vec<&str> = self.publisher_keys.iter().map(|_| "***").collect();
         f.debug_struct("Config")
             .field("listen", &self.listen)
+            .field("threads", &self.threads)
             .field("local_workers", &self.local_workers)
             .field("store", &self.store)
             .field("channel_meta_secs", &self.channel_meta_secs)

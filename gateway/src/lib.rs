@@ -286,7 +286,11 @@ where
     init_tracing();
     config.load_secret_files()?;
     config.validate()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = config.threads {
+        runtime.worker_threads(n);
+    }
+    let runtime = runtime
         .enable_all()
         .thread_name("gateway")
         .build()

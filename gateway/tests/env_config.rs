@@ -44,6 +44,7 @@ async fn gateway_configured_only_by_environment() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .env("PUSHGATE_LISTEN", format!("127.0.0.1:{port}"))
         .env("PUSHGATE_MAX_MESSAGE_BYTES", "10")
+        .env("PUSHGATE_THREADS", "1")
         .env("PUSHGATE_PUBLISHER_KEY", "k1,k2")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
