@@ -39,6 +39,8 @@ pub struct App {
     pub tickets: crate::tickets::Tickets,
     /// `--tls-cert`/`--tls-key`: the listener speaks TLS (API and links); reloaded on SIGHUP.
     pub tls: Option<worker::tls::server_config::TlsFiles>,
+    /// Worker link attempts refused, by reason (said at `warn`, at most once a minute each).
+    pub link_refusals: crate::link::refusals::LinkRefusals,
 }
 
 impl App {
@@ -72,6 +74,7 @@ impl App {
             gateway_id,
             shutdown,
             tracker: TaskTracker::new(),
+            link_refusals: Default::default(),
             subscribe_cors,
             publish_cors,
             store_healthy: AtomicBool::new(true),

@@ -33,6 +33,11 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_THREADS")]
     pub threads: Option<usize>,
 
+    /// Log lines on stderr: `text` (colour only on a terminal) or `json` (one object per
+    /// line); local workers log the same way. Level from `RUST_LOG` (default `info`).
+    #[arg(long, env = "PUSHGATE_LOG_FORMAT", value_enum, default_value_t = worker::logging::LogFormat::Text)]
+    pub log_format: worker::logging::LogFormat,
+
     /// Worker processes to start and supervise on this host (`<worker-exe> worker ...`).
     #[arg(long, env = "PUSHGATE_LOCAL_WORKERS", default_value_t = 0)]
     pub local_workers: u32,
@@ -473,6 +478,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("threads", &self.threads)
+            .field("log_format", &self.log_format)
             .field("local_workers", &self.local_workers)
             .field("store", &self.store)
             .field("channel_meta_secs", &self.channel_meta_secs)

@@ -283,7 +283,7 @@ where
 {
     use clap::Parser;
     let mut config = Config::try_parse_from(args).unwrap_or_else(|e| e.exit());
-    init_tracing();
+    worker::logging::init(config.log_format);
     config.load_secret_files()?;
     config.validate()?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -322,17 +322,6 @@ where
         tokio::spawn(stop_on_signal(shutdown.clone()));
         run(listener, config, shutdown).await
     })
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A log line that cannot be written (stderr's reader is gone) is dropped: the
-    // subscriber would otherwise report it with eprintln!, which panics there.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .log_internal_errors(false)
-        .try_init();
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

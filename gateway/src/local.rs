@@ -97,6 +97,9 @@ pub fn worker_specs(config: &Config, gateway_addr: SocketAddr) -> anyhow::Result
         }
         args.push("--id".into());
         args.push(id.clone().into());
+        if config.log_format != worker::logging::LogFormat::Text {
+            args.extend(["--log-format".into(), config.log_format.as_str().into()]);
+        }
         args.extend(config.local_worker_args.iter().map(OsString::from));
         specs.push(WorkerSpec {
             exe: exe.clone(),

@@ -127,6 +127,16 @@ pub static PUBLISH_REJECTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     )
 });
 
+/// Worker link attempts refused, by reason (`link_key`, `version`).
+pub static LINK_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "pushgate_link_refused_total",
+        "Worker link attempts refused: link_key = no or the wrong link key, version = another link protocol version.",
+        "reason",
+        &["link_key", "version"],
+    )
+});
+
 /// Retained messages dropped, by reason (count, age, memory).
 pub static MESSAGES_EVICTED: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
@@ -326,6 +336,7 @@ pub static TLS_FAILURES: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub fn init() {
     LazyLock::force(&TLS_HANDSHAKES);
     LazyLock::force(&TLS_FAILURES);
+    LazyLock::force(&LINK_REFUSED);
     LazyLock::force(&REDIS_SECONDS);
     LazyLock::force(&REDIS_PUBLISHES_PER_CALL);
     LazyLock::force(&LEASE_ENDED_DROPS);

@@ -219,7 +219,7 @@ async fn a_worker_links_with_the_key_in_its_file_and_not_with_another() {
         let line = bad_log
             .recv_timeout(left)
             .expect("the worker with the wrong key logs its refused link");
-        if line.contains("refused the link upgrade") {
+        if line.contains("refused this worker's link key") {
             break line;
         }
     };

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "loadgen=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let plan = match Plan::from_command(cli.command) {
@@ -102,8 +103,19 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<bool> {
         scenario::run_process(plan.clone(), Barrier::Local { before: None }, stop_all, why).await?
     };
     let summary = Summary::from_raw(&raw)?;
+    // The summary goes to stdout (`loadgen ... > out.txt` keeps it), unless stdout carries
+    // the JSON (`--json -`); progress and errors stay on stderr.
     if !plan.common.quiet {
-        eprint!("{}", summary.human());
+        if plan
+            .common
+            .json
+            .as_ref()
+            .is_some_and(|p| p.as_os_str() == "-")
+        {
+            eprint!("{}", summary.human());
+        } else {
+            print!("{}", summary.human());
+        }
     }
     if let Some(path) = &plan.common.json {
         let text = serde_json::to_string_pretty(&summary)?;

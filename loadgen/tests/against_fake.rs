@@ -11,6 +11,7 @@ use serde_json::Value;
 struct Outcome {
     code: i32,
     json: Value,
+    stdout: String,
     stderr: String,
 }
 
@@ -46,6 +47,7 @@ async fn loadgen(gateway: &str, name: &str, args: &[&str]) -> Outcome {
     Outcome {
         code: out.status.code().unwrap_or(-1),
         json: serde_json::from_str(&text).expect("valid JSON"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr,
     }
 }
@@ -79,6 +81,18 @@ async fn run_ws_on_a_correct_fake_is_clean() {
     )
     .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
+    // The human summary is on stdout (`loadgen ... > out.txt` keeps it), not on stderr.
+    assert!(
+        o.stdout.starts_with("loadgen run (ws, 20 clients"),
+        "stdout: {:?}",
+        o.stdout
+    );
+    assert!(o.stdout.contains("  deliver "), "stdout: {:?}", o.stdout);
+    assert!(
+        !o.stderr.contains("loadgen run (ws"),
+        "stderr: {}",
+        o.stderr
+    );
     let j = &o.json;
     assert_eq!(j["command"], "run");
     assert!(j["passed"].as_bool().unwrap());
@@ -270,7 +284,7 @@ async fn loss_is_detected() {
             "{transport}: {check}"
         );
         assert!(n(check, "channels_with_loss") > 0);
-        assert!(o.stderr.contains("FAIL"));
+        assert!(o.stdout.contains("FAIL"), "{}", o.stdout);
     }
 }
 
@@ -477,7 +491,7 @@ async fn a_message_appended_twice_is_caught_by_its_id() {
     );
     // Each copy has its own seq: the seq check alone sees nothing wrong.
     assert_eq!(n(check, "duplicated") + n(check, "lost"), 0, "{check}");
-    assert!(o.stderr.contains("id duplicates"), "{}", o.stderr);
+    assert!(o.stdout.contains("id duplicates"), "{}", o.stdout);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,7 +529,7 @@ async fn cut_connections_are_drops_that_resume() {
     let check = &j["delivery"]["check"];
     assert_eq!(n(check, "unique"), n(j, "publish.messages_accepted"));
     assert_eq!(n(check, "lost") + n(check, "duplicated"), 0, "{check}");
-    assert!(o.stderr.contains("drops"), "{}", o.stderr);
+    assert!(o.stdout.contains("drops"), "{}", o.stdout);
     // Without the flag the same cuts are errors (and still nothing is lost).
     let f = fake::start(Mode::Correct, cut()).await;
     let o = loadgen(&f.url(), "drops-errors", &args).await;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 #[derive(clap::Parser, Clone)]
 #[command(
     name = "worker",
+    version,
     about = "pushgate worker: holds client connections and delivers messages"
 )]
 pub struct Config {
@@ -103,6 +104,11 @@ pub struct Config {
     /// Event-loop threads (default: available parallelism).
     #[arg(long, env = "PUSHGATE_THREADS")]
     pub threads: Option<usize>,
+
+    /// Log lines on stderr: `text` (colour only on a terminal) or `json` (one object per
+    /// line). Level from `RUST_LOG` (default `info`).
+    #[arg(long, env = "PUSHGATE_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 
     /// Listen backlog of every listening socket.
     #[arg(long, env = "PUSHGATE_BACKLOG", default_value_t = 4096)]
@@ -210,6 +216,7 @@ impl std::fmt::Debug for Config {
             .field("link_key_file", &self.link_key_file)
             .field("allow_origin", &self.allow_origin)
             .field("threads", &self.threads)
+            .field("log_format", &self.log_format)
             .field("backlog", &self.backlog)
             .field("ping_interval_secs", &self.ping_interval_secs)
             .field("max_poll_timeout_secs", &self.max_poll_timeout_secs)
@@ -261,6 +268,19 @@ impl Config {
         if let Some(a) = &self.advertise {
             if a.is_empty() || a.contains(['/', ' ', '?', '#', '@']) {
                 bail!("--advertise must be a host name or IP, got {a:?}");
+            }
+        }
+        if self.advertise.is_none() {
+            if let Some(a) = self
+                .listen
+                .iter()
+                .chain(&self.listen_tls)
+                .find(|a| a.ip().is_unspecified())
+            {
+                bail!(
+                    "--listen {a} binds every address, and clients cannot dial {}: give --advertise HOST (the name or IP clients reach this worker at)",
+                    a.ip()
+                );
             }
         }
         if self.gateway.is_empty() {
@@ -498,6 +518,32 @@ mod tests {
         assert_eq!(c.backlog, 4096);
         c.validate().unwrap();
         assert!(c.capacity() >= 1);
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_needs_advertise() {
+        let c = Config::parse_from_args(["worker", "--listen", "0.0.0.0:9000"]).unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--advertise"), "{e}");
+        let c = Config::parse_from_args([
+            "worker",
+            "--listen",
+            "0.0.0.0:9000",
+            "--advertise",
+            "push.example.com",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn version_and_log_format() {
+        let e = Config::parse_from_args(["worker", "--version"]).unwrap_err();
+        assert_eq!(e.kind(), clap::error::ErrorKind::DisplayVersion);
+        assert!(e.to_string().contains(env!("CARGO_PKG_VERSION")), "{e}");
+        let c = Config::parse_from_args(["worker", "--log-format", "json"]).unwrap();
+        assert_eq!(c.log_format, crate::logging::LogFormat::Json);
+        assert!(Config::parse_from_args(["worker", "--log-format", "xml"]).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod config;
 mod event_loop;
 pub mod http1;
 mod link;
+pub mod logging;
 pub mod metrics;
 pub mod poll;
 pub mod session;
@@ -344,16 +345,7 @@ where
         Ok(c) => c,
         Err(e) => e.exit(),
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // A log line that cannot be written (stderr's reader is gone) is dropped: the
-        // subscriber would otherwise report it with eprintln!, which panics there.
-        .log_internal_errors(false)
-        .try_init();
+    logging::init(config.log_format);
     let gateway = config.gateway.join(",");
     let threads = config.threads();
     let worker = Worker::bind(config)?;

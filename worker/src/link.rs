@@ -85,6 +85,7 @@ async fn keep_up(
     shutdown: &CancellationToken,
 ) {
     let mut backoff = BACKOFF_MIN;
+    let mut failing = Failing::default();
     loop {
         let mut welcomed = false;
         let res = tokio::select! {
@@ -103,17 +104,60 @@ async fn keep_up(
                 error = %format!("{e:#}"),
                 "gateway link lost; reconnecting"
             ),
-            Err(e) => tracing::debug!(error = %format!("{e:#}"), "gateway link attempt failed"),
+            Err(e) => {
+                let cause = format!("{e:#}");
+                match failing.count(&cause, std::time::Instant::now()) {
+                    Some(n) => tracing::warn!(
+                        gateway = %format!("{}:{}", setup.host, setup.port),
+                        error = %cause,
+                        failed = n,
+                        "gateway link attempt failed; retrying every {} s at most (no clients are taken until a link is up)",
+                        BACKOFF_MAX.as_secs()
+                    ),
+                    None => tracing::debug!(error = %cause, "gateway link attempt failed"),
+                }
+            }
             Ok(()) => {}
         }
         if welcomed {
             backoff = BACKOFF_MIN;
+            failing = Failing::default();
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.cancelled() => break,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// Failed link attempts in a row: a cause is said at `warn` when it first occurs (or
+/// changes) and then at most every [`SAY_AGAIN`] while it lasts, with the attempts since.
+#[derive(Default)]
+struct Failing {
+    cause: String,
+    said: Option<std::time::Instant>,
+    since: u64,
+}
+
+/// How often an unchanged cause of failing link attempts is said again.
+const SAY_AGAIN: Duration = Duration::from_secs(60);
+
+impl Failing {
+    /// Counts one failed attempt; `Some(n)` when it is to be said now (`n` attempts since
+    /// it was last said, this one included).
+    fn count(&mut self, cause: &str, now: std::time::Instant) -> Option<u64> {
+        self.since += 1;
+        let due = self.cause != cause
+            || self
+                .said
+                .is_none_or(|at| now.duration_since(at) >= SAY_AGAIN);
+        if !due {
+            return None;
+        }
+        self.cause = cause.to_owned();
+        self.said = Some(now);
+        Some(std::mem::take(&mut self.since))
     }
 }
 
@@ -202,6 +246,17 @@ async fn introduce<S: AsyncRead + AsyncWrite + Unpin>(
             if let Some(end) = protocol::link::response_head_len(&buf) {
                 let head = buf.split_to(end);
                 if let Err(line) = protocol::link::check_upgrade_response(&head) {
+                    if line.starts_with("HTTP/1.1 401") {
+                        bail!(
+                            "the gateway refused this worker's link key ({line}): --link-key must be the gateway's"
+                        );
+                    }
+                    if line.starts_with("HTTP/1.1 426") {
+                        bail!(
+                            "the gateway speaks another link protocol version ({line}; this worker speaks {}): run the same pushgate release on both",
+                            protocol::link::LINK_UPGRADE
+                        );
+                    }
                     bail!("gateway refused the link upgrade: {line}");
                 }
                 break;
@@ -396,5 +451,30 @@ async fn writer<W: AsyncWrite + Unpin>(
         } else {
             out.clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod failing_tests {
+    use super::*;
+    use std::time::Instant;
+
+    #[test]
+    fn a_cause_is_said_once_then_every_minute_and_again_when_it_changes() {
+        let mut f = Failing::default();
+        let t0 = Instant::now();
+        assert_eq!(f.count("connect refused", t0), Some(1));
+        for i in 1..20 {
+            assert_eq!(
+                f.count("connect refused", t0 + Duration::from_secs(2 * i)),
+                None
+            );
+        }
+        assert_eq!(f.count("link key", t0 + Duration::from_secs(41)), Some(20));
+        assert_eq!(f.count("link key", t0 + Duration::from_secs(43)), None);
+        assert_eq!(
+            f.count("link key", t0 + Duration::from_secs(41) + SAY_AGAIN),
+            Some(2)
+        );
     }
 }

@@ -168,7 +168,7 @@ impl Rejection {
             Rejection::Store(e) => e.to_string(),
             Rejection::BadQuery => "the query string has a malformed percent-escape".into(),
             Rejection::Token(e) => e.to_string(),
-            Rejection::NoWorker => "no healthy worker with free capacity is registered".into(),
+            Rejection::NoWorker => "no healthy worker with free capacity is registered (GET /v1/workers lists the workers and counts the worker link attempts this gateway refused, in refused_links)".into(),
             Rejection::NotFound => "no such endpoint".into(),
             Rejection::MethodNotAllowed { method, allowed } => {
                 format!("{method} is not allowed here (allowed: {allowed})")

@@ -7,6 +7,7 @@ use super::rejection::Rejection;
 use super::reply::{empty, Resp};
 use crate::app::App;
 use crate::link;
+use crate::link::refusals::Refusal;
 use crate::link::serve::LinkPeer;
 use bytes::BytesMut;
 use hyper::body::Incoming;
@@ -14,9 +15,10 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tracing::debug;
+use tracing::{debug, warn};
 
 /// `GET /v1/link` with `Upgrade: pushgate-link/2`: answers 101 and hands the connection to
 /// [`link::serve::serve_link`].
@@ -26,20 +28,41 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(protocol::link::wants_link_upgrade);
-    if !wants {
-        return Rejection::UpgradeRequired.response();
-    }
-    if let Some(key) = &app.config.link_key {
-        let given = bearer(req.headers()).unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            return Rejection::LinkKey.response();
-        }
-    }
     let ip = req
         .extensions()
         .get::<crate::net::Peer>()
         .map(|p| p.0)
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    if !wants {
+        let upgrade = req
+            .headers()
+            .get(header::UPGRADE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        if let Some(n) = app.link_refusals.count(Refusal::Version, Instant::now()) {
+            warn!(
+                peer = %ip,
+                upgrade = upgrade.as_deref().unwrap_or("(none)"),
+                refused = n,
+                "worker link refused: it asks for another link protocol than {} (run the same pushgate release on gateways and workers)",
+                protocol::link::LINK_UPGRADE
+            );
+        }
+        return Rejection::UpgradeRequired.response();
+    }
+    if let Some(key) = &app.config.link_key {
+        let given = bearer(req.headers()).unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
+            if let Some(n) = app.link_refusals.count(Refusal::LinkKey, Instant::now()) {
+                warn!(
+                    peer = %ip,
+                    refused = n,
+                    "worker link refused: {} link key (the worker's --link-key must be this gateway's)",
+                    if given.is_empty() { "no" } else { "wrong" }
+                );
+            }
+            return Rejection::LinkKey.response();
+        }
+    }
     let plain = LinkPeer { ip, tls: false };
     let on_upgrade = hyper::upgrade::on(&mut req);
     let app2 = app.clone();

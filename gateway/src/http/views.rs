@@ -92,9 +92,16 @@ pub fn workers(app: &App) -> Resp {
             })
         })
         .collect();
+    // Worker link attempts this gateway refused since it started, by reason.
+    let refused: serde_json::Map<String, serde_json::Value> = app
+        .link_refusals
+        .totals()
+        .into_iter()
+        .map(|(why, n)| (why.as_str().to_owned(), n.into()))
+        .collect();
     json_resp(
         StatusCode::OK,
-        json!({ "workers": list, "fleet": fleet }).to_string(),
+        json!({ "workers": list, "fleet": fleet, "refused_links": refused }).to_string(),
     )
 }
 

@@ -5,6 +5,7 @@
 //! down).
 
 pub mod handle;
+pub mod refusals;
 pub mod serve;
 
 pub use handle::LinkHandle;
