@@ -138,3 +138,10 @@ run_case() {
   echo "  $CUR: loadgen exit $rc" >&2
   stop_server
 }
+
+# The lines a recorded run starts with: machine, server versions, loadgen exit codes.
+run_facts() {
+  echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), open files $(ulimit -n), load average before the run: ${LOAD_BEFORE:-?}"
+  echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), Nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo unknown); pushgate $(git -C "$ROOT" describe --always --dirty)"
+  echo "- loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
+}

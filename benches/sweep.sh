@@ -190,9 +190,7 @@ if [ -z "${NO_RECORD:-}" ]; then
     echo "### $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "- command: \`benches/sweep.sh $*\` (N=$N RATES=\"$RATES\" SECS=$SECS MIN_MSGS=$MIN_MSGS MAX_MSGS=$MAX_MSGS${PUSHGATE_ARGS:+ PUSHGATE_ARGS=\"$PUSHGATE_ARGS\"})"
-    echo "- machine: $(nproc) CPUs, $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1), kernel $(uname -r), load average before the run: $LOAD_BEFORE"
-    echo "- nginx: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), Nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null || echo unknown); pushgate $(git -C "$ROOT" describe --always --dirty)"
-    echo "- loadgen exit codes: $(tr '\n' ' ' <"$OUT/rc.txt")"
+    run_facts
     echo
     cat "$TABLE"
     echo
