@@ -4,10 +4,11 @@
 # Nchan (benches/nchan/nginx.conf) — started fresh for each loadgen run and stopped after.
 #
 # The sourcing script sets ME (its name, for messages), N (clients), ROOT and OUT before
-# sourcing. PUSHGATE_ARGS (environment) adds gateway flags to every pushgate start.
+# sourcing. PUSHGATE_ARGS (environment) adds gateway flags to every pushgate start; BIN
+# (environment) is where the binaries are (default target/release).
 # Sets BIN, TMP, SRC_IPS, NGINX, NCHAN_MODULE; defines start_server, stop_server, run_case.
 
-BIN=$ROOT/target/release
+BIN=${BIN:-$ROOT/target/release}
 TEMPLATE=$ROOT/benches/nchan/nginx.conf
 SRC_IPS=127.0.1.1-127.0.1.20
 mkdir -p "$OUT"

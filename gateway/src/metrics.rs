@@ -211,6 +211,14 @@ pub static LINK_BATCHES_SENT: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Frames a publishing task wrote to an idle plain link itself (no writer task woken).
+pub static LINK_DIRECT_WRITES: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_link_direct_writes_total",
+        "Frames written to an idle plain worker link by the task that sent them (also counted in the frames and batches sent).",
+    )
+});
+
 /// Links closed because their outbound queue was full.
 pub static LINK_OVERFLOWS: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
@@ -357,6 +365,7 @@ pub fn init() {
     LazyLock::force(&ASSIGN_TOTAL);
     LazyLock::force(&LINK_FRAMES_SENT);
     LazyLock::force(&LINK_BATCHES_SENT);
+    LazyLock::force(&LINK_DIRECT_WRITES);
     LazyLock::force(&LINK_OVERFLOWS);
     LazyLock::force(&LINKS_OPEN);
     LazyLock::force(&LOCAL_WORKER_RESTARTS);

@@ -5,6 +5,7 @@ use super::rejection::Rejection;
 use super::reply::{empty, Resp};
 use super::{assign, publish, upgrade, views};
 use crate::app::App;
+use crate::link::handle::coalesced;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
@@ -100,8 +101,12 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             (Route::Metrics, &Method::GET) => views::metrics_resp(&app).await,
             (Route::Assign, &Method::GET) => assign::assign(&app, req.uri().query().unwrap_or("")),
             (Route::Publish(channel), &Method::POST) => publish::publish(&app, channel, req).await,
-            (Route::PublishBatch, &Method::POST) => publish::publish_batch(&app, req).await,
-            (Route::Broadcast, &Method::POST) => publish::broadcast(&app, req).await,
+            // Many deliveries per request: queued for each link's writer (one write per
+            // batch) rather than written one by one.
+            (Route::PublishBatch, &Method::POST) => {
+                coalesced(publish::publish_batch(&app, req)).await
+            }
+            (Route::Broadcast, &Method::POST) => coalesced(publish::broadcast(&app, req)).await,
             (Route::Channel(channel), &Method::GET) => views::channel_info(&app, channel).await,
             (Route::Workers, &Method::GET) => views::workers(&app),
             (Route::Link, &Method::GET) => upgrade::upgrade_link(&app, req),

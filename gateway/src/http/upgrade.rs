@@ -9,6 +9,7 @@ use crate::app::App;
 use crate::link;
 use crate::link::refusals::Refusal;
 use crate::link::serve::LinkPeer;
+use crate::link::shared_tcp::SharedTcp;
 use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -84,8 +85,10 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
             Ok(parts) => {
                 let (stream, guard_buf) = parts.io.into_inner().into_parts();
                 let read_buf = rest(&parts.read_buf, &guard_buf);
-                let (r, w) = stream.into_split();
-                return link::serve::serve_link(app2, plain, r, w, read_buf).await;
+                // Shared by the reader, the writer and the direct path of `LinkHandle::send`.
+                let stream = Arc::new(stream);
+                let (r, w) = (SharedTcp(stream.clone()), SharedTcp(stream.clone()));
+                return link::serve::serve_link(app2, plain, r, w, read_buf, Some(stream)).await;
             }
             Err(upgraded) => upgraded,
         };
@@ -95,11 +98,11 @@ pub fn upgrade_link(app: &Arc<App>, mut req: Request<Incoming>) -> Resp {
                 let read_buf = rest(&parts.read_buf, &guard_buf);
                 let (r, w) = tokio::io::split(stream);
                 let peer = LinkPeer { ip, tls: true };
-                link::serve::serve_link(app2, peer, r, w, read_buf).await;
+                link::serve::serve_link(app2, peer, r, w, read_buf, None).await;
             }
             Err(upgraded) => {
                 let (r, w) = tokio::io::split(TokioIo::new(upgraded));
-                link::serve::serve_link(app2, plain, r, w, BytesMut::new()).await;
+                link::serve::serve_link(app2, plain, r, w, BytesMut::new(), None).await;
             }
         }
     });

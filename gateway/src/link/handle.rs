@@ -34,6 +34,70 @@ pub struct LinkHandle {
     drained: tokio::sync::Notify,
     /// The worker asked for the fleet's ticket keys and this link may carry them.
     pub gets_ticket_keys: AtomicBool,
+    /// A plain TCP link: frames are written by the sending task itself while the writer
+    /// task is idle (set once, before the first frame).
+    direct: std::sync::OnceLock<Direct>,
+}
+
+/// The direct path of a plain TCP link. While the writer task is idle (nothing queued,
+/// nothing half-written) a frame is encoded and written by the task that sends it, with no
+/// task woken; a write the socket does not take whole leaves the rest here, marks the
+/// writer busy and wakes it, and frames queue behind it until the writer has written
+/// everything and goes idle again. The invariant that keeps order: the queue holds frames
+/// only while `busy`, and `busy` is cleared (under the lock) only with the queue empty.
+pub struct Direct {
+    socket: Arc<tokio::net::TcpStream>,
+    state: std::sync::Mutex<DirectState>,
+    /// Wakes the writer for bytes left in `state.pending`.
+    pub kick: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct DirectState {
+    busy: bool,
+    /// When the last frame went out on the direct path.
+    last: Option<std::time::Instant>,
+    /// The encode buffer of the direct path; while `busy`, what a direct write left unwritten.
+    pending: Vec<u8>,
+}
+
+tokio::task_local! {
+    /// Set while a request that delivers many messages (NDJSON, broadcast) runs.
+    static COALESCE: ();
+}
+
+/// Runs `f` with every frame it sends queued for its link's writer, which writes them in
+/// batches, instead of written one by one by the direct path.
+pub async fn coalesced<F: std::future::Future>(f: F) -> F::Output {
+    COALESCE.scope((), f).await
+}
+
+/// Frames closer together than this go through the writer, which writes them in batches
+/// (one write for many): at high rates one write per frame costs more than the wake-up it
+/// saves.
+const DIRECT_MIN_GAP: std::time::Duration = std::time::Duration::from_micros(100);
+
+/// Encode buffer kept between direct writes.
+const DIRECT_KEEP: usize = 16 * 1024;
+
+impl Direct {
+    /// The writer's turn: the bytes a direct write left (to go before anything queued).
+    pub fn take_pending(&self) -> Vec<u8> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.busy {
+            std::mem::take(&mut st.pending)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The writer wrote everything it had: idle again if nothing was queued meanwhile.
+    pub fn idle_if_drained(&self, queue_empty: impl FnOnce() -> bool) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.busy && st.pending.is_empty() && queue_empty() {
+            st.busy = false;
+        }
+    }
 }
 
 impl LinkHandle {
@@ -67,6 +131,7 @@ impl LinkHandle {
             closed: CancellationToken::new(),
             drained: tokio::sync::Notify::new(),
             gets_ticket_keys: AtomicBool::new(false),
+            direct: std::sync::OnceLock::new(),
         });
         (handle, rx)
     }
@@ -76,12 +141,78 @@ impl LinkHandle {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Queues `frame` without waiting. A full queue closes the link (counted in
-    /// `pushgate_link_overflows_total`). Returns whether the frame was queued.
+    /// Makes this a plain TCP link written directly while its writer is idle (see
+    /// [`Direct`]); before the first frame is sent.
+    pub fn set_direct(&self, socket: Arc<tokio::net::TcpStream>) {
+        let _ = self.direct.set(Direct {
+            socket,
+            state: Default::default(),
+            kick: tokio::sync::Notify::new(),
+        });
+    }
+
+    /// The direct path, on a plain TCP link.
+    pub fn direct(&self) -> Option<&Direct> {
+        self.direct.get()
+    }
+
+    /// Sends `frame` without waiting: written at once on an idle plain link, else queued. A
+    /// full queue closes the link (counted in `pushgate_link_overflows_total`). Returns
+    /// whether the frame was written or queued.
     pub fn send(&self, frame: Down) -> bool {
         if !self.is_alive() {
             return false;
         }
+        let Some(d) = self.direct.get() else {
+            return self.enqueue(frame);
+        };
+        let mut st = d.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        let close_behind = st
+            .last
+            .is_some_and(|t| now.duration_since(t) < DIRECT_MIN_GAP);
+        if st.busy || close_behind || COALESCE.try_with(|_| ()).is_ok() {
+            // Queued under the lock: the writer goes idle only with the queue empty.
+            st.busy = true;
+            return self.enqueue(frame);
+        }
+        st.last = Some(now);
+        st.pending.clear();
+        frame.encode(&mut st.pending);
+        match d.socket.try_write(&st.pending) {
+            Ok(n) if n == st.pending.len() => {
+                st.pending.clear();
+                if st.pending.capacity() > DIRECT_KEEP {
+                    st.pending.shrink_to(DIRECT_KEEP);
+                }
+                metrics::LINK_FRAMES_SENT.inc();
+                metrics::LINK_BATCHES_SENT.inc();
+                metrics::LINK_DIRECT_WRITES.inc();
+                true
+            }
+            Ok(n) => {
+                st.pending.drain(..n);
+                st.busy = true;
+                drop(st);
+                d.kick.notify_one();
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                st.busy = true;
+                drop(st);
+                d.kick.notify_one();
+                true
+            }
+            Err(_) => {
+                st.pending.clear();
+                drop(st);
+                self.close();
+                false
+            }
+        }
+    }
+
+    fn enqueue(&self, frame: Down) -> bool {
         match self.tx.try_send(frame) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {

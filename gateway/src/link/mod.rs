@@ -7,5 +7,6 @@
 pub mod handle;
 pub mod refusals;
 pub mod serve;
+pub mod shared_tcp;
 
 pub use handle::LinkHandle;

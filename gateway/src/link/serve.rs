@@ -3,7 +3,9 @@
 //! `Unsubscribe` come up, `Backlog`, `Deliver` and `Kick` go down.
 //!
 //! Outbound frames go through the link's bounded queue ([`LinkHandle`]); one writer drains
-//! it in batches (`recv_many`) into one reused buffer, one `write_all` per batch.
+//! it in batches (`recv_many`) into one reused buffer, one `write_all` per batch. On a
+//! plain TCP link a frame sent while the writer is idle is written by the sending task
+//! itself ([`super::handle::Direct`]): no task is woken per message.
 
 use super::handle::LinkHandle;
 use crate::app::App;
@@ -70,6 +72,7 @@ pub async fn serve_link<R, W>(
     mut reader: R,
     writer: W,
     read_buf: BytesMut,
+    direct: Option<Arc<tokio::net::TcpStream>>,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send,
@@ -110,6 +113,9 @@ pub async fn serve_link<R, W>(
             link
         });
     let rx = rx_slot.expect("register calls make_link");
+    if let Some(socket) = direct {
+        link.set_direct(socket);
+    }
     // Welcome first: the worker takes nothing else before it, and attaching sends what
     // was parked for this worker.
     link.send(Down::Welcome {
@@ -336,12 +342,32 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) -> LinkEnd {
     let mut frames: Vec<Down> = Vec::with_capacity(BATCH_FRAMES);
     let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let direct = link.direct();
     loop {
-        let n = rx.recv_many(&mut frames, BATCH_FRAMES).await;
+        let n = match direct {
+            None => rx.recv_many(&mut frames, BATCH_FRAMES).await,
+            // Woken by a queued frame or by bytes a direct write left.
+            Some(d) => tokio::select! {
+                n = rx.recv_many(&mut frames, BATCH_FRAMES) => n,
+                _ = d.kick.notified() => usize::MAX,
+            },
+        };
         if n == 0 || !link.is_alive() {
             return LinkEnd::Closed;
         }
-        link.notify_drained();
+        let n = if n == usize::MAX { 0 } else { n };
+        if n > 0 {
+            link.notify_drained();
+        }
+        // What a direct write left goes first: everything queued came after it.
+        if let Some(d) = direct {
+            let pending = d.take_pending();
+            if !pending.is_empty() {
+                if let Err(e) = writer.write_all(&pending).await {
+                    return e.into();
+                }
+            }
+        }
         for frame in frames.drain(..) {
             frame.encode(&mut out);
             // Backlogs can be large: write as the buffer fills rather than holding a whole
@@ -361,11 +387,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if let Err(e) = writer.flush().await {
             return e.into();
         }
-        metrics::LINK_FRAMES_SENT.inc_by(n as u64);
-        metrics::LINK_BATCHES_SENT.inc();
+        if n > 0 {
+            metrics::LINK_FRAMES_SENT.inc_by(n as u64);
+            metrics::LINK_BATCHES_SENT.inc();
+        }
         out.clear();
         if out.capacity() > KEEP_BUFFER {
             out.shrink_to(64 * 1024);
+        }
+        if let Some(d) = direct {
+            d.idle_if_drained(|| rx.is_empty());
         }
     }
 }
