@@ -91,6 +91,12 @@ impl Direct {
         }
     }
 
+    /// Ends the connection both ways (at the link's end): stale handles that still hold
+    /// the socket must not keep it open, or the worker would not notice the link is gone.
+    pub fn shutdown(&self) {
+        let _ = socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Both);
+    }
+
     /// The writer wrote everything it had: idle again if nothing was queued meanwhile.
     pub fn idle_if_drained(&self, queue_empty: impl FnOnce() -> bool) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());

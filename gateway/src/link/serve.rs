@@ -156,6 +156,9 @@ pub async fn serve_link<R, W>(
     };
     app.router.detach(&link);
     app.registry.disconnect(&link);
+    if let Some(d) = link.direct() {
+        d.shutdown();
+    }
     metrics::LINKS_OPEN.dec();
     info!(worker = %hello.id, generation = link.generation, reason = %end, "worker link down");
 }
