@@ -239,6 +239,26 @@ pub static LOCAL_WORKER_RESTARTS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+/// Publish requests from their head to their answer (body read, store, routing), accepted
+/// or refused: `[single, ndjson, broadcast]`, the `kind` label.
+pub static PUBLISH_SECONDS: LazyLock<[Histogram; 3]> = LazyLock::new(|| {
+    let h = prometheus::HistogramVec::new(
+        HistogramOpts::new(
+            "pushgate_publish_seconds",
+            "Publish requests from request head to answer (body read, store, routing), by kind (single, ndjson, broadcast).",
+        )
+        .buckets(vec![
+            0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 2.0,
+        ]),
+        &["kind"],
+    )
+    .expect("valid metric");
+    REGISTRY
+        .register(Box::new(h.clone()))
+        .expect("metric registers once");
+    ["single", "ndjson", "broadcast"].map(|k| h.with_label_values(&[k]))
+});
+
 /// Redis store: round-trip time of every call.
 pub static REDIS_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     let h = Histogram::with_opts(
@@ -354,6 +374,7 @@ pub fn init() {
     LazyLock::force(&PARKED);
     LazyLock::force(&PARKED_SENT);
     LazyLock::force(&PUBLISH_TOTAL);
+    LazyLock::force(&PUBLISH_SECONDS);
     LazyLock::force(&PUBLISH_REJECTED);
     LazyLock::force(&BROADCAST_TOTAL);
     LazyLock::force(&MESSAGES_EVICTED);

@@ -39,7 +39,7 @@ pub struct Router {
 /// Deliveries for workers with no link here yet, oldest first.
 #[derive(Default)]
 struct Parked {
-    queue: VecDeque<(Instant, Holder, u64, u64, Bytes)>,
+    queue: VecDeque<(Instant, Holder, u64, u64, Bytes, u64)>,
     bytes: usize,
     max_bytes: usize,
     max_age: Duration,
@@ -51,7 +51,7 @@ impl Parked {
             if now.duration_since(*at) < self.max_age && self.bytes <= self.max_bytes {
                 break;
             }
-            let (.., data) = self.queue.pop_front().expect("front exists");
+            let (.., data, _) = self.queue.pop_front().expect("front exists");
             self.bytes -= data.len() + PARKED_OVERHEAD;
         }
     }
@@ -89,7 +89,7 @@ impl Router {
         p.expire(Instant::now());
         let mut sent = 0usize;
         let mut bytes = 0usize;
-        p.queue.retain(|(_, to, epoch, seq, data)| {
+        p.queue.retain(|(_, to, epoch, seq, data, published_us)| {
             if to.worker != link.worker {
                 return true;
             }
@@ -99,6 +99,7 @@ impl Router {
                 epoch: *epoch,
                 seq: *seq,
                 data: data.clone(),
+                published_us: *published_us,
             }));
             false
         });
@@ -107,7 +108,7 @@ impl Router {
     }
 
     /// Parks a delivery for `to`, whose worker has no link here (yet).
-    fn park(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool {
+    fn park(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes, published_us: u64) -> bool {
         let mut p = self.parked.lock().unwrap_or_else(|e| e.into_inner());
         let cost = data.len() + PARKED_OVERHEAD;
         if cost > p.max_bytes {
@@ -121,13 +122,14 @@ impl Router {
                 epoch,
                 seq,
                 data: data.clone(),
+                published_us,
             })
         }) {
             return sent;
         }
         p.bytes += cost;
         p.queue
-            .push_back((Instant::now(), to.clone(), epoch, seq, data));
+            .push_back((Instant::now(), to.clone(), epoch, seq, data, published_us));
         p.expire(Instant::now());
         crate::metrics::PARKED.inc();
         true
@@ -183,7 +185,7 @@ impl Router {
 }
 
 impl Outbox for Router {
-    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool {
+    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes, published_us: u64) -> bool {
         let links = self.links.read().unwrap_or_else(|e| e.into_inner());
         match links.get(to.worker.id()) {
             Some(l) if l.worker == to.worker && l.is_alive() => l.send(Down::Deliver {
@@ -191,6 +193,7 @@ impl Outbox for Router {
                 epoch,
                 seq,
                 data,
+                published_us,
             }),
             // Another incarnation is linked: the entry is stale.
             Some(_) => false,
@@ -206,7 +209,7 @@ impl Outbox for Router {
                     crate::metrics::LEASE_ENDED_DROPS.inc();
                     return false;
                 }
-                self.park(to, epoch, seq, data)
+                self.park(to, epoch, seq, data, published_us)
             }
         }
     }
@@ -249,10 +252,10 @@ mod tests {
             worker: w.clone(),
             sub_id,
         };
-        assert!(r.deliver(&to(1), 3, 1, Bytes::from_static(b"a")));
-        assert!(r.deliver(&to(2), 3, 4, Bytes::from_static(b"b")));
+        assert!(r.deliver(&to(1), 3, 1, Bytes::from_static(b"a"), 0));
+        assert!(r.deliver(&to(2), 3, 4, Bytes::from_static(b"b"), 0));
         // Too big for the bound: refused, the message waits in the store.
-        assert!(!r.deliver(&to(1), 3, 2, Bytes::from(vec![0u8; 300])));
+        assert!(!r.deliver(&to(1), 3, 2, Bytes::from(vec![0u8; 300]), 0));
         // Another worker's link takes nothing of it.
         let (other, mut other_rx) = LinkHandle::new(Arc::from("v"), 0, 1, 8);
         r.attach(&other);
@@ -272,10 +275,10 @@ mod tests {
             worker: WorkerRef::new(Arc::from("w"), 6),
             sub_id: 1,
         };
-        assert!(!r.deliver(&old, 3, 5, Bytes::from_static(b"c")));
+        assert!(!r.deliver(&old, 3, 5, Bytes::from_static(b"c"), 0));
         // Without parking (memory store) a missing link is a refusal, as before.
         let plain = Router::new();
-        assert!(!plain.deliver(&to(1), 3, 1, Bytes::from_static(b"a")));
+        assert!(!plain.deliver(&to(1), 3, 1, Bytes::from_static(b"a"), 0));
     }
 
     #[test]
@@ -286,7 +289,7 @@ mod tests {
             worker: w,
             sub_id: 1,
         };
-        r.deliver(&h, 3, 1, Bytes::from_static(b"a"));
+        r.deliver(&h, 3, 1, Bytes::from_static(b"a"), 0);
         let (link, mut rx) = LinkHandle::with_incarnation(Arc::from("w"), 1, 1, 7, 8);
         r.attach(&link);
         assert!(rx.try_recv().is_err(), "expired before the link came");
@@ -302,7 +305,7 @@ mod tests {
             sub_id: 5,
         };
         assert!(r.is_live(&h1.worker));
-        assert!(r.deliver(&h1, 9, 1, Bytes::from_static(b"1")));
+        assert!(r.deliver(&h1, 9, 1, Bytes::from_static(b"1"), 0));
         assert!(matches!(
             old_rx.try_recv().unwrap(),
             Down::Deliver {
@@ -317,7 +320,7 @@ mod tests {
         old.close();
         r.attach(&new);
         assert!(!r.is_live(&h1.worker));
-        assert!(!r.deliver(&h1, 9, 2, Bytes::new()));
+        assert!(!r.deliver(&h1, 9, 2, Bytes::new(), 0));
         r.kick(&h1, KickReason::Replaced);
         assert!(new_rx.try_recv().is_err(), "nothing for the stale entry");
         // An entry rebuilt from data (as a shared store would) reaches the new link.

@@ -212,11 +212,14 @@ pub enum Down {
     },
     /// One live message of the channel's log `epoch`; `data` is the rendered JSON of the
     /// `data` field. The worker orders by (epoch, seq): the link's order is not relied on.
+    /// `published_us`: when a gateway accepted the publish, in µs since the Unix epoch (0:
+    /// not known; trailing and optional on the wire), for the publish -> deliver latency.
     Deliver {
         sub_id: u64,
         epoch: u64,
         seq: u64,
         data: Bytes,
+        published_us: u64,
     },
     /// Drop the subscriber behind `sub_id` (its close reason given by `reason`).
     Kick { sub_id: u64, reason: KickReason },
@@ -394,7 +397,8 @@ impl Down {
                 epoch,
                 seq,
                 data,
-            } => encode_deliver(out, *sub_id, *epoch, *seq, data),
+                published_us,
+            } => encode_deliver(out, *sub_id, *epoch, *seq, data, *published_us),
             Down::Welcome { gateway_id } => {
                 let start = begin(out);
                 out.push(DOWN_WELCOME);
@@ -483,11 +487,14 @@ impl Down {
                 let epoch = get_u64(&mut f)?;
                 let seq = get_u64(&mut f)?;
                 let data = get_bytes(&mut f)?;
+                // Trailing and optional: a gateway that does not stamp sends none.
+                let published_us = if f.len() >= 8 { get_u64(&mut f)? } else { 0 };
                 Down::Deliver {
                     sub_id,
                     epoch,
                     seq,
                     data,
+                    published_us,
                 }
             }
             DOWN_KICK => {
@@ -532,13 +539,21 @@ impl Down {
 }
 
 /// Appends a `Deliver` frame without building a [`Down`] (the hot path).
-pub fn encode_deliver(out: &mut Vec<u8>, sub_id: u64, epoch: u64, seq: u64, data: &[u8]) {
+pub fn encode_deliver(
+    out: &mut Vec<u8>,
+    sub_id: u64,
+    epoch: u64,
+    seq: u64,
+    data: &[u8],
+    published_us: u64,
+) {
     let start = begin(out);
     out.push(DOWN_DELIVER);
     put_u64(out, sub_id);
     put_u64(out, epoch);
     put_u64(out, seq);
     put_bytes(out, data);
+    put_u64(out, published_us);
     finish(out, start);
 }
 
@@ -736,6 +751,7 @@ mod tests {
             epoch: 77,
             seq: 13,
             data: Bytes::from_static(b"{}"),
+            published_us: 1_780_000_000_123_456,
         });
         for reason in [
             KickReason::Replaced,
@@ -823,6 +839,7 @@ mod tests {
             epoch: 1,
             seq: 1,
             data: Bytes::new(),
+            published_us: 0,
         };
         assert_eq!(d.sub_id(), Some(7));
         assert_eq!(
@@ -860,8 +877,8 @@ mod tests {
     #[test]
     fn frames_split_across_reads() {
         let mut out = Vec::new();
-        encode_deliver(&mut out, 1, 9, 2, b"hello");
-        encode_deliver(&mut out, 1, 9, 3, b"world");
+        encode_deliver(&mut out, 1, 9, 2, b"hello", 0);
+        encode_deliver(&mut out, 1, 9, 3, b"world", 7);
         let mut buf = BytesMut::new();
         let mut got = Vec::new();
         for byte in out {
@@ -872,6 +889,26 @@ mod tests {
         }
         assert_eq!(got.len(), 2);
         assert!(matches!(&got[1], Down::Deliver { seq: 3, data, .. } if &data[..] == b"world"));
+    }
+
+    #[test]
+    fn a_deliver_without_its_stamp_decodes_as_unstamped() {
+        // The frame an older gateway sends: no trailing `published_us`.
+        let mut body = vec![DOWN_DELIVER];
+        put_u64(&mut body, 5);
+        put_u64(&mut body, 2);
+        put_u64(&mut body, 9);
+        put_bytes(&mut body, b"\"x\"");
+        assert_eq!(
+            Down::decode(Bytes::from(body)).unwrap(),
+            Down::Deliver {
+                sub_id: 5,
+                epoch: 2,
+                seq: 9,
+                data: Bytes::from_static(b"\"x\""),
+                published_us: 0,
+            }
+        );
     }
 
     #[test]

@@ -3,7 +3,10 @@
 //! `process_resident_memory_bytes`.
 
 use crate::tls::session::Failure;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use std::sync::LazyLock;
 
 /// How a client connection was used; the `transport` label.
@@ -125,6 +128,11 @@ impl RefuseReason {
     }
 }
 
+/// Buckets of `pushgate_delivery_latency_seconds`: 100 µs to 5 s.
+pub const LATENCY_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
 /// All worker metrics, with label handles resolved once.
 pub struct Metrics {
     pub registry: Registry,
@@ -150,6 +158,9 @@ pub struct Metrics {
     tls_failures: [IntCounter; 6],
     /// Fleet ticket keys held (from the gateways).
     pub tls_ticket_keys: IntGauge,
+    /// From a gateway's accepting a publish to its live delivery here (loop threads observe
+    /// into their own `LocalHistogram` and flush it once per inbox).
+    pub delivery_latency: Histogram,
 }
 
 impl Metrics {
@@ -271,8 +282,17 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Fleet TLS session-ticket keys held (sent by the gateways; 0: tickets only this process opens)",
     )
     .expect("metric");
+    let delivery_latency = Histogram::with_opts(
+        HistogramOpts::new(
+            "pushgate_delivery_latency_seconds",
+            "From a gateway accepting a publish to the worker writing the live message to its client (gateway and worker clocks; backlog pages not counted)",
+        )
+        .buckets(LATENCY_BUCKETS.to_vec()),
+    )
+    .expect("metric");
     for c in [
         Box::new(holes.clone()) as Box<dyn prometheus::core::Collector>,
+        Box::new(delivery_latency.clone()),
         Box::new(ticket_keys.clone()),
         Box::new(tls_vec.clone()),
         Box::new(tls_fail_vec.clone()),
@@ -314,6 +334,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         tls_handshakes: ["full", "resumed"].map(|k| tls_vec.with_label_values(&[k])),
         tls_failures: Failure::ALL.map(|f| tls_fail_vec.with_label_values(&[f.as_str()])),
         tls_ticket_keys: ticket_keys,
+        delivery_latency,
         registry,
     }
 });

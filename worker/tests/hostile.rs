@@ -130,6 +130,7 @@ async fn pipelined_polls_get_an_answer_that_says_close() {
             epoch: 1,
             seq: 1,
             data: bytes::Bytes::from_static(b"1"),
+            published_us: 0,
         })
         .await;
     let mut buf = Vec::new();
@@ -193,6 +194,7 @@ async fn a_stuck_websocket_that_reads_again_late_still_gets_its_4003() {
         epoch: 1,
         seq,
         data: payload.clone(),
+        published_us: 0,
     }));
     h.link.send_all(frames).await;
     match h.link.next().await {

@@ -19,6 +19,7 @@ fn deliver(sub_id: u64, epoch: u64, seq: u64) -> Down {
         epoch,
         seq,
         data: Bytes::from(seq.to_string()),
+        published_us: 0,
     }
 }
 

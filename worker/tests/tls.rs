@@ -105,6 +105,7 @@ fn deliver(sub_id: u64, seq: u64, data: &'static str) -> Down {
         sub_id,
         seq,
         data: Bytes::from_static(data.as_bytes()),
+        published_us: 0,
     }
 }
 

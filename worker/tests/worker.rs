@@ -55,30 +55,35 @@ async fn websocket_backlog_gap_deliver_dedupe_and_kick() {
                 sub_id: sub,
                 seq: 6,
                 data: data("0"),
+                published_us: 0,
             },
             Down::Deliver {
                 epoch: 7,
                 sub_id: sub ^ 1,
                 seq: 100,
                 data: data("0"),
+                published_us: 0,
             },
             Down::Deliver {
                 epoch: 7,
                 sub_id: sub,
                 seq: 7,
                 data: data("7"),
+                published_us: 0,
             },
             Down::Deliver {
                 epoch: 7,
                 sub_id: sub,
                 seq: 7,
                 data: data("0"),
+                published_us: 0,
             },
             Down::Deliver {
                 epoch: 7,
                 sub_id: sub,
                 seq: 8,
                 data: data("8"),
+                published_us: 0,
             },
         ])
         .await;
@@ -198,6 +203,7 @@ async fn poll_immediate_held_timeout_and_keep_alive() {
             sub_id: sub2,
             seq: 4,
             data: data("4"),
+            published_us: 0,
         })
         .await;
     let r = read_response(&mut s, &mut buf).await;
@@ -306,6 +312,7 @@ async fn sse_events_last_event_id_and_kick() {
                 sub_id: sub,
                 seq: 12,
                 data: data("[12]"),
+                published_us: 0,
             },
         ])
         .await;
@@ -546,6 +553,7 @@ async fn link_drop_resubscribes_from_last_seq() {
                 sub_id: sub,
                 seq: 3,
                 data: data("3"),
+                published_us: 0,
             },
             Down::Backlog {
                 sub_id: sub_live,
@@ -596,6 +604,7 @@ async fn link_drop_resubscribes_from_last_seq() {
             sub_id: sub_live,
             seq: 41,
             data: data("41"),
+            published_us: 0,
         })
         .await;
     assert_eq!(
@@ -693,6 +702,7 @@ async fn slow_client_is_closed_and_counted() {
             sub_id: sub,
             seq,
             data: payload.clone(),
+            published_us: 0,
         });
     }
     h.link.send_all(frames).await;
@@ -729,6 +739,7 @@ async fn slow_websocket_gets_whole_frames_then_a_4003_close() {
             sub_id: sub,
             seq,
             data: payload.clone(),
+            published_us: 0,
         })
         .collect();
     h.link.send_all(frames).await;
@@ -769,6 +780,7 @@ async fn a_repeated_backlog_does_not_send_messages_twice() {
                 sub_id: sub,
                 seq: 6,
                 data: Bytes::from_static(b"6"),
+                published_us: 0,
             },
         ])
         .await;

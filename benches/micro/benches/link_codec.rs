@@ -12,7 +12,7 @@ const BATCH: u64 = 1000;
 
 fn encode(out: &mut Vec<u8>, data: &[u8]) {
     for i in 0..BATCH {
-        encode_deliver(out, (i << 32) | 7, 3, 1_000_000 + i, data);
+        encode_deliver(out, (i << 32) | 7, 3, 1_000_000 + i, data, 0);
     }
 }
 

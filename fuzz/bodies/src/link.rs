@@ -165,6 +165,7 @@ fn down(input: &mut Input<'_>) -> Down {
             epoch: input.u64(),
             seq: input.u64(),
             data: Bytes::copy_from_slice(input.short_bytes()),
+            published_us: input.u64(),
         },
         3 => Down::Kick {
             sub_id: input.u64(),

@@ -26,6 +26,7 @@ const BATCH_CHANNELS_AT_ONCE: usize = 256;
 
 /// `POST /v1/publish/{channel}`.
 pub async fn publish(app: &App, channel: &str, req: Request<Incoming>) -> Resp {
+    let _t = metrics::PUBLISH_SECONDS[0].start_timer();
     publish_one(app, channel, req)
         .await
         .unwrap_or_else(|r| r.counted())
@@ -69,6 +70,7 @@ async fn publish_one(app: &App, channel: &str, req: Request<Incoming>) -> Result
 
 /// `POST /v1/publish` with an NDJSON body.
 pub async fn publish_batch(app: &App, req: Request<Incoming>) -> Resp {
+    let _t = metrics::PUBLISH_SECONDS[1].start_timer();
     batch(app, req).await.unwrap_or_else(|r| r.counted())
 }
 
@@ -245,6 +247,7 @@ fn tally(
 /// with its own seq. The data is rendered once and the same `Bytes` goes to every channel;
 /// the store takes each shard lock once for all the channels it holds.
 pub async fn broadcast(app: &App, req: Request<Incoming>) -> Resp {
+    let _t = metrics::PUBLISH_SECONDS[2].start_timer();
     broadcast_all(app, req)
         .await
         .unwrap_or_else(|r| r.counted())

@@ -298,6 +298,7 @@ mod tests {
             epoch: 1,
             seq,
             data: bytes::Bytes::from_static(b"1"),
+            published_us: 0,
         }
     }
 

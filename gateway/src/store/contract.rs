@@ -24,6 +24,16 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Wall-clock microseconds since the Unix epoch: the stamp a delivery carries from the
+/// moment a gateway accepted its publish (`Down::Deliver::published_us`), which the worker
+/// turns into `pushgate_delivery_latency_seconds`.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// Result of an accepted publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
@@ -63,9 +73,10 @@ pub struct BacklogPage {
 /// Where a store sends what a holder must get. The gateway implements it over its worker
 /// links ([`crate::router::Router`]); store tests record what they are given.
 pub trait Outbox: Send + Sync + 'static {
-    /// Queues one live message for `to`. `false`: `to` cannot be reached (its worker is gone
-    /// or its link refused the frame), and the store forgets `to` as the holder.
-    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool;
+    /// Queues one live message for `to`, accepted at `published_us` ([`now_us`]). `false`:
+    /// `to` cannot be reached (its worker is gone or its link refused the frame), and the
+    /// store forgets `to` as the holder.
+    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes, published_us: u64) -> bool;
     /// Queues `to`'s backlog page; `false` as for [`Self::deliver`].
     fn backlog(&self, to: &Holder, page: BacklogPage) -> bool;
     /// Tells `to`'s worker to drop it (a no-op for a worker that is gone).
@@ -75,8 +86,8 @@ pub trait Outbox: Send + Sync + 'static {
 }
 
 impl<O: Outbox + ?Sized> Outbox for Arc<O> {
-    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes) -> bool {
-        (**self).deliver(to, epoch, seq, data)
+    fn deliver(&self, to: &Holder, epoch: u64, seq: u64, data: Bytes, published_us: u64) -> bool {
+        (**self).deliver(to, epoch, seq, data, published_us)
     }
     fn backlog(&self, to: &Holder, page: BacklogPage) -> bool {
         (**self).backlog(to, page)

@@ -82,6 +82,9 @@ impl EventLoop {
             }
         }
         self.flush_batch(&mut cur);
+        if self.inbox_us.take().is_some() {
+            self.latency.flush();
+        }
         // A burst's long inbox is given back once handled (the other vector, now the
         // inbox, is the previous spare: bounded too).
         if cmds.capacity() > SPARE_CMDS {
@@ -122,8 +125,19 @@ impl EventLoop {
                 self.order(key, Event::Backlog(b));
             }
             Down::Deliver {
-                epoch, seq, data, ..
-            } => self.order(key, Event::Deliver(epoch, seq, &data)),
+                epoch,
+                seq,
+                data,
+                published_us,
+                ..
+            } => {
+                if published_us != 0 {
+                    let now_us = *self.inbox_us.get_or_insert_with(unix_us);
+                    self.latency
+                        .observe(now_us.saturating_sub(published_us) as f64 / 1e6);
+                }
+                self.order(key, Event::Deliver(epoch, seq, &data))
+            }
             Down::Kick { reason, .. } => {
                 self.flush_batch(cur);
                 if self
@@ -305,4 +319,11 @@ impl EventLoop {
         }
         self.resub_cursor = None;
     }
+}
+
+/// Wall-clock microseconds since the Unix epoch, as the gateway stamps `published_us`.
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

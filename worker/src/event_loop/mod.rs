@@ -103,6 +103,10 @@ pub(crate) struct EventLoop {
     trim: Trim,
     /// With `--max-connections-per-ip`: each open connection's source IP, by slab key.
     peer_ips: HashMap<usize, IpAddr>,
+    /// This thread's share of `pushgate_delivery_latency_seconds`, flushed per inbox.
+    latency: prometheus::local::LocalHistogram,
+    /// The clock read for the inbox being handled (once, at its first stamped delivery).
+    inbox_us: Option<u64>,
 }
 
 impl EventLoop {
@@ -150,6 +154,8 @@ impl EventLoop {
             batch_gap: None,
             batch_page: false,
             trim: Trim::default(),
+            latency: crate::metrics::metrics().delivery_latency.local(),
+            inbox_us: None,
             shared,
         }
     }

@@ -270,7 +270,11 @@ impl<O: Outbox> MemoryStore<O> {
                 .ledger
                 .appended(state.name.clone(), state.log.epoch(), a.seq, a.cost);
             if let Some(holder) = &state.holder {
-                if !self.outbox.deliver(holder, state.log.epoch(), a.seq, data) {
+                let at = super::super::contract::now_us();
+                if !self
+                    .outbox
+                    .deliver(holder, state.log.epoch(), a.seq, data, at)
+                {
                     state.holder = None;
                 }
             }

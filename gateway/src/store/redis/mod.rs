@@ -217,6 +217,7 @@ impl<O: Outbox> RedisStore<O> {
         key: Option<&str>,
         now_ms: u64,
     ) -> Result<Published, StoreError> {
+        let accepted_us = super::contract::now_us();
         let k = self.keys(channel);
         let idem = k.idem(key);
         let r = self
@@ -233,7 +234,8 @@ impl<O: Outbox> RedisStore<O> {
             if let Some(h) = self.holder(&r.owner) {
                 // Unreachable from here (its worker's link is down, or it is linked to
                 // another gateway only): the message is in Redis for its resume.
-                self.outbox.deliver(&h, r.epoch, r.seq, data.clone());
+                self.outbox
+                    .deliver(&h, r.epoch, r.seq, data.clone(), accepted_us);
             }
         }
         Ok(Published {
