@@ -1,7 +1,9 @@
 //! `/metrics` as Prometheus sees it: the latency histograms count what was published and
-//! delivered, `promtool check metrics` accepts the gateway's and a worker's exposition, and
-//! a real Prometheus scrapes a gateway and its two workers. Needs Debian's `prometheus`
-//! package (`prometheus` and `promtool` on the PATH; `.ci/run` installs it).
+//! delivered, `promtool check metrics` accepts the gateway's and a worker's exposition, a
+//! real Prometheus scrapes a gateway and its two workers, and the Grafana dashboard in
+//! `deploy/grafana/` asks only for metrics the binaries expose, in expressions Prometheus
+//! parses and answers. Needs Debian's `prometheus` package (`prometheus` and `promtool` on
+//! the PATH; `.ci/run` installs it).
 
 mod common;
 
@@ -96,6 +98,98 @@ async fn latency_histograms_count_each_publish_and_each_live_delivery() {
     );
     drop(ws);
     c.stop().await;
+}
+
+const DASHBOARD: &str = include_str!("../../deploy/grafana/pushgate.json");
+
+/// Every `expr` of the Grafana dashboard, with Grafana's `$__rate_interval` made concrete.
+fn dashboard_exprs() -> Vec<String> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v) {
+                        ("expr", serde_json::Value::String(e)) => {
+                            out.push(e.replace("$__rate_interval", "1m"))
+                        }
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(&serde_json::from_str(DASHBOARD).unwrap(), &mut out);
+    out
+}
+
+/// The metric names an expression reads (`pushgate_*` and `process_*`).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("pushgate_") || w.starts_with("process_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether an exposition has a family (or a histogram's series) named `name`.
+fn exposes(text: &str, name: &str) -> bool {
+    let family = ["_bucket", "_sum", "_count"]
+        .iter()
+        .find_map(|s| name.strip_suffix(s))
+        .filter(|base| text.contains(&format!("# TYPE {base} histogram")))
+        .unwrap_or(name);
+    text.lines()
+        .any(|l| l.strip_prefix("# TYPE ").and_then(|l| l.split(' ').next()) == Some(family))
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_asks_only_for_exposed_metrics_in_valid_promql() {
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 20, "{exprs:?}");
+    let c = start(&[], 1, &[]).await;
+    let gateway = get_text(&format!("{}/metrics", c.base)).await;
+    let worker = get_text(&format!("http://{}/metrics", c.worker_addrs[0][0])).await;
+    let mut names: Vec<String> = exprs.iter().flat_map(|e| metric_names(e)).collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 15, "{names:?}");
+    let missing: Vec<_> = names
+        .iter()
+        .filter(|n| !exposes(&gateway, n) && !exposes(&worker, n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the dashboard queries unexposed metrics: {missing:?}"
+    );
+    c.stop().await;
+
+    // Each expression as a recording rule: `promtool check rules` parses it as Prometheus would.
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("pushgate-grafana-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard:panel_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        ));
+    }
+    let path = dir.0.join("rules.yml");
+    std::fs::write(&path, rules).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs `promtool check metrics` on an exposition; panics with its output on a complaint.
@@ -248,5 +342,23 @@ async fn promtool_accepts_both_expositions_and_prometheus_scrapes_gateway_and_wo
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     drop(last);
+    for e in dashboard_exprs() {
+        let url = format!(
+            "http://{listen}/api/v1/query?query={}",
+            e.bytes()
+                .map(|b| if b.is_ascii_alphanumeric() {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                })
+                .collect::<String>()
+        );
+        let (status, v) = http_get(&url).await.expect("Prometheus answers");
+        assert_eq!(
+            (status, &v["status"]),
+            (200, &serde_json::json!("success")),
+            "{e}: {v}"
+        );
+    }
     drop(gw);
 }
