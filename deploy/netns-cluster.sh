@@ -51,6 +51,9 @@ GW_PORT=8080
 WORKER_PORT=9000
 WORKERS=3
 LINK_KEY_FILE=$DIR/link-key
+# The gateways' admin key: the loadgen host is not loopback to them, and /metrics and
+# /v1/workers answer others only with it.
+ADMIN_KEY_FILE=$DIR/admin-key
 
 CLIENTS=${CLIENTS:-2000}
 RATE=${RATE:-250/s}
@@ -198,10 +201,12 @@ start_redis() {
 # Whether the gateway has --redis-durable (this Redis keeps every acknowledged write
 # across a restart, so a restart is the same history: no new epochs, no gaps).
 gateway_durable() { "$BIN/gateway" --help 2>/dev/null | grep -q -- '--redis-durable'; }
+gateway_admin() { "$BIN/gateway" --help 2>/dev/null | grep -q -- '--admin-key-file'; }
 
 start_gateway() {
   local n=$1 ip=${GW_IPS[$(($1 - 1))]} durable=()
   if gateway_durable; then durable=(--redis-durable); fi
+  if gateway_admin; then durable+=(--admin-key-file "$ADMIN_KEY_FILE"); fi
   start_in "gw$n" env RUST_LOG="${RUST_LOG:-gateway=info}" "$BIN/gateway" \
     --listen "$ip:$GW_PORT" --store "redis://$REDIS_IP:6379" "${durable[@]}" \
     --link-key "$(cat "$LINK_KEY_FILE")" --redis-timeout-ms 1000
@@ -216,7 +221,7 @@ start_worker() {
 }
 
 # curl from the loadgen host (what clients reach is what counts).
-lg_curl() { in_ns lg curl -s --max-time 2 "$@"; }
+lg_curl() { in_ns lg curl -s --max-time 2 -H "Authorization: Bearer $(cat "$ADMIN_KEY_FILE")" "$@"; }
 
 wait_for() {
   local what=$1 secs=$2
@@ -267,6 +272,8 @@ cmd_up() {
   rm -f "$DIR"/logs/*.log "$DIR"/logs/*.events
   head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$LINK_KEY_FILE"
   chmod 600 "$LINK_KEY_FILE"
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ADMIN_KEY_FILE"
+  chmod 600 "$ADMIN_KEY_FILE"
   net_up
   log "network: bridge $BRIDGE in $BRIDGE_NS, $NET.0/$PREFIX; hosts $(hosts | tr '\n' ' ')"
   start_redis

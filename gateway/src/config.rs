@@ -132,6 +132,24 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_LINK_KEY_FILE", conflicts_with = "link_key")]
     pub link_key_file: Option<PathBuf>,
 
+    /// Key of the admin surface (dashboard, `/metrics`, `/v1/workers`, `/v1/channels/…`):
+    /// `Authorization: Bearer KEY`, or Basic auth with KEY as the password (browsers ask).
+    /// Unset: the admin surface answers loopback clients only (and anyone on
+    /// `--admin-listen`). `/healthz` never asks.
+    #[arg(long, env = "PUSHGATE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// File holding `--admin-key` instead (surrounding whitespace ignored; not readable by
+    /// group or others).
+    #[arg(long, env = "PUSHGATE_ADMIN_KEY_FILE", conflicts_with = "admin_key")]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// Serve the admin surface (and `/healthz`) on this address, plain HTTP, instead of on
+    /// `--listen`: e.g. a private interface or loopback only. Without `--admin-key`, anyone
+    /// who reaches it sees it.
+    #[arg(long, env = "PUSHGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<std::net::SocketAddr>,
+
     /// Serve the API and worker links over TLS with this certificate chain (PEM; with
     /// `--tls-key`). Reloaded on SIGHUP.
     #[arg(long, env = "PUSHGATE_TLS_CERT", requires = "tls_key")]
@@ -312,7 +330,8 @@ impl Config {
             &mut self.subscriber_secret,
             &mut self.subscriber_secret_file,
         )?;
-        load_secret("--link-key", &mut self.link_key, &mut self.link_key_file)
+        load_secret("--link-key", &mut self.link_key, &mut self.link_key_file)?;
+        load_secret("--admin-key", &mut self.admin_key, &mut self.admin_key_file)
     }
 
     /// Checks what clap cannot: ranges, combinations, unsupported choices.
@@ -398,6 +417,9 @@ impl Config {
         );
         if let Some(secret) = &self.subscriber_secret {
             anyhow::ensure!(!secret.is_empty(), "--subscriber-secret must not be empty");
+        }
+        if let Some(key) = &self.admin_key {
+            anyhow::ensure!(!key.is_empty(), "--admin-key must not be empty");
         }
         anyhow::ensure!(
             self.publisher_keys.iter().all(|k| !k.is_empty()),
@@ -497,6 +519,9 @@ impl std::fmt::Debug for Config {
             .field("publisher_key_file", &self.publisher_key_file)
             .field("subscriber_secret_file", &self.subscriber_secret_file)
             .field("link_key", &self.link_key.as_ref().map(|_| "***"))
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "***"))
+            .field("admin_key_file", &self.admin_key_file)
+            .field("admin_listen", &self.admin_listen)
             .field("link_key_file", &self.link_key_file)
             .field("allow_origins", &self.allow_origins)
             .field("publish_allow_origins", &self.publish_allow_origins)

@@ -103,7 +103,14 @@ pub async fn run(
     local::describe(&specs);
     let mut children = local::start(specs, shutdown.clone());
 
-    http::server::serve(listener, app.clone()).await;
+    if let Some(admin) = app.config.admin_listen {
+        let l =
+            net::bind_listener(admin).with_context(|| format!("binding --admin-listen {admin}"))?;
+        let l = tokio::net::TcpListener::from_std(l)?;
+        info!(admin = %l.local_addr()?, "admin surface (dashboard, /metrics, /v1/workers, /v1/channels) on http://{}", l.local_addr()?);
+        tokio::spawn(http::server::serve(l, app.clone(), net::Plane::Admin));
+    }
+    http::server::serve(listener, app.clone(), net::Plane::Api).await;
 
     // Shutdown: no new connections; links close on the token; wait for tasks and children.
     app.registry.close_all();
@@ -314,6 +321,11 @@ where
             warn!("no --subscriber-secret: subscribing is open to anyone");
         } else if config.publisher_keys.is_empty() {
             warn!("no --publisher-key: publishing is open to anyone");
+        }
+        match (&config.admin_key, config.admin_listen) {
+            (None, Some(a)) if !a.ip().is_loopback() => warn!("ADMIN OPEN: no --admin-key; anyone who can reach {a} sees the dashboard, /metrics, /v1/workers and every channel's state"),
+            (None, None) if !addr.ip().is_loopback() => warn!("no --admin-key: the dashboard, /metrics, /v1/workers and /v1/channels answer loopback clients only (403 admin_forbidden for others); set --admin-key, or --admin-listen on a private address"),
+            _ => {}
         }
         if config.link_key.is_none() && config.local_workers == 0 {
             warn!("no --link-key: any host that reaches {addr} can register as a worker");

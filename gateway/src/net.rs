@@ -39,3 +39,11 @@ pub fn is_fd_exhaustion(e: &std::io::Error) -> bool {
 /// rate limits read).
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub std::net::IpAddr);
+
+/// Which listener a request came in on: `--listen` (the API, worker links, and the admin
+/// surface unless `--admin-listen` moves it) or `--admin-listen`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    Api,
+    Admin,
+}

@@ -1,4 +1,5 @@
-//! Secrets from files (`--publisher-key-file`, `--subscriber-secret-file`, `--link-key-file`)
+//! Secrets from files (`--publisher-key-file`, `--subscriber-secret-file`, `--link-key-file`,
+//! `--admin-key-file`)
 //! with the real binaries: the keys in the file are the keys, a file others may read stops
 //! the start with its name, a worker links with the key in its file and not with another,
 //! and local workers get the secrets through their environment, not their arguments.
@@ -313,4 +314,38 @@ async fn wait_online(base: &str, name: &str) {
         assert!(Instant::now() < deadline, "{name} never online");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn the_key_in_an_admin_key_file_is_the_admin_key() {
+    let f = Files::new("admin");
+    let key = f.write("admin-key", "  admin-from-file \n", 0o600);
+    let gw = spawn_gateway(&["--admin-key-file", &key]);
+    wait_up(&gw.base).await;
+    let get = |auth: Option<&'static str>| {
+        let url = format!("{}/v1/workers", gw.base);
+        async move {
+            let client =
+                hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                    .build_http::<http_body_util::Full<bytes::Bytes>>();
+            let mut req = hyper::Request::get(url);
+            if let Some(a) = auth {
+                req = req.header("Authorization", a);
+            }
+            let req = req.body(http_body_util::Full::default()).unwrap();
+            client.request(req).await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get(None).await, 401);
+    assert_eq!(get(Some("Bearer admin-from-file")).await, 200);
+    assert_eq!(get(Some("Bearer admin-from")).await, 401);
+    let (ok, err) = run_to_exit(&[
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--admin-key",
+        "k",
+        "--admin-key-file",
+        &key,
+    ]);
+    assert!(!ok && err.contains("--admin-key"), "{err}");
 }

@@ -52,6 +52,11 @@ pub enum Rejection {
     UpgradeRequired,
     /// A worker link without the gateway's link key.
     LinkKey,
+    /// An admin endpoint (dashboard, `/metrics`, `/v1/workers`, `/v1/channels/…`) without
+    /// the `--admin-key`.
+    AdminUnauthorized,
+    /// An admin endpoint asked from another host while no `--admin-key` is set.
+    AdminForbidden,
     /// Plain HTTP on the gateway's TLS listener (answered in plain text, then closed).
     TlsRequired,
     /// A request head over `--max-header-bytes` (protocol level: answered below hyper).
@@ -79,7 +84,10 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
-            Rejection::Unauthorized | Rejection::LinkKey => StatusCode::UNAUTHORIZED,
+            Rejection::Unauthorized | Rejection::LinkKey | Rejection::AdminUnauthorized => {
+                StatusCode::UNAUTHORIZED
+            }
+            Rejection::AdminForbidden => StatusCode::FORBIDDEN,
             Rejection::TooLarge { .. } | Rejection::TooManyLines(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -129,6 +137,8 @@ impl Rejection {
             Rejection::Token(e) => e.code(),
             Rejection::NoWorker => "no_worker",
             Rejection::NotFound => "not_found",
+            Rejection::AdminUnauthorized => "admin_unauthorized",
+            Rejection::AdminForbidden => "admin_forbidden",
             Rejection::MethodNotAllowed { .. } => "method_not_allowed",
             Rejection::UpgradeRequired => "upgrade_required",
             Rejection::LinkKey => "link_key",
@@ -170,6 +180,8 @@ impl Rejection {
             Rejection::Token(e) => e.to_string(),
             Rejection::NoWorker => "no healthy worker with free capacity is registered (GET /v1/workers lists the workers and counts the worker link attempts this gateway refused, in refused_links)".into(),
             Rejection::NotFound => "no such endpoint".into(),
+            Rejection::AdminUnauthorized => "the admin surface needs the gateway's admin key (Authorization: Bearer <key>, or Basic with the key as the password)".into(),
+            Rejection::AdminForbidden => "the admin surface (dashboard, /metrics, /v1/workers, /v1/channels) answers loopback clients only while no --admin-key is set".into(),
             Rejection::MethodNotAllowed { method, allowed } => {
                 format!("{method} is not allowed here (allowed: {allowed})")
             }
@@ -221,6 +233,8 @@ impl Rejection {
             | Rejection::MethodNotAllowed { .. }
             | Rejection::UpgradeRequired
             | Rejection::LinkKey
+            | Rejection::AdminUnauthorized
+            | Rejection::AdminForbidden
             | Rejection::TlsRequired
             | Rejection::HeadTooLarge { .. }
             | Rejection::TooManyHeaders { .. }
@@ -235,6 +249,11 @@ impl Rejection {
             Rejection::Unauthorized => {
                 Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
             }
+            // Browsers ask for it (any user name, the key as the password).
+            Rejection::AdminUnauthorized => Some((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"pushgate admin\", charset=\"UTF-8\""),
+            )),
             Rejection::MethodNotAllowed { allowed, .. } => {
                 Some((header::ALLOW, HeaderValue::from_static(allowed)))
             }

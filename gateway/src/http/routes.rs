@@ -76,6 +76,22 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
         _ => None,
     };
     let method = req.method().clone();
+    if let Route::Dashboard | Route::Metrics | Route::Workers | Route::Channel(_) = route {
+        let peer = req.extensions().get::<crate::net::Peer>().map(|p| p.0);
+        let plane = req
+            .extensions()
+            .get::<crate::net::Plane>()
+            .copied()
+            .unwrap_or(crate::net::Plane::Api);
+        if let Err(r) = super::auth::check_admin(&app, req.headers(), peer, plane) {
+            return r.response();
+        }
+    } else if req.extensions().get::<crate::net::Plane>() == Some(&crate::net::Plane::Admin)
+        && !matches!(route, Route::Healthz)
+    {
+        // The admin listener serves the admin surface and /healthz, nothing else.
+        return Rejection::NotFound.response();
+    }
     let mut resp = if method == Method::OPTIONS
         && matches!(
             route,

@@ -21,7 +21,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until `app.shutdown`, one task per connection (tracked).
-pub async fn serve(listener: TcpListener, app: Arc<App>) {
+pub async fn serve(listener: TcpListener, app: Arc<App>, plane: net::Plane) {
     loop {
         let accepted = tokio::select! {
             biased;
@@ -31,11 +31,11 @@ pub async fn serve(listener: TcpListener, app: Arc<App>) {
         match accepted {
             Ok((stream, peer)) => {
                 net::tune_accepted(&stream);
-                if app.tls.is_some() {
+                if app.tls.is_some() && plane == net::Plane::Api {
                     app.tracker.spawn(serve_tls(app.clone(), stream, peer.ip()));
                 } else {
                     app.tracker
-                        .spawn(serve_connection(app.clone(), stream, peer.ip()));
+                        .spawn(serve_connection(app.clone(), stream, peer.ip(), plane));
                 }
             }
             Err(e) if net::is_fd_exhaustion(&e) => {
@@ -86,11 +86,11 @@ async fn serve_tls(app: Arc<App>, stream: TcpStream, peer: std::net::IpAddr) {
     crate::metrics::TLS_HANDSHAKES
         .with_label_values(&[if resumed { "resumed" } else { "full" }])
         .inc();
-    serve_connection(app, tls, peer).await
+    serve_connection(app, tls, peer, net::Plane::Api).await
 }
 
 /// Serves one HTTP/1.1 connection (upgrades included) until it ends or shutdown drains it.
-async fn serve_connection<S>(app: Arc<App>, stream: S, peer: std::net::IpAddr)
+async fn serve_connection<S>(app: Arc<App>, stream: S, peer: std::net::IpAddr, plane: net::Plane)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -99,6 +99,7 @@ where
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
         req.extensions_mut().insert(net::Peer(peer));
+        req.extensions_mut().insert(plane);
         async move { Ok::<_, Infallible>(handle(app, req).await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

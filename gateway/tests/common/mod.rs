@@ -33,6 +33,10 @@ pub struct Cluster {
     pub http: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     /// The Redis server behind the gateway, when the test crate runs the Redis store.
     pub redis: Option<redis::RedisServer>,
+    /// Where the admin surface is (`--admin-listen`, else `base`) and the header it asks
+    /// for (`--admin-key`).
+    pub admin_base: String,
+    pub admin_auth: Option<String>,
 }
 
 /// Whether this test crate runs its clusters on the Redis store (the `*_redis` test
@@ -76,7 +80,18 @@ pub async fn start(gw_args: &[&str], workers: usize, worker_args: &[&str]) -> Cl
     let config = gateway::Config::parse_from(args);
     let shutdown = CancellationToken::new();
     let gateway_task = tokio::spawn(gateway::run(listener, config, shutdown.clone()));
+    let flag = |name: &str| {
+        gw_args
+            .iter()
+            .position(|a| *a == name)
+            .and_then(|i| gw_args.get(i + 1))
+    };
+    let admin_base =
+        flag("--admin-listen").map_or(format!("http://{addr}"), |a| format!("http://{a}"));
+    let admin_auth = flag("--admin-key").map(|k| format!("Bearer {k}"));
     let mut cluster = Cluster {
+        admin_base,
+        admin_auth,
         gateway: addr,
         base: format!("http://{addr}"),
         shutdown,
@@ -141,8 +156,16 @@ impl Cluster {
 
     /// Waits until `n` workers are registered and healthy.
     pub async fn wait_workers(&self, n: usize) {
+        // `--admin-listen` is bound by the gateway task, which may not have run yet.
+        let admin = self.admin_base.trim_start_matches("http://").to_string();
         for _ in 0..500 {
-            let r = self.get("/v1/workers").await;
+            if tokio::net::TcpStream::connect(&admin).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for _ in 0..500 {
+            let r = self.admin_get("/v1/workers").await;
             if r.status == 200 {
                 let v = r.json();
                 let healthy = v["workers"]
@@ -234,9 +257,25 @@ impl Cluster {
         ws
     }
 
+    /// GET on the admin surface (`--admin-listen`, `--admin-key` as given to `start`).
+    pub async fn admin_get(&self, path: &str) -> Resp {
+        let url = format!("{}{path}", self.admin_base);
+        let auth: Vec<(&str, &str)> = self
+            .admin_auth
+            .iter()
+            .map(|a| ("Authorization", a.as_str()))
+            .collect();
+        self.request("GET", &url, &auth, Bytes::new()).await
+    }
+
     pub async fn wait_online(&self, channel: &str) {
         for _ in 0..500 {
-            if self.get(&format!("/v1/channels/{channel}")).await.json()["online"] == true {
+            if self
+                .admin_get(&format!("/v1/channels/{channel}"))
+                .await
+                .json()["online"]
+                == true
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;

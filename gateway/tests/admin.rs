@@ -1,0 +1,79 @@
+//! The admin surface (dashboard, `/metrics`, `/v1/workers`, `/v1/channels/…`): behind
+//! `--admin-key` (Bearer, or Basic with the key as the password, which browsers prompt
+//! for), or moved to its own `--admin-listen` address; `/healthz`, assign, publish and
+//! worker links never ask for it.
+
+mod common;
+
+use common::process::free_port;
+use common::*;
+
+const ADMIN: [&str; 4] = ["/", "/metrics", "/v1/workers", "/v1/channels/adm"];
+
+#[tokio::test]
+async fn with_an_admin_key_the_admin_surface_asks_for_it_and_nothing_else_does() {
+    let c = start(&["--admin-key", "adm-key-1"], 1, &[]).await;
+    for path in ADMIN {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(r.json()["error"], "admin_unauthorized", "{path}");
+        assert!(
+            r.header("www-authenticate").unwrap().starts_with("Basic "),
+            "{path}"
+        );
+        let wrong = c
+            .request("GET", path, &[("Authorization", "Bearer adm-key-2")], "")
+            .await;
+        assert_eq!(wrong.status, 401, "{path}");
+        let bearer = c
+            .request("GET", path, &[("Authorization", "Bearer adm-key-1")], "")
+            .await;
+        assert_eq!(bearer.status, 200, "{path}");
+        // "ops:adm-key-1", as a browser sends it after the prompt.
+        let basic = c
+            .request(
+                "GET",
+                path,
+                &[("Authorization", "Basic b3BzOmFkbS1rZXktMQ==")],
+                "",
+            )
+            .await;
+        assert_eq!(basic.status, 200, "{path}");
+    }
+    // The worker linked without it (wait_workers passed), and the API does not ask.
+    assert_eq!(c.get("/healthz").await.status, 200);
+    let mut ws = c.ws("adm", None).await;
+    c.publish("adm", "\"hi\"").await;
+    assert_eq!(next_json(&mut ws).await["data"], "hi");
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn admin_listen_moves_the_admin_surface_to_its_own_address() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let c = start(&["--admin-listen", &admin], 1, &[]).await;
+    for path in ADMIN {
+        let r = c.get(path).await;
+        assert_eq!(r.status, 404, "{path} on --listen");
+        let r = c.get(&format!("http://{admin}{path}")).await;
+        assert_eq!(r.status, 200, "{path} on --admin-listen");
+    }
+    assert_eq!(c.get(&format!("http://{admin}/healthz")).await.status, 200);
+    let m = c.get(&format!("http://{admin}/metrics")).await;
+    assert!(String::from_utf8_lossy(&m.body).contains("pushgate_publish_total"));
+    // The admin address serves nothing of the API.
+    assert_eq!(
+        c.get(&format!("http://{admin}/v1/assign?channel=adm"))
+            .await
+            .status,
+        404
+    );
+    let r = c
+        .request("POST", &format!("http://{admin}/v1/publish/adm"), &[], "x")
+        .await;
+    assert_eq!(r.status, 404);
+    // The API is where it was.
+    assert_eq!(c.get("/healthz").await.status, 200);
+    assert_eq!(c.get("/v1/assign?channel=adm").await.status, 200);
+    c.stop().await;
+}
