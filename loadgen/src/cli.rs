@@ -38,9 +38,10 @@ pub enum Command {
     Publish(PublishArgs),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
+    #[default]
     Ws,
     Poll,
     Sse,
@@ -52,7 +53,7 @@ impl Transport {
     /// The concrete transport of client `i` (global index).
     pub fn for_client(self, i: u64) -> Transport {
         match self {
-            Transport::Mixed => [Transport::Ws, Transport::Poll, Transport::Sse][(i % 3) as usize],
+            Transport::Mixed => Transport::CONCRETE[(i % 3) as usize],
             t => t,
         }
     }
@@ -63,6 +64,39 @@ impl Transport {
             Transport::Poll => "poll",
             Transport::Sse => "sse",
             Transport::Mixed => "mixed",
+        }
+    }
+
+    /// The concrete transports, in the order `mixed` hands them out (and stats counts them).
+    pub const CONCRETE: [Transport; 3] = [Transport::Ws, Transport::Poll, Transport::Sse];
+
+    /// Index of a concrete transport in [`Transport::CONCRETE`] (`mixed` is never a
+    /// client's transport; it counts as ws).
+    pub fn lane(self) -> usize {
+        match self {
+            Transport::Ws | Transport::Mixed => 0,
+            Transport::Poll => 1,
+            Transport::Sse => 2,
+        }
+    }
+
+    /// The concrete transports clients of this setting use.
+    pub fn concrete(self) -> &'static [Transport] {
+        match self {
+            Transport::Mixed => &Transport::CONCRETE,
+            t => &Transport::CONCRETE[t.lane()..t.lane() + 1],
+        }
+    }
+
+    /// How many of the clients `0..n` use each concrete transport.
+    pub fn counts(self, n: u64) -> Vec<(Transport, u64)> {
+        match self {
+            Transport::Mixed => Transport::CONCRETE
+                .iter()
+                .enumerate()
+                .map(|(k, &t)| (t, (n + 2 - k as u64) / 3))
+                .collect(),
+            t => vec![(t, n)],
         }
     }
 }
@@ -497,6 +531,183 @@ impl Plan {
     }
 }
 
+/// The scenario as parsed, for the report and the JSON (`parameters`): what ran, whatever
+/// came from flags, defaults or the environment. Durations in seconds, rates per second.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Parameters {
+    pub mode: String,
+    pub target: String,
+    pub gateways: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nchan_url: Option<String>,
+    pub transport: String,
+    pub clients: u64,
+    /// Clients per concrete transport (`ws`, `poll`, `sse`), in that order.
+    pub clients_by_transport: Vec<(String, u64)>,
+    pub ramp_per_sec: f64,
+    pub settle_secs: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishParameters>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnParameters>,
+    pub poll_timeout_secs: u64,
+    pub tls: bool,
+    pub source_ips: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_per_process: Option<u64>,
+    pub max_duration_secs: f64,
+    pub connect_timeout_secs: f64,
+    pub request_timeout_secs: f64,
+    pub max_errors: u64,
+    pub allow_drops: bool,
+    pub allow_gaps: bool,
+    pub check_ids: bool,
+    pub memory_after_drain: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_pids: Vec<u32>,
+}
+
+/// The publishing part of [`Parameters`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct PublishParameters {
+    pub rate_per_sec: f64,
+    pub duration_secs: f64,
+    pub channels: u64,
+    pub pattern: String,
+    pub batch: usize,
+    pub broadcast: bool,
+    pub payload_bytes: usize,
+    pub publish_connections: usize,
+    pub retry_for_secs: f64,
+}
+
+/// The churn part of [`Parameters`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct ChurnParameters {
+    pub fraction: f64,
+    pub rate_per_sec: f64,
+    pub backoff_secs: f64,
+}
+
+/// A value-enum's flag spelling (`round-robin`, `nchan`).
+fn flag_name(v: &impl ValueEnum) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+impl Plan {
+    /// The parsed scenario of this (parent) process.
+    pub fn parameters(&self) -> Parameters {
+        let n = if self.mode == Mode::Publish {
+            0
+        } else {
+            self.clients.clients
+        };
+        let c = &self.common;
+        Parameters {
+            mode: self.mode.name().to_string(),
+            target: flag_name(&c.target.target),
+            gateways: c.gateway.clone(),
+            nchan_url: c.target.nchan_url.clone(),
+            transport: self.clients.transport.name().to_string(),
+            clients: n,
+            clients_by_transport: if n == 0 {
+                Vec::new()
+            } else {
+                self.clients
+                    .transport
+                    .counts(n)
+                    .into_iter()
+                    .map(|(t, k)| (t.name().to_string(), k))
+                    .collect()
+            },
+            ramp_per_sec: self.clients.ramp,
+            settle_secs: self.clients.settle.as_secs_f64(),
+            hold_secs: (self.mode == Mode::Connect).then_some(self.hold.as_secs_f64()),
+            drain_secs: matches!(self.mode, Mode::Run | Mode::Churn)
+                .then(|| self.drain.as_secs_f64()),
+            publish: self.publish.as_ref().map(|p| PublishParameters {
+                rate_per_sec: p.rate,
+                duration_secs: p.duration.as_secs_f64(),
+                channels: match self.mode {
+                    Mode::Publish => p.channels.unwrap_or(100),
+                    _ => p.channels.unwrap_or(n).min(n),
+                },
+                pattern: flag_name(&p.pattern),
+                batch: p.batch,
+                broadcast: p.broadcast,
+                payload_bytes: p.payload_bytes,
+                publish_connections: p.publish_connections,
+                retry_for_secs: p.retry_for.as_secs_f64(),
+            }),
+            churn: self.churn.as_ref().map(|ch| ChurnParameters {
+                fraction: ch.fraction,
+                rate_per_sec: ch.rate,
+                backoff_secs: ch.backoff.as_secs_f64(),
+            }),
+            poll_timeout_secs: self.clients.poll_timeout,
+            tls: c.tls,
+            source_ips: c.source_ips.as_ref().map(|l| l.0.len()).unwrap_or(0),
+            max_per_process: c.max_per_process,
+            max_duration_secs: c.max_duration.as_secs_f64(),
+            connect_timeout_secs: c.connect_timeout.as_secs_f64(),
+            request_timeout_secs: c.request_timeout.as_secs_f64(),
+            max_errors: c.max_errors,
+            allow_drops: self.clients.allow_drops,
+            allow_gaps: self.check.allow_gaps,
+            check_ids: self.check.check_ids,
+            memory_after_drain: self.memory_after_drain,
+            server_pids: c.target.server_pids.clone(),
+        }
+    }
+}
+
+/// Flags whose value is a secret: shown as `***` in the command line a report prints.
+const SECRET_FLAGS: [&str; 2] = ["--subscriber-secret", "--publisher-key"];
+
+/// The command line as run, each argument shell-quoted where it needs it, secrets
+/// replaced by `***`: what the report and the JSON show (`command_line`).
+pub fn command_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> String {
+    let mut out = Vec::new();
+    let mut hide_next = false;
+    for a in args {
+        let a = a.to_string_lossy().into_owned();
+        if hide_next {
+            hide_next = false;
+            out.push("***".to_string());
+            continue;
+        }
+        if SECRET_FLAGS.contains(&a.as_str()) {
+            hide_next = true;
+            out.push(a);
+        } else if let Some(flag) = SECRET_FLAGS
+            .iter()
+            .find(|f| a.strip_prefix(**f).is_some_and(|r| r.starts_with('=')))
+        {
+            out.push(format!("{flag}=***"));
+        } else {
+            out.push(shell_quote(&a));
+        }
+    }
+    out.join(" ")
+}
+
+/// `a` as a POSIX shell word: unchanged when it is made of safe characters, else in
+/// single quotes (a `'` inside as `'\''`).
+pub fn shell_quote(a: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "-_./:=,+%@^".contains(c);
+    if !a.is_empty() && a.chars().all(safe) {
+        a.to_string()
+    } else {
+        format!("'{}'", a.replace('\'', "'\\''"))
+    }
+}
+
 /// Parses `10s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let s = s.trim();
@@ -680,6 +891,73 @@ mod tests {
             plan.common.gateway,
             vec!["http://127.0.0.1:8080".to_string()]
         );
+    }
+
+    #[test]
+    fn command_lines_are_quoted_and_hide_secrets() {
+        let argv = [
+            "target/release/loadgen",
+            "run",
+            "--gateway",
+            "http://127.0.0.1:8080",
+            "--channel-prefix",
+            "it's",
+            "--publisher-key",
+            "k1",
+            "--subscriber-secret=s2",
+            "--rate",
+            "200/s",
+            "",
+            "a b",
+        ];
+        assert_eq!(
+            command_line(argv.iter().map(std::ffi::OsString::from)),
+            "target/release/loadgen run --gateway http://127.0.0.1:8080 --channel-prefix 'it'\\''s' \
+             --publisher-key *** --subscriber-secret=*** --rate 200/s '' 'a b'"
+        );
+    }
+
+    #[test]
+    fn parameters_say_what_runs() {
+        let cli = Cli::try_parse_from([
+            "loadgen",
+            "churn",
+            "--clients",
+            "10",
+            "--transport",
+            "mixed",
+            "--rate",
+            "50/s",
+            "--channels",
+            "20",
+        ])
+        .unwrap();
+        let p = Plan::from_command(cli.command).unwrap().parameters();
+        assert_eq!(p.mode, "churn");
+        assert_eq!(p.target, "pushgate");
+        let by: Vec<(&str, u64)> = p
+            .clients_by_transport
+            .iter()
+            .map(|(t, n)| (t.as_str(), *n))
+            .collect();
+        assert_eq!(by, [("ws", 4), ("poll", 3), ("sse", 3)]);
+        let publish = p.publish.unwrap();
+        assert_eq!((publish.rate_per_sec, publish.channels), (50.0, 10));
+        assert_eq!(publish.pattern, "round-robin");
+        assert_eq!(p.churn.unwrap().rate_per_sec, 1.0);
+        assert_eq!(p.drain_secs, Some(5.0));
+        assert_eq!(p.hold_secs, None);
+        for n in [0u64, 1, 2, 3, 7] {
+            let counts = Transport::Mixed.counts(n);
+            let by_client = |t: Transport| {
+                (0..n)
+                    .filter(|&i| Transport::Mixed.for_client(i) == t)
+                    .count() as u64
+            };
+            for (t, k) in counts {
+                assert_eq!(k, by_client(t), "{n} {t:?}");
+            }
+        }
     }
 
     #[test]

@@ -102,7 +102,9 @@ async fn run(plan: Arc<Plan>) -> anyhow::Result<bool> {
     } else {
         scenario::run_process(plan.clone(), Barrier::Local { before: None }, stop_all, why).await?
     };
-    let summary = Summary::from_raw(&raw)?;
+    let mut summary = Summary::from_raw(&raw)?;
+    summary.command_line = cli::command_line(std::env::args_os());
+    summary.parameters = Some(plan.parameters());
     // The summary goes to stdout (`loadgen ... > out.txt` keeps it), unless stdout carries
     // the JSON (`--json -`); progress and errors stay on stderr.
     if !plan.common.quiet {

@@ -9,8 +9,9 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::checker::CheckTotals;
+use crate::cli::Parameters;
 use crate::memory::MemoryResult;
-use crate::stats::{hist_from_b64, merge_b64, TickRaw};
+use crate::stats::{hist_from_b64, merge_b64, PhaseMark, TickRaw};
 
 /// Counters of a run (they add across shards).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -82,6 +83,27 @@ pub struct RawHists {
     pub tls_handshake_us: String,
 }
 
+/// The clients of one concrete transport: counters and histograms (base64, µs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaneRaw {
+    pub transport: String,
+    pub clients: u64,
+    pub connects_ok: u64,
+    pub delivered: u64,
+    pub connect_us: String,
+    pub latency_us: String,
+}
+
+impl LaneRaw {
+    fn merge(&mut self, o: &LaneRaw) -> anyhow::Result<()> {
+        self.clients += o.clients;
+        self.connects_ok += o.connects_ok;
+        self.delivered += o.delivered;
+        merge_b64(&mut self.connect_us, &o.connect_us)?;
+        merge_b64(&mut self.latency_us, &o.latency_us)
+    }
+}
+
 /// Everything one process measured, in a form that merges exactly.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RawResult {
@@ -119,6 +141,12 @@ pub struct RawResult {
     /// received: the span of the whole delivery (see `DeliverySummary::span_ms`).
     #[serde(default)]
     pub span_ns: Option<(u64, u64)>,
+    /// The phases as they ran (seconds since the process started, like the timeline).
+    #[serde(default)]
+    pub phases: Vec<PhaseMark>,
+    /// Per concrete transport the clients use.
+    #[serde(default)]
+    pub transports: Vec<LaneRaw>,
 }
 
 impl RawResult {
@@ -168,8 +196,42 @@ impl RawResult {
                     x.delivered += t.delivered;
                     x.errors += t.errors;
                     merge_b64(&mut x.latency, &t.latency)?;
+                    for l in &t.transports {
+                        match x.transports.iter_mut().find(|y| y.transport == l.transport) {
+                            Some(y) => {
+                                y.connected += l.connected;
+                                y.delivered += l.delivered;
+                                merge_b64(&mut y.latency, &l.latency)?;
+                            }
+                            None => x.transports.push(l.clone()),
+                        }
+                    }
                 }
                 None => self.timeline.push(t.clone()),
+            }
+        }
+        for l in &o.transports {
+            match self
+                .transports
+                .iter_mut()
+                .find(|y| y.transport == l.transport)
+            {
+                Some(y) => y.merge(l)?,
+                None => self.transports.push(l.clone()),
+            }
+        }
+        // Shards run the same phases: each spans from the earliest start to the latest end.
+        for (i, p) in o.phases.iter().enumerate() {
+            match self.phases.get_mut(i) {
+                Some(q) if q.name == p.name => {
+                    q.start_secs = q.start_secs.min(p.start_secs);
+                    q.end_secs = q.end_secs.max(p.end_secs);
+                }
+                _ => {
+                    if !self.phases.iter().any(|q| q.name == p.name) {
+                        self.phases.push(p.clone());
+                    }
+                }
             }
         }
         self.timeline.sort_by_key(|t| t.t);
@@ -286,6 +348,30 @@ pub struct TickSummary {
     pub latency_p50_us: u64,
     pub latency_p99_us: u64,
     pub latency_max_us: u64,
+    /// The same second per transport the clients use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transports: Vec<TransportTick>,
+}
+
+/// One second of one transport's clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransportTick {
+    pub transport: String,
+    pub connected: u64,
+    pub delivered: u64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+}
+
+/// The clients of one concrete transport over the whole run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransportSummary {
+    pub transport: String,
+    pub clients: u64,
+    pub connects_ok: u64,
+    pub delivered: u64,
+    pub connect_us: HistSummary,
+    pub latency_us: HistSummary,
 }
 
 /// A point of the latency distribution.
@@ -317,6 +403,12 @@ pub struct TlsSummary {
 pub struct Summary {
     pub loadgen_version: String,
     pub command: String,
+    /// The command line as run, shell-quoted, secrets as `***`.
+    #[serde(default)]
+    pub command_line: String,
+    /// The scenario as parsed.
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
     pub transport: String,
     pub gateway: String,
     pub channel_prefix: String,
@@ -335,6 +427,12 @@ pub struct Summary {
     pub memory: Option<MemoryResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_after_drain: Option<MemoryResult>,
+    /// Per concrete transport the clients use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_transport: Vec<TransportSummary>,
+    /// The phases as they ran, in seconds since the start (the timeline's clock).
+    #[serde(default)]
+    pub phases: Vec<PhaseMark>,
     pub timeline: Vec<TickSummary>,
     pub latency_distribution: Vec<LatencyPoint>,
     pub histograms: RawHists,
@@ -364,6 +462,17 @@ impl Summary {
         for t in &raw.timeline {
             let h = hist_from_b64(&t.latency)?;
             let s = HistSummary::of(&h);
+            let mut transports = Vec::new();
+            for l in &t.transports {
+                let h = HistSummary::of(&hist_from_b64(&l.latency)?);
+                transports.push(TransportTick {
+                    transport: l.transport.clone(),
+                    connected: l.connected,
+                    delivered: l.delivered,
+                    latency_p50_us: h.p50,
+                    latency_p99_us: h.p99,
+                });
+            }
             timeline.push(TickSummary {
                 t: t.t,
                 connected: t.connected,
@@ -373,6 +482,22 @@ impl Summary {
                 latency_p50_us: s.p50,
                 latency_p99_us: s.p99,
                 latency_max_us: s.max,
+                transports,
+            });
+        }
+        let mut by_transport = Vec::new();
+        for l in &raw.transports {
+            by_transport.push(TransportSummary {
+                transport: l.transport.clone(),
+                clients: l.clients,
+                connects_ok: l.connects_ok,
+                delivered: l.delivered,
+                connect_us: HistSummary::of(
+                    &hist_from_b64(&l.connect_us).context("connect histogram")?,
+                ),
+                latency_us: HistSummary::of(
+                    &hist_from_b64(&l.latency_us).context("latency histogram")?,
+                ),
             });
         }
         let latency_distribution = if latency.is_empty() {
@@ -391,6 +516,8 @@ impl Summary {
         Ok(Summary {
             loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
             command: raw.command.clone(),
+            command_line: String::new(),
+            parameters: None,
             transport: raw.transport.clone(),
             gateway: raw.gateway.clone(),
             channel_prefix: raw.channel_prefix.clone(),
@@ -462,6 +589,8 @@ impl Summary {
             }),
             memory: raw.memory.clone(),
             memory_after_drain: raw.memory_after_drain.clone(),
+            by_transport,
+            phases: raw.phases.clone(),
             timeline,
             latency_distribution,
             histograms: raw.hists.clone(),
@@ -566,6 +695,23 @@ impl Summary {
                     .map(|v| format!("; first sent -> last received {v:.2} ms"))
                     .unwrap_or_default()
             );
+        }
+        if self.by_transport.len() > 1 {
+            let _ = write!(s, "  transport");
+            for (i, t) in self.by_transport.iter().enumerate() {
+                let _ = write!(
+                    s,
+                    "{} {} {} clients, {} received, connect p50 {}, latency p50 {} p99 {}",
+                    if i == 0 { "" } else { " |" },
+                    t.transport,
+                    t.clients,
+                    t.delivered,
+                    ms(t.connect_us.p50),
+                    ms(t.latency_us.p50),
+                    ms(t.latency_us.p99)
+                );
+            }
+            s.push('\n');
         }
         if let Some(k) = &d.check {
             let _ = writeln!(

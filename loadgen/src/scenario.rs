@@ -18,8 +18,8 @@ use crate::clients::{client_task, ClientCtx, Slot};
 use crate::memory;
 use crate::net::{Gateways, SourceIps};
 use crate::publish::{publish_phase, PublishCtx};
-use crate::result::{Counters, RawHists, RawResult};
-use crate::stats::{hist_from_b64, hist_to_b64, Stats};
+use crate::result::{Counters, LaneRaw, RawHists, RawResult};
+use crate::stats::{hist_from_b64, hist_to_b64, Stats, TickPrev};
 
 /// Why the whole run stopped early, if it did.
 #[derive(Clone, Default)]
@@ -92,7 +92,9 @@ pub async fn run_process(
     let mut p = Process::new(plan.clone(), stop_all)?;
     if let Barrier::Local { before } = &mut barrier {
         if plan.mode != Mode::Publish {
+            let began = Instant::now();
             *before = Some(crate::target::snapshot(&plan).await);
+            p.stats.phase("baseline", began);
         }
     }
     let connected = p.connect_phase().await;
@@ -157,15 +159,20 @@ struct ResultParts {
 impl Process {
     /// Shared state, the assign pool and the progress ticker.
     fn new(plan: Arc<Plan>, stop_all: CancellationToken) -> anyhow::Result<Process> {
-        let stats = Arc::new(Stats::tolerating(
-            plan.clients.allow_drops,
-            plan.check.allow_gaps,
-        ));
         let n = if plan.mode == Mode::Publish {
             0
         } else {
             plan.clients.clients
         };
+        let transports = if n == 0 {
+            &[][..]
+        } else {
+            plan.clients.transport.concrete()
+        };
+        let stats = Arc::new(
+            Stats::tolerating(plan.clients.allow_drops, plan.check.allow_gaps)
+                .with_transports(transports),
+        );
         let mut src = SourceIps::new(
             plan.common
                 .source_ips
@@ -217,19 +224,21 @@ impl Process {
         let mut slots = Vec::with_capacity(self.n as usize);
         let mut handles = Vec::with_capacity(self.n as usize);
         let connect_start = tokio::time::Instant::now();
+        let began = Instant::now();
         for i in 0..self.n {
             let due = connect_start + Duration::from_secs_f64(i as f64 / plan.clients.ramp);
             tokio::select! {
                 _ = self.stop_all.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
-            let slot = Arc::new(Slot::default());
+            let index = plan.common.client_offset + i;
+            let transport = plan.clients.transport.for_client(index);
+            stats.lanes[transport.lane()]
+                .clients
+                .fetch_add(1, Ordering::Relaxed);
+            let slot = Arc::new(Slot::new(transport));
             slots.push(slot.clone());
-            handles.push(tokio::spawn(client_task(
-                self.ctx.clone(),
-                plan.common.client_offset + i,
-                slot,
-            )));
+            handles.push(tokio::spawn(client_task(self.ctx.clone(), index, slot)));
         }
         let spawned = handles.len() as u64;
         while stats.first_done.load(Ordering::Relaxed) < spawned && !self.stop_all.is_cancelled() {
@@ -239,6 +248,9 @@ impl Process {
             }
         }
         crate::target::cpu_mark(plan, "connected");
+        if self.n > 0 {
+            stats.phase("ramp", began);
+        }
         let secs = if self.n > 0 {
             connect_start.elapsed().as_secs_f64()
         } else {
@@ -275,6 +287,7 @@ impl Process {
         };
         let mut memory_result = None;
         let mut baseline = None;
+        let began = Instant::now();
         match barrier {
             Barrier::Local {
                 before: Some(before),
@@ -283,9 +296,14 @@ impl Process {
                     baseline = Some(before.clone());
                 }
                 memory_result = memory_since(&self.plan, stats, &self.stop_all, before).await;
+                stats.phase("settle", began);
             }
             Barrier::Local { .. } => {}
-            Barrier::Child => child_barrier(&ready, self.stop_all.clone()).await,
+            Barrier::Child => {
+                // The parent settles and reads memory meanwhile.
+                child_barrier(&ready, self.stop_all.clone()).await;
+                stats.phase("settle", began);
+            }
         }
         (ready, memory_result, baseline)
     }
@@ -312,10 +330,12 @@ impl Process {
         };
         match plan.mode {
             Mode::Connect => {
+                let began = Instant::now();
                 tokio::select! {
                     _ = self.stop_all.cancelled() => {}
                     _ = tokio::time::sleep(plan.hold) => {}
                 }
+                self.stats.phase("hold", began);
             }
             Mode::Run | Mode::Churn | Mode::Publish if !self.stop_all.is_cancelled() => {
                 let opts = plan
@@ -348,16 +368,27 @@ impl Process {
                     let _ = c.await;
                 }
                 main.publish_secs = t0.elapsed().as_secs_f64();
+                // Churn mode publishes while clients drop and resume: one phase, `churn`.
+                let name = if plan.mode == Mode::Churn {
+                    "churn"
+                } else {
+                    "publish"
+                };
+                self.stats.phase(name, t0);
                 r?;
                 if plan.mode != Mode::Publish {
+                    let began = Instant::now();
                     drain(slots, &main.table, plan.drain, &self.stop_all).await;
+                    self.stats.phase("drain", began);
                 }
                 main.deliver_secs = t0.elapsed().as_secs_f64();
                 crate::target::cpu_mark(plan, "drained");
                 if let Some(before) = baseline.take() {
                     // Clients still open; long-polls have re-polled during the settle time.
+                    let began = Instant::now();
                     main.memory_after_drain =
                         memory_since(plan, &self.stats, &self.stop_all, before).await;
+                    self.stats.phase("settle", began);
                 }
             }
             _ => {}
@@ -373,12 +404,16 @@ impl Process {
         table: &[Published],
     ) -> Option<CheckTotals> {
         self.clients_stop.cancel();
+        let began = Instant::now();
         let mut checkers: Vec<SeqChecker> = Vec::with_capacity(handles.len());
         for h in handles {
             match tokio::time::timeout(Duration::from_secs(10), h).await {
                 Ok(Ok(c)) => checkers.push(c),
                 _ => checkers.push(SeqChecker::default()),
             }
+        }
+        if !checkers.is_empty() {
+            self.stats.phase("close", began);
         }
         let mode = self.plan.mode;
         let check = (mode == Mode::Run || mode == Mode::Churn).then(|| {
@@ -412,6 +447,21 @@ impl Process {
         let mut prev = stats_prev(&stats);
         stats.tick(&mut prev);
         let h = stats.hists.lock().unwrap();
+        let transports = stats
+            .transports
+            .iter()
+            .map(|&t| {
+                let (i, lane) = (t.lane(), &stats.lanes[t.lane()]);
+                LaneRaw {
+                    transport: t.name().to_string(),
+                    clients: lane.clients.load(Ordering::Relaxed),
+                    connects_ok: lane.connects_ok.load(Ordering::Relaxed),
+                    delivered: lane.delivered.load(Ordering::Relaxed),
+                    connect_us: hist_to_b64(&h.lane_connect[i]),
+                    latency_us: hist_to_b64(&h.lane_latency[i]),
+                }
+            })
+            .collect();
         let first_ok = stats.first_ok.load(Ordering::Relaxed);
         let first_done = stats.first_done.load(Ordering::Relaxed);
         let result = RawResult {
@@ -468,6 +518,8 @@ impl Process {
             memory: parts.memory,
             memory_after_drain: parts.main.memory_after_drain,
             span_ns: stats.span(),
+            phases: stats.phases.lock().unwrap().clone(),
+            transports,
         };
         result
     }
@@ -491,19 +543,30 @@ async fn memory_since(
 }
 
 /// The cumulative counters as of the last tick (so the final tick is a delta).
-fn stats_prev(stats: &Stats) -> (u64, u64, u64) {
+fn stats_prev(stats: &Stats) -> TickPrev {
     let tl = stats.timeline.lock().unwrap();
-    let published = tl.iter().map(|t| t.published).sum();
-    let delivered = tl.iter().map(|t| t.delivered).sum();
-    let errors = tl.iter().map(|t| t.errors).sum();
-    (published, delivered, errors)
+    let mut prev = TickPrev {
+        published: tl.iter().map(|t| t.published).sum(),
+        delivered: tl.iter().map(|t| t.delivered).sum(),
+        errors: tl.iter().map(|t| t.errors).sum(),
+        lane_delivered: [0; 3],
+    };
+    for l in tl.iter().flat_map(|t| &t.transports) {
+        if let Some(t) = crate::cli::Transport::CONCRETE
+            .iter()
+            .find(|t| t.name() == l.transport)
+        {
+            prev.lane_delivered[t.lane()] += l.delivered;
+        }
+    }
+    prev
 }
 
 /// Once a second: close the timeline entry, show progress (or send it to the parent).
 async fn ticker(plan: Arc<Plan>, stats: Arc<Stats>, target: u64, stop: CancellationToken) {
     let show = show_progress(&plan);
     let child = plan.is_child();
-    let mut prev = (0, 0, 0);
+    let mut prev = TickPrev::default();
     let mut last = Progress::default();
     let mut interval = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(1),
@@ -518,9 +581,9 @@ async fn ticker(plan: Arc<Plan>, stats: Arc<Stats>, target: u64, stop: Cancellat
         let p = Progress {
             connected: tick.connected,
             target,
-            published: prev.0,
-            delivered: prev.1,
-            errors: prev.2,
+            published: prev.published,
+            delivered: prev.delivered,
+            errors: prev.errors,
             p99_us: hist_from_b64(&tick.latency)
                 .map(|h| h.value_at_quantile(0.99))
                 .unwrap_or(0),

@@ -390,13 +390,47 @@ mod tests {
             delivered: 0,
             errors: 0,
             latency: crate::stats::hist_to_b64(&crate::stats::new_hist()),
+            transports: Vec::new(),
         });
-        let b = a.clone();
+        let h = crate::stats::hist_to_b64(&crate::stats::new_hist());
+        a.timeline[0].transports.push(crate::stats::LaneTick {
+            transport: "sse".into(),
+            connected: 5,
+            delivered: 2,
+            latency: h.clone(),
+        });
+        a.transports.push(crate::result::LaneRaw {
+            transport: "sse".into(),
+            clients: 5,
+            connects_ok: 5,
+            delivered: 2,
+            connect_us: h.clone(),
+            latency_us: h,
+        });
+        let phase = |name: &str, start_secs, end_secs| crate::stats::PhaseMark {
+            name: name.into(),
+            start_secs,
+            end_secs,
+        };
+        a.phases = vec![phase("ramp", 0.1, 1.0), phase("hold", 1.0, 2.0)];
+        let mut b = a.clone();
+        b.phases = vec![phase("ramp", 0.2, 1.5), phase("hold", 1.5, 2.2)];
         a.merge(&b).unwrap();
         assert_eq!(a.counters.first_ok, 10);
         assert_eq!(a.errors.get("a"), Some(&2));
         assert_eq!(a.timeline.len(), 1);
         assert_eq!(a.timeline[0].connected, 10);
+        assert_eq!(a.timeline[0].transports.len(), 1);
+        assert_eq!(a.timeline[0].transports[0].delivered, 4);
+        assert_eq!(
+            (a.transports[0].clients, a.transports[0].delivered),
+            (10, 4)
+        );
+        assert_eq!(
+            a.phases,
+            [phase("ramp", 0.1, 1.5), phase("hold", 1.0, 2.2)],
+            "each phase spans its shards"
+        );
     }
 
     fn blank() -> RawResult {
@@ -434,6 +468,8 @@ mod tests {
             memory: None,
             memory_after_drain: None,
             span_ns: None,
+            phases: Vec::new(),
+            transports: Vec::new(),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Live counters shared by every client and publisher task of one process, the per-second
-//! timeline, and hdrhistogram helpers (bounds, V2 serialization as base64, merging).
+//! Live counters shared by every client and publisher task of one process (in total and
+//! per transport), the per-second timeline, the phases as they ran, and hdrhistogram
+//! helpers (bounds, V2 serialization as base64, merging).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -10,6 +11,8 @@ use base64::Engine;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+
+use crate::cli::Transport;
 
 /// Highest value a histogram holds: one hour in microseconds.
 const HIST_MAX_US: u64 = 3_600_000_000;
@@ -75,6 +78,49 @@ pub struct TickRaw {
     pub errors: u64,
     /// Delivery latency of the second's messages (µs, base64 V2 hdrhistogram).
     pub latency: String,
+    /// The same second per transport the run's clients use (absent in results from before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transports: Vec<LaneTick>,
+}
+
+/// One second of one transport's clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LaneTick {
+    /// `ws`, `poll` or `sse`.
+    pub transport: String,
+    pub connected: u64,
+    pub delivered: u64,
+    /// Delivery latency (µs, base64 V2 hdrhistogram).
+    pub latency: String,
+}
+
+/// One phase of the run as it happened, in seconds since the process started (the
+/// timeline's clock): `baseline`, `ramp`, `settle`, `hold`, `publish`, `churn`, `drain`,
+/// `close`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseMark {
+    pub name: String,
+    pub start_secs: f64,
+    pub end_secs: f64,
+}
+
+/// The cumulative counters as of the previous tick (so each tick is a delta).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TickPrev {
+    pub published: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub lane_delivered: [u64; 3],
+}
+
+/// Counters of the clients of one concrete transport (index [`Transport::lane`]).
+#[derive(Default)]
+pub struct Lane {
+    /// Clients started.
+    pub clients: AtomicU64,
+    pub connected: AtomicI64,
+    pub connects_ok: AtomicU64,
+    pub delivered: AtomicU64,
 }
 
 /// Histograms under one lock.
@@ -84,6 +130,10 @@ pub struct Hists {
     pub latency: Histogram<u64>,
     pub latency_tick: Histogram<u64>,
     pub publish: Histogram<u64>,
+    /// Per transport (index [`Transport::lane`]): connect time, latency, latency this second.
+    pub lane_connect: [Histogram<u64>; 3],
+    pub lane_latency: [Histogram<u64>; 3],
+    pub lane_latency_tick: [Histogram<u64>; 3],
 }
 
 /// Counters of one process.
@@ -123,6 +173,10 @@ pub struct Stats {
     /// Connections currently open per worker id (from /v1/assign).
     pub per_worker: Mutex<HashMap<String, i64>>,
     pub timeline: Mutex<Vec<TickRaw>>,
+    /// The transports this process's clients use (the lanes the timeline carries).
+    pub transports: Vec<Transport>,
+    pub lanes: [Lane; 3],
+    pub phases: Mutex<Vec<PhaseMark>>,
 }
 
 impl Default for Stats {
@@ -170,10 +224,34 @@ impl Stats {
                 latency: new_hist(),
                 latency_tick: new_hist(),
                 publish: new_hist(),
+                lane_connect: [new_hist(), new_hist(), new_hist()],
+                lane_latency: [new_hist(), new_hist(), new_hist()],
+                lane_latency_tick: [new_hist(), new_hist(), new_hist()],
             }),
             per_worker: Mutex::new(HashMap::new()),
             timeline: Mutex::new(Vec::new()),
+            transports: Vec::new(),
+            lanes: Default::default(),
+            phases: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The same, counting per transport for clients of these transports.
+    pub fn with_transports(mut self, transports: &[Transport]) -> Stats {
+        self.transports = transports.to_vec();
+        self
+    }
+
+    /// A phase that began at `began` ends now.
+    pub fn phase(&self, name: &str, began: Instant) {
+        let secs = |t: Instant| {
+            (t.saturating_duration_since(self.start).as_secs_f64() * 1000.0).round() / 1000.0
+        };
+        self.phases.lock().unwrap().push(PhaseMark {
+            name: name.to_string(),
+            start_secs: secs(began),
+            end_secs: secs(Instant::now()),
+        });
     }
 
     /// Counts one error of a bounded kind (e.g. `assign_http_503`, `ws_close_4001`, `gap`).
@@ -212,11 +290,14 @@ impl Stats {
             .or_insert(0) += n;
     }
 
-    /// A client is connected to `worker`.
-    pub fn up(&self, worker: &str) {
+    /// A client of `transport` is connected to `worker`.
+    pub fn up(&self, worker: &str, transport: Transport) {
         let now = self.connected.fetch_add(1, Ordering::Relaxed) + 1;
         self.peak_connected.fetch_max(now, Ordering::Relaxed);
         self.connects_ok.fetch_add(1, Ordering::Relaxed);
+        let lane = &self.lanes[transport.lane()];
+        lane.connected.fetch_add(1, Ordering::Relaxed);
+        lane.connects_ok.fetch_add(1, Ordering::Relaxed);
         *self
             .per_worker
             .lock()
@@ -225,27 +306,40 @@ impl Stats {
             .or_insert(0) += 1;
     }
 
-    /// A client connected to `worker` went away.
-    pub fn down(&self, worker: &str) {
+    /// A client of `transport` connected to `worker` went away.
+    pub fn down(&self, worker: &str, transport: Transport) {
         self.connected.fetch_sub(1, Ordering::Relaxed);
+        self.lanes[transport.lane()]
+            .connected
+            .fetch_sub(1, Ordering::Relaxed);
         if let Some(n) = self.per_worker.lock().unwrap().get_mut(worker) {
             *n -= 1;
         }
     }
 
-    pub fn record_connect(&self, connect_us: u64, assign_us: u64) {
+    pub fn record_connect(&self, connect_us: u64, assign_us: u64, transport: Transport) {
         let mut h = self.hists.lock().unwrap();
         h.connect.saturating_record(connect_us.max(1));
         h.assign.saturating_record(assign_us.max(1));
+        h.lane_connect[transport.lane()].saturating_record(connect_us.max(1));
     }
 
-    /// A stamped message arrived: its latency, and the span from the earliest send to the
-    /// latest receive (the time to the last client of a burst or a broadcast).
-    pub fn record_delivery(&self, sent_ns: u64) {
+    /// A message arrived at a client of `transport` (stamped or not, first or a copy).
+    pub fn received(&self, transport: Transport) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.lanes[transport.lane()]
+            .delivered
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A stamped message arrived at a client of `transport`: its latency, and the span
+    /// from the earliest send to the latest receive (the time to the last client of a
+    /// burst or a broadcast).
+    pub fn record_delivery(&self, sent_ns: u64, transport: Transport) {
         let now = unix_nanos();
         self.first_sent_ns.fetch_min(sent_ns, Ordering::Relaxed);
         self.last_received_ns.fetch_max(now, Ordering::Relaxed);
-        self.record_latency(now.saturating_sub(sent_ns) / 1000);
+        self.record_latency(now.saturating_sub(sent_ns) / 1000, transport);
     }
 
     /// First send → last receive over every stamped message received, in ns.
@@ -255,10 +349,14 @@ impl Stats {
         (first != u64::MAX && last != 0).then_some((first, last))
     }
 
-    pub fn record_latency(&self, us: u64) {
+    pub fn record_latency(&self, us: u64, transport: Transport) {
+        let us = us.max(1);
+        let lane = transport.lane();
         let mut h = self.hists.lock().unwrap();
-        h.latency.saturating_record(us.max(1));
-        h.latency_tick.saturating_record(us.max(1));
+        h.latency.saturating_record(us);
+        h.latency_tick.saturating_record(us);
+        h.lane_latency[lane].saturating_record(us);
+        h.lane_latency_tick[lane].saturating_record(us);
     }
 
     pub fn record_publish(&self, us: u64) {
@@ -270,27 +368,52 @@ impl Stats {
     }
 
     /// Closes the current second: appends a timeline entry. `prev` carries the previous
-    /// cumulative counters (published, delivered, errors).
-    pub fn tick(&self, prev: &mut (u64, u64, u64)) -> TickRaw {
+    /// cumulative counters.
+    pub fn tick(&self, prev: &mut TickPrev) -> TickRaw {
         let published = self.published.load(Ordering::Relaxed);
         let delivered = self.delivered.load(Ordering::Relaxed);
         let errors = self.errors_total.load(Ordering::Relaxed);
-        let lat = {
+        let mut lane_delivered = prev.lane_delivered;
+        let (lat, lanes) = {
             let mut h = self.hists.lock().unwrap();
             let s = hist_to_b64(&h.latency_tick);
             h.latency_tick.reset();
-            s
+            let lanes: Vec<LaneTick> = self
+                .transports
+                .iter()
+                .map(|&t| {
+                    let i = t.lane();
+                    let lane = &self.lanes[i];
+                    let d = lane.delivered.load(Ordering::Relaxed);
+                    lane_delivered[i] = d;
+                    let latency = hist_to_b64(&h.lane_latency_tick[i]);
+                    h.lane_latency_tick[i].reset();
+                    LaneTick {
+                        transport: t.name().to_string(),
+                        connected: lane.connected.load(Ordering::Relaxed).max(0) as u64,
+                        delivered: d - prev.lane_delivered[i],
+                        latency,
+                    }
+                })
+                .collect();
+            (s, lanes)
         };
         let mut timeline = self.timeline.lock().unwrap();
         let tick = TickRaw {
             t: timeline.len() as u32 + 1,
             connected: self.connected.load(Ordering::Relaxed).max(0) as u64,
-            published: published - prev.0,
-            delivered: delivered - prev.1,
-            errors: errors - prev.2,
+            published: published - prev.published,
+            delivered: delivered - prev.delivered,
+            errors: errors - prev.errors,
             latency: lat,
+            transports: lanes,
         };
-        *prev = (published, delivered, errors);
+        *prev = TickPrev {
+            published,
+            delivered,
+            errors,
+            lane_delivered,
+        };
         timeline.push(tick.clone());
         tick
     }
@@ -432,8 +555,8 @@ mod tests {
         let s = Stats::new();
         assert_eq!(s.span(), None);
         let t = unix_nanos();
-        s.record_delivery(t - 2_000_000);
-        s.record_delivery(t - 5_000_000);
+        s.record_delivery(t - 2_000_000, Transport::Ws);
+        s.record_delivery(t - 5_000_000, Transport::Ws);
         let (first, last) = s.span().expect("two deliveries");
         assert_eq!(first, t - 5_000_000);
         assert!(last >= t && last - first >= 5_000_000, "{first} {last}");
@@ -442,18 +565,51 @@ mod tests {
 
     #[test]
     fn ticks_are_deltas() {
-        let s = Stats::new();
-        let mut prev = (0, 0, 0);
+        let s = Stats::new().with_transports(&[Transport::Ws, Transport::Sse]);
+        let mut prev = TickPrev::default();
         s.published.fetch_add(5, Ordering::Relaxed);
-        s.delivered.fetch_add(3, Ordering::Relaxed);
-        s.record_latency(100);
+        for _ in 0..3 {
+            s.received(Transport::Sse);
+        }
+        s.up("w", Transport::Sse);
+        s.record_latency(100, Transport::Sse);
         let t = s.tick(&mut prev);
-        assert_eq!((t.published, t.delivered), (5, 3));
+        assert_eq!((t.published, t.delivered, t.connected), (5, 3, 1));
         assert_eq!(hist_from_b64(&t.latency).unwrap().len(), 1);
+        let lanes: Vec<(&str, u64, u64)> = t
+            .transports
+            .iter()
+            .map(|l| (l.transport.as_str(), l.connected, l.delivered))
+            .collect();
+        assert_eq!(lanes, [("ws", 0, 0), ("sse", 1, 3)]);
+        assert_eq!(hist_from_b64(&t.transports[1].latency).unwrap().len(), 1);
         s.published.fetch_add(1, Ordering::Relaxed);
+        s.received(Transport::Ws);
+        s.down("w", Transport::Sse);
         let t = s.tick(&mut prev);
-        assert_eq!((t.published, t.delivered), (1, 0));
+        assert_eq!((t.published, t.delivered), (1, 1));
         assert_eq!(hist_from_b64(&t.latency).unwrap().len(), 0);
+        assert_eq!(
+            (t.transports[0].delivered, t.transports[1].delivered),
+            (1, 0)
+        );
+        assert_eq!(t.transports[1].connected, 0);
+        assert_eq!(hist_from_b64(&t.transports[1].latency).unwrap().len(), 0);
         assert_eq!(s.hists.lock().unwrap().latency.len(), 1);
+        assert_eq!(s.hists.lock().unwrap().lane_latency[2].len(), 1);
+    }
+
+    #[test]
+    fn phases_are_seconds_since_the_start() {
+        let s = Stats::new();
+        let began = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.phase("ramp", began);
+        let p = s.phases.lock().unwrap()[0].clone();
+        assert_eq!(p.name, "ramp");
+        assert!(
+            p.start_secs >= 0.0 && p.end_secs - p.start_secs >= 0.019,
+            "{p:?}"
+        );
     }
 }

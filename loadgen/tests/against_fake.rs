@@ -627,8 +627,219 @@ async fn connect_splits_into_shards_and_merges() {
     assert_eq!(j["memory"]["workers"][0]["connections"].as_u64(), Some(9));
     let html = std::fs::read_to_string(&report).unwrap();
     let _ = std::fs::remove_file(&report);
-    assert!(html.contains("<svg") && html.contains("</html>"));
-    assert!(!html.contains("http://") || !html.contains("<script src"));
+    assert!(html.contains(UPLOT) && html.ends_with("</html>\n"));
+    // The shards' phases are merged: each once, from the earliest start to the latest end.
+    let summary = embedded_summary(&html);
+    assert_eq!(
+        phase_names(&summary),
+        ["ramp", "settle", "hold", "close"],
+        "{:#}",
+        summary["phases"]
+    );
+    assert_eq!(summary["by_transport"][0]["transport"], "sse");
+    assert_eq!(n(&summary["by_transport"][0], "clients"), 9);
+}
+
+/// The vendored chart library every report carries inline.
+const UPLOT: &str = include_str!("../../assets/vendor/uplot/uPlot.iife.min.js");
+
+/// The summary JSON a report embeds for its charts.
+fn embedded_summary(html: &str) -> Value {
+    let open = r#"<script type="application/json" id="summary">"#;
+    let start = html.find(open).expect("summary element") + open.len();
+    let len = html[start..].find("</script>").expect("end of the summary");
+    serde_json::from_str(&html[start..start + len]).expect("summary JSON")
+}
+
+fn phase_names(summary: &Value) -> Vec<String> {
+    summary["phases"]
+        .as_array()
+        .expect("phases")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every `<tag ...>` opening tag of one kind in `html`.
+fn tags<'a>(html: &'a str, tag: &str) -> Vec<&'a str> {
+    let open = format!("<{tag}");
+    html.match_indices(&open)
+        .filter(|(i, _)| {
+            html[i + open.len()..].starts_with(|c: char| c == '>' || c.is_ascii_whitespace())
+        })
+        .map(|(i, _)| &html[i..i + html[i..].find('>').unwrap() + 1])
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_is_one_page_with_its_command_phases_and_transports() {
+    let opts = Options {
+        publisher_key: Some("pub-key".into()),
+        ..Options::default()
+    };
+    let f = fake::start(Mode::Correct, opts).await;
+    let dir = tmp("report-dir");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let report = dir.join("churn report.html");
+    let o = loadgen(
+        &f.url(),
+        "report",
+        &[
+            "churn",
+            "--clients",
+            "12",
+            "--transport",
+            "mixed",
+            "--rate",
+            "120/s",
+            "--duration",
+            "2s",
+            "--fraction",
+            "0.25",
+            "--settle",
+            "0s",
+            "--poll-timeout",
+            "2",
+            "--publisher-key",
+            "pub-key",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.starts_with("loadgen churn (mixed, 12 clients"),
+        "stdout: {:?}",
+        o.stdout
+    );
+    assert!(
+        o.stdout.contains("  transport ws 4 clients"),
+        "{}",
+        o.stdout
+    );
+    // One file, and it needs nothing else: uPlot inline, no script, stylesheet or image
+    // from anywhere.
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let html = std::fs::read_to_string(&report).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(html.starts_with("<!doctype html>") && html.ends_with("</html>\n"));
+    assert!(html.contains(UPLOT), "uPlot is not inline");
+    let scripts = tags(&html, "script");
+    assert_eq!(scripts.len(), 3, "{scripts:?}");
+    for t in scripts {
+        assert!(!t.contains("src"), "{t}");
+    }
+    assert!(tags(&html, "link").is_empty() && tags(&html, "img").is_empty());
+    assert!(tags(&html, "iframe").is_empty());
+    for bad in ["@import", "url(http", "url(//", "src=\"http", "href=\"http"] {
+        assert!(!html.contains(bad), "{bad}");
+    }
+    // The command line as run, quoted, the publisher key hidden.
+    let quoted = format!("--report '{}'", report.to_str().unwrap());
+    for part in [
+        "/loadgen churn --clients 12 --transport mixed --rate 120/s",
+        "--publisher-key ***",
+        quoted.as_str(),
+    ] {
+        assert!(html.contains(part), "{part}");
+    }
+    assert!(!html.contains("pub-key"));
+    let summary = embedded_summary(&html);
+    assert_eq!(
+        summary["command_line"]
+            .as_str()
+            .map(|c| c.contains("--publisher-key ***")),
+        Some(true)
+    );
+    let p = &summary["parameters"];
+    assert_eq!(p["mode"], "churn");
+    assert_eq!(
+        p["clients_by_transport"],
+        serde_json::json!([["ws", 4], ["poll", 4], ["sse", 4]])
+    );
+    assert_eq!(p["publish"]["rate_per_sec"], 120.0);
+    assert_eq!(p["churn"]["fraction"], 0.25);
+    // The phases as they ran, in order, within the run; each in the phase table.
+    assert_eq!(
+        phase_names(&summary),
+        ["baseline", "ramp", "settle", "churn", "drain", "close"]
+    );
+    let mut at = 0.0;
+    for ph in summary["phases"].as_array().unwrap() {
+        let (a, b) = (
+            ph["start_secs"].as_f64().unwrap(),
+            ph["end_secs"].as_f64().unwrap(),
+        );
+        assert!(at <= a + 0.001 && a <= b, "{ph}");
+        at = b;
+        assert!(html.contains(&format!("</span>{}</td>", ph["name"].as_str().unwrap())));
+    }
+    let churn = &summary["phases"][3];
+    let length = churn["end_secs"].as_f64().unwrap() - churn["start_secs"].as_f64().unwrap();
+    assert!((1.9..3.0).contains(&length), "{churn}");
+    assert!(at <= summary["elapsed_secs"].as_f64().unwrap() + 0.001);
+    // Per transport: the whole run and every second of it.
+    let by = summary["by_transport"].as_array().unwrap();
+    let names: Vec<&str> = by
+        .iter()
+        .map(|t| t["transport"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ws", "poll", "sse"]);
+    let received: u64 = by.iter().map(|t| n(t, "delivered")).sum();
+    assert_eq!(received, n(&o.json, "delivery.received"));
+    for t in by {
+        assert_eq!(n(t, "clients"), 4);
+        assert!(n(t, "delivered") > 0 && n(t, "latency_us.count") > 0, "{t}");
+    }
+    let timeline = summary["timeline"].as_array().unwrap();
+    let per_second: u64 = timeline
+        .iter()
+        .flat_map(|t| t["transports"].as_array().unwrap())
+        .map(|l| n(l, "delivered"))
+        .sum();
+    assert_eq!(per_second, received);
+    assert!(timeline
+        .iter()
+        .all(|t| t["transports"].as_array().unwrap().len() == 3));
+    assert!(html.contains("Deliveries per second by transport"));
+    assert!(html.contains("id=\"by-transport\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_on_stdout_moves_the_summary_to_stderr() {
+    let f = fake::start(Mode::Correct, Options::default()).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args([
+            "connect",
+            "--clients",
+            "3",
+            "--hold",
+            "0s",
+            "--settle",
+            "0s",
+            "--gateway",
+            &f.url(),
+            "--json",
+            "-",
+        ])
+        .output()
+        .await
+        .expect("run loadgen");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let j: Value = serde_json::from_str(&stdout).expect("stdout is the JSON alone");
+    assert_eq!(n(&j, "connect.first_ok"), 3);
+    assert!(j["command_line"].as_str().unwrap().ends_with("--json -"));
+    assert!(
+        stderr.contains("loadgen connect (ws, 3 clients"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::checker::{Seen, SeqChecker};
-use crate::cli::Plan;
+use crate::cli::{Plan, Transport};
 use crate::net::{Gateways, SourceIps};
 use crate::stats::Stats;
 
@@ -60,6 +60,17 @@ pub struct Slot {
     pub max_seq: AtomicU64,
     /// Notified to make the client drop its connection and come back (churn).
     pub churn: Notify,
+    /// The client's transport (what its deliveries are counted under).
+    pub transport: Transport,
+}
+
+impl Slot {
+    pub fn new(transport: Transport) -> Slot {
+        Slot {
+            transport,
+            ..Slot::default()
+        }
+    }
 }
 
 /// `/v1/assign` answer.
@@ -158,7 +169,7 @@ pub fn on_gap(stats: &Stats, checker: &mut SeqChecker, epoch: Option<u64>, first
 }
 
 fn on_message(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, seq: u64, data: Option<Data>) {
-    stats.delivered.fetch_add(1, Ordering::Relaxed);
+    stats.received(slot.transport);
     let seen = checker.observe(seq);
     if seen != Seen::Duplicate {
         slot.unique.fetch_add(1, Ordering::Relaxed);
@@ -170,7 +181,7 @@ fn on_message(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, seq: u64, da
         }
         // A copy's latency (duplicate, replay) would measure the copy, not the delivery.
         if seen.is_first() {
-            stats.record_delivery(t);
+            stats.record_delivery(t, slot.transport);
         }
     }
 }
@@ -274,7 +285,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
         };
         failures = 0;
         tracing::debug!(%channel, %worker, ?since, "connected");
-        ctx.stats.up(&worker);
+        ctx.stats.up(&worker, transport);
         if sessions > 0 {
             ctx.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -292,7 +303,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
                 crate::target::nchan::nchan_poll_session(&ctx, c, &mut checker, &slot).await
             }
         };
-        ctx.stats.down(&worker);
+        ctx.stats.down(&worker, transport);
         match end {
             SessionEnd::Stopped => break,
             SessionEnd::Churned => {

@@ -114,7 +114,7 @@ impl Server for Nchan {
                 }
             };
             ctx.stats
-                .record_connect(started.elapsed().as_micros() as u64, 0);
+                .record_connect(started.elapsed().as_micros() as u64, 0, transport);
             Ok((NCHAN_WORKER.to_string(), conn))
         })
     }
@@ -145,12 +145,12 @@ struct Stamp {
 pub fn on_raw(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, payload: &[u8]) {
     match serde_json::from_slice::<Stamp>(payload) {
         Ok(s) => {
-            stats.delivered.fetch_add(1, Ordering::Relaxed);
+            stats.received(slot.transport);
             if checker.observe(s.i) != Seen::Duplicate {
                 slot.unique.fetch_add(1, Ordering::Relaxed);
                 slot.max_seq.fetch_max(s.i, Ordering::Relaxed);
             }
-            stats.record_delivery(s.t);
+            stats.record_delivery(s.t, slot.transport);
         }
         Err(_) => stats.error("bad_frame"),
     }

@@ -80,7 +80,7 @@ impl Server for Pushgate {
                 }
             };
             ctx.stats
-                .record_connect(started.elapsed().as_micros() as u64, assign_us);
+                .record_connect(started.elapsed().as_micros() as u64, assign_us, transport);
             Ok((a.worker, conn))
         })
     }
