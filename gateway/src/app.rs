@@ -41,6 +41,8 @@ pub struct App {
     pub tls: Option<worker::tls::server_config::TlsFiles>,
     /// Worker link attempts refused, by reason (said at `warn`, at most once a minute each).
     pub link_refusals: crate::link::refusals::LinkRefusals,
+    /// `/v1/stats`' last round (see `http::stats`).
+    pub stats_cache: tokio::sync::Mutex<Option<(tokio::time::Instant, bytes::Bytes)>>,
 }
 
 impl App {
@@ -75,6 +77,7 @@ impl App {
             shutdown,
             tracker: TaskTracker::new(),
             link_refusals: Default::default(),
+            stats_cache: Default::default(),
             subscribe_cors,
             publish_cors,
             store_healthy: AtomicBool::new(true),

@@ -8,7 +8,13 @@ mod common;
 use common::process::free_port;
 use common::*;
 
-const ADMIN: [&str; 4] = ["/", "/metrics", "/v1/workers", "/v1/channels/adm"];
+const ADMIN: [&str; 5] = [
+    "/",
+    "/metrics",
+    "/v1/workers",
+    "/v1/stats",
+    "/v1/channels/adm",
+];
 
 #[tokio::test]
 async fn with_an_admin_key_the_admin_surface_asks_for_it_and_nothing_else_does() {
@@ -75,5 +81,57 @@ async fn admin_listen_moves_the_admin_surface_to_its_own_address() {
     // The API is where it was.
     assert_eq!(c.get("/healthz").await.status, 200);
     assert_eq!(c.get("/v1/assign?channel=adm").await.status, 200);
+    c.stop().await;
+}
+
+#[tokio::test]
+async fn stats_carry_the_gateway_samples_and_each_workers_own() {
+    let mut c = start(&[], 1, &[]).await;
+    c.add_worker("w1", &[]).await;
+    c.wait_workers(2).await;
+    let mut ws = c.ws("stats", None).await;
+    c.publish("stats", "1").await;
+    assert_eq!(next_json(&mut ws).await["seq"], 1);
+    let s = c.get("/v1/stats").await.json();
+    assert_eq!(
+        s["store"],
+        serde_json::json!({"kind": "memory", "healthy": true})
+    );
+    assert!(
+        s["gateway"]["pushgate_publish_total"].as_f64().unwrap() >= 1.0,
+        "{s}"
+    );
+    assert!(
+        s["gateway"]["process_resident_memory_bytes"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
+    let workers = s["workers"].as_array().unwrap();
+    assert_eq!(workers.len(), 2);
+    for w in workers {
+        assert_eq!(w["error"], serde_json::Value::Null, "{w}");
+        let m = &w["metrics"];
+        assert!(
+            m["process_resident_memory_bytes"].as_f64().unwrap() > 0.0,
+            "{w}"
+        );
+        assert!(
+            m["pushgate_connections_open{transport=\"ws\"}"].is_number(),
+            "{w}"
+        );
+        assert_eq!(m["pushgate_link_up"], 1.0, "{w}");
+    }
+    // The subscriber is on one of them (the workers' metrics live in this one process, so
+    // both read the same counters: the sum is twice the one connection).
+    let open: f64 = workers
+        .iter()
+        .map(|w| {
+            w["metrics"]["pushgate_connections_open{transport=\"ws\"}"]
+                .as_f64()
+                .unwrap()
+        })
+        .sum();
+    assert!(open >= 1.0, "{s}");
     c.stop().await;
 }

@@ -36,7 +36,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Who may see the admin surface (dashboard, `/metrics`, `/v1/workers`, `/v1/channels/…`):
+/// Who may see the admin surface (dashboard, `/metrics`, `/v1/workers`, `/v1/stats`,
+/// `/v1/channels/…`):
 /// with `--admin-key`, whoever presents it (`Bearer`, or `Basic` with it as the password);
 /// without, loopback clients on `--listen` and anyone on `--admin-listen`. With
 /// `--admin-listen` the surface is there only, and `--listen` does not know it.

@@ -21,5 +21,6 @@ pub mod rejection;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod stats;
 pub mod upgrade;
 pub mod views;

@@ -30,6 +30,7 @@ enum Route {
     Publish(String),
     Channel(String),
     Workers,
+    Stats,
     Link,
     NotFound,
 }
@@ -44,6 +45,7 @@ impl Route {
             "/v1/publish" => Route::PublishBatch,
             "/v1/broadcast" => Route::Broadcast,
             "/v1/workers" => Route::Workers,
+            "/v1/stats" => Route::Stats,
             protocol::link::LINK_PATH => Route::Link,
             _ => {
                 if let Some(c) = path.strip_prefix("/v1/publish/") {
@@ -76,7 +78,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
         _ => None,
     };
     let method = req.method().clone();
-    if let Route::Dashboard | Route::Metrics | Route::Workers | Route::Channel(_) = route {
+    if let Route::Dashboard | Route::Metrics | Route::Workers | Route::Stats | Route::Channel(_) =
+        route
+    {
         let peer = req.extensions().get::<crate::net::Peer>().map(|p| p.0);
         let plane = req
             .extensions()
@@ -125,6 +129,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             (Route::Broadcast, &Method::POST) => coalesced(publish::broadcast(&app, req)).await,
             (Route::Channel(channel), &Method::GET) => views::channel_info(&app, channel).await,
             (Route::Workers, &Method::GET) => views::workers(&app),
+            (Route::Stats, &Method::GET) => super::stats::stats(&app).await,
             (Route::Link, &Method::GET) => upgrade::upgrade_link(&app, req),
             _ => Rejection::MethodNotAllowed {
                 method,

@@ -1,4 +1,4 @@
-//! The read-only views: the dashboard page, `/healthz`, `/metrics`,
+//! The read-only views: the dashboard page (its data: `stats.rs`), `/healthz`, `/metrics`,
 //! `GET /v1/channels/{channel}` and `GET /v1/workers`.
 
 use super::rejection::Rejection;
@@ -13,11 +13,23 @@ use hyper::{Response, StatusCode};
 use serde_json::json;
 use tokio::time::Instant;
 
-static DASHBOARD: &str = include_str!("dashboard.html");
+/// The dashboard with uPlot (`assets/vendor/uplot`, MIT) inlined: one self-contained page.
+static DASHBOARD: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
+    let page = include_str!("dashboard.html")
+        .replace(
+            "/*UPLOT_CSS*/",
+            include_str!("../../../assets/vendor/uplot/uPlot.min.css"),
+        )
+        .replace(
+            "/*UPLOT_JS*/",
+            include_str!("../../../assets/vendor/uplot/uPlot.iife.min.js"),
+        );
+    Bytes::from(page)
+});
 
 /// `GET /`: the self-contained dashboard page.
 pub fn dashboard() -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from_static(DASHBOARD.as_bytes())));
+    let mut r = Response::new(Full::new(DASHBOARD.clone()));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -106,6 +118,16 @@ pub fn workers(app: &App) -> Resp {
 }
 
 pub async fn metrics_resp(app: &App) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(refreshed_metrics(app).await)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// The gateway's exposition, its gauges (store, workers by state) read now.
+pub async fn refreshed_metrics(app: &App) -> Vec<u8> {
     let stats = app.store.stats().await;
     metrics::STORE_BYTES.set(stats.bytes as i64);
     metrics::STORE_CHANNELS.set(stats.channels as i64);
@@ -119,10 +141,5 @@ pub async fn metrics_resp(app: &App) -> Resp {
     ] {
         metrics::WORKERS.with_label_values(&[state]).set(n as i64);
     }
-    let mut r = Response::new(Full::new(Bytes::from(metrics::render())));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    r
+    metrics::render()
 }
