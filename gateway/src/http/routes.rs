@@ -31,6 +31,7 @@ enum Route {
     Channel(String),
     Workers,
     Link,
+    ClientJs,
     NotFound,
 }
 
@@ -44,6 +45,7 @@ impl Route {
             "/v1/publish" => Route::PublishBatch,
             "/v1/broadcast" => Route::Broadcast,
             "/v1/workers" => Route::Workers,
+            views::CLIENT_JS_PATH => Route::ClientJs,
             protocol::link::LINK_PATH => Route::Link,
             _ => {
                 if let Some(c) = path.strip_prefix("/v1/publish/") {
@@ -71,7 +73,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
     let route = Route::parse(req.uri().path());
     let origin = req.headers().get(header::ORIGIN).cloned();
     let cors = match route {
-        Route::Assign => Some(&app.subscribe_cors),
+        // The client module too: a page on another origin imports it (module scripts are
+        // fetched with CORS).
+        Route::Assign | Route::ClientJs => Some(&app.subscribe_cors),
         Route::Publish(_) | Route::PublishBatch | Route::Broadcast => app.publish_cors.as_ref(),
         _ => None,
     };
@@ -109,6 +113,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             (Route::Broadcast, &Method::POST) => coalesced(publish::broadcast(&app, req)).await,
             (Route::Channel(channel), &Method::GET) => views::channel_info(&app, channel).await,
             (Route::Workers, &Method::GET) => views::workers(&app),
+            (Route::ClientJs, &Method::GET) => {
+                views::client_js(req.headers().get(header::IF_NONE_MATCH))
+            }
             (Route::Link, &Method::GET) => upgrade::upgrade_link(&app, req),
             _ => Rejection::MethodNotAllowed {
                 method,
