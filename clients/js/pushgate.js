@@ -261,7 +261,11 @@ export class Subscription {
       },
     };
     const open = { ws: openWs, sse: openSse, poll: openPoll }[kind];
-    this._conn = open(this, url, handlers);
+    try {
+      this._conn = open(this, url, handlers);
+    } catch (e) {
+      this._ended(gen, ending('backoff', kind + '_failed', { transportFailed: true, error: String(e) }), false);
+    }
   }
 
   // The resume position for the next request: since (unless live only) and epoch.
@@ -397,6 +401,7 @@ function openWs(sub, assignedUrl, h) {
 async function readEventStream(body, onEvent, onBytes) {
   const reader = body.getReader();
   const decoder = new TextDecoder();
+  const eol = /\r\n|\r|\n/g;
   let buf = '';
   let data = [];
   let id = null;
@@ -406,11 +411,14 @@ async function readEventStream(body, onEvent, onBytes) {
     if (done) return;
     onBytes();
     buf += decoder.decode(value, { stream: true });
-    let at;
-    while ((at = buf.search(/\r\n|\r|\n/)) >= 0) {
-      if (buf[at] === '\r' && at + 1 === buf.length) break; // a CR LF may be split
-      const line = buf.slice(0, at);
-      buf = buf.slice(at + (buf.startsWith('\r\n', at) ? 2 : 1));
+    let pos = 0;
+    let m;
+    eol.lastIndex = 0;
+    while ((m = eol.exec(buf)) !== null) {
+      // A CR at the very end may be the first half of a CR LF: wait for the next bytes.
+      if (m[0] === '\r' && eol.lastIndex === buf.length) break;
+      const line = buf.slice(pos, m.index);
+      pos = eol.lastIndex;
       if (line === '') {
         if (data.length) onEvent({ data: data.join('\n'), id, event: event || 'message' });
         data = [];
@@ -426,6 +434,7 @@ async function readEventStream(body, onEvent, onBytes) {
       else if (field === 'id') id = val;
       else if (field === 'event') event = val;
     }
+    buf = buf.slice(pos);
   }
 }
 
