@@ -18,7 +18,7 @@ let browser;
 before(async () => {
   gw = await startGateway();
   browser = await startBrowser(gw);
-});
+}, { timeout: 60000 });
 
 after(async () => {
   if (browser) await browser.close();

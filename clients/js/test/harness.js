@@ -49,6 +49,8 @@ export async function startGateway(extra = []) {
     env: Object.assign({}, process.env, { RUST_LOG: 'warn' }),
     stdio: ['ignore', 'ignore', 'pipe'],
   });
+  // However the test process ends, the gateway goes too (its workers follow it).
+  process.on('exit', () => child.kill('SIGKILL'));
   let log = '';
   child.stderr.on('data', (d) => {
     log = (log + d).slice(-20000);
