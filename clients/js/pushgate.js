@@ -142,6 +142,12 @@ export class Subscription {
       throw new TypeError('gateway: the gateway base URL is required');
     }
     if (!o.channel && !o.token) throw new TypeError('channel or token is required');
+    for (const k of ['since', 'epoch']) {
+      const v = o[k];
+      if (v !== undefined && v !== null && !(Number.isSafeInteger(v) && v >= 0)) {
+        throw new TypeError(`${k}: a non-negative integer or null, not ${JSON.stringify(v)}`);
+      }
+    }
     this.gateway = o.gateway.replace(/\/+$/, '');
     this.channel = o.channel || null;
     /** Last seq received (null: live only, nothing received yet). */

@@ -16,7 +16,8 @@ let gw;
 let browser;
 
 before(async () => {
-  gw = await startGateway();
+  // The gap test publishes more than this while its page is away.
+  gw = await startGateway(['--retention-messages', '100']);
   browser = await startBrowser(gw);
 }, { timeout: 60000 });
 

@@ -352,5 +352,7 @@ describe('assign', () => {
     assert.throws(() => connect({ channel: 'c' }), /gateway/);
     assert.throws(() => connect({ gateway: 'http://g' }), /channel or token/);
     assert.throws(() => connect({ gateway: 'http://g', channel: 'c', transport: 'carrier-pigeon' }), /unknown/);
+    assert.throws(() => connect({ gateway: 'http://g', channel: 'c', since: '7' }), /since/);
+    assert.throws(() => connect({ gateway: 'http://g', channel: 'c', epoch: -1 }), /epoch/);
   });
 });
