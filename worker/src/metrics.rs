@@ -152,6 +152,8 @@ pub struct Metrics {
     pub fetches: IntCounter,
     /// Gap frames/events/poll answers told to clients.
     pub gaps: IntCounter,
+    /// `EventSource` reconnects of a replaced stream, answered 204 so the browser stops.
+    pub sse_replaced_stops: IntCounter,
     /// TLS handshakes completed: [full, resumed].
     tls_handshakes: [IntCounter; 2],
     /// TLS handshakes that failed, by `Failure`.
@@ -261,6 +263,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Gaps told to clients (a resume or a hole that could not be served whole)",
     )
     .expect("metric");
+    let sse_replaced_stops = IntCounter::new(
+        "pushgate_sse_replaced_stops_total",
+        "EventSource reconnects of a replaced SSE stream, answered 204 so the browser stops instead of taking the channel back",
+    )
+    .expect("metric");
     let tls_vec = IntCounterVec::new(
         Opts::new(
             "pushgate_tls_handshakes_total",
@@ -298,6 +305,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         Box::new(tls_fail_vec.clone()),
         Box::new(fetches.clone()),
         Box::new(gaps.clone()),
+        Box::new(sse_replaced_stops.clone()),
         Box::new(open_vec.clone()),
         Box::new(closed_vec.clone()),
         Box::new(refused_vec.clone()),
@@ -331,6 +339,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         holes,
         fetches,
         gaps,
+        sse_replaced_stops,
         tls_handshakes: ["full", "resumed"].map(|k| tls_vec.with_label_values(&[k])),
         tls_failures: Failure::ALL.map(|f| tls_fail_vec.with_label_values(&[f.as_str()])),
         tls_ticket_keys: ticket_keys,

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use protocol::link::{Down, KickReason, Up};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -338,12 +339,89 @@ async fn sse_events_last_event_id_and_kick() {
     let ev = read_until(&mut s, &mut buf, b"\n\n").await;
     assert_eq!(
         ev,
-        "data: {\"closed\":\"replaced\",\"message\":\"replaced by a newer connection on this channel\"}\n\n"
+        "id: replaced\ndata: {\"closed\":\"replaced\",\"message\":\"replaced by a newer connection on this channel\"}\n\n"
     );
     let r = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read_to_end(&mut s, &mut buf))
         .await
         .unwrap();
     assert!(r.is_ok());
+    h.stop().await;
+}
+
+/// Two pages with a plain `EventSource` on one channel: the one replaced must not come back
+/// by itself and take the channel from the newer one (which would then do the same, every
+/// few seconds, forever). Its browser reconnect carries the replaced stream's last event id
+/// and is answered 204, which stops an `EventSource`; any other request still subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_reconnect_of_a_replaced_stream_is_told_to_stop() {
+    let mut h = Harness::start(&[]).await;
+    let stops = || metric(h.addr, "pushgate_sse_replaced_stops_total");
+    let before = stops().await;
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(
+        b"GET /v1/sse?channel=two&since=0 HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut s, &mut buf, b"\r\n\r\n").await;
+    let (sub, _, _, _) = h.link.subscribed().await;
+    h.link
+        .send(Down::Backlog {
+            sub_id: sub,
+            epoch: 1,
+            last_seq: 1,
+            gap_first_seq: None,
+            messages: vec![(1, data("1"))],
+        })
+        .await;
+    let events = read_until(&mut s, &mut buf, b"}\n\n").await;
+    assert_eq!(events, "id: 1\ndata: {\"seq\":1,\"data\":1}\n\n");
+    h.link
+        .send(Down::Kick {
+            sub_id: sub,
+            reason: KickReason::Replaced,
+        })
+        .await;
+    let last = read_until(&mut s, &mut buf, b"\n\n").await;
+    assert!(
+        last.starts_with("id: replaced\ndata: {\"closed\":\"replaced\""),
+        "{last}"
+    );
+
+    // What the browser sends by itself a few seconds later.
+    let back =
+        "GET /v1/sse?channel=two&since=0 HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n\
+                Accept: text/event-stream\r\nLast-Event-ID: replaced\r\n\r\n";
+    let r = request(h.addr, back).await;
+    assert_eq!(r.status, 204, "{}", r.head);
+    assert!(r.body.is_empty());
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
+    assert_eq!(r.header("content-type"), None);
+    assert_eq!(r.header("connection").as_deref(), Some("close"));
+    if let Ok(up) = tokio::time::timeout(Duration::from_millis(300), h.link.next()).await {
+        panic!("the replaced stream's reconnect must not subscribe, got {up:?}");
+    }
+    assert_eq!(stops().await, before + 1.0);
+
+    // A page that opens a new EventSource, or resumes from a seq, subscribes as ever.
+    let fresh = "GET /v1/sse?channel=two&since=1 HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut s2 = TcpStream::connect(h.addr).await.unwrap();
+    s2.write_all(fresh.as_bytes()).await.unwrap();
+    let mut buf2 = Vec::new();
+    let head = read_until(&mut s2, &mut buf2, b"\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let (_, since, _, channel) = h.link.subscribed().await;
+    assert_eq!((since, channel.as_str()), (Some(1), "two"));
+    let resumed = "GET /v1/sse?channel=two HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 1\r\n\r\n";
+    let mut s3 = TcpStream::connect(h.addr).await.unwrap();
+    s3.write_all(resumed.as_bytes()).await.unwrap();
+    let (_, since, _, _) = h.link.subscribed().await;
+    assert_eq!(since, Some(1));
+    assert_eq!(stops().await, before + 1.0);
     h.stop().await;
 }
 

@@ -32,6 +32,7 @@ enum Route {
     Workers,
     Stats,
     Link,
+    ClientJs,
     NotFound,
 }
 
@@ -46,6 +47,7 @@ impl Route {
             "/v1/broadcast" => Route::Broadcast,
             "/v1/workers" => Route::Workers,
             "/v1/stats" => Route::Stats,
+            views::CLIENT_JS_PATH => Route::ClientJs,
             protocol::link::LINK_PATH => Route::Link,
             _ => {
                 if let Some(c) = path.strip_prefix("/v1/publish/") {
@@ -73,7 +75,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
     let route = Route::parse(req.uri().path());
     let origin = req.headers().get(header::ORIGIN).cloned();
     let cors = match route {
-        Route::Assign => Some(&app.subscribe_cors),
+        // The client module too: a page on another origin imports it (module scripts are
+        // fetched with CORS).
+        Route::Assign | Route::ClientJs => Some(&app.subscribe_cors),
         Route::Publish(_) | Route::PublishBatch | Route::Broadcast => app.publish_cors.as_ref(),
         _ => None,
     };
@@ -130,6 +134,9 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             (Route::Channel(channel), &Method::GET) => views::channel_info(&app, channel).await,
             (Route::Workers, &Method::GET) => views::workers(&app),
             (Route::Stats, &Method::GET) => super::stats::stats(&app).await,
+            (Route::ClientJs, &Method::GET) => {
+                views::client_js(req.headers().get(header::IF_NONE_MATCH))
+            }
             (Route::Link, &Method::GET) => upgrade::upgrade_link(&app, req),
             _ => Rejection::MethodNotAllowed {
                 method,

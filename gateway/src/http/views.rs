@@ -11,6 +11,7 @@ use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
+use std::sync::LazyLock;
 use tokio::time::Instant;
 
 /// The dashboard with uPlot (`assets/vendor/uplot`, MIT) inlined: one self-contained page.
@@ -26,6 +27,55 @@ static DASHBOARD: std::sync::LazyLock<Bytes> = std::sync::LazyLock::new(|| {
         );
     Bytes::from(page)
 });
+
+/// Where the JavaScript client is served.
+pub const CLIENT_JS_PATH: &str = "/client/pushgate.js";
+
+/// The JavaScript client (`clients/js/pushgate.js`), as built into this binary.
+pub static CLIENT_JS: &str = include_str!("../../../clients/js/pushgate.js");
+
+/// Its entity tag: a hash of the bytes, so a cache revalidates to a new release's client.
+static CLIENT_JS_ETAG: LazyLock<HeaderValue> = LazyLock::new(|| {
+    // FNV-1a, 64 bits: stable across builds and platforms (std's hasher is neither).
+    let hash = CLIENT_JS.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    HeaderValue::from_str(&format!("\"{hash:016x}\"")).expect("hex is a header value")
+});
+
+/// `GET /client/pushgate.js`: the client module (cached for 5 minutes, then revalidated by
+/// its ETag; 304 when the `If-None-Match` names it).
+pub fn client_js(if_none_match: Option<&HeaderValue>) -> Resp {
+    let etag = &*CLIENT_JS_ETAG;
+    let fresh = if_none_match
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == etag)
+        });
+    let mut r = if fresh {
+        let mut r = Response::new(Full::new(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        r
+    } else {
+        let mut r = Response::new(Full::new(Bytes::from_static(CLIENT_JS.as_bytes())));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        r.headers_mut().insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        r
+    };
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r.headers_mut().insert(header::ETAG, etag.clone());
+    r
+}
 
 /// `GET /`: the self-contained dashboard page.
 pub fn dashboard() -> Resp {

@@ -405,7 +405,7 @@ impl Sse {
                 let mut data = None;
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("id:") {
-                        id = Some(v.trim().parse().unwrap());
+                        id = v.trim().parse().ok();
                     } else if let Some(v) = line.strip_prefix("data:") {
                         data = Some(serde_json::from_str(v.trim()).unwrap());
                     }

@@ -49,8 +49,8 @@ impl EventLoop {
                 ws::write_close(&mut self.out, code, text);
                 self.send_final(key, reason);
             }
-            Goodbye::Event { code, message } => {
-                sse::write_closed(&mut self.out, code, message);
+            Goodbye::Event { id, code, message } => {
+                sse::write_closed(&mut self.out, id, code, message);
                 self.send_final(key, reason);
             }
             Goodbye::Error {

@@ -75,6 +75,12 @@ impl EventLoop {
             Ok(s) => s,
             Err(e) => return self.reply_error(key, &e, cors),
         };
+        if request::replaced_reconnect(transport, req) {
+            metrics().sse_replaced_stops.inc();
+            self.out.clear();
+            sse::write_stop(&mut self.out, self.shared.origin(cors));
+            return self.send_final(key, CloseReason::Done);
+        }
         let gen = match self.ask_gateway(key, &s) {
             Ok(gen) => gen,
             Err(e) => return self.reply_error(key, &e, cors),

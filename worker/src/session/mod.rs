@@ -7,7 +7,7 @@ pub mod order;
 pub mod request;
 
 use crate::metrics::{CloseReason, Transport};
-use crate::ws;
+use crate::{sse, ws};
 use protocol::link::KickReason;
 
 pub const REPLACED_MSG: &str = "replaced by a newer connection on this channel";
@@ -43,8 +43,10 @@ impl End {
 pub enum Goodbye {
     /// WebSocket: this close frame after what is pending, then the close linger.
     Close { code: u16, reason: &'static str },
-    /// SSE: a final event `{"closed":code,"message":message}`, then the close.
+    /// SSE: a final event `{"closed":code,"message":message}` (with `id: <id>` when
+    /// given), then the close.
     Event {
+        id: Option<&'static str>,
         code: &'static str,
         message: &'static str,
     },
@@ -78,7 +80,19 @@ pub fn goodbye(transport: Transport, end: End) -> Goodbye {
             reason: message,
         },
         (_, End::Slow) => Goodbye::Drop,
-        (Sse, End::Kick(_)) => Goodbye::Event { code, message },
+        // A replaced stream's last event id marks the browser's own reconnect of it, which
+        // is then told to stop (`request::replaced_reconnect`): it does not take the
+        // channel back.
+        (Sse, End::Kick(KickReason::Replaced)) => Goodbye::Event {
+            id: Some(sse::REPLACED_ID),
+            code,
+            message,
+        },
+        (Sse, End::Kick(_)) => Goodbye::Event {
+            id: None,
+            code,
+            message,
+        },
         (Sse, End::Shutdown) => Goodbye::Flush,
         (Poll, End::Kick(KickReason::Replaced)) => Goodbye::Error {
             status: 409,
@@ -123,6 +137,7 @@ mod tests {
         assert_eq!(
             goodbye(Sse, replaced),
             Goodbye::Event {
+                id: Some("replaced"),
                 code: "replaced",
                 message: REPLACED_MSG
             }
@@ -142,13 +157,25 @@ mod tests {
         ));
         assert!(matches!(
             goodbye(Sse, resync),
-            Goodbye::Event { code: "resync", .. }
+            Goodbye::Event {
+                id: None,
+                code: "resync",
+                ..
+            }
         ));
         assert_eq!(goodbye(Poll, resync), Goodbye::Answer);
         let refused = End::Kick(KickReason::Refused);
         assert!(matches!(
             goodbye(Ws, refused),
             Goodbye::Close { code: 1013, .. }
+        ));
+        assert!(matches!(
+            goodbye(Sse, refused),
+            Goodbye::Event {
+                id: None,
+                code: "refused",
+                ..
+            }
         ));
         assert!(matches!(
             goodbye(Poll, refused),

@@ -125,6 +125,15 @@ pub struct SubscribeRules<'a> {
     pub max_poll_timeout_secs: u32,
 }
 
+/// Whether a subscribe request is a browser's `EventSource` coming back by itself after its
+/// stream was replaced (its `Last-Event-ID` is the replaced stream's last event id). It is
+/// answered 204, which stops the `EventSource`, instead of taking the channel back from the
+/// newer connection. Only the browser's own reconnect sends the header: a page that opens a
+/// new `EventSource` (or any other client) subscribes as usual.
+pub fn replaced_reconnect(transport: Transport, req: &Request<'_>) -> bool {
+    transport == Transport::Sse && req.last_event_id == Some(crate::sse::REPLACED_ID)
+}
+
 /// Checks a subscribe request's query (channel, numbers), its resume position and its
 /// token (against `unix_now`).
 pub fn subscribe(
@@ -249,6 +258,14 @@ mod tests {
             subscribe(Transport::Sse, &junk, open, 0).unwrap().since,
             None
         );
+        // The EventSource reconnect of a replaced stream is told to stop; a new one is not.
+        let back = head("GET /v1/sse?channel=c HTTP/1.1\r\nLast-Event-ID: replaced\r\n\r\n");
+        assert!(replaced_reconnect(Transport::Sse, &back));
+        assert!(!replaced_reconnect(Transport::Ws, &back));
+        assert!(!replaced_reconnect(Transport::Poll, &back));
+        assert!(!replaced_reconnect(Transport::Sse, &sse));
+        let fresh = head("GET /v1/sse?channel=c&since=3 HTTP/1.1\r\n\r\n");
+        assert!(!replaced_reconnect(Transport::Sse, &fresh));
         let poll = head("GET /v1/poll?channel=c&timeout=600 HTTP/1.1\r\n\r\n");
         assert_eq!(
             subscribe(Transport::Poll, &poll, open, 0)
