@@ -69,6 +69,9 @@ pub fn worker_specs(config: &Config, gateway_addr: SocketAddr) -> anyhow::Result
     if let Some(key) = &config.link_key {
         env.push(("PUSHGATE_LINK_KEY".to_owned(), key.clone()));
     }
+    if let Some(key) = &config.admin_key {
+        env.push(("PUSHGATE_ADMIN_KEY".to_owned(), key.clone()));
+    }
     // A TLS gateway is dialed over TLS by its local workers too, trusting its own
     // certificate chain and checking the first DNS name on it (or the IP, if none).
     let mut link: Vec<OsString> = vec!["--gateway".into()];

