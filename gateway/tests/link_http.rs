@@ -300,8 +300,11 @@ async fn metrics_and_dashboard() {
     assert_eq!(d.status, 200);
     assert!(d.header("content-type").unwrap().starts_with("text/html"));
     let html = d.text();
-    assert!(
-        html.contains("/v1/workers") && !html.contains("http://") && !html.contains("https://")
-    );
+    // One self-contained page: its data from /v1/stats, its charting library inlined, and
+    // nothing loaded from anywhere else (no script or style source, no link, no import).
+    assert!(html.contains("fetch(\"/v1/stats\"") && html.contains("uPlot"));
+    for external in ["src=", "href=", "<link", "@import", "url("] {
+        assert!(!html.contains(external), "the dashboard has {external}");
+    }
     gw.stop().await;
 }
