@@ -560,3 +560,84 @@ async fn tls_gateway_and_worker() {
     })
     .await;
 }
+
+/// A gateway stand-in whose assign hands out the real `poll_url` but a `ws_url` and an
+/// `sse_url` on itself, where a WebSocket upgrade is answered 404 and the event stream is
+/// not one (as behind a proxy that passes neither).
+async fn assign_through_a_bad_proxy(real: serde_json::Value) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let real = real.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let (status, kind, body) = if head.starts_with("GET /v1/assign") {
+                    let v = serde_json::json!({
+                        "worker": "behind-proxy",
+                        "ws_url": format!("ws://{addr}/v1/ws?channel=fallback"),
+                        "sse_url": format!("http://{addr}/v1/sse?channel=fallback"),
+                        "poll_url": real["poll_url"],
+                        "expires_in": 3600,
+                    });
+                    ("200 OK", "application/json", v.to_string())
+                } else if head.starts_with("GET /v1/sse") {
+                    (
+                        "200 OK",
+                        "text/html",
+                        "<html>a proxy's page</html>".to_string(),
+                    )
+                } else {
+                    let v =
+                        serde_json::json!({"error": "not_found", "message": "no such endpoint"});
+                    ("404 Not Found", "application/json", v.to_string())
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_falls_back_from_websocket_to_sse_to_poll() {
+    bounded(30, async {
+        let fleet = Fleet::start(&[], &[]).await;
+        let (status, real) = fleet.get("/v1/assign?channel=fallback").await;
+        assert_eq!(status, 200);
+        let proxy = assign_through_a_bad_proxy(real).await;
+        let mut rx = drive(SubscribeOptions::new(&proxy, "fallback"));
+        let mut reasons = Vec::new();
+        let transport = loop {
+            match item(&mut rx).await {
+                Some(Ok(Event::Reconnecting { reason, .. })) => reasons.push(reason),
+                Some(Ok(Event::Open { transport, .. })) => break transport,
+                other => panic!("expected a fallback, got {other:?}"),
+            }
+        };
+        assert_eq!(transport, Transport::Poll);
+        assert_eq!(reasons, ["not_found", "not_an_event_stream"]);
+        let p = fleet
+            .publisher()
+            .publish("fallback", "through")
+            .await
+            .unwrap();
+        let m = next_message(&mut rx).await;
+        assert_eq!((m.seq, m.data.get()), (p.seq, r#""through""#));
+    })
+    .await;
+}
