@@ -745,12 +745,16 @@ impl Conn {
                 })
             }
             Conn::Poll(p) => {
-                let r = p.poll(tls, opts.open_timeout, since, epoch).await;
+                // The first poll (at open) answered at once; the ones after it are held.
                 p.hold = opts.poll_timeout;
-                r.map_err(|e| match e {
-                    PollError::Refused(r) => http_ending(r),
-                    PollError::Connect(_) | PollError::Failed(_) => Ending::retry("poll_failed"),
-                })
+                p.poll(tls, opts.open_timeout, since, epoch)
+                    .await
+                    .map_err(|e| match e {
+                        PollError::Refused(r) => http_ending(r),
+                        PollError::Connect(_) | PollError::Failed(_) => {
+                            Ending::retry("poll_failed")
+                        }
+                    })
             }
         }
     }
