@@ -28,6 +28,8 @@
 //! `https://` and `wss://` go over rustls with the system's roots, or the configuration
 //! given ([`tls_config_with_ca`] for a private CA).
 
+#![warn(missing_docs)]
+
 mod error;
 mod net;
 mod publish;

@@ -138,8 +138,8 @@ impl Publisher {
         self
     }
 
-    /// Publishes `body` to `channel`: JSON goes through as JSON, anything else as a
-    /// string. Answers the message's seq.
+    /// Publishes `body` (a `String`, `Vec<u8>`, `Bytes` or `&'static str`) to `channel`:
+    /// JSON goes through as JSON, anything else as a string. Answers the message's seq.
     pub async fn publish(&self, channel: &str, body: impl Into<Bytes>) -> Result<Published> {
         self.publish_inner(channel, body.into(), None).await
     }
