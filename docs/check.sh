@@ -331,7 +331,7 @@ for page in "${PAGES[@]}"; do
   python3 "$WORK/blocks.py" extract "$page" "$dir/blocks"
   gw_port=$(awk '$1 == 8080 {print $2}' "$dir/blocks/ports.txt")
   page_start=$(date +%s)
-  ran=0 saved=0 same_as=0 failed=0
+  ran=0 saved=0 same_as=0 failed=0 k=0
   echo "== $page (gateway 127.0.0.1:$gw_port)"
   if ! start_gateway "$gw_port" "$dir"; then
     total_failed=$((total_failed + 1))
@@ -342,9 +342,10 @@ for page in "${PAGES[@]}"; do
   for meta in "$dir"/blocks/*.meta; do
     [ -e "$meta" ] || continue
     b=${meta%.meta}
+    k=$((k + 1))
     line=$(jq -r .line "$meta")
     target=$(jq -r '.target // empty' "$meta")
-    where="$page:$line"
+    where="$page:$line (block $k)"
     if [ -e "$b.same" ]; then
       if cmp -s "$b.same" "$ROOT/$target"; then
         same_as=$((same_as + 1))
@@ -401,7 +402,7 @@ for page in "${PAGES[@]}"; do
   secs=$(($(date +%s) - page_start))
   if [ "$failed" -gt 0 ]; then
     total_failed=$((total_failed + 1))
-    summary+=("FAIL  $page: block $((ran + saved + same_as)) failed (above)")
+    summary+=("FAIL  $page: block $k failed (above)")
   else
     summary+=("ok    $page: $ran blocks run, $saved saved, $same_as compared with their files, ${secs} s")
   fi
