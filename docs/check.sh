@@ -23,8 +23,9 @@
 #                          anything: a whole value (`…` or "…"), part of a string
 #                          ("ws://127.0.0.…"), the rest of an array (last element `…`) or
 #                          of an object (a key "…"). Several JSON values on one line
-#                          (`curl` prints no newline) count as several lines. Other text is
-#                          compared whole, with `…` as a wildcard.
+#                          (`curl` prints no newline) count as several lines, and so does
+#                          text after them (and, for `{...} 400`, each value with the rest
+#                          of its line). Other text is compared whole, `…` a wildcard.
 #   127.0.0.1:8080,        the page's gateway: a fresh `gateway --local-workers 2` per page
 #   localhost:8080         on a free loopback port, written into the blocks in place of 8080
 #   127.0.0.1:808N/909N    (any other N) free loopback ports, the same one for the same N
@@ -237,22 +238,27 @@ def same(pat, got):
 
 def items(text):
     """Output lines; JSON objects and arrays at the start of a line are one item each
-    (`curl` prints no newline), and what follows them on the line is one text item."""
+    (`curl` prints no newline), and so is text after them; each suffix of the line from
+    one of them on is one more (for `{...} 400`)."""
     dec = json.JSONDecoder()
     out = []
     for line in text.split("\n"):
-        s, pos = line.strip(), 0
+        s, pos, starts = line.strip(), 0, []
         while pos < len(s) and s[pos] in "{[":
             try:
                 v, end = dec.raw_decode(s, pos)
             except ValueError:
                 break
+            starts.append(pos)
             out.append(("json", v, json.dumps(v, ensure_ascii=False, separators=(",", ":"))))
             pos = end
             while pos < len(s) and s[pos].isspace():
                 pos += 1
-        if pos == 0 or pos < len(s):
-            out.append(("text", s[pos:] if pos else line.rstrip(), s[pos:] if pos else line.rstrip()))
+        if pos == 0:
+            out.append(("text", line.rstrip(), line.rstrip()))
+        elif pos < len(s):
+            out.append(("text", s[pos:], s[pos:]))
+            out.extend(("text", s[k:], s[k:]) for k in starts)
     return out
 
 
