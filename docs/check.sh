@@ -33,10 +33,11 @@
 # README.md: only the blocks of its "Try it" section. docs/deploy.md is not run: its
 # commands install system services and images (deploy/check.sh checks its files).
 #
-# Needs curl, jq, openssl and python3 with venv (Debian: python3-venv); the Python recipes'
+# Needs curl, jq, python3 with venv, ss, promtool, node, redis-server and cargo (Debian:
+# curl jq python3-venv iproute2 prometheus nodejs redis-server); the Python recipes'
 # `websockets` (pinned below) is installed into a venv under ${TMPDIR:-/tmp} when missing.
-# Binaries: $BIN (default target/debug) must hold gateway, worker and pushgate
-# (`cargo build -p gateway -p worker -p pushgate-cli`). Exits 1 naming each failed block.
+# Binaries: $BIN (default target/debug) must hold gateway, worker, pushgate and loadgen
+# (`cargo build -p gateway -p worker -p pushgate-cli -p loadgen`). Exits 1 naming each failed block.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -47,15 +48,15 @@ BIN=$(cd "${BIN:-target/debug}" 2>/dev/null && pwd) || {
   echo "docs/check.sh: ${BIN:-target/debug} does not exist; cargo build -p gateway -p worker -p pushgate-cli" >&2
   exit 1
 }
-for b in gateway worker pushgate; do
+for b in gateway worker pushgate loadgen; do
   if [ ! -x "$BIN/$b" ]; then
-    echo "docs/check.sh: $BIN/$b is missing; cargo build -p gateway -p worker -p pushgate-cli" >&2
+    echo "docs/check.sh: $BIN/$b is missing; cargo build -p gateway -p worker -p pushgate-cli -p loadgen" >&2
     exit 1
   fi
 done
-for tool in curl jq openssl python3 timeout; do
+for tool in curl jq python3 timeout ss promtool node redis-server cargo; do
   if ! command -v "$tool" >/dev/null; then
-    echo "docs/check.sh: $tool is missing (Debian: apt-get install curl jq openssl python3-venv)" >&2
+    echo "docs/check.sh: $tool is missing (Debian: apt-get install curl jq python3-venv iproute2 prometheus nodejs redis-server)" >&2
     exit 1
   fi
 done
@@ -331,21 +332,22 @@ summary=()
 start_all=$(date +%s)
 for page in "${PAGES[@]}"; do
   name=$(echo "$page" | tr '/.' '__')
-  dir=$WORK/$name
-  mkdir -p "$dir/blocks"
+  dir=$WORK/$name         # the blocks' working directory
+  meta_dir=$WORK/$name.d  # the blocks, their output, the page gateway's log
+  mkdir -p "$dir" "$meta_dir"
   for e in "$ROOT"/* "$ROOT"/.ci; do ln -s "$e" "$dir/$(basename "$e")"; done
-  python3 "$WORK/blocks.py" extract "$page" "$dir/blocks"
-  gw_port=$(awk '$1 == 8080 {print $2}' "$dir/blocks/ports.txt")
+  python3 "$WORK/blocks.py" extract "$page" "$meta_dir"
+  gw_port=$(awk '$1 == 8080 {print $2}' "$meta_dir/ports.txt")
   page_start=$(date +%s)
   ran=0 saved=0 same_as=0 failed=0 k=0
   echo "== $page (gateway 127.0.0.1:$gw_port)"
-  if ! start_gateway "$gw_port" "$dir"; then
+  if ! start_gateway "$gw_port" "$meta_dir"; then
     total_failed=$((total_failed + 1))
     summary+=("FAIL  $page: its gateway did not start")
     stop_gateway
     continue
   fi
-  for meta in "$dir"/blocks/*.meta; do
+  for meta in "$meta_dir"/*.meta; do
     [ -e "$meta" ] || continue
     b=${meta%.meta}
     k=$((k + 1))
@@ -399,7 +401,7 @@ for page in "${PAGES[@]}"; do
     echo "    its stderr:"
     show "$b.err"
     echo "    the page's gateway log:"
-    show "$dir/gateway.log" 20
+    show "$meta_dir/gateway.log" 20
     break
   done
   stop_gateway
