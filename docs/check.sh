@@ -28,15 +28,16 @@
 #                          of its line). Other text is compared whole, `…` a wildcard.
 #   127.0.0.1:8080,        the page's gateway: a fresh `gateway --local-workers 2` per page
 #   localhost:8080         on a free loopback port, written into the blocks in place of 8080
-#   127.0.0.1:808N/909N    (any other N) free loopback ports, the same one for the same N
-#                          within a page, for the processes a page starts itself
+#   127.0.0.1:808N/909N    (any other N; also after localhost:, 0.0.0.0:, --port, -p) free
+#                          ports, the same one for the same N within a page, for the
+#                          processes a page starts itself (redis-server --port 9091 ...)
 # README.md: only the blocks of its "Try it" section. docs/deploy.md is not run: its
 # commands install system services and images (deploy/check.sh checks its files).
 #
 # Needs curl, jq, python3 with venv, ss, promtool, node, redis-server and cargo (Debian:
 # curl jq python3-venv iproute2 prometheus nodejs redis-server); the Python recipes'
 # `websockets` (pinned below) is installed into a venv under ${TMPDIR:-/tmp} when missing.
-# Binaries: $BIN (default target/debug) must hold gateway, worker, pushgate and loadgen
+# KEEP=1 keeps the scratch directories (blocks, outputs, logs). Binaries: $BIN (default target/debug) must hold gateway, worker, pushgate and loadgen
 # (`cargo build -p gateway -p worker -p pushgate-cli -p loadgen`). Exits 1 naming each failed block.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,7 +80,7 @@ cleanup() {
   local g
   for g in "${GROUPS_TO_KILL[@]}"; do kill -KILL -- "-$g" 2>/dev/null || true; done
   if [ -n "$GATEWAY_PID" ]; then kill -KILL "$GATEWAY_PID" 2>/dev/null || true; fi
-  rm -rf "$WORK"
+  if [ -n "${KEEP:-}" ]; then echo "docs/check.sh: kept $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
@@ -100,7 +101,7 @@ cat >"$WORK/blocks.py" <<'PY'
 """Extracts a page's blocks (extract) and matches a block's output (match)."""
 import json, os, re, socket, sys
 
-PORT_RE = re.compile(r"\b(?:127\.0\.0\.1|localhost):(80[89]\d|909\d)\b")
+PORT_RE = re.compile(r"(?:\b(?:127\.0\.0\.1|localhost|0\.0\.0\.0):|--port |\s-p )(80[89]\d|909\d)\b")
 MARK_RE = re.compile(r"^<!--\s*(save|same-as):\s*(\S+)\s*-->\s*$")
 FENCE_RE = re.compile(r"^(\s*)(`{3,})\s*([^\s`]*)")
 EXPECT_RE = re.compile(r"#\s*→\s?(.*)$")
@@ -152,7 +153,7 @@ def extract(page, outdir):
             p = m.group(1)
             if p not in ports:
                 ports[p] = free_port()
-            return m.group(0).replace(":" + p, ":%d" % ports[p])
+            return m.group(0)[: -len(p)] + str(ports[p])
         return PORT_RE.sub(one, text)
     n = 0
     for line, info, marker, text in blocks(page):
