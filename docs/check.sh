@@ -31,6 +31,8 @@
 #   127.0.0.1:808N/909N    (any other N; also after localhost:, 0.0.0.0:, --port, -p) free
 #                          ports, the same one for the same N within a page, for the
 #                          processes a page starts itself (redis-server --port 9091 ...)
+# Links: every relative link of the pages ([x](file.md#heading)) must reach a file and,
+# with an anchor, a heading of it (GitHub's anchors).
 # README.md: only the blocks of its "Try it" section. docs/deploy.md is not run: its
 # commands install system services and images (deploy/check.sh checks its files).
 #
@@ -284,7 +286,45 @@ def match(meta_path, out_path):
     return 1 if missing else 0
 
 
+def slugs(path):
+    """The anchors GitHub gives a page's headings."""
+    out, seen, fence = set(), {}, False
+    for line in open(path, encoding="utf-8"):
+        if line.lstrip().startswith("```"):
+            fence = not fence
+        if fence or not line.startswith("#"):
+            continue
+        text = line.lstrip("#").strip().lower()
+        slug = re.sub(r"[^\w\- ]", "", text.replace("`", "")).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else "%s-%d" % (slug, n))
+    return out
+
+
+def links(pages):
+    """Relative links of the pages that point at no file or no heading; 1 if any."""
+    bad = 0
+    for page in pages:
+        text = open(page, encoding="utf-8").read()
+        text = re.sub(r"```.*?```", "", text, flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            file = os.path.normpath(os.path.join(os.path.dirname(page), path)) if path else page
+            if not os.path.exists(file):
+                print("FAIL  %s: link to %s: no such file" % (page, target))
+                bad = 1
+            elif anchor and file.endswith(".md") and anchor not in slugs(file):
+                print("FAIL  %s: link to %s: no such heading" % (page, target))
+                bad = 1
+    return bad
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "links":
+        sys.exit(links(sys.argv[2:]))
     if sys.argv[1] == "extract":
         extract(sys.argv[2], sys.argv[3])
     else:
@@ -330,6 +370,13 @@ show() {
 
 total_failed=0
 summary=()
+# Every relative link of the pages must reach a file, and its #anchor a heading there.
+if python3 "$WORK/blocks.py" links "${PAGES[@]}"; then
+  summary+=("ok    links: every relative link of ${#PAGES[@]} pages reaches its file and heading")
+else
+  total_failed=$((total_failed + 1))
+  summary+=("FAIL  links (above)")
+fi
 start_all=$(date +%s)
 for page in "${PAGES[@]}"; do
   name=$(echo "$page" | tr '/.' '__')
