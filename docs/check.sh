@@ -6,14 +6,14 @@
 #   bash docs/check.sh docs/api.md          # one page
 #
 # What runs, per page, in order:
-#   ```sh                  a block run with `bash -euo pipefail`, its own process, at most
+#   ```sh (or ```bash)     a block run with `bash -euo pipefail`, its own process, at most
 #                          $TIMEOUT seconds (60), stdin empty, in the page's scratch directory
 #                          (which links every top-level entry of the repository, so
 #                          `deploy/...` and `target/...` resolve)
-#   ```python, ```text,    shown, not run (```console and ```text are for output and for
-#   ```console, ...        commands that cannot run here)
-#   <!-- save: NAME -->    before a block: the block is written to NAME in the scratch
-#                          directory instead of run (a script a later block runs)
+#   ```python, ```js,      shown, not run (```text and ```console are for output and for
+#   ```text, ```console    commands that cannot run here)
+#   <!-- save: NAME -->    before a block (any language): the block is written to NAME in
+#                          the scratch directory instead (a script a later block runs)
 #   <!-- same-as: PATH --> before a block: the block must be the repository file PATH,
 #                          byte for byte (a later block builds or runs it)
 #   # → EXPECTED           in a run block: some line of the block's stdout must match
@@ -30,17 +30,20 @@
 #   localhost:8080         on a free loopback port, written into the blocks in place of 8080
 #   127.0.0.1:808N/909N    (any other N; also after localhost:, 0.0.0.0:, --port, -p) free
 #                          ports, the same one for the same N within a page, for the
-#                          processes a page starts itself (redis-server --port 9091 ...)
+#                          processes a page starts itself (redis-server --port 9091 ...);
+#                          whatever a block leaves running is killed at the end of its page
 # Links: every relative link of the pages ([x](file.md#heading)) must reach a file and,
 # with an anchor, a heading of it (GitHub's anchors).
 # README.md: only the blocks of its "Try it" section. docs/deploy.md is not run: its
 # commands install system services and images (deploy/check.sh checks its files).
 #
-# Needs curl, jq, python3 with venv, ss, promtool, node, redis-server and cargo (Debian:
-# curl jq python3-venv iproute2 prometheus nodejs redis-server); the Python recipes'
-# `websockets` (pinned below) is installed into a venv under ${TMPDIR:-/tmp} when missing.
-# KEEP=1 keeps the scratch directories (blocks, outputs, logs). Binaries: $BIN (default target/debug) must hold gateway, worker, pushgate and loadgen
-# (`cargo build -p gateway -p worker -p pushgate-cli -p loadgen`). Exits 1 naming each failed block.
+# Needs curl, jq, python3 with venv, ss, promtool, node, redis-server, openssl and cargo
+# (Debian: curl jq python3-venv iproute2 prometheus nodejs redis-server openssl); the
+# Python recipes' `websockets` (pinned below) is installed into a venv under
+# ${TMPDIR:-/tmp} when missing. Binaries: $BIN (default target/debug) must hold gateway,
+# worker, pushgate and loadgen (`cargo build -p gateway -p worker -p pushgate-cli -p
+# loadgen`). KEEP=1 keeps the scratch directories (blocks, outputs, logs). Exits 1 naming
+# each failed block.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -57,9 +60,9 @@ for b in gateway worker pushgate loadgen; do
     exit 1
   fi
 done
-for tool in curl jq python3 timeout ss promtool node redis-server cargo; do
+for tool in curl jq python3 timeout ss promtool node redis-server redis-cli openssl cargo; do
   if ! command -v "$tool" >/dev/null; then
-    echo "docs/check.sh: $tool is missing (Debian: apt-get install curl jq python3-venv iproute2 prometheus nodejs redis-server)" >&2
+    echo "docs/check.sh: $tool is missing (Debian: apt-get install curl jq python3-venv iproute2 prometheus nodejs redis-server openssl)" >&2
     exit 1
   fi
 done
