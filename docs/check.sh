@@ -391,6 +391,10 @@ for page in "${PAGES[@]}"; do
   gw_port=$(awk '$1 == 8080 {print $2}' "$meta_dir/ports.txt")
   page_start=$(date +%s)
   ran=0 saved=0 same_as=0 failed=0 k=0
+  if ! ls "$meta_dir"/*.meta >/dev/null 2>&1; then
+    summary+=("ok    $page: no runnable blocks")
+    continue
+  fi
   echo "== $page (gateway 127.0.0.1:$gw_port)"
   if ! start_gateway "$gw_port" "$meta_dir"; then
     total_failed=$((total_failed + 1))
