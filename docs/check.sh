@@ -467,7 +467,7 @@ for page in "${PAGES[@]}"; do
     total_failed=$((total_failed + 1))
     summary+=("FAIL  $page: block $k failed (above)")
   else
-    summary+=("ok    $page: $ran blocks run, $saved saved, $same_as compared with their files, ${secs} s")
+    summary+=("ok    $page: blocks: $ran run, $saved saved, $same_as compared with their files; ${secs} s")
   fi
 done
 
