@@ -410,6 +410,35 @@ const MAX_SECRET_FILE: u64 = 64 * 1024;
 
 /// Moves the one secret in `file` (if given; surrounding whitespace ignored) into `value`,
 /// emptying `file`; `flag` names both in errors.
+/// Whether an `Authorization` value carries `key`: `Bearer KEY`, or `Basic` with KEY as the
+/// password (any user name; what browsers send after their prompt). Compared in constant
+/// time. The worker's `/metrics` and the gateway's admin surface both ask this.
+pub fn authorization_carries(key: &str, authorization: Option<&str>) -> bool {
+    use base64::Engine as _;
+    let Some((scheme, value)) = authorization.and_then(|a| a.trim().split_once(' ')) else {
+        return false;
+    };
+    let given = if scheme.eq_ignore_ascii_case("bearer") {
+        value.trim().as_bytes().to_vec()
+    } else if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(raw) = base64::engine::general_purpose::STANDARD.decode(value.trim()) else {
+            return false;
+        };
+        match raw.iter().position(|&b| b == b':') {
+            Some(i) => raw[i + 1..].to_vec(),
+            None => return false,
+        }
+    } else {
+        return false;
+    };
+    given.len() == key.len()
+        && given
+            .iter()
+            .zip(key.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
 pub fn load_secret(
     flag: &str,
     value: &mut Option<String>,
@@ -710,5 +739,24 @@ mod tests {
         );
         assert!(gateway_target("ftp://x").is_err());
         assert!(gateway_target("http://x:notaport").is_err());
+    }
+}
+
+#[cfg(test)]
+mod authorization_tests {
+    use super::authorization_carries;
+
+    #[test]
+    fn the_key_is_carried_as_bearer_or_as_a_basic_password() {
+        assert!(authorization_carries("k1", Some("Bearer k1")));
+        assert!(authorization_carries("k1", Some("bearer  k1 ")));
+        // "ops:k1" and ":k1"
+        assert!(authorization_carries("k1", Some("Basic b3BzOmsx")));
+        assert!(authorization_carries("k1", Some("Basic Omsx")));
+        assert!(!authorization_carries("k1", None));
+        assert!(!authorization_carries("k1", Some("Bearer k2")));
+        assert!(!authorization_carries("k1", Some("Bearer k1x")));
+        assert!(!authorization_carries("k1", Some("Basic !!")));
+        assert!(!authorization_carries("k1", Some("k1")));
     }
 }

@@ -69,10 +69,10 @@ fn admin_rule(
     }
     match key {
         Some(key) => {
-            let given = bearer(headers)
-                .map(str::to_owned)
-                .or_else(|| basic_password(headers));
-            if given.is_some_and(|g| constant_time_eq(key.as_bytes(), g.as_bytes())) {
+            let given = headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok());
+            if worker::config::authorization_carries(key, given) {
                 Ok(())
             } else {
                 Err(Rejection::AdminUnauthorized)
@@ -82,21 +82,6 @@ fn admin_rule(
         None if peer.is_some_and(|ip| ip.is_loopback()) => Ok(()),
         None => Err(Rejection::AdminForbidden),
     }
-}
-
-/// The password of `Authorization: Basic base64(user:password)`.
-fn basic_password(headers: &HeaderMap) -> Option<String> {
-    use base64::Engine as _;
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, b64) = v.trim().split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
-    }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64.trim())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    text.split_once(':').map(|(_, p)| p.to_owned())
 }
 
 #[cfg(test)]
