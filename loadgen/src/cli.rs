@@ -213,6 +213,21 @@ pub struct ClientArgs {
     /// each drop kind is reported. For runs that kill hosts on purpose; loss still fails.
     #[arg(long)]
     pub allow_drops: bool,
+    /// How clients are driven: `lean` = one mio event loop per core over a table of small
+    /// structs (~0.5 KB per idle client: for a million on one machine; plain TCP to
+    /// pushgate only), `tasks` = a tokio task per client (TLS, Nchan), `auto` = `lean`
+    /// where it can be used.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub client_plane: ClientPlane,
+}
+
+/// How a process drives its clients (`--client-plane`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum ClientPlane {
+    #[default]
+    Auto,
+    Tasks,
+    Lean,
 }
 
 /// Flags of subcommands that publish.
@@ -375,6 +390,7 @@ impl Plan {
             poll_timeout: 30,
             assign_connections: 4,
             allow_drops: false,
+            client_plane: ClientPlane::Tasks,
         };
         let (memory_after_drain, check) = match &command {
             Command::Run(a) => (a.memory_after_drain, a.check.clone()),
@@ -510,6 +526,19 @@ impl Plan {
         crate::target::server(self.common.target.target)
     }
 
+    /// Whether clients run on the lean plane (`--client-plane`, `auto` resolved).
+    pub fn lean_plane(&self) -> anyhow::Result<bool> {
+        let why = crate::lean::LeanPlane::unsupported(self);
+        Ok(match (self.clients.client_plane, why) {
+            (ClientPlane::Tasks, _) => false,
+            (ClientPlane::Auto, why) => why.is_none(),
+            (ClientPlane::Lean, None) => true,
+            (ClientPlane::Lean, Some(why)) => {
+                bail!("--client-plane lean does not drive {why}; use tasks or auto")
+            }
+        })
+    }
+
     /// Channel name of global client/channel index `i`.
     pub fn channel(&self, i: u64) -> String {
         format!("{}-{}", self.prefix, i)
@@ -555,6 +584,9 @@ pub struct Parameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub churn: Option<ChurnParameters>,
     pub poll_timeout_secs: u64,
+    /// `lean` or `tasks` (`--client-plane`, resolved).
+    #[serde(default)]
+    pub client_plane: String,
     pub tls: bool,
     pub source_ips: usize,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -651,6 +683,11 @@ impl Plan {
                 backoff_secs: ch.backoff.as_secs_f64(),
             }),
             poll_timeout_secs: self.clients.poll_timeout,
+            client_plane: match self.lean_plane() {
+                Ok(true) => "lean",
+                _ => "tasks",
+            }
+            .to_string(),
             tls: c.tls,
             source_ips: c.source_ips.as_ref().map(|l| l.0.len()).unwrap_or(0),
             max_per_process: c.max_per_process,

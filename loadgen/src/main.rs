@@ -6,6 +6,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod checker;
 mod cli;
 mod clients;
+mod lean;
 mod memory;
 mod net;
 mod publish;

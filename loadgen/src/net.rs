@@ -257,11 +257,16 @@ impl SourceIps {
 }
 
 fn set_bind_no_port(socket: &TcpSocket) {
+    bind_no_port(socket.as_raw_fd());
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT` on `fd`: a bound source address takes its port at connect.
+pub fn bind_no_port(fd: std::os::fd::RawFd) {
     let one: libc::c_int = 1;
     // SAFETY: a valid socket fd and a c_int option value of the right size.
     unsafe {
         libc::setsockopt(
-            socket.as_raw_fd(),
+            fd,
             libc::IPPROTO_IP,
             libc::IP_BIND_ADDRESS_NO_PORT,
             &one as *const libc::c_int as *const libc::c_void,

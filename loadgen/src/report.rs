@@ -141,6 +141,9 @@ fn parameters_table(s: &Summary) -> String {
             "clients",
             format!("{} ({}), one channel each", p.clients, by.join(", ")),
         );
+        if !p.client_plane.is_empty() {
+            row(&mut t, "client plane", &p.client_plane);
+        }
         row(
             &mut t,
             "connect",

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::checker::{CheckTotals, Published, SeqChecker};
 use crate::cli::{Mode, Plan};
 use crate::clients::{client_task, ClientCtx, Slot};
+use crate::lean::LeanPlane;
 use crate::memory;
 use crate::net::{Gateways, SourceIps};
 use crate::publish::{publish_phase, PublishCtx};
@@ -99,7 +100,9 @@ pub async fn run_process(
     }
     let connected = p.connect_phase().await;
     let (ready, memory, baseline) = p.barrier(barrier).await;
-    let main = p.main_phase(&connected.slots, baseline).await?;
+    let main = p
+        .main_phase(&connected.slots, connected.churner(), baseline)
+        .await?;
     let connected_at_end = p.stats.connected.load(Ordering::Relaxed).max(0) as u64;
     let check = p.close_and_check(connected.handles, &main.table).await;
     Ok(p.result(ResultParts {
@@ -124,15 +127,41 @@ struct Process {
     stop_all: CancellationToken,
     clients_stop: CancellationToken,
     ctx: Arc<ClientCtx>,
+    /// Clients on the lean plane (`--client-plane`), else a task each.
+    lean: bool,
     ticker: Option<tokio::task::JoinHandle<()>>,
     ticker_stop: CancellationToken,
 }
 
+/// The running clients: a task each, or the lean plane's loops.
+enum Clients {
+    Tasks(Vec<tokio::task::JoinHandle<SeqChecker>>),
+    Lean(LeanPlane),
+}
+
+/// Makes the k-th started client drop and come back.
+type Churn = Arc<dyn Fn(usize) + Send + Sync>;
+
 /// The connect phase's outcome.
 struct Connected {
     slots: Vec<Arc<Slot>>,
-    handles: Vec<tokio::task::JoinHandle<SeqChecker>>,
+    handles: Clients,
     secs: f64,
+}
+
+impl Connected {
+    fn churner(&self) -> Churn {
+        match &self.handles {
+            Clients::Tasks(_) => {
+                let slots = self.slots.clone();
+                Arc::new(move |k| slots[k].churn.notify_one())
+            }
+            Clients::Lean(plane) => {
+                let c = plane.churner();
+                Arc::new(move |k| c.churn(k))
+            }
+        }
+    }
 }
 
 /// The main phase's outcome.
@@ -193,7 +222,7 @@ impl Process {
         let clients_stop = CancellationToken::new();
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(plan.clone(), stats.clone(), n, ticker_stop.clone()));
-        let ctx = Arc::new(ClientCtx {
+        let ctx = ClientCtx {
             plan: plan.clone(),
             stats: stats.clone(),
             src: src.clone(),
@@ -204,7 +233,9 @@ impl Process {
             } else {
                 Some(0)
             },
-        });
+        };
+        let lean = plan.lean_plane()?;
+        let ctx = Arc::new(ctx);
         Ok(Process {
             plan,
             stats,
@@ -213,6 +244,7 @@ impl Process {
             stop_all,
             clients_stop,
             ctx,
+            lean,
             ticker: Some(ticker),
             ticker_stop,
         })
@@ -222,7 +254,20 @@ impl Process {
     async fn connect_phase(&self) -> Connected {
         let (plan, stats) = (&self.plan, &self.stats);
         let mut slots = Vec::with_capacity(self.n as usize);
-        let mut handles = Vec::with_capacity(self.n as usize);
+        let mut handles = Vec::with_capacity(if self.lean { 0 } else { self.n as usize });
+        let mut plane = if self.lean && self.n > 0 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            match LeanPlane::new(self.ctx.clone(), cores.min(4)) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the lean client plane");
+                    self.stop_all.cancel();
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let connect_start = tokio::time::Instant::now();
         let began = Instant::now();
         for i in 0..self.n {
@@ -238,9 +283,12 @@ impl Process {
                 .fetch_add(1, Ordering::Relaxed);
             let slot = Arc::new(Slot::new(transport));
             slots.push(slot.clone());
-            handles.push(tokio::spawn(client_task(self.ctx.clone(), index, slot)));
+            match &mut plane {
+                Some(p) => p.start(index, slot),
+                None => handles.push(tokio::spawn(client_task(self.ctx.clone(), index, slot))),
+            }
         }
-        let spawned = handles.len() as u64;
+        let spawned = slots.len() as u64;
         while stats.first_done.load(Ordering::Relaxed) < spawned && !self.stop_all.is_cancelled() {
             tokio::select! {
                 _ = self.stop_all.cancelled() => {}
@@ -258,7 +306,10 @@ impl Process {
         };
         Connected {
             slots,
-            handles,
+            handles: match plane {
+                Some(p) => Clients::Lean(p),
+                None => Clients::Tasks(handles),
+            },
             secs,
         }
     }
@@ -312,6 +363,7 @@ impl Process {
     async fn main_phase(
         &self,
         slots: &[Arc<Slot>],
+        churn: Churn,
         mut baseline: Option<memory::Snapshot>,
     ) -> anyhow::Result<MainPhase> {
         let plan = &self.plan;
@@ -356,7 +408,8 @@ impl Process {
                 let churn_stop = CancellationToken::new();
                 let churner = plan.churn.clone().map(|c| {
                     tokio::spawn(churn_loop(
-                        slots.to_vec(),
+                        slots.len(),
+                        churn.clone(),
                         c.fraction,
                         c.rate,
                         churn_stop.clone(),
@@ -400,18 +453,26 @@ impl Process {
     /// published (`run`, `churn`); stops the ticker.
     async fn close_and_check(
         &mut self,
-        handles: Vec<tokio::task::JoinHandle<SeqChecker>>,
+        handles: Clients,
         table: &[Published],
     ) -> Option<CheckTotals> {
         self.clients_stop.cancel();
         let began = Instant::now();
-        let mut checkers: Vec<SeqChecker> = Vec::with_capacity(handles.len());
-        for h in handles {
-            match tokio::time::timeout(Duration::from_secs(10), h).await {
-                Ok(Ok(c)) => checkers.push(c),
-                _ => checkers.push(SeqChecker::default()),
+        let checkers: Vec<SeqChecker> = match handles {
+            Clients::Tasks(handles) => {
+                let mut checkers = Vec::with_capacity(handles.len());
+                for h in handles {
+                    match tokio::time::timeout(Duration::from_secs(10), h).await {
+                        Ok(Ok(c)) => checkers.push(c),
+                        _ => checkers.push(SeqChecker::default()),
+                    }
+                }
+                checkers
             }
-        }
+            Clients::Lean(plane) => tokio::task::spawn_blocking(move || plane.stop())
+                .await
+                .unwrap_or_default(),
+        };
         if !checkers.is_empty() {
             self.stats.phase("close", began);
         }
@@ -629,9 +690,9 @@ async fn child_barrier(ready: &Ready, stop_all: CancellationToken) {
 }
 
 /// Drops random clients of the churning set at `rate` per second until stopped.
-async fn churn_loop(slots: Vec<Arc<Slot>>, fraction: f64, rate: f64, stop: CancellationToken) {
-    let churning = ((slots.len() as f64) * fraction).ceil() as usize;
-    let churning = churning.min(slots.len());
+async fn churn_loop(n: usize, churn: Churn, fraction: f64, rate: f64, stop: CancellationToken) {
+    let churning = ((n as f64) * fraction).ceil() as usize;
+    let churning = churning.min(n);
     if churning == 0 {
         return;
     }
@@ -643,7 +704,7 @@ async fn churn_loop(slots: Vec<Arc<Slot>>, fraction: f64, rate: f64, stop: Cance
             _ = tokio::time::sleep_until(start + pacer.due(k)) => {}
         }
         let i = rand::rng().random_range(0..churning);
-        slots[i].churn.notify_one();
+        churn(i);
     }
 }
 

@@ -333,7 +333,7 @@ pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> Se
 
 /// A connection that ended or could not be opened (`worker` empty then): errors and
 /// `replaced` ends at `info`, other drops at `debug` (`RUST_LOG=loadgen=debug`).
-fn log_end(channel: &str, worker: &str, kind: &str, drop: bool) {
+pub(crate) fn log_end(channel: &str, worker: &str, kind: &str, drop: bool) {
     if drop && crate::stats::is_replaced_kind(kind) {
         tracing::info!(%channel, %worker, %kind, "live connection replaced");
     } else if drop {

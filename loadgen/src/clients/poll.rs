@@ -18,15 +18,16 @@ pub struct PollConn {
     target: Target,
 }
 
+/// A poll answer's body (the lean plane reads it too).
 #[derive(Debug, Deserialize)]
-struct PollAnswer {
+pub(crate) struct PollAnswer {
     #[serde(default)]
-    messages: Vec<Frame>,
-    next: Option<u64>,
+    pub messages: Vec<Frame>,
+    pub next: Option<u64>,
     #[serde(default)]
-    gap: bool,
-    epoch: Option<u64>,
-    first_seq: Option<u64>,
+    pub gap: bool,
+    pub epoch: Option<u64>,
+    pub first_seq: Option<u64>,
 }
 
 pub async fn connect(ctx: &ClientCtx, url: &str) -> Result<PollConn, String> {
