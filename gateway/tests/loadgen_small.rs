@@ -14,8 +14,11 @@ async fn run_loadgen(base: &str, clients: u64, args: &[&str]) -> serde_json::Val
 
 /// [`run_loadgen`] with another loadgen command (`churn`).
 async fn run_loadgen_cmd(cmd: &str, base: &str, clients: u64, args: &[&str]) -> serde_json::Value {
+    // One file per run: the tests of this file run side by side in one process.
+    static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let json = std::env::temp_dir().join(format!(
-        "pushgate-loadgen-{}-{clients}.json",
+        "pushgate-loadgen-{}-{run}-{clients}.json",
         std::process::id()
     ));
     let clients_arg = clients.to_string();
@@ -145,6 +148,53 @@ async fn loadgen_broadcast_reaches_every_channel_in_order() {
         drained["workers"][0]["rss_after"].as_u64().unwrap() > 0,
         "{drained}"
     );
+}
+
+/// `--broadcast-every` beside 100 single publishes a second: every 2 s one broadcast to 200
+/// random channels of 300, which a gateway taking at most 150 per broadcast gets as two
+/// requests. Every broadcast message is expected and checked on its channel like a single
+/// publish, and its delivery latency is counted apart from the stream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_periodic_broadcasts_are_checked_and_timed_apart() {
+    let gw = spawn_gateway(&["--local-workers", "1", "--max-broadcast-channels", "150"]);
+    wait_healthy(&gw.base, 1, Duration::from_secs(30)).await;
+    let args = [
+        "--transport",
+        "mixed",
+        "--rate",
+        "100/s",
+        "--duration",
+        "6s",
+        "--broadcast-every",
+        "2s",
+        "--broadcast-channels",
+        "200",
+        "--max-broadcast-channels",
+        "150",
+        "--settle",
+        "0s",
+    ];
+    let r = run_loadgen(&gw.base, 300, &args).await;
+    // Broadcasts at 2 s and 4 s of the 6 s (not at 0, none at the end).
+    let b = &r["broadcasts"];
+    assert_eq!(b["sent"], 2, "{b}");
+    assert_eq!(b["requests"], 4, "{b}");
+    assert_eq!(b["channels"], 400, "{b}");
+    assert_eq!(b["accepted"], 400, "{b}");
+    assert_eq!(b["delivered"], 400, "{b}");
+    for each in b["each"].as_array().unwrap() {
+        let last = each["to_last_client_ms"]
+            .as_f64()
+            .expect("to_last_client_ms");
+        assert!((0.0..5_000.0).contains(&last), "{each}");
+    }
+    // 600 single publishes (100/s for 6 s) and 2 x 200 broadcast messages, all expected
+    // and received once (run_loadgen checked expected = received = accepted).
+    assert_eq!(r["publish"]["messages_accepted"], 1000, "{}", r["publish"]);
+    let d = &r["delivery"];
+    assert_eq!(d["broadcast_latency_us"]["count"], 400, "{d}");
+    assert_eq!(d["steady_latency_us"]["count"], 600, "{d}");
+    assert_eq!(d["latency_us"]["count"], 1000, "{d}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

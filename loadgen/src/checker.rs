@@ -21,6 +21,8 @@ pub struct Published {
     pub max_seq: AtomicU64,
     /// Last per-channel counter put in a payload (`--target nchan`: the `i` field).
     pub sent: AtomicU64,
+    /// Messages accepted without a seq (NDJSON lines, broadcasts), part of `count`.
+    pub unnumbered: AtomicU64,
 }
 
 impl Default for Published {
@@ -30,6 +32,7 @@ impl Default for Published {
             min_seq: AtomicU64::new(u64::MAX),
             max_seq: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            unnumbered: AtomicU64::new(0),
         }
     }
 }
@@ -42,14 +45,17 @@ impl Published {
         self.max_seq.fetch_max(seq, Ordering::Relaxed);
     }
 
-    /// `n` messages accepted in a batch (seqs not reported).
+    /// `n` messages accepted in a batch or a broadcast (seqs not reported).
     pub fn accepted_count(&self, n: u64) {
         self.count.fetch_add(n, Ordering::Relaxed);
+        self.unnumbered.fetch_add(n, Ordering::Relaxed);
     }
 
     /// The inclusive seq range the channel's subscriber must receive, if anything was
     /// published. Seqs start at 1 on a fresh channel; with known seqs the range starts at
-    /// the lowest one (older history on a reused channel is not expected).
+    /// the lowest one (older history on a reused channel is not expected), less the
+    /// messages accepted without a seq, which may sit below it: single publishes mixed
+    /// with broadcasts on a fresh channel still expect exactly `1..=count`.
     pub fn expected(&self) -> Option<(u64, u64)> {
         let count = self.count.load(Ordering::Relaxed);
         if count == 0 {
@@ -57,7 +63,12 @@ impl Published {
         }
         let min = self.min_seq.load(Ordering::Relaxed);
         let max = self.max_seq.load(Ordering::Relaxed);
-        let lo = if min == u64::MAX { 1 } else { min };
+        let unnumbered = self.unnumbered.load(Ordering::Relaxed);
+        let lo = if min == u64::MAX {
+            1
+        } else {
+            min.saturating_sub(unnumbered).max(1)
+        };
         Some((lo, max.max(lo + count - 1)))
     }
 }
@@ -563,5 +574,30 @@ mod tests {
         c.observe(50);
         assert_eq!(c.unexpected(p.expected()), 1);
         assert_eq!(Published::default().expected(), None);
+    }
+
+    #[test]
+    fn single_publishes_mixed_with_broadcasts() {
+        // Fresh channel: a broadcast took seq 1, singles 2 and 4, another broadcast 3.
+        let p = published(&[2, 4]);
+        p.accepted_count(2);
+        assert_eq!(p.expected(), Some((1, 4)));
+        // The last message was a broadcast: its seq is above every known one.
+        let p = published(&[1, 2]);
+        p.accepted_count(1);
+        assert_eq!(p.expected(), Some((1, 3)));
+        let mut c = SeqChecker::default();
+        for s in 1..=2 {
+            c.observe(s);
+        }
+        assert_eq!(c.lost(p.expected()), 1);
+        c.observe(3);
+        assert_eq!((c.lost(p.expected()), c.unexpected(p.expected())), (0, 0));
+        // A reused channel (`--channel-prefix` again): the range starts as far below the
+        // lowest known seq as the messages without one could reach, so older history may
+        // be expected there.
+        let p = published(&[41, 42]);
+        p.accepted_count(1);
+        assert_eq!(p.expected(), Some((40, 42)));
     }
 }

@@ -264,6 +264,22 @@ pub struct PublishOpts {
     /// again. 0 = one attempt, no keys.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub retry_for: Duration,
+    /// Alongside the publish stream, one `POST /v1/broadcast` every DUR, the first DUR
+    /// after publishing starts: one payload (`"b":<broadcast number>` in it) on
+    /// `--broadcast-channels` distinct channels drawn at random afresh each time; every
+    /// channel it is accepted on expects it like any other message. Split into processes,
+    /// each process names its share of the channels among its own, at the same times: the
+    /// run still sends one broadcast per DUR naming `--broadcast-channels` in all.
+    #[arg(long, value_parser = parse_duration)]
+    pub broadcast_every: Option<Duration>,
+    /// Channels each `--broadcast-every` broadcast names (at most the channels published to).
+    #[arg(long, default_value_t = 100_000)]
+    pub broadcast_channels: u64,
+    /// Most channels one `POST /v1/broadcast` names: the gateway's own
+    /// `--max-broadcast-channels` (100,000 unless set). A `--broadcast-every` broadcast
+    /// naming more goes out as several requests, back to back, with one payload.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_broadcast_channels: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -502,6 +518,16 @@ impl Plan {
             if p.channels == Some(0) {
                 bail!("--channels must be at least 1");
             }
+            if p.broadcast_every.is_some_and(|d| d.is_zero()) {
+                bail!("--broadcast-every must be more than 0");
+            }
+            // A shard's share of the broadcast channels may be none.
+            if p.broadcast_every.is_some() && p.broadcast_channels == 0 && !self.is_child() {
+                bail!("--broadcast-channels must be at least 1");
+            }
+            if p.max_broadcast_channels == 0 {
+                bail!("--max-broadcast-channels must be at least 1");
+            }
         }
         if let Some(c) = &self.churn {
             if !(0.0..=1.0).contains(&c.fraction) {
@@ -537,6 +563,29 @@ impl Plan {
                 bail!("--client-plane lean does not drive {why}; use tasks or auto")
             }
         })
+    }
+
+    /// Channels this process publishes to: `--channels` (default one per client, for
+    /// `publish` 100), never more than its clients.
+    pub fn publish_channels(&self) -> u64 {
+        match (&self.publish, self.mode) {
+            (Some(p), Mode::Publish) => p.channels.unwrap_or(100),
+            (Some(p), _) => p
+                .channels
+                .unwrap_or(self.clients.clients)
+                .min(self.clients.clients),
+            (None, _) => 0,
+        }
+    }
+
+    /// Channels each `--broadcast-every` broadcast of this process names (0 without one).
+    pub fn broadcast_channels(&self) -> u64 {
+        match &self.publish {
+            Some(p) if p.broadcast_every.is_some() => {
+                p.broadcast_channels.min(self.publish_channels())
+            }
+            _ => 0,
+        }
     }
 
     /// Channel name of global client/channel index `i`.
@@ -615,6 +664,13 @@ pub struct PublishParameters {
     pub payload_bytes: usize,
     pub publish_connections: usize,
     pub retry_for_secs: f64,
+    /// `--broadcast-every`, and the channels each of those broadcasts names in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_every_secs: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_channels: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_broadcast_channels: Option<u64>,
 }
 
 /// The churn part of [`Parameters`].
@@ -666,16 +722,16 @@ impl Plan {
             publish: self.publish.as_ref().map(|p| PublishParameters {
                 rate_per_sec: p.rate,
                 duration_secs: p.duration.as_secs_f64(),
-                channels: match self.mode {
-                    Mode::Publish => p.channels.unwrap_or(100),
-                    _ => p.channels.unwrap_or(n).min(n),
-                },
+                channels: self.publish_channels(),
                 pattern: flag_name(&p.pattern),
                 batch: p.batch,
                 broadcast: p.broadcast,
                 payload_bytes: p.payload_bytes,
                 publish_connections: p.publish_connections,
                 retry_for_secs: p.retry_for.as_secs_f64(),
+                broadcast_every_secs: p.broadcast_every.map(|d| d.as_secs_f64()),
+                broadcast_channels: p.broadcast_every.map(|_| self.broadcast_channels()),
+                max_broadcast_channels: p.broadcast_every.map(|_| p.max_broadcast_channels),
             }),
             churn: self.churn.as_ref().map(|ch| ChurnParameters {
                 fraction: ch.fraction,
@@ -995,6 +1051,47 @@ mod tests {
                 assert_eq!(k, by_client(t), "{n} {t:?}");
             }
         }
+    }
+
+    #[test]
+    fn periodic_broadcast_flags() {
+        let plan = |args: &[&str]| {
+            let argv = ["loadgen", "run", "--clients", "50"].iter().chain(args);
+            Plan::from_command(Cli::try_parse_from(argv).unwrap().command)
+        };
+        let p = plan(&["--broadcast-every", "1m"]).unwrap();
+        // 100,000 by default, capped at the 50 channels published to.
+        assert_eq!(p.broadcast_channels(), 50);
+        let publish = p.parameters().publish.unwrap();
+        assert_eq!(publish.broadcast_every_secs, Some(60.0));
+        assert_eq!(publish.broadcast_channels, Some(50));
+        assert_eq!(publish.max_broadcast_channels, Some(100_000));
+        let p = plan(&["--broadcast-every", "2s", "--broadcast-channels", "20"]).unwrap();
+        assert_eq!(p.broadcast_channels(), 20);
+        let p = plan(&["--broadcast-channels", "20"]).unwrap();
+        assert_eq!(
+            p.broadcast_channels(),
+            0,
+            "no broadcasts without --broadcast-every"
+        );
+        assert_eq!(p.parameters().publish.unwrap().broadcast_channels, None);
+        assert!(plan(&["--broadcast-every", "0s"]).is_err());
+        assert!(plan(&["--broadcast-every", "1s", "--broadcast-channels", "0"]).is_err());
+        assert!(plan(&["--broadcast-every", "1s", "--max-broadcast-channels", "0"]).is_err());
+        // A shard's share may be none.
+        let shard = [
+            "--broadcast-every",
+            "1s",
+            "--broadcast-channels",
+            "0",
+            "--shard",
+            "1/2",
+        ];
+        assert_eq!(plan(&shard).unwrap().broadcast_channels(), 0);
+        let nchan = ["--target", "nchan", "--nchan-url", "http://127.0.0.1:1"];
+        assert!(plan(&nchan).is_ok());
+        let with = [&nchan[..], &["--broadcast-every", "1s"]].concat();
+        assert!(plan(&with).is_err());
     }
 
     #[test]

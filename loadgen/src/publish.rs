@@ -1,5 +1,6 @@
 //! Publisher: paced, open-loop publishing over a few keep-alive connections, singly
-//! (`POST /v1/publish/{channel}`) or as NDJSON batches; records what was accepted per channel.
+//! (`POST /v1/publish/{channel}`) or as NDJSON batches, and beside that stream the periodic
+//! broadcasts of `--broadcast-every`; records what was accepted per channel.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,7 +55,16 @@ pub struct PublishCtx {
 impl PublishCtx {
     /// The payload of message `i`: its send time and padding.
     fn payload(&self, i: u64) -> String {
-        let mut s = format!(r#"{{"t":{},"i":{i},"pad":""#, unix_nanos());
+        self.payload_at(unix_nanos(), i, None)
+    }
+
+    /// The payload of message `i` sent at `t` (Unix ns), with `"b":n` when it is periodic
+    /// broadcast `n`, padded to `--payload-bytes`.
+    fn payload_at(&self, t: u64, i: u64, broadcast: Option<u64>) -> String {
+        let mut s = match broadcast {
+            Some(n) => format!(r#"{{"t":{t},"i":{i},"b":{n},"pad":""#),
+            None => format!(r#"{{"t":{t},"i":{i},"pad":""#),
+        };
         let want = self.opts.payload_bytes.saturating_sub(s.len() + 2);
         s.extend(std::iter::repeat_n('x', want));
         s.push_str("\"}");
@@ -63,15 +73,18 @@ impl PublishCtx {
 
     /// With `--retry-for`: the idempotency key of message `k`.
     fn key(&self, k: u64) -> Option<String> {
-        (!self.opts.retry_for.is_zero()).then(|| format!("{}-{k}", self.key_prefix))
+        self.key_named(&k.to_string())
+    }
+
+    /// With `--retry-for`: the idempotency key `<key_prefix>-<name>`.
+    fn key_named(&self, name: &str) -> Option<String> {
+        (!self.opts.retry_for.is_zero()).then(|| format!("{}-{name}", self.key_prefix))
     }
 
     /// The key of message `k` as a JSON member to append to an object (`,"id":"..."`), or
     /// nothing without `--retry-for`.
     fn id_member(&self, k: u64) -> String {
-        self.key(k)
-            .map(|key| format!(r#","id":"{key}""#))
-            .unwrap_or_default()
+        id_member(self.key(k))
     }
 
     fn channel_of(&self, k: u64, n: u64) -> u64 {
@@ -80,6 +93,12 @@ impl PublishCtx {
             Pattern::RoundRobin | Pattern::All => k % n,
         }
     }
+}
+
+/// An idempotency key as a JSON member to append to an object (`,"id":"..."`), or nothing.
+fn id_member(key: Option<String>) -> String {
+    key.map(|key| format!(r#","id":"{key}""#))
+        .unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -102,7 +121,7 @@ pub async fn publish_phase(
 ) -> anyhow::Result<()> {
     let pool = Arc::new(Gateways::new(
         &ctx.plan.server().publish_bases(&ctx.plan),
-        src,
+        src.clone(),
         ctx.opts.publish_connections,
         ctx.plan.common.request_timeout,
     )?);
@@ -119,6 +138,25 @@ pub async fn publish_phase(
     let end = start + duration;
     let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    if let Some(every) = ctx.opts.broadcast_every {
+        // Their own connection: a long broadcast does not hold up the stream's requests.
+        let pool = Gateways::new(
+            &ctx.plan.server().publish_bases(&ctx.plan),
+            src.clone(),
+            1,
+            ctx.plan.common.request_timeout,
+        )?;
+        // Message numbers after every one the stream can use, so that `--check-ids`
+        // tells a broadcast from a single publish.
+        let first_id = (duration.as_secs_f64() * rate).ceil() as u64 + ctx.opts.batch as u64;
+        let schedule = Periodic {
+            every,
+            start,
+            end,
+            first_id,
+        };
+        tasks.push(tokio::spawn(broadcast_loop(ctx.clone(), pool, schedule)));
+    }
     for _ in 0..ctx.opts.publish_connections {
         let (ctx, pool, next) = (ctx.clone(), pool.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
@@ -362,31 +400,49 @@ async fn send_broadcast(
         .collect();
     picked.sort_unstable();
     picked.dedup();
+    // Repeated picks (a random pattern) were never sent: not attempted.
+    stats
+        .publish_attempted
+        .fetch_sub(batch - picked.len() as u64, Ordering::Relaxed);
+    let data = ctx.payload(k);
+    post_broadcast(ctx, pool, &picked, &data, &ctx.id_member(k)).await;
+    stats.record_publish(started.elapsed().as_micros() as u64);
+}
+
+/// The body of a `POST /v1/broadcast` of `data` (a JSON value) to `names`; `id_member` is
+/// its idempotency key as [`id_member`] renders it.
+fn broadcast_body(names: &[String], data: &str, id_member: &str) -> String {
+    format!(
+        r#"{{"channels":{},"data":{data}{id_member}}}"#,
+        serde_json::to_string(names).unwrap_or_default(),
+    )
+}
+
+/// One `POST /v1/broadcast` of `data` to the table's channels `picked` (distinct): the
+/// channels the answer accepts it on are recorded and the outcome counted. Returns how
+/// many accepted it.
+async fn post_broadcast(
+    ctx: &PublishCtx,
+    pool: &Gateways,
+    picked: &[u64],
+    data: &str,
+    id_member: &str,
+) -> u64 {
+    let stats = &ctx.stats;
     let names: Vec<String> = picked
         .iter()
         .map(|&ch| ctx.plan.channel(ctx.channel_base + ch))
         .collect();
-    let body = format!(
-        r#"{{"channels":{},"data":{}{}}}"#,
-        serde_json::to_string(&names).unwrap_or_default(),
-        ctx.payload(k),
-        ctx.id_member(k)
-    );
     let (r, retried) = request(
         ctx,
         pool,
         "/v1/broadcast",
         &[("content-type", "application/json")],
-        Bytes::from(body),
+        Bytes::from(broadcast_body(&names, data, id_member)),
         store_refused,
     )
     .await;
-    stats.record_publish(started.elapsed().as_micros() as u64);
     let n = picked.len() as u64;
-    // Repeated picks (a random pattern) were never sent: not attempted.
-    stats
-        .publish_attempted
-        .fetch_sub(batch - n, Ordering::Relaxed);
     match r {
         Ok((status, body)) if status == 200 => {
             match serde_json::from_slice::<BroadcastAnswer>(&body) {
@@ -402,23 +458,153 @@ async fn send_broadcast(
                     }
                     count_answered(stats, status.as_str(), accepted, a.accepted, n - accepted);
                     count_retried(stats, retried, accepted);
+                    accepted
                 }
-                Err(_) => stats.error("publish_bad_body"),
+                Err(_) => {
+                    stats.error("publish_bad_body");
+                    0
+                }
             }
         }
-        Ok((status, _)) => count_failed(
-            stats,
-            status.as_str(),
-            &format!("http_{}", status.as_u16()),
-            n,
-        ),
-        Err(e) => count_failed(stats, e.kind(), e.kind(), n),
+        Ok((status, _)) => {
+            count_failed(
+                stats,
+                status.as_str(),
+                &format!("http_{}", status.as_u16()),
+                n,
+            );
+            0
+        }
+        Err(e) => {
+            count_failed(stats, e.kind(), e.kind(), n);
+            0
+        }
     }
+}
+
+/// When the periodic broadcasts of `--broadcast-every` go out.
+struct Periodic {
+    every: Duration,
+    /// The publish phase: broadcast `n` is due `n × every` after `start`, if before `end`.
+    start: tokio::time::Instant,
+    end: tokio::time::Instant,
+    /// Broadcast `n` carries message number `first_id + n`.
+    first_id: u64,
+}
+
+/// Sends the periodic broadcasts, one after the other; one that falls behind (a
+/// broadcast slower than `every`) goes out as soon as the previous one is answered.
+async fn broadcast_loop(ctx: Arc<PublishCtx>, pool: Gateways, when: Periodic) {
+    let channels = ctx.table.len() as u64;
+    let want = ctx.opts.broadcast_channels.min(channels);
+    if want == 0 {
+        return;
+    }
+    for n in 1u64.. {
+        let due = when.start + when.every.mul_f64(n as f64);
+        if due >= when.end {
+            break;
+        }
+        tokio::select! {
+            _ = ctx.stop.cancelled() => break,
+            _ = tokio::time::sleep_until(due) => {}
+        }
+        let picked = pick_channels(channels, want);
+        send_periodic(&ctx, &pool, n, when.first_id + n, &picked).await;
+    }
+}
+
+/// `want` distinct channels of `0..channels` at random, in order.
+fn pick_channels(channels: u64, want: u64) -> Vec<u64> {
+    let mut picked: Vec<u64> =
+        rand::seq::index::sample(&mut rand::rng(), channels as usize, want as usize)
+            .into_iter()
+            .map(|i| i as u64)
+            .collect();
+    picked.sort_unstable();
+    picked
+}
+
+/// The requests a broadcast to `picked` takes: at most `max` channels each, in order.
+fn parts(picked: &[u64], max: u64) -> std::slice::Chunks<'_, u64> {
+    picked.chunks(usize::try_from(max).unwrap_or(usize::MAX).max(1))
+}
+
+/// Periodic broadcast `n` (message number `id`) to the table's channels `picked`: one
+/// payload, stamped with the time the first request goes out, in requests of at most
+/// `--max-broadcast-channels` channels sent back to back (deliveries of later ones
+/// count the earlier ones' time).
+async fn send_periodic(ctx: &PublishCtx, pool: &Gateways, n: u64, id: u64, picked: &[u64]) {
+    let stats = &ctx.stats;
+    let t = unix_nanos();
+    let data = ctx.payload_at(t, id, Some(n));
+    let key = id_member(ctx.key_named(&format!("b{n}")));
+    stats.broadcast_sent(n, t, picked.len() as u64);
+    let started = Instant::now();
+    let (mut requests, mut accepted) = (0, 0);
+    for part in parts(picked, ctx.opts.max_broadcast_channels) {
+        stats.publish_requests.fetch_add(1, Ordering::Relaxed);
+        stats
+            .publish_attempted
+            .fetch_add(part.len() as u64, Ordering::Relaxed);
+        accepted += post_broadcast(ctx, pool, part, &data, &key).await;
+        requests += 1;
+    }
+    stats.broadcast_answered(n, requests, accepted, started.elapsed().as_micros() as u64);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn periodic_picks_are_distinct_and_fresh() {
+        let a = pick_channels(1000, 250);
+        assert_eq!(a.len(), 250);
+        assert!(a.windows(2).all(|w| w[0] < w[1]), "sorted, no repeats");
+        assert!(a.iter().all(|&c| c < 1000));
+        let b = pick_channels(1000, 250);
+        assert_ne!(a, b, "a fresh pick each time");
+        assert_eq!(pick_channels(5, 5), [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_broadcast_above_the_gateways_max_goes_out_in_parts() {
+        // 250 channels, the gateway takes at most 100 per request: 100, 100, 50, each
+        // with the same data and key, together every channel once.
+        let picked = pick_channels(1000, 250);
+        let data = r#"{"t":1,"i":7,"b":1,"pad":""}"#;
+        let key = id_member(Some("lg1-b1".into()));
+        let mut named = Vec::new();
+        let mut sizes = Vec::new();
+        for part in parts(&picked, 100) {
+            let names: Vec<String> = part.iter().map(|c| format!("lg-{c}")).collect();
+            let body: serde_json::Value =
+                serde_json::from_str(&broadcast_body(&names, data, &key)).unwrap();
+            assert_eq!(
+                body["data"],
+                serde_json::from_str::<serde_json::Value>(data).unwrap()
+            );
+            assert_eq!(body["id"], "lg1-b1");
+            let channels = body["channels"].as_array().unwrap();
+            sizes.push(channels.len());
+            named.extend(channels.iter().map(|c| c.as_str().unwrap().to_string()));
+        }
+        assert_eq!(sizes, [100, 100, 50]);
+        let expect: Vec<String> = picked.iter().map(|c| format!("lg-{c}")).collect();
+        assert_eq!(named, expect);
+        // Without --retry-for there is no key.
+        let body: serde_json::Value =
+            serde_json::from_str(&broadcast_body(&expect[..1], data, &id_member(None))).unwrap();
+        assert!(body.get("id").is_none());
+        // At or under the max: one request.
+        assert_eq!(parts(&picked, 250).count(), 1);
+        assert_eq!(parts(&picked, 100_000).count(), 1);
+        assert_eq!(
+            parts(&picked, 249).map(<[u64]>::len).collect::<Vec<_>>(),
+            [249, 1]
+        );
+    }
 
     #[test]
     fn pacing_math() {

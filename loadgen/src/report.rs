@@ -176,6 +176,17 @@ fn parameters_table(s: &Summary) -> String {
                 q.publish_connections
             ),
         );
+        if let (Some(every), Some(n)) = (q.broadcast_every_secs, q.broadcast_channels) {
+            row(
+                &mut t,
+                "broadcasts",
+                format!(
+                    "besides the stream, every {} a broadcast to {n} random channels (at most {} per request)",
+                    secs(every),
+                    q.max_broadcast_channels.unwrap_or(n)
+                ),
+            );
+        }
         if q.retry_for_secs > 0.0 {
             row(
                 &mut t,
@@ -389,6 +400,24 @@ fn check_table(s: &Summary) -> String {
             ),
         );
     }
+    if let Some(b) = &s.broadcasts {
+        let opt = |v: Option<f64>| v.map_or("–".to_string(), |v| format!("{v:.2} ms"));
+        row_html(
+            &mut t,
+            "broadcasts",
+            &format!(
+                "{} sent in {} requests naming {} channels, accepted on {}; {} received (not received {}); send → last client p50 {}, max {}",
+                b.sent,
+                b.requests,
+                b.channels,
+                b.accepted,
+                b.delivered,
+                must_be_zero(b.accepted.saturating_sub(b.delivered)),
+                esc(&opt(b.to_last_client_p50_ms)),
+                esc(&opt(b.to_last_client_max_ms))
+            ),
+        );
+    }
     if let Some(x) = &s.tls {
         row(
             &mut t,
@@ -432,6 +461,12 @@ fn percentile_table(s: &Summary) -> String {
         );
     };
     line("delivery latency", &s.delivery.latency_us);
+    if let Some(h) = &s.delivery.steady_latency_us {
+        line("… of the publish stream", h);
+    }
+    if let Some(h) = &s.delivery.broadcast_latency_us {
+        line("… of the periodic broadcasts", h);
+    }
     line("connect (assign + handshake)", &s.connect.time_us);
     line("assign", &s.connect.assign_us);
     line("publish request", &s.publish.request_us);
@@ -477,6 +512,32 @@ fn transport_table(s: &Summary) -> String {
     t
 }
 
+fn broadcasts_table(s: &Summary) -> String {
+    let Some(b) = &s.broadcasts else {
+        return String::new();
+    };
+    let mut t = String::from(
+        "<h2>Broadcasts</h2><table class=\"num\" id=\"broadcasts\"><thead><tr><th>broadcast</th><th>sent at s</th><th>channels</th><th>requests</th><th>accepted</th><th>received</th><th>request ms</th><th>send → last client ms</th></tr></thead><tbody>",
+    );
+    for x in &b.each {
+        let _ = write!(
+            t,
+            "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{:.2}</td><td>{}</td></tr>",
+            x.n,
+            (x.sent_unix_ms as f64 - s.started_unix_ms as f64) / 1000.0,
+            x.channels,
+            x.requests,
+            x.accepted,
+            x.delivered,
+            x.request_ms,
+            x.to_last_client_ms
+                .map_or("–".to_string(), |v| format!("{v:.2}"))
+        );
+    }
+    t.push_str("</tbody></table><p class=\"note\">Sent at: seconds since loadgen started. Received: first receipts by clients, one per channel that accepted the broadcast. Send → last client: from the payload's send time to the last of those receipts.</p>");
+    t
+}
+
 /// The summary as JSON safe inside a `<script>` element (`<` only occurs in strings).
 fn json_for_script(s: &Summary) -> String {
     serde_json::to_string(s)
@@ -514,6 +575,7 @@ pub fn html(s: &Summary) -> String {
 <section><h3>Percentiles</h3>{pct}</section>
 </div>
 {by_transport}
+{broadcasts}
 <h2>Over time</h2>
 <p class="note">x: seconds since loadgen started. Rates are per second, over the second ending at x; latencies are those of the messages received in that second. Shaded bands and dashed lines are the phases. Drag to zoom, double-click to zoom out.</p>
 <div id="charts"><noscript>The charts need JavaScript (inline, nothing is loaded).</noscript></div>
@@ -538,6 +600,7 @@ pub fn html(s: &Summary) -> String {
         check = check_table(s),
         pct = percentile_table(s),
         by_transport = transport_table(s),
+        broadcasts = broadcasts_table(s),
         json = json_for_script(s),
     )
 }

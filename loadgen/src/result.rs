@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::checker::CheckTotals;
 use crate::cli::Parameters;
 use crate::memory::MemoryResult;
-use crate::stats::{hist_from_b64, merge_b64, PhaseMark, TickRaw};
+use crate::stats::{hist_from_b64, merge_b64, BroadcastRaw, PhaseMark, TickRaw};
 
 /// Counters of a run (they add across shards).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,6 +81,12 @@ pub struct RawHists {
     /// TLS handshake time (TCP connected to handshake done).
     #[serde(default = "crate::stats::empty_hist_b64")]
     pub tls_handshake_us: String,
+    /// The part of `latency_us` of the publish stream's messages, and of the periodic
+    /// broadcasts' (`--broadcast-every`).
+    #[serde(default = "crate::stats::empty_hist_b64")]
+    pub latency_steady_us: String,
+    #[serde(default = "crate::stats::empty_hist_b64")]
+    pub latency_broadcast_us: String,
 }
 
 /// The clients of one concrete transport: counters and histograms (base64, µs).
@@ -147,6 +153,9 @@ pub struct RawResult {
     /// Per concrete transport the clients use.
     #[serde(default)]
     pub transports: Vec<LaneRaw>,
+    /// The periodic broadcasts (`--broadcast-every`), by number.
+    #[serde(default)]
+    pub broadcasts: Vec<BroadcastRaw>,
 }
 
 impl RawResult {
@@ -188,6 +197,21 @@ impl RawResult {
         merge_b64(&mut self.hists.latency_us, &o.hists.latency_us)?;
         merge_b64(&mut self.hists.publish_us, &o.hists.publish_us)?;
         merge_b64(&mut self.hists.tls_handshake_us, &o.hists.tls_handshake_us)?;
+        merge_b64(
+            &mut self.hists.latency_steady_us,
+            &o.hists.latency_steady_us,
+        )?;
+        merge_b64(
+            &mut self.hists.latency_broadcast_us,
+            &o.hists.latency_broadcast_us,
+        )?;
+        for b in &o.broadcasts {
+            match self.broadcasts.iter_mut().find(|x| x.n == b.n) {
+                Some(x) => x.merge(b),
+                None => self.broadcasts.push(b.clone()),
+            }
+        }
+        self.broadcasts.sort_by_key(|b| b.n);
         for t in &o.timeline {
             match self.timeline.iter_mut().find(|x| x.t == t.t) {
                 Some(x) => {
@@ -329,6 +353,79 @@ pub struct DeliverySummary {
     pub span_ms: Option<f64>,
     /// Loss/duplicate/order check (absent for `connect` and `publish`).
     pub check: Option<CheckTotals>,
+    /// With periodic broadcasts: `latency_us` of the publish stream's messages alone,
+    /// and of the broadcasts' alone (first receipts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steady_latency_us: Option<HistSummary>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_latency_us: Option<HistSummary>,
+}
+
+/// The periodic broadcasts of `--broadcast-every`, over every process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadcastsSummary {
+    /// Broadcasts sent; the requests they took; channels they named, accepted them on,
+    /// and first receipts of them by clients.
+    pub sent: u64,
+    pub requests: u64,
+    pub channels: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    /// Send to the last client's receipt, over the broadcasts that reached one (ms).
+    pub to_last_client_p50_ms: Option<f64>,
+    pub to_last_client_max_ms: Option<f64>,
+    pub each: Vec<BroadcastSummary>,
+}
+
+/// One periodic broadcast.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BroadcastSummary {
+    /// 1 for the first.
+    pub n: u64,
+    /// The payload's `t`: its first request's send time.
+    pub sent_unix_ms: u64,
+    pub channels: u64,
+    pub requests: u64,
+    pub accepted: u64,
+    pub delivered: u64,
+    /// First request sent to last answer.
+    pub request_ms: f64,
+    /// Send to the last client's receipt (absent while no client received it).
+    pub to_last_client_ms: Option<f64>,
+}
+
+impl BroadcastsSummary {
+    fn of(raw: &[BroadcastRaw]) -> Option<BroadcastsSummary> {
+        if raw.is_empty() {
+            return None;
+        }
+        let round = |v: f64| (v * 1000.0).round() / 1000.0;
+        let each: Vec<BroadcastSummary> = raw
+            .iter()
+            .map(|b| BroadcastSummary {
+                n: b.n,
+                sent_unix_ms: b.sent_ns / 1_000_000,
+                channels: b.channels,
+                requests: b.requests,
+                accepted: b.accepted,
+                delivered: b.delivered,
+                request_ms: round(b.request_us as f64 / 1000.0),
+                to_last_client_ms: b.to_last_client_ms().map(round),
+            })
+            .collect();
+        let mut last: Vec<f64> = each.iter().filter_map(|b| b.to_last_client_ms).collect();
+        last.sort_by(f64::total_cmp);
+        Some(BroadcastsSummary {
+            sent: each.len() as u64,
+            requests: each.iter().map(|b| b.requests).sum(),
+            channels: each.iter().map(|b| b.channels).sum(),
+            accepted: each.iter().map(|b| b.accepted).sum(),
+            delivered: each.iter().map(|b| b.delivered).sum(),
+            to_last_client_p50_ms: last.get(last.len().saturating_sub(1) / 2).copied(),
+            to_last_client_max_ms: last.last().copied(),
+            each,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -424,6 +521,9 @@ pub struct Summary {
     pub errors: ErrorSummary,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSummary>,
+    /// `--broadcast-every`: the periodic broadcasts (absent when none was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcasts: Option<BroadcastsSummary>,
     pub memory: Option<MemoryResult>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_after_drain: Option<MemoryResult>,
@@ -454,6 +554,10 @@ impl Summary {
         let publish = hist_from_b64(&raw.hists.publish_us).context("publish histogram")?;
         let handshakes =
             hist_from_b64(&raw.hists.tls_handshake_us).context("TLS handshake histogram")?;
+        let steady = hist_from_b64(&raw.hists.latency_steady_us).context("steady histogram")?;
+        let broadcast =
+            hist_from_b64(&raw.hists.latency_broadcast_us).context("broadcast histogram")?;
+        let split = !raw.broadcasts.is_empty() || !broadcast.is_empty();
         let c = &raw.counters;
         let errors_total = raw.errors_total();
         let check_ok = raw.check.map(|c| c.clean(raw.allow_gaps)).unwrap_or(true);
@@ -565,6 +669,8 @@ impl Summary {
                     .span_ns
                     .map(|(first, last)| last.saturating_sub(first) as f64 / 1e6),
                 check: raw.check,
+                steady_latency_us: split.then(|| HistSummary::of(&steady)),
+                broadcast_latency_us: split.then(|| HistSummary::of(&broadcast)),
             },
             errors: ErrorSummary {
                 total: errors_total,
@@ -587,6 +693,7 @@ impl Summary {
                 resumed_per_sec: rate(c.tls_resumed, raw.elapsed_secs),
                 handshake_us: HistSummary::of(&handshakes),
             }),
+            broadcasts: BroadcastsSummary::of(&raw.broadcasts),
             memory: raw.memory.clone(),
             memory_after_drain: raw.memory_after_drain.clone(),
             by_transport,
@@ -694,6 +801,33 @@ impl Summary {
                 d.span_ms
                     .map(|v| format!("; first sent -> last received {v:.2} ms"))
                     .unwrap_or_default()
+            );
+        }
+        let lat = |l: &HistSummary| {
+            format!(
+                "latency p50 {} p99 {} p99.9 {} max {}",
+                ms(l.p50),
+                ms(l.p99),
+                ms(l.p999),
+                ms(l.max)
+            )
+        };
+        if let Some(l) = &d.steady_latency_us {
+            let _ = writeln!(s, "  steady    {} received; {}", l.count, lat(l));
+        }
+        if let (Some(b), Some(l)) = (&self.broadcasts, &d.broadcast_latency_us) {
+            let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2} ms"));
+            let _ = writeln!(
+                s,
+                "  broadcast {} sent in {} requests naming {} channels, accepted on {}; {} received; {}; send -> last client p50 {} max {}",
+                b.sent,
+                b.requests,
+                b.channels,
+                b.accepted,
+                b.delivered,
+                lat(l),
+                opt(b.to_last_client_p50_ms),
+                opt(b.to_last_client_max_ms)
             );
         }
         if self.by_transport.len() > 1 {

@@ -368,14 +368,11 @@ impl Process {
     ) -> anyhow::Result<MainPhase> {
         let plan = &self.plan;
         let mut main = MainPhase {
-            table: Arc::new({
-                let channels = match (&plan.publish, plan.mode) {
-                    (Some(p), Mode::Publish) => p.channels.unwrap_or(100),
-                    (Some(p), _) => p.channels.unwrap_or(self.n).min(self.n),
-                    (None, _) => 0,
-                };
-                (0..channels).map(|_| Published::default()).collect()
-            }),
+            table: Arc::new(
+                (0..plan.publish_channels())
+                    .map(|_| Published::default())
+                    .collect(),
+            ),
             publish_secs: 0.0,
             deliver_secs: 0.0,
             memory_after_drain: None,
@@ -574,6 +571,8 @@ impl Process {
                 latency_us: hist_to_b64(&h.latency),
                 publish_us: hist_to_b64(&h.publish),
                 tls_handshake_us: hist_to_b64(&src.tls_handshake.lock().unwrap()),
+                latency_steady_us: hist_to_b64(&h.latency_steady),
+                latency_broadcast_us: hist_to_b64(&h.latency_broadcast),
             },
             timeline: stats.timeline.lock().unwrap().clone(),
             memory: parts.memory,
@@ -581,6 +580,7 @@ impl Process {
             span_ns: stats.span(),
             phases: stats.phases.lock().unwrap().clone(),
             transports,
+            broadcasts: stats.broadcasts.lock().unwrap().values().cloned().collect(),
         };
         result
     }

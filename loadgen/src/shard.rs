@@ -52,7 +52,7 @@ pub fn clients_per_process(plan: &Plan, nofile: u64) -> u64 {
         + plan
             .publish
             .as_ref()
-            .map(|p| p.publish_connections as u64)
+            .map(|p| p.publish_connections as u64 + u64::from(p.broadcast_every.is_some()))
             .unwrap_or(0);
     let extra = pools * plan.common.gateway.len() as u64;
     nofile.saturating_sub(RESERVE + extra).max(1)
@@ -63,6 +63,29 @@ pub fn share(n: u64, k: u64, i: u64) -> (u64, u64) {
     let lo = n * i / k;
     let hi = n * (i + 1) / k;
     (lo, hi - lo)
+}
+
+/// Channels shard `i` of `k` publishes to: its share of `--channels` (rounded up), never
+/// more than its clients (as [`Plan::publish_channels`] works it out in the child).
+fn shard_channels(plan: &Plan, k: u64, i: u64) -> u64 {
+    let (_, clients) = share(plan.clients.clients, k, i);
+    match plan.publish.as_ref().and_then(|p| p.channels) {
+        Some(c) => c.div_ceil(k).min(clients),
+        None => clients,
+    }
+}
+
+/// Shard `i`'s part of `n` channels per broadcast, in proportion to the channels each
+/// of the `weights.len()` shards publishes to: the parts add up to `n`, and none is
+/// more than its shard's channels as long as `n` is not more than all of them.
+pub fn weighted_share(n: u64, weights: &[u64], i: usize) -> u64 {
+    let total: u64 = weights.iter().sum();
+    if total == 0 {
+        return 0;
+    }
+    let below: u64 = weights[..i].iter().sum();
+    let upto = |w: u64| (u128::from(n) * u128::from(w) / u128::from(total)) as u64;
+    upto(below + weights[i]) - upto(below)
 }
 
 /// The source addresses of shard `i` of `k`: a contiguous slice, or one address round-robin
@@ -99,6 +122,16 @@ pub fn child_args(plan: &Plan, parent_args: &[OsString], k: u64, i: u64) -> Vec<
         push("--rate", format!("{}/s", p.rate / k as f64));
         if let Some(c) = p.channels {
             push("--channels", c.div_ceil(k).to_string());
+        }
+        if p.broadcast_every.is_some() {
+            // Each shard broadcasts to its own channels at the same times: together one
+            // broadcast naming `--broadcast-channels` (at most all channels published to).
+            let weights: Vec<u64> = (0..k).map(|j| shard_channels(plan, k, j)).collect();
+            let n = p.broadcast_channels.min(weights.iter().sum());
+            push(
+                "--broadcast-channels",
+                weighted_share(n, &weights, i as usize).to_string(),
+            );
         }
     }
     if let Some(c) = &plan.churn {
@@ -379,6 +412,75 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_channels_split_over_shards() {
+        use clap::Parser;
+        for (weights, n) in [
+            (vec![3u64, 3, 4], 10u64),
+            (vec![3, 3, 4], 4),
+            (vec![333_333, 333_333, 333_334], 100_000),
+            (vec![5, 0, 7], 12),
+            (vec![1, 1, 1], 1),
+        ] {
+            let parts: Vec<u64> = (0..weights.len())
+                .map(|i| weighted_share(n, &weights, i))
+                .collect();
+            assert_eq!(parts.iter().sum::<u64>(), n, "{weights:?} {n}");
+            for (p, w) in parts.iter().zip(&weights) {
+                assert!(p <= w, "{parts:?} over {weights:?}");
+            }
+        }
+        assert_eq!(weighted_share(9, &[0, 0], 1), 0);
+        // 10 clients on 3 shards (3, 3, 4), 12 channels asked for (4 each, capped at the
+        // shard's clients): the 9 broadcast channels split as the channels do.
+        let argv = [
+            "loadgen",
+            "run",
+            "--clients",
+            "10",
+            "--channels",
+            "12",
+            "--broadcast-every",
+            "1m",
+            "--broadcast-channels",
+            "9",
+        ];
+        let plan = Plan::from_command(crate::cli::Cli::parse_from(argv).command).unwrap();
+        let parent: Vec<OsString> = argv[1..].iter().map(OsString::from).collect();
+        let mut named = 0;
+        for i in 0..3 {
+            let mut full = vec![OsString::from("loadgen")];
+            full.extend(child_args(&plan, &parent, 3, i));
+            let child = Plan::from_command(crate::cli::Cli::parse_from(full).command).unwrap();
+            assert_eq!(child.publish_channels(), shard_channels(&plan, 3, i));
+            assert!(child.broadcast_channels() <= child.publish_channels());
+            named += child.broadcast_channels();
+        }
+        assert_eq!(named, 9);
+        // More than all channels: every channel, each shard all of its own.
+        let argv = [
+            "loadgen",
+            "run",
+            "--clients",
+            "10",
+            "--broadcast-every",
+            "1m",
+        ];
+        let plan = Plan::from_command(crate::cli::Cli::parse_from(argv).command).unwrap();
+        assert_eq!(plan.broadcast_channels(), 10);
+        let parent: Vec<OsString> = argv[1..].iter().map(OsString::from).collect();
+        let shares: Vec<u64> = (0..3)
+            .map(|i| {
+                let mut full = vec![OsString::from("loadgen")];
+                full.extend(child_args(&plan, &parent, 3, i));
+                Plan::from_command(crate::cli::Cli::parse_from(full).command)
+                    .unwrap()
+                    .broadcast_channels()
+            })
+            .collect();
+        assert_eq!(shares, [3, 3, 4]);
+    }
+
+    #[test]
     fn merged_results_add_up() {
         let mut a = blank();
         a.errors.insert("a".into(), 1);
@@ -462,7 +564,9 @@ mod tests {
                 assign_us: h.clone(),
                 latency_us: h.clone(),
                 publish_us: h.clone(),
-                tls_handshake_us: h,
+                tls_handshake_us: h.clone(),
+                latency_steady_us: h.clone(),
+                latency_broadcast_us: h,
             },
             timeline: Vec::new(),
             memory: None,
@@ -470,6 +574,7 @@ mod tests {
             span_ns: None,
             phases: Vec::new(),
             transports: Vec::new(),
+            broadcasts: Vec::new(),
         }
     }
 }

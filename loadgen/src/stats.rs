@@ -104,6 +104,62 @@ pub struct PhaseMark {
     pub end_secs: f64,
 }
 
+/// One periodic broadcast (`--broadcast-every`) of one process, as raw numbers: what was
+/// sent and what its clients received. Shards send broadcast `n` at the same times, each
+/// to its own channels, so entries of the same `n` merge into one broadcast.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastRaw {
+    /// 1 for the first broadcast (`--broadcast-every` after the publish phase started).
+    pub n: u64,
+    /// The payload's `t` (Unix ns): when the first of its requests was sent.
+    pub sent_ns: u64,
+    /// Channels named, over all its requests.
+    pub channels: u64,
+    /// Requests it took (more than one above `--max-broadcast-channels`).
+    pub requests: u64,
+    /// Channels the answers accepted it on.
+    pub accepted: u64,
+    /// From the first request's start to the last answer (µs).
+    pub request_us: u64,
+    /// First receipts of it by clients.
+    pub delivered: u64,
+    /// The latest of those receipts (Unix ns; 0 while there is none).
+    pub last_received_ns: u64,
+}
+
+impl BroadcastRaw {
+    fn new(n: u64, sent_ns: u64) -> BroadcastRaw {
+        BroadcastRaw {
+            n,
+            sent_ns,
+            channels: 0,
+            requests: 0,
+            accepted: 0,
+            request_us: 0,
+            delivered: 0,
+            last_received_ns: 0,
+        }
+    }
+
+    /// Adds another shard's part of the same broadcast: its send is the earliest, its
+    /// last receipt the latest, requests run side by side.
+    pub fn merge(&mut self, o: &BroadcastRaw) {
+        self.sent_ns = self.sent_ns.min(o.sent_ns);
+        self.channels += o.channels;
+        self.requests += o.requests;
+        self.accepted += o.accepted;
+        self.request_us = self.request_us.max(o.request_us);
+        self.delivered += o.delivered;
+        self.last_received_ns = self.last_received_ns.max(o.last_received_ns);
+    }
+
+    /// Send to the last client's receipt (ms), once a client received it.
+    pub fn to_last_client_ms(&self) -> Option<f64> {
+        (self.last_received_ns != 0)
+            .then(|| self.last_received_ns.saturating_sub(self.sent_ns) as f64 / 1e6)
+    }
+}
+
 /// The cumulative counters as of the previous tick (so each tick is a delta).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TickPrev {
@@ -128,12 +184,27 @@ pub struct Hists {
     pub connect: Histogram<u64>,
     pub assign: Histogram<u64>,
     pub latency: Histogram<u64>,
+    /// The part of `latency` of the publish stream, and of the periodic broadcasts.
+    pub latency_steady: Histogram<u64>,
+    pub latency_broadcast: Histogram<u64>,
     pub latency_tick: Histogram<u64>,
     pub publish: Histogram<u64>,
     /// Per transport (index [`Transport::lane`]): connect time, latency, latency this second.
     pub lane_connect: [Histogram<u64>; 3],
     pub lane_latency: [Histogram<u64>; 3],
     pub lane_latency_tick: [Histogram<u64>; 3],
+}
+
+impl Hists {
+    /// A delivery latency into the histograms of every delivery (whole run, this second,
+    /// the transport's).
+    fn record_all(&mut self, us: u64, transport: Transport) {
+        let lane = transport.lane();
+        self.latency.saturating_record(us);
+        self.latency_tick.saturating_record(us);
+        self.lane_latency[lane].saturating_record(us);
+        self.lane_latency_tick[lane].saturating_record(us);
+    }
 }
 
 /// Counters of one process.
@@ -177,6 +248,8 @@ pub struct Stats {
     pub transports: Vec<Transport>,
     pub lanes: [Lane; 3],
     pub phases: Mutex<Vec<PhaseMark>>,
+    /// The periodic broadcasts sent or received, by number.
+    pub broadcasts: Mutex<BTreeMap<u64, BroadcastRaw>>,
 }
 
 impl Default for Stats {
@@ -222,6 +295,8 @@ impl Stats {
                 connect: new_hist(),
                 assign: new_hist(),
                 latency: new_hist(),
+                latency_steady: new_hist(),
+                latency_broadcast: new_hist(),
                 latency_tick: new_hist(),
                 publish: new_hist(),
                 lane_connect: [new_hist(), new_hist(), new_hist()],
@@ -233,6 +308,7 @@ impl Stats {
             transports: Vec::new(),
             lanes: Default::default(),
             phases: Mutex::new(Vec::new()),
+            broadcasts: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -332,14 +408,55 @@ impl Stats {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A stamped message arrived at a client of `transport`: its latency, and the span
-    /// from the earliest send to the latest receive (the time to the last client of a
-    /// burst or a broadcast).
+    /// A stamped message of the publish stream arrived at a client of `transport`: its
+    /// latency, and the span from the earliest send to the latest receive (the time to the
+    /// last client of a burst or a broadcast).
     pub fn record_delivery(&self, sent_ns: u64, transport: Transport) {
+        let now = self.span_to(sent_ns);
+        self.record_latency(now.saturating_sub(sent_ns) / 1000, transport);
+    }
+
+    /// [`Stats::record_delivery`] for a message of periodic broadcast `n`: its latency
+    /// is counted apart from the stream's, and the broadcast's last receipt moves on.
+    pub fn record_broadcast_delivery(&self, sent_ns: u64, n: u64, transport: Transport) {
+        let now = self.span_to(sent_ns);
+        let us = (now.saturating_sub(sent_ns) / 1000).max(1);
+        {
+            let mut h = self.hists.lock().unwrap();
+            h.record_all(us, transport);
+            h.latency_broadcast.saturating_record(us);
+        }
+        let mut b = self.broadcasts.lock().unwrap();
+        let e = b.entry(n).or_insert_with(|| BroadcastRaw::new(n, sent_ns));
+        e.delivered += 1;
+        e.last_received_ns = e.last_received_ns.max(now);
+    }
+
+    /// Widens the delivery span to a message sent at `sent_ns` and received now; returns now.
+    fn span_to(&self, sent_ns: u64) -> u64 {
         let now = unix_nanos();
         self.first_sent_ns.fetch_min(sent_ns, Ordering::Relaxed);
         self.last_received_ns.fetch_max(now, Ordering::Relaxed);
-        self.record_latency(now.saturating_sub(sent_ns) / 1000, transport);
+        now
+    }
+
+    /// Periodic broadcast `n` goes out: its payload's `t`, and the channels it names.
+    pub fn broadcast_sent(&self, n: u64, sent_ns: u64, channels: u64) {
+        let mut b = self.broadcasts.lock().unwrap();
+        let e = b.entry(n).or_insert_with(|| BroadcastRaw::new(n, sent_ns));
+        e.sent_ns = sent_ns;
+        e.channels += channels;
+    }
+
+    /// Periodic broadcast `n` was answered: `requests` requests over `request_us`,
+    /// accepted on `accepted` channels.
+    pub fn broadcast_answered(&self, n: u64, requests: u64, accepted: u64, request_us: u64) {
+        let mut b = self.broadcasts.lock().unwrap();
+        if let Some(e) = b.get_mut(&n) {
+            e.requests += requests;
+            e.accepted += accepted;
+            e.request_us = e.request_us.max(request_us);
+        }
     }
 
     /// First send → last receive over every stamped message received, in ns.
@@ -349,14 +466,12 @@ impl Stats {
         (first != u64::MAX && last != 0).then_some((first, last))
     }
 
+    /// The latency of a message of the publish stream.
     pub fn record_latency(&self, us: u64, transport: Transport) {
         let us = us.max(1);
-        let lane = transport.lane();
         let mut h = self.hists.lock().unwrap();
-        h.latency.saturating_record(us);
-        h.latency_tick.saturating_record(us);
-        h.lane_latency[lane].saturating_record(us);
-        h.lane_latency_tick[lane].saturating_record(us);
+        h.record_all(us, transport);
+        h.latency_steady.saturating_record(us);
     }
 
     pub fn record_publish(&self, us: u64) {
@@ -561,6 +676,55 @@ mod tests {
         assert_eq!(first, t - 5_000_000);
         assert!(last >= t && last - first >= 5_000_000, "{first} {last}");
         assert_eq!(s.hists.lock().unwrap().latency.len(), 2);
+    }
+
+    #[test]
+    fn broadcast_deliveries_are_counted_apart() {
+        let s = Stats::new();
+        let t = unix_nanos() - 3_000_000;
+        s.record_delivery(t, Transport::Ws);
+        s.broadcast_sent(1, t, 2);
+        s.record_broadcast_delivery(t, 1, Transport::Ws);
+        s.record_broadcast_delivery(t, 1, Transport::Sse);
+        s.broadcast_answered(1, 1, 2, 900);
+        {
+            let h = s.hists.lock().unwrap();
+            assert_eq!(
+                (
+                    h.latency.len(),
+                    h.latency_steady.len(),
+                    h.latency_broadcast.len()
+                ),
+                (3, 1, 2)
+            );
+            assert_eq!((h.lane_latency[0].len(), h.lane_latency[2].len()), (2, 1));
+        }
+        let b = s.broadcasts.lock().unwrap()[&1].clone();
+        assert_eq!(
+            (
+                b.channels,
+                b.requests,
+                b.accepted,
+                b.delivered,
+                b.request_us
+            ),
+            (2, 1, 2, 2, 900)
+        );
+        assert!(b.to_last_client_ms().unwrap() >= 3.0, "{b:?}");
+        // Another shard's part of the same broadcast.
+        let mut merged = b.clone();
+        merged.merge(&BroadcastRaw {
+            sent_ns: t - 1_000_000,
+            last_received_ns: b.last_received_ns + 2_000_000,
+            request_us: 400,
+            ..b.clone()
+        });
+        assert_eq!(
+            (merged.channels, merged.delivered, merged.request_us),
+            (4, 4, 900)
+        );
+        let grew = merged.to_last_client_ms().unwrap() - b.to_last_client_ms().unwrap();
+        assert!((grew - 3.0).abs() < 1e-6, "{grew}");
     }
 
     #[test]

@@ -875,6 +875,96 @@ async fn publish_alone_counts_batches() {
     assert!(j["delivery"]["check"].is_null());
 }
 
+/// `--broadcast-every` beside the single publishes, over 3 shards: 2 broadcasts (at 1 s and
+/// 2 s of 3 s) naming 25 channels in all (8 + 8 + 9, each shard its own), each shard's part
+/// in requests of at most 4 channels (the fake refuses more, as the gateway does above its
+/// `--max-broadcast-channels`). Every broadcast message is checked like a single publish and
+/// its latency counted apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn periodic_broadcasts_over_shards_are_split_checked_and_timed_apart() {
+    let opts = Options {
+        max_broadcast_channels: Some(4),
+        ..Options::default()
+    };
+    let f = fake::start(Mode::Correct, opts).await;
+    let report = tmp("broadcast-report.html");
+    let o = loadgen(
+        &f.url(),
+        "periodic-broadcast",
+        &[
+            "run",
+            "--clients",
+            "30",
+            "--transport",
+            "mixed",
+            "--max-per-process",
+            "10",
+            "--rate",
+            "60/s",
+            "--duration",
+            "3s",
+            "--pattern",
+            "random",
+            "--broadcast-every",
+            "1s",
+            "--broadcast-channels",
+            "25",
+            "--max-broadcast-channels",
+            "4",
+            "--retry-for",
+            "5s",
+            "--check-ids",
+            "--settle",
+            "0s",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}\n{}", o.stdout, o.stderr);
+    let j = &o.json;
+    assert_eq!(n(j, "shards"), 3);
+    let b = &j["broadcasts"];
+    assert_eq!((n(b, "sent"), n(b, "channels")), (2, 50), "{b:#}");
+    // 8 = 4 + 4, 8 = 4 + 4, 9 = 4 + 4 + 1: 7 requests per broadcast.
+    assert_eq!(n(b, "requests"), 14, "{b:#}");
+    let mut sizes = f.broadcasts();
+    sizes.sort_unstable();
+    assert_eq!(sizes, [1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4]);
+    assert_eq!((n(b, "accepted"), n(b, "delivered")), (50, 50), "{b:#}");
+    for each in b["each"].as_array().unwrap() {
+        assert_eq!(n(each, "channels"), 25, "{each}");
+        assert!(each["to_last_client_ms"].as_f64().unwrap() > 0.0, "{each}");
+    }
+    assert_eq!(n(&b["each"][1], "n"), 2);
+    let published = n(j, "publish.messages_accepted");
+    assert_eq!(published, f.published());
+    let singles = published - 50;
+    assert!((150..=200).contains(&singles), "singles {singles}");
+    let d = &j["delivery"];
+    assert_eq!(n(d, "check.expected"), published);
+    assert_eq!(n(d, "check.unique"), published);
+    assert_eq!(
+        n(d, "check.lost")
+            + n(d, "check.duplicated")
+            + n(d, "check.id_duplicated")
+            + n(d, "check.out_of_order"),
+        0,
+        "{:#}",
+        d["check"]
+    );
+    assert_eq!(n(d, "broadcast_latency_us.count"), 50);
+    assert_eq!(n(d, "steady_latency_us.count"), singles);
+    assert_eq!(n(d, "latency_us.count"), published);
+    assert!(o
+        .stdout
+        .contains("  broadcast 2 sent in 14 requests naming 50 channels"));
+    let html = std::fs::read_to_string(&report).unwrap();
+    let _ = std::fs::remove_file(&report);
+    assert!(html.contains(r#"<table class="num" id="broadcasts">"#));
+    assert!(html.contains("… of the periodic broadcasts"));
+}
+
 /// Scale check (run by hand): 15,000 WebSockets over 3 shards against the fake.
 /// `cargo test -p loadgen --release --test against_fake -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

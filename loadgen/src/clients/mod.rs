@@ -109,11 +109,14 @@ pub struct Frame {
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 pub enum Data {
-    /// loadgen's own payload: send time and message number.
+    /// loadgen's own payload: send time, message number, and the number of the periodic
+    /// broadcast it belongs to (`--broadcast-every`).
     Stamped {
         t: u64,
         #[serde(default)]
         i: Option<u64>,
+        #[serde(default)]
+        b: Option<u64>,
     },
     Other(serde::de::IgnoredAny),
 }
@@ -175,13 +178,16 @@ fn on_message(stats: &Stats, checker: &mut SeqChecker, slot: &Slot, seq: u64, da
         slot.unique.fetch_add(1, Ordering::Relaxed);
         slot.max_seq.fetch_max(seq, Ordering::Relaxed);
     }
-    if let Some(Data::Stamped { t, i }) = data {
+    if let Some(Data::Stamped { t, i, b }) = data {
         if let Some(i) = i {
             checker.observe_id(i, seq);
         }
         // A copy's latency (duplicate, replay) would measure the copy, not the delivery.
         if seen.is_first() {
-            stats.record_delivery(t, slot.transport);
+            match b {
+                Some(n) => stats.record_broadcast_delivery(t, n, slot.transport),
+                None => stats.record_delivery(t, slot.transport),
+            }
         }
     }
 }
@@ -366,17 +372,25 @@ mod tests {
             &stats,
             &mut c,
             &slot,
+            format!(r#"{{"seq":3,"data":{{"t":{t},"i":9,"b":1,"pad":""}}}}"#).as_bytes(),
+        );
+        on_frame(
+            &stats,
+            &mut c,
+            &slot,
             br#"{"gap":true,"epoch":3,"first_seq":9}"#,
         );
         on_frame(&stats, &mut c, &slot, b"garbage");
-        assert_eq!((c.received, c.unique, c.duplicated, c.gaps), (3, 2, 1, 1));
-        assert_eq!(slot.unique.load(Ordering::Relaxed), 2);
-        assert_eq!(slot.max_seq.load(Ordering::Relaxed), 2);
+        assert_eq!((c.received, c.unique, c.duplicated, c.gaps), (4, 3, 1, 1));
+        assert_eq!(slot.unique.load(Ordering::Relaxed), 3);
+        assert_eq!(slot.max_seq.load(Ordering::Relaxed), 3);
         let errors = stats.errors.lock().unwrap().clone();
         assert_eq!(errors.get("gap"), Some(&1));
         assert_eq!(errors.get("bad_frame"), Some(&1));
         let h = stats.hists.lock().unwrap();
-        assert_eq!(h.latency.len(), 1);
+        assert_eq!(h.latency.len(), 2);
+        assert_eq!((h.latency_steady.len(), h.latency_broadcast.len()), (1, 1));
         assert!(h.latency.max() >= 2000, "{}", h.latency.max());
+        assert_eq!(stats.broadcasts.lock().unwrap()[&1].delivered, 1);
     }
 }

@@ -40,10 +40,10 @@ impl Server for Nchan {
         if plan
             .publish
             .as_ref()
-            .is_some_and(|p| p.batch != 1 || p.broadcast)
+            .is_some_and(|p| p.batch != 1 || p.broadcast || p.broadcast_every.is_some())
         {
             anyhow::bail!(
-                "--target nchan publishes one message per request: --batch 1, no --broadcast"
+                "--target nchan publishes one message per request: --batch 1, no --broadcast or --broadcast-every"
             );
         }
         if plan.common.subscriber_secret.is_some() {

@@ -1,6 +1,6 @@
 //! A small in-test fake of pushgate's public contract (gateway and one worker in one hyper
 //! server): assign, ws/poll/sse with `since` resume, publish (single and NDJSON), workers,
-//! metrics. `Mode::Lossy` / `Mode::Duplicating` break delivery on purpose. It also speaks
+//! metrics, broadcast. `Mode::Lossy` / `Mode::Duplicating` break delivery on purpose. It also speaks
 //! the part of Nchan loadgen's `--target nchan` uses: `POST /pub/<ch>` and `GET /sub/<ch>`
 //! (WebSocket, or a long-poll keyed by `If-None-Match`), raw payloads from the oldest on.
 //! [`Options`] break it the way hosts break: answers lost after the append, WebSockets
@@ -66,6 +66,9 @@ pub struct Options {
     pub gap_at: Option<u64>,
     /// Every request is answered 503 (a gateway whose store is down).
     pub unavailable: bool,
+    /// A broadcast naming more channels than this is refused (413), as the gateway's
+    /// `--max-broadcast-channels` does.
+    pub max_broadcast_channels: Option<usize>,
 }
 
 struct Chan {
@@ -85,6 +88,8 @@ struct State {
     keys: Mutex<HashMap<(String, String), u64>>,
     /// Channels that had their `gap_at` gap.
     gapped: Mutex<HashSet<String>>,
+    /// `POST /v1/broadcast` requests answered 200, with the channels each named.
+    broadcasts: Mutex<Vec<usize>>,
 }
 
 pub struct Fake {
@@ -107,6 +112,11 @@ impl Fake {
             .map(|c| c.log.lock().unwrap().len() as u64)
             .sum()
     }
+
+    /// The channels each accepted broadcast request named, in order.
+    pub fn broadcasts(&self) -> Vec<usize> {
+        self.state.broadcasts.lock().unwrap().clone()
+    }
 }
 
 /// Starts the fake on 127.0.0.1:0.
@@ -122,6 +132,7 @@ pub async fn start(mode: Mode, opts: Options) -> Fake {
         publishes: AtomicU64::new(0),
         keys: Mutex::new(HashMap::new()),
         gapped: Mutex::new(HashSet::new()),
+        broadcasts: Mutex::new(Vec::new()),
     });
     let s = state.clone();
     tokio::spawn(async move {
@@ -180,6 +191,21 @@ impl State {
                 })
             })
             .clone()
+    }
+
+    /// Appends `data` unless `key` was seen on the channel: the seq either way.
+    fn publish_keyed(&self, channel: &str, data: String, key: Option<&str>) -> u64 {
+        let Some(key) = key.filter(|_| !self.opts.ignore_keys) else {
+            return self.publish(channel, data);
+        };
+        let k = (channel.to_string(), key.to_string());
+        let mut keys = self.keys.lock().unwrap();
+        if let Some(&seq) = keys.get(&k) {
+            return seq;
+        }
+        let seq = self.publish(channel, data);
+        keys.insert(k, seq);
+        seq
     }
 
     fn publish(&self, channel: &str, data: String) -> u64 {
@@ -310,6 +336,40 @@ async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>,
                 ),
             )
         }
+        ("POST", "/v1/broadcast") => {
+            if !s.publisher_ok(&req) {
+                return Ok(full(
+                    StatusCode::UNAUTHORIZED,
+                    r#"{"error":"unauthorized"}"#,
+                ));
+            }
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                return Ok(full(StatusCode::BAD_REQUEST, r#"{"error":"bad_json"}"#));
+            };
+            let channels: Vec<&str> = v["channels"]
+                .as_array()
+                .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+                .unwrap_or_default();
+            if s.opts
+                .max_broadcast_channels
+                .is_some_and(|max| channels.len() > max)
+            {
+                return Ok(full(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    r#"{"error":"too_many_channels"}"#,
+                ));
+            }
+            let data = v["data"].to_string();
+            for c in &channels {
+                s.publish_keyed(c, data.clone(), v["id"].as_str());
+            }
+            s.broadcasts.lock().unwrap().push(channels.len());
+            full(
+                StatusCode::OK,
+                format!(r#"{{"accepted":{},"rejected":[]}}"#, channels.len()),
+            )
+        }
         ("POST", p) if p.starts_with("/v1/publish/") => {
             if !s.publisher_ok(&req) {
                 return Ok(full(
@@ -322,31 +382,14 @@ async fn handle(s: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>,
                 .headers()
                 .get("idempotency-key")
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-                .filter(|_| !s.opts.ignore_keys);
+                .map(str::to_owned);
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let data = match serde_json::from_slice::<serde_json::Value>(&body) {
                 Ok(v) => v.to_string(),
                 Err(_) => serde_json::Value::String(String::from_utf8_lossy(&body).into_owned())
                     .to_string(),
             };
-            let seen = key.as_ref().and_then(|k| {
-                s.keys
-                    .lock()
-                    .unwrap()
-                    .get(&(channel.clone(), k.clone()))
-                    .copied()
-            });
-            let seq = match seen {
-                Some(seq) => seq,
-                None => {
-                    let seq = s.publish(&channel, data);
-                    if let Some(k) = key {
-                        s.keys.lock().unwrap().insert((channel, k), seq);
-                    }
-                    seq
-                }
-            };
+            let seq = s.publish_keyed(&channel, data, key.as_deref());
             let n = s.publishes.fetch_add(1, Ordering::Relaxed) + 1;
             if s.opts
                 .lose_answer_every
