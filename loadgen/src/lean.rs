@@ -37,8 +37,16 @@ const MAX_PENDING: usize = 16 << 20;
 
 /// What the process's phases hand the plane.
 enum Cmd {
-    Start { index: u64, slot: Arc<Slot> },
-    Assigned { ord: u32, tgen: u32, result: Result<Assignment, String>, assign_us: u64 },
+    Start {
+        index: u64,
+        slot: Arc<Slot>,
+    },
+    Assigned {
+        ord: u32,
+        tgen: u32,
+        result: Result<Assignment, String>,
+        assign_us: u64,
+    },
     Churn(u32),
     Stop,
 }
@@ -251,9 +259,10 @@ impl Loop {
         let mut events = Events::with_capacity(1024);
         let mut stopping = false;
         while !stopping {
-            let timeout = self.timers.peek().map(|Reverse((due, ..))| {
-                Duration::from_millis(due.saturating_sub(self.now_ms()))
-            });
+            let timeout = self
+                .timers
+                .peek()
+                .map(|Reverse((due, ..))| Duration::from_millis(due.saturating_sub(self.now_ms())));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != ErrorKind::Interrupted {
                     tracing::warn!(error = %e, "lean client loop: poll failed");
@@ -266,8 +275,16 @@ impl Loop {
                 }
                 let t = ev.token().0;
                 let (ord, sgen) = ((t & 0xffff_ffff) as u32, (t >> 32) as u32);
-                if self.clients.get(ord as usize).is_some_and(|c| c.sgen == sgen) {
-                    self.on_event(ord, ev.is_writable(), ev.is_readable() || ev.is_read_closed() || ev.is_error());
+                if self
+                    .clients
+                    .get(ord as usize)
+                    .is_some_and(|c| c.sgen == sgen)
+                {
+                    self.on_event(
+                        ord,
+                        ev.is_writable(),
+                        ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                    );
                 }
             }
             while let Ok(cmd) = self.rx.try_recv() {
@@ -454,9 +471,8 @@ impl Loop {
                 if let Some(e) = epoch {
                     path = with_param(&path, "epoch", e);
                 }
-                let mut head = format!(
-                    "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
-                );
+                let mut head =
+                    format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n");
                 if let (Some(s), false) = (since, first) {
                     head.push_str(&format!("Last-Event-ID: {s}\r\n"));
                 }
@@ -594,7 +610,7 @@ impl Loop {
             let used = r?;
             let c = &mut self.clients[ord as usize];
             let rest = if data.is_empty() {
-                &scratch_rest(&self.scratch[..n], used)[..]
+                scratch_rest(&self.scratch[..n], used)
             } else {
                 &data[used..]
             };
@@ -828,7 +844,11 @@ impl Loop {
         c.tgen = c.tgen.wrapping_add(1); // the connect deadline no longer applies
         c.failures = 0;
         c.up = true;
-        stats.record_connect(c.started.elapsed().as_micros() as u64, c.assign_us, c.transport);
+        stats.record_connect(
+            c.started.elapsed().as_micros() as u64,
+            c.assign_us,
+            c.transport,
+        );
         let worker = c.worker.as_deref().unwrap_or("");
         tracing::debug!(channel = %self.ctx.plan.channel(c.index), %worker, since = c.since, "connected");
         stats.up(worker, c.transport);
@@ -863,7 +883,12 @@ impl Loop {
         self.close(ord);
         let stats = self.ctx.stats.clone();
         let c = &mut self.clients[ord as usize];
-        log_end(&self.ctx.plan.channel(c.index), "", &kind, stats.ended(kind.clone()));
+        log_end(
+            &self.ctx.plan.channel(c.index),
+            "",
+            &kind,
+            stats.ended(kind.clone()),
+        );
         if c.first {
             c.first = false;
             stats.first_done.fetch_add(1, Ordering::Relaxed);
@@ -1059,7 +1084,11 @@ mod tests {
         assert_eq!(out[0], 0x8A);
         assert_eq!(out[1], 0x80 | 5);
         let mask = &out[2..6];
-        let body: Vec<u8> = out[6..].iter().enumerate().map(|(i, b)| b ^ mask[i % 4]).collect();
+        let body: Vec<u8> = out[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
         assert_eq!(body, b"hello");
     }
 
