@@ -165,13 +165,13 @@ impl Process {
             plan.clients.clients
         };
         let transports = if n == 0 {
-            &[][..]
+            Vec::new()
         } else {
-            plan.clients.transport.concrete()
+            plan.clients.mix().concrete()
         };
         let stats = Arc::new(
             Stats::tolerating(plan.clients.allow_drops, plan.check.allow_gaps)
-                .with_transports(transports),
+                .with_transports(&transports),
         );
         let mut src = SourceIps::new(
             plan.common
@@ -223,6 +223,7 @@ impl Process {
         let (plan, stats) = (&self.plan, &self.stats);
         let mut slots = Vec::with_capacity(self.n as usize);
         let mut handles = Vec::with_capacity(self.n as usize);
+        let mix = plan.clients.mix();
         let connect_start = tokio::time::Instant::now();
         let began = Instant::now();
         for i in 0..self.n {
@@ -232,7 +233,7 @@ impl Process {
                 _ = tokio::time::sleep_until(due) => {}
             }
             let index = plan.common.client_offset + i;
-            let transport = plan.clients.transport.for_client(index);
+            let transport = mix.for_client(index);
             stats.lanes[transport.lane()]
                 .clients
                 .fetch_add(1, Ordering::Relaxed);
