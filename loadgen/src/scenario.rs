@@ -21,6 +21,9 @@ use crate::publish::{publish_phase, PublishCtx};
 use crate::result::{Counters, LaneRaw, RawHists, RawResult};
 use crate::stats::{hist_from_b64, hist_to_b64, Stats, TickPrev};
 
+/// How long the clients together may take to stop and hand back what they received.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Why the whole run stopped early, if it did.
 #[derive(Clone, Default)]
 pub struct StopReason(Arc<Mutex<Option<&'static str>>>);
@@ -407,10 +410,23 @@ impl Process {
         self.clients_stop.cancel();
         let began = Instant::now();
         let mut checkers: Vec<SeqChecker> = Vec::with_capacity(handles.len());
+        // A client stops within about a second of the cancel (a WebSocket close is bounded
+        // by 1 s), but a process starved of CPU (many shards, workers and their sockets
+        // closing on few cores) takes longer in wall time: one deadline for all of them,
+        // not one per client in turn. A client whose record did not come back is an error
+        // of its own kind (its channel's messages also count as lost).
+        let deadline = tokio::time::Instant::now() + CLOSE_DEADLINE;
         for h in handles {
-            match tokio::time::timeout(Duration::from_secs(10), h).await {
+            match tokio::time::timeout_at(deadline, h).await {
                 Ok(Ok(c)) => checkers.push(c),
-                _ => checkers.push(SeqChecker::default()),
+                Ok(Err(_)) => {
+                    self.stats.error("client_task_failed");
+                    checkers.push(SeqChecker::default());
+                }
+                Err(_) => {
+                    self.stats.error("client_not_stopped");
+                    checkers.push(SeqChecker::default());
+                }
             }
         }
         if !checkers.is_empty() {
