@@ -180,16 +180,15 @@ plan_processes() {
   [ "$IPS_PER_WORKER" -ge 1 ] && [ "$IPS_PER_WORKER" -le 100 ] || die "IPS_PER_WORKER must be 1..100"
 }
 
-# The port range, and the source IPs that keep every source address within half of it.
+# The source IPs: at least 40, two per loadgen process, and enough that every source
+# address keeps within half of the host's local port range over all its connections (so
+# the run needs no wider range; the kernel picks a port per 4-tuple anyway, loadgen binds
+# with IP_BIND_ADDRESS_NO_PORT).
 plan_ports() {
   local lo hi
   read -r lo hi </proc/sys/net/ipv4/ip_local_port_range
   PORTS_BEFORE="$lo-$hi"
-  # The run's range (deploy/sysctl-pushgate.conf) where the host's is narrower.
-  RUN_LO=$lo RUN_HI=$hi
-  [ "$lo" -le 10240 ] || RUN_LO=10240
-  [ "$hi" -ge 65535 ] || RUN_HI=65535
-  local width=$((RUN_HI - RUN_LO + 1))
+  local width=$((hi - lo + 1))
   local s=40
   [ $((2 * SHARDS)) -le "$s" ] || s=$((2 * SHARDS))
   local by_ports
@@ -205,55 +204,67 @@ plan_ports() {
   [ "$PER_TUPLE" -lt "$width" ] || die "$PER_TUPLE connections per (source IP, destination IP, port) exceed the $width local ports: raise SOURCE_IPS"
 }
 
-# Kernel settings: the value the run needs, raised only when the host's is lower.
+# Kernel settings for the run, raised only where the host's value is lower. "required":
+# the run fails without it; "recommended": deploy/sysctl-pushgate.conf's value, for the
+# ramp's bursts (whether the accept queues overflowed is in the summary: ListenOverflows).
+# Without root the recommended ones are skipped (said so); a required one stops the run.
 SYSCTL_KEYS=()
 SYSCTL_WANT=()
 SYSCTL_WHY=()
-want_sysctl() { # key value why: raise key to value unless it is already at least that
+SYSCTL_REQUIRED=()
+want_sysctl() { # key value required|recommended why
   local key=$1 value=$2 file=/proc/sys/${1//.//}
   [ -e "$file" ] || return 0
   local now
   now=$(tr '\t' ' ' <"$file")
   if [ "$key" = net.ipv4.ip_local_port_range ]; then
-    [ "$now" != "$value" ] || return 0
+    local lo hi want_lo want_hi
+    read -r lo hi <<<"$now"
+    read -r want_lo want_hi <<<"$value"
+    [ "$lo" -gt "$want_lo" ] || [ "$hi" -lt "$want_hi" ] || return 0
   else
     [ "$now" -lt "$value" ] || return 0
   fi
   SYSCTL_KEYS+=("$key")
   SYSCTL_WANT+=("$value")
-  SYSCTL_WHY+=("$3 (now $now)")
+  SYSCTL_WHY+=("$4 (now $now)")
+  [ "$3" != required ] || SYSCTL_REQUIRED+=("$key = $value")
 }
 
 check_kernel() {
-  local file_max nr_open
+  local file_max nr_open count
   file_max=$(cat /proc/sys/fs/file-max)
   nr_open=$(cat /proc/sys/fs/nr_open)
   # Two open files per client (loadgen's and the worker's), plus the processes' own.
-  want_sysctl fs.file-max $((2 * N + 200000)) "two open files per client"
+  want_sysctl fs.file-max $((2 * N + 200000)) required "two open files per client"
   [ "$nr_open" -ge "$NOFILE" ] || die "fs.nr_open $nr_open is below the open-file limit $NOFILE"
-  if [ "$PORTS_BEFORE" != "$RUN_LO-$RUN_HI" ]; then
-    want_sysctl net.ipv4.ip_local_port_range "$RUN_LO $RUN_HI" "ports for $PER_SOURCE connections per source IP"
-  fi
+  want_sysctl net.ipv4.ip_local_port_range "10240 65535" recommended "more ports per source IP"
   # Accept bursts of the ramp: listen backlogs are capped at somaxconn.
-  want_sysctl net.core.somaxconn 65535 "accept bursts during the ramp"
-  want_sysctl net.ipv4.tcp_max_syn_backlog 65535 "half-open connections during the ramp"
+  want_sysctl net.core.somaxconn 65535 recommended "accept bursts during the ramp"
+  want_sysctl net.ipv4.tcp_max_syn_backlog 65535 recommended "half-open connections during the ramp"
   CONNTRACK=none
   if [ -e /proc/sys/net/netfilter/nf_conntrack_max ]; then
-    CONNTRACK="max $(cat /proc/sys/net/netfilter/nf_conntrack_max), $(cat /proc/sys/net/netfilter/nf_conntrack_count) tracked"
-    # One entry per connection when a rule tracks loopback; a full table drops new ones.
-    want_sysctl net.netfilter.nf_conntrack_max $((N + N / 4 + 65536)) "one entry per tracked connection"
+    count=$(cat /proc/sys/net/netfilter/nf_conntrack_count)
+    CONNTRACK="loaded, max $(cat /proc/sys/net/netfilter/nf_conntrack_max), $count tracked now"
+    # One entry per connection when a rule tracks loopback, and a full table drops new
+    # connections. Nothing tracked now: most likely no rule tracks at all.
+    local level=recommended
+    [ "$count" -eq 0 ] || level=required
+    want_sysctl net.netfilter.nf_conntrack_max $((N + N / 4 + 65536)) "$level" "one entry per tracked connection"
   fi
   say "open files: ulimit -Hn $NOFILE (per process) -> $WORKERS workers x $PER_WORKER, $SHARDS loadgen processes x $PER_SHARD; fs.file-max $file_max, fs.nr_open $nr_open"
   say "nf_conntrack: $CONNTRACK; local ports $PORTS_BEFORE; somaxconn $(cat /proc/sys/net/core/somaxconn), tcp_max_syn_backlog $(cat /proc/sys/net/ipv4/tcp_max_syn_backlog)"
   say "sources: $SOURCE_IPS ($SRC_RANGE), ~$PER_SOURCE connections each, ~$PER_TUPLE per (source IP, destination IP, port)"
   local i
-  if [ ${#SYSCTL_KEYS[@]} -gt 0 ]; then
-    for i in "${!SYSCTL_KEYS[@]}"; do
-      say "for the run: ${SYSCTL_KEYS[$i]} = ${SYSCTL_WANT[$i]}: ${SYSCTL_WHY[$i]}"
-    done
-    if [ "$(id -u)" -ne 0 ] || ! [ -w /proc/sys/net/core/somaxconn ]; then
-      die "these kernel settings need root (or apply deploy/sysctl-pushgate.conf first)"
-    fi
+  [ ${#SYSCTL_KEYS[@]} -gt 0 ] || return 0
+  for i in "${!SYSCTL_KEYS[@]}"; do
+    say "for the run: ${SYSCTL_KEYS[$i]} = ${SYSCTL_WANT[$i]}: ${SYSCTL_WHY[$i]}"
+  done
+  if [ "$(id -u)" -ne 0 ] || ! [ -w /proc/sys/net/core/somaxconn ]; then
+    [ ${#SYSCTL_REQUIRED[@]} -eq 0 ] ||
+      die "needs root to set ${SYSCTL_REQUIRED[*]} (or apply deploy/sysctl-pushgate.conf first)"
+    say "not root: running with the host's values instead of the recommended ones above"
+    SYSCTL_KEYS=()
   fi
 }
 
@@ -351,6 +362,15 @@ cleanup() {
   exit "$rc"
 }
 
+# setsid runs the command in a new session and process group of its own pid, unless the
+# shell made the background job a group leader (job control, `bash -m`): then setsid
+# forks and $! is not the group. Stopping by group needs the former.
+own_group() { # pid role
+  local pgid
+  pgid=$(ps -o pgid= -p "$1" 2>/dev/null | tr -d ' ' || true)
+  [ -z "$pgid" ] || [ "$pgid" = "$1" ] || die "the $2 is not in a process group of its own (run this script without job control)"
+}
+
 # The pids of a role: the gateway's children are its workers, loadgen's its shards.
 children() { cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep . || true; }
 worker_pids() { [ -z "$GW" ] || children "$GW"; }
@@ -375,6 +395,11 @@ cpu_ticks() { # summed utime + stime of the given pids (clock ticks)
     t=$((t + ${v:-0}))
   done
   echo $t
+}
+answer_secs() { # url: how long a 200 answer took (s), or -1
+  local t
+  t=$(curl -fs -o /dev/null -m 10 -w '%{time_total}' "$1") || t=-1
+  echo "$t"
 }
 workers_json() { curl -fs -m 2 "$GWURL/v1/workers" 2>/dev/null || true; }
 connected_now() {
@@ -456,18 +481,19 @@ start_gateway() {
     --local-workers "$WORKERS" --local-worker-ips "$IPS_PER_WORKER" ${args[@]+"${args[@]}"} \
     >"$OUT/gateway.log" 2>&1 &
   GW=$!
+  own_group "$GW" gateway
   # Every worker linked and reporting load ("healthy"), as deploy/local-cluster.sh waits.
   local t0 healthy=0 limit=$((30 + WORKERS))
-  t0=$(date +%s)
-  while [ $(($(date +%s) - t0)) -lt "$limit" ]; do
+  t0=$(now_ms)
+  while [ $(($(now_ms) - t0)) -lt $((limit * 1000)) ]; do
     kill -0 "$GW" 2>/dev/null || { tail -n 20 "$OUT/gateway.log" >&2; die "the gateway stopped at start"; }
     healthy=$(workers_json | grep -o '"state":"healthy"' | wc -l || true)
     [ "$healthy" -lt "$WORKERS" ] || break
     sleep 0.2
   done
   [ "$healthy" -ge "$WORKERS" ] || { tail -n 20 "$OUT/gateway.log" >&2; die "only $healthy of $WORKERS workers linked in ${limit} s"; }
-  WORKERS_UP_S=$(awk -v a="$(date +%s)" -v b="$t0" 'BEGIN { print a - b }')
-  say "gateway $GWURL (pid $GW), $WORKERS workers linked in ~${WORKERS_UP_S} s"
+  WORKERS_UP_S=$(awk -v a="$(now_ms)" -v b="$t0" 'BEGIN { printf "%.2f", (a - b) / 1000 }')
+  say "gateway $GWURL (pid $GW), $WORKERS workers linked in ${WORKERS_UP_S} s"
 }
 
 start_loadgen() {
@@ -481,6 +507,7 @@ start_loadgen() {
   echo >>"$OUT/loadgen-command.txt"
   setsid "${LG_CMD[@]}" >"$OUT/loadgen.log" 2>&1 &
   LG=$!
+  own_group "$LG" loadgen
 }
 
 # Until loadgen ends (or the deadline): a sample every 5 s; when all N are connected; the
@@ -520,6 +547,8 @@ watch_run() {
     if [ -n "$steady_from" ] && [ "$now" -ge "$steady_from" ]; then
       cpu_mark steady_start "$cpu"
       snapshot connected
+      # The admin answers at full load: /v1/stats reads every worker's /metrics.
+      API_TIMES="$(answer_secs "$GWURL/v1/workers") $(answer_secs "$GWURL/v1/stats")"
       steady_from=
       in_window=1
       last_reading=$now
@@ -554,10 +583,12 @@ summarize() {
   python3 - "$OUT" "$N" "$WORKERS" "$SHARDS" "$SOURCE_IPS" "$IPS_PER_WORKER" "$PER_WORKER" \
     "$RAMP_RATE" "$RATE" "$DURATION" "$MIX" "$LG_RC" "$START_MS" "$(now_ms)" "$LOADGEN_ARGS" \
     "$ESTIMATE_BYTES" "$(getconf CLK_TCK)" "$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    "$(uname -r)" "$(nproc)" "$WORKERS_UP_S" "${CONNECTED_MS:-0}" "$LG_START_MS" <<'PY'
+    "$(uname -r)" "$(nproc)" "$WORKERS_UP_S" "${CONNECTED_MS:-0}" "$LG_START_MS" "${API_TIMES:--1 -1}" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" <<'PY'
 import json, os, sys
 (out, n, workers, shards, src, ips, per_worker, ramp, rate, duration, mix, rc, start_ms, end_ms,
- lg_args, estimate, hz, commit, kernel, cpus, workers_up, connected_ms, lg_start_ms) = sys.argv[1:]
+ lg_args, estimate, hz, commit, kernel, cpus, workers_up, connected_ms, lg_start_ms, api, loadavg) = sys.argv[1:]
+api_workers, api_stats = (float(x) for x in api.split())
 n, rc, hz = int(n), int(rc), int(hz)
 snaps = {}
 if os.path.exists(f"{out}/snapshots.jsonl"):
@@ -636,6 +667,8 @@ summary = {
     "workers_linked_secs": float(workers_up),
     "all_connected_secs": round((int(connected_ms) - int(lg_start_ms)) / 1000, 1) if int(connected_ms) else None,
     "estimate_bytes": int(estimate),
+    "load_average_at_end": loadavg,
+    "admin_answer_secs": {"v1_workers": api_workers, "v1_stats": api_stats},
     "connect": {
         "first_ok": conn.get("first_ok"), "first_failed": conn.get("first_failed"),
         "phase_secs": conn.get("phase_secs"), "rate_per_sec": conn.get("rate_per_sec"),
@@ -672,9 +705,10 @@ if memory:
     ts = memory["sockstat_steady"].get("TCP", {})
     lines.append(f"sockets      TCP inuse {ts.get('inuse')}, orphan {ts.get('orphan')}, tw {ts.get('tw')}, mem {ts.get('mem')} pages; conntrack {memory['conntrack_count_steady']}; ListenOverflows +{memory['tcp_ext_steady'].get('ListenOverflows', 0) - memory['tcp_ext_before'].get('ListenOverflows', 0)}")
 if rss:
-    lines.append(f"RSS          gateway {rss['gateway'] / G:.2f} GiB ({f(rss['gateway_bytes_per_channel'], ' B')} per channel); workers {rss['workers'] / G:.2f} GiB over {rss['worker_processes']} ({f(rss['worker_bytes_per_connection'], ' B')} per connection); loadgen {rss['loadgen'] / G:.2f} GiB over {rss['loadgen_processes']} ({f(rss['loadgen_bytes_per_client'], ' B')} per client)")
+    lines.append(f"RSS          gateway {rss['gateway'] / G:.2f} GiB ({f(rss['gateway_bytes_per_channel'], ' B')} per channel); workers {rss['workers'] / G:.2f} GiB over {rss['worker_processes']} processes ({f(rss['worker_bytes_per_connection'], ' B')} per connection); loadgen {rss['loadgen'] / G:.2f} GiB over {rss['loadgen_processes']} processes ({f(rss['loadgen_bytes_per_client'], ' B')} per client)")
 if cpu_out:
     lines.append(f"CPU          over {cpu_out['window_secs']} s steady: gateway {cpu_out['gateway_cores']} cores, workers {cpu_out['workers_cores']}, loadgen {cpu_out['loadgen_cores']} ({cpu_out['gateway_cpu_secs']} / {cpu_out['workers_cpu_secs']} / {cpu_out['loadgen_cpu_secs']} s)")
+lines.append(f"admin        /v1/workers {api_workers * 1000:.1f} ms, /v1/stats {api_stats * 1000:.1f} ms (at the start of the steady window); load average at the end {loadavg}")
 lines.append(f"wall         {summary['wall_secs']} s in all (workers linked in {workers_up} s, all connected {f(summary['all_connected_secs'], ' s', 1)} after loadgen started)")
 print("\n".join(lines))
 PY
@@ -708,6 +742,7 @@ main() {
   say "loadgen: $N clients at $RAMP_RATE/s (~$RAMP_S s), $RATE for $DURATION; deadline $(date -u -d "@$DEADLINE" +%H:%M:%S) UTC"
   CONNECTED_MS=
   PUBLISH_MS=
+  API_TIMES=
   LG_RC=
   LG_START_MS=$(now_ms)
   start_loadgen
