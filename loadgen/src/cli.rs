@@ -45,19 +45,12 @@ pub enum Transport {
     Ws,
     Poll,
     Sse,
-    /// Client i uses ws, poll, sse in turn.
+    /// Clients use ws, poll and sse in turn, in the shares of `--transport-mix` (default:
+    /// equal).
     Mixed,
 }
 
 impl Transport {
-    /// The concrete transport of client `i` (global index).
-    pub fn for_client(self, i: u64) -> Transport {
-        match self {
-            Transport::Mixed => Transport::CONCRETE[(i % 3) as usize],
-            t => t,
-        }
-    }
-
     pub fn name(self) -> &'static str {
         match self {
             Transport::Ws => "ws",
@@ -79,26 +72,130 @@ impl Transport {
             Transport::Sse => 2,
         }
     }
+}
 
-    /// The concrete transports clients of this setting use.
-    pub fn concrete(self) -> &'static [Transport] {
-        match self {
-            Transport::Mixed => &Transport::CONCRETE,
-            t => &Transport::CONCRETE[t.lane()..t.lane() + 1],
+/// The share of each concrete transport among the clients, as integer weights in
+/// [`Transport::CONCRETE`] order (ws, poll, sse), reduced by their common divisor. Client
+/// `i` takes position `i % total` of one cycle: the ws clients first, then poll, then sse
+/// (`ws=80,sse=10,poll=10` is 8 ws, 1 poll, 1 sse per 10 clients), so any contiguous run
+/// of clients (a shard, the first seconds of a ramp) has the mix within one cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransportMix {
+    weights: [u64; 3],
+}
+
+impl Default for TransportMix {
+    /// An equal split: ws, poll, sse in turn.
+    fn default() -> Self {
+        TransportMix { weights: [1; 3] }
+    }
+}
+
+impl TransportMix {
+    /// Every client on `t` (`mixed` counts as the default split).
+    pub fn only(t: Transport) -> TransportMix {
+        if t == Transport::Mixed {
+            return TransportMix::default();
+        }
+        let mut weights = [0; 3];
+        weights[t.lane()] = 1;
+        TransportMix { weights }
+    }
+
+    fn reduced(weights: [u64; 3]) -> TransportMix {
+        fn gcd(a: u64, b: u64) -> u64 {
+            if b == 0 {
+                a
+            } else {
+                gcd(b, a % b)
+            }
+        }
+        let g = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
+        TransportMix {
+            weights: weights.map(|w| w / g),
         }
     }
 
-    /// How many of the clients `0..n` use each concrete transport.
+    fn total(self) -> u64 {
+        self.weights.iter().sum()
+    }
+
+    /// The concrete transport of client `i` (global index).
+    pub fn for_client(self, i: u64) -> Transport {
+        let mut r = i % self.total();
+        for (k, &w) in self.weights.iter().enumerate() {
+            if r < w {
+                return Transport::CONCRETE[k];
+            }
+            r -= w;
+        }
+        unreachable!("a position within the cycle falls in some transport's share")
+    }
+
+    /// The concrete transports clients of this mix use, in [`Transport::CONCRETE`] order.
+    pub fn concrete(self) -> Vec<Transport> {
+        Transport::CONCRETE
+            .iter()
+            .zip(self.weights)
+            .filter(|(_, w)| *w > 0)
+            .map(|(&t, _)| t)
+            .collect()
+    }
+
+    /// How many of the clients `0..n` use each concrete transport of the mix.
     pub fn counts(self, n: u64) -> Vec<(Transport, u64)> {
-        match self {
-            Transport::Mixed => Transport::CONCRETE
-                .iter()
-                .enumerate()
-                .map(|(k, &t)| (t, (n + 2 - k as u64) / 3))
-                .collect(),
-            t => vec![(t, n)],
+        let (cycles, rest) = (n / self.total(), n % self.total());
+        let mut start = 0;
+        let mut out = Vec::new();
+        for (k, &w) in self.weights.iter().enumerate() {
+            if w > 0 {
+                let in_rest = rest.saturating_sub(start).min(w);
+                out.push((Transport::CONCRETE[k], cycles * w + in_rest));
+            }
+            start += w;
+        }
+        out
+    }
+
+    /// The flag value that gives this mix (`ws=8,poll=1,sse=1`).
+    pub fn to_arg(self) -> String {
+        Transport::CONCRETE
+            .iter()
+            .zip(self.weights)
+            .map(|(t, w)| format!("{}={w}", t.name()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// Parses `ws=80,sse=10,poll=10`: a weight per transport (whole numbers; one left out
+/// gets none; at least one above 0).
+pub fn parse_transport_mix(s: &str) -> anyhow::Result<TransportMix> {
+    let mut weights: [Option<u64>; 3] = [None; 3];
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, w) = part
+            .split_once('=')
+            .with_context(|| format!("bad share {part:?} in {s:?} (try ws=80,sse=10,poll=10)"))?;
+        let t = Transport::CONCRETE
+            .iter()
+            .find(|t| t.name() == name.trim())
+            .with_context(|| format!("unknown transport {name:?} in {s:?} (ws, poll or sse)"))?;
+        let w: u64 = w
+            .trim()
+            .parse()
+            .with_context(|| format!("bad weight {w:?} in {s:?} (a whole number)"))?;
+        if w > 1_000_000 {
+            bail!("weight {w} in {s:?} is too large (at most 1000000)");
+        }
+        if weights[t.lane()].replace(w).is_some() {
+            bail!("{} given twice in {s:?}", t.name());
         }
     }
+    let weights = weights.map(|w| w.unwrap_or(0));
+    if weights.iter().all(|&w| w == 0) {
+        bail!("no transport has a share in {s:?}");
+    }
+    Ok(TransportMix::reduced(weights))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
@@ -193,6 +290,10 @@ pub struct ClientArgs {
     pub clients: u64,
     #[arg(long, value_enum, default_value = "ws")]
     pub transport: Transport,
+    /// With `--transport mixed`: each transport's share, as weights, e.g.
+    /// `ws=80,sse=10,poll=10` (a transport left out gets none). Default: an equal split.
+    #[arg(long, value_parser = parse_transport_mix)]
+    pub transport_mix: Option<TransportMix>,
     /// Connect rate, e.g. `5000/s`.
     #[arg(long, default_value = "5000/s", value_parser = parse_rate)]
     pub ramp: f64,
@@ -228,6 +329,16 @@ pub enum ClientPlane {
     Auto,
     Tasks,
     Lean,
+}
+
+impl ClientArgs {
+    /// Which transport each client uses.
+    pub fn mix(&self) -> TransportMix {
+        match self.transport {
+            Transport::Mixed => self.transport_mix.unwrap_or_default(),
+            t => TransportMix::only(t),
+        }
+    }
 }
 
 /// Flags of subcommands that publish.
@@ -401,6 +512,7 @@ impl Plan {
         let default_clients = ClientArgs {
             clients: 0,
             transport: Transport::Ws,
+            transport_mix: None,
             ramp: 5000.0,
             settle: Duration::ZERO,
             poll_timeout: 30,
@@ -507,6 +619,9 @@ impl Plan {
         }
         if self.clients.ramp <= 0.0 {
             bail!("--ramp must be positive");
+        }
+        if self.clients.transport_mix.is_some() && self.clients.transport != Transport::Mixed {
+            bail!("--transport-mix needs --transport mixed");
         }
         if let Some(p) = &self.publish {
             if p.rate <= 0.0 {
@@ -619,6 +734,9 @@ pub struct Parameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nchan_url: Option<String>,
     pub transport: String,
+    /// `--transport-mix` as given (reduced: `ws=8,poll=1,sse=1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport_mix: Option<String>,
     pub clients: u64,
     /// Clients per concrete transport (`ws`, `poll`, `sse`), in that order.
     pub clients_by_transport: Vec<(String, u64)>,
@@ -703,12 +821,13 @@ impl Plan {
             gateways: c.gateway.clone(),
             nchan_url: c.target.nchan_url.clone(),
             transport: self.clients.transport.name().to_string(),
+            transport_mix: self.clients.transport_mix.map(|m| m.to_arg()),
             clients: n,
             clients_by_transport: if n == 0 {
                 Vec::new()
             } else {
                 self.clients
-                    .transport
+                    .mix()
                     .counts(n)
                     .into_iter()
                     .map(|(t, k)| (t.name().to_string(), k))
@@ -957,8 +1076,12 @@ mod tests {
     fn shards_and_transports() {
         assert_eq!(parse_shard("1/3").unwrap(), (1, 3));
         assert!(parse_shard("3/3").is_err());
-        assert_eq!(Transport::Mixed.for_client(4), Transport::Poll);
-        assert_eq!(Transport::Sse.for_client(4), Transport::Sse);
+        let even = TransportMix::only(Transport::Mixed);
+        assert_eq!(even.for_client(4), Transport::Poll);
+        assert_eq!(
+            TransportMix::only(Transport::Sse).for_client(4),
+            Transport::Sse
+        );
     }
 
     #[test]
@@ -1041,12 +1164,10 @@ mod tests {
         assert_eq!(p.drain_secs, Some(5.0));
         assert_eq!(p.hold_secs, None);
         for n in [0u64, 1, 2, 3, 7] {
-            let counts = Transport::Mixed.counts(n);
-            let by_client = |t: Transport| {
-                (0..n)
-                    .filter(|&i| Transport::Mixed.for_client(i) == t)
-                    .count() as u64
-            };
+            let even = TransportMix::default();
+            let counts = even.counts(n);
+            let by_client =
+                |t: Transport| (0..n).filter(|&i| even.for_client(i) == t).count() as u64;
             for (t, k) in counts {
                 assert_eq!(k, by_client(t), "{n} {t:?}");
             }
@@ -1126,5 +1247,81 @@ mod tests {
         let cli =
             Cli::try_parse_from(["loadgen", "run", "--gateway", "http://a:1,https://b:2"]).unwrap();
         assert!(Plan::from_command(cli.command).is_err());
+    }
+
+    #[test]
+    fn transport_mix_weights() {
+        let mix = parse_transport_mix("ws=80,sse=10,poll=10").unwrap();
+        assert_eq!(mix.to_arg(), "ws=8,poll=1,sse=1");
+        let cycle: Vec<&str> = (0..10).map(|i| mix.for_client(i).name()).collect();
+        assert_eq!(
+            cycle,
+            ["ws", "ws", "ws", "ws", "ws", "ws", "ws", "ws", "poll", "sse"]
+        );
+        assert_eq!(mix.for_client(1_000_008), Transport::Poll);
+        // Counts agree with what each client is given, at any n and for any slice of
+        // clients (a shard starting mid-cycle).
+        for mix in [
+            mix,
+            parse_transport_mix("ws=3,sse=2").unwrap(),
+            parse_transport_mix("poll=7").unwrap(),
+            TransportMix::default(),
+        ] {
+            for n in [0u64, 1, 7, 9, 10, 11, 99, 1000, 1003] {
+                for (t, k) in mix.counts(n) {
+                    let by_client = (0..n).filter(|&i| mix.for_client(i) == t).count() as u64;
+                    assert_eq!(k, by_client, "{mix:?} {n} {t:?}");
+                }
+            }
+        }
+        let ws_sse = parse_transport_mix("ws=3,sse=2").unwrap();
+        assert_eq!(ws_sse.concrete(), [Transport::Ws, Transport::Sse]);
+        assert_eq!(ws_sse.counts(12), [(Transport::Ws, 8), (Transport::Sse, 4)]);
+        // 1,000,000 clients at 80/10/10: exactly 800,000 / 100,000 / 100,000.
+        assert_eq!(
+            mix.counts(1_000_000),
+            [
+                (Transport::Ws, 800_000),
+                (Transport::Poll, 100_000),
+                (Transport::Sse, 100_000)
+            ]
+        );
+        for bad in [
+            "",
+            "ws",
+            "ws=x",
+            "tcp=1",
+            "ws=1,ws=2",
+            "ws=0,sse=0",
+            "ws=-1",
+        ] {
+            assert!(parse_transport_mix(bad).is_err(), "{bad:?}");
+        }
+
+        // The flag: needs `mixed`, reaches the parameters and the per-transport counts.
+        let plan = |extra: &[&str]| {
+            let mut argv = vec!["loadgen", "run", "--clients", "20"];
+            argv.extend(extra);
+            Plan::from_command(Cli::try_parse_from(argv).unwrap().command)
+        };
+        let p = plan(&[
+            "--transport",
+            "mixed",
+            "--transport-mix",
+            "ws=80,sse=10,poll=10",
+        ])
+        .unwrap()
+        .parameters();
+        assert_eq!(p.transport_mix.as_deref(), Some("ws=8,poll=1,sse=1"));
+        let by: Vec<(&str, u64)> = p
+            .clients_by_transport
+            .iter()
+            .map(|(t, n)| (t.as_str(), *n))
+            .collect();
+        assert_eq!(by, [("ws", 16), ("poll", 2), ("sse", 2)]);
+        assert!(plan(&["--transport", "ws", "--transport-mix", "ws=1"]).is_err());
+        let even = plan(&["--transport", "mixed"]).unwrap();
+        assert_eq!(even.clients.mix(), TransportMix::default());
+        assert_eq!(even.parameters().transport_mix, None);
     }
 }

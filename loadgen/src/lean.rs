@@ -342,7 +342,7 @@ impl Loop {
 
     fn start(&mut self, index: u64, slot: Arc<Slot>) {
         let ord = self.clients.len() as u32;
-        let transport = self.ctx.plan.clients.transport.for_client(index);
+        let transport = slot.transport;
         self.clients.push(Client {
             index,
             slot,

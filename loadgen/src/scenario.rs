@@ -22,6 +22,9 @@ use crate::publish::{publish_phase, PublishCtx};
 use crate::result::{Counters, LaneRaw, RawHists, RawResult};
 use crate::stats::{hist_from_b64, hist_to_b64, Stats, TickPrev};
 
+/// How long the clients together may take to stop and hand back what they received.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(60);
+
 /// Why the whole run stopped early, if it did.
 #[derive(Clone, Default)]
 pub struct StopReason(Arc<Mutex<Option<&'static str>>>);
@@ -194,13 +197,13 @@ impl Process {
             plan.clients.clients
         };
         let transports = if n == 0 {
-            &[][..]
+            Vec::new()
         } else {
-            plan.clients.transport.concrete()
+            plan.clients.mix().concrete()
         };
         let stats = Arc::new(
             Stats::tolerating(plan.clients.allow_drops, plan.check.allow_gaps)
-                .with_transports(transports),
+                .with_transports(&transports),
         );
         let mut src = SourceIps::new(
             plan.common
@@ -268,6 +271,7 @@ impl Process {
         } else {
             None
         };
+        let mix = plan.clients.mix();
         let connect_start = tokio::time::Instant::now();
         let began = Instant::now();
         for i in 0..self.n {
@@ -277,7 +281,7 @@ impl Process {
                 _ = tokio::time::sleep_until(due) => {}
             }
             let index = plan.common.client_offset + i;
-            let transport = plan.clients.transport.for_client(index);
+            let transport = mix.for_client(index);
             stats.lanes[transport.lane()]
                 .clients
                 .fetch_add(1, Ordering::Relaxed);
@@ -458,10 +462,24 @@ impl Process {
         let checkers: Vec<SeqChecker> = match handles {
             Clients::Tasks(handles) => {
                 let mut checkers = Vec::with_capacity(handles.len());
+                // A client stops within about a second of the cancel (a WebSocket close is
+                // bounded by 1 s), but a process starved of CPU (many shards, workers and
+                // their sockets closing on few cores) takes longer in wall time: one
+                // deadline for all of them, not one per client in turn. A client whose
+                // record did not come back is an error of its own kind (its channel's
+                // messages also count as lost).
+                let deadline = tokio::time::Instant::now() + CLOSE_DEADLINE;
                 for h in handles {
-                    match tokio::time::timeout(Duration::from_secs(10), h).await {
+                    match tokio::time::timeout_at(deadline, h).await {
                         Ok(Ok(c)) => checkers.push(c),
-                        _ => checkers.push(SeqChecker::default()),
+                        Ok(Err(_)) => {
+                            self.stats.error("client_task_failed");
+                            checkers.push(SeqChecker::default());
+                        }
+                        Err(_) => {
+                            self.stats.error("client_not_stopped");
+                            checkers.push(SeqChecker::default());
+                        }
                     }
                 }
                 checkers

@@ -251,7 +251,7 @@ pub enum Conn {
 pub async fn client_task(ctx: Arc<ClientCtx>, index: u64, slot: Arc<Slot>) -> SeqChecker {
     let plan = &ctx.plan;
     let channel = plan.channel(index);
-    let transport = plan.clients.transport.for_client(index);
+    let transport = plan.clients.mix().for_client(index);
     let mut checker = ctx.checker();
     let mut first = true;
     let mut sessions = 0u64;
