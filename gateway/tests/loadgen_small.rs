@@ -244,8 +244,9 @@ async fn loadgen_tls_churn_resumes_on_whichever_worker_it_is_sent_to() {
 }
 
 /// The lean client plane through churn on every transport: 600 mixed clients over two
-/// workers, each dropping and coming back with `since` (resumes on whichever worker assign
-/// picks), while single publishes go on; nothing lost, duplicated or out of order.
+/// workers, steady for 2 s (`--churn-after`), then each dropping and coming back with
+/// `since` (resumes on whichever worker assign picks), while single publishes go on;
+/// nothing lost, duplicated or out of order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loadgen_lean_plane_churns_every_transport_without_loss() {
     let gw = spawn_gateway(&["--local-workers", "2"]);
@@ -267,6 +268,8 @@ async fn loadgen_lean_plane_churns_every_transport_without_loss() {
         "200/s",
         "--backoff",
         "50ms",
+        "--churn-after",
+        "2s",
         "--poll-timeout",
         "2",
         // A client churned right after it connected can meet its own older subscription
@@ -276,8 +279,24 @@ async fn loadgen_lean_plane_churns_every_transport_without_loss() {
     ];
     let r = run_loadgen_cmd("churn", &gw.base, 600, &args).await;
     assert_eq!(r["parameters"]["client_plane"], "lean");
+    // Two seconds of steady publishing, then four of churn (200 drops/s).
     let reconnects = r["connect"]["reconnects"].as_u64().unwrap();
-    assert!(reconnects >= 600, "{}", r["connect"]);
+    assert!(reconnects >= 500, "{}", r["connect"]);
+    let phases = r["phases"].as_array().expect("phases");
+    let phase = |name: &str| {
+        phases
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} phase: {phases:?}"))
+    };
+    let (steady, churn) = (phase("publish"), phase("churn"));
+    let steady_secs = steady["end_secs"].as_f64().unwrap() - steady["start_secs"].as_f64().unwrap();
+    assert!((1.9..2.5).contains(&steady_secs), "{phases:?}");
+    let (churn_start, steady_end) = (churn["start_secs"].as_f64(), steady["end_secs"].as_f64());
+    assert!(
+        churn_start.unwrap() >= steady_end.unwrap() - 0.05,
+        "{phases:?}"
+    );
     assert!(
         r["publish"]["messages_accepted"].as_u64().unwrap() >= 2000,
         "{}",

@@ -451,6 +451,10 @@ pub struct ChurnArgs {
     /// Mean wait before coming back; each wait is jittered uniformly in [0.5x, 1.5x].
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub backoff: Duration,
+    /// Publish this long with every client steady before the first drop (a steady phase,
+    /// then the churn phase, in one run). 0 = drops from the first publish on.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub churn_after: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -488,6 +492,8 @@ pub struct ChurnPlan {
     pub fraction: f64,
     pub rate: f64,
     pub backoff: Duration,
+    /// Steady publishing before the first drop.
+    pub after: Duration,
 }
 
 /// Everything one scenario needs, whatever subcommand it came from.
@@ -551,6 +557,7 @@ impl Plan {
                     fraction: c.fraction,
                     rate,
                     backoff: c.backoff,
+                    after: c.churn_after,
                 };
                 let r = c.run;
                 (
@@ -797,6 +804,9 @@ pub struct ChurnParameters {
     pub fraction: f64,
     pub rate_per_sec: f64,
     pub backoff_secs: f64,
+    /// `--churn-after`: steady publishing before the first drop.
+    #[serde(default)]
+    pub after_secs: f64,
 }
 
 /// A value-enum's flag spelling (`round-robin`, `nchan`).
@@ -856,6 +866,7 @@ impl Plan {
                 fraction: ch.fraction,
                 rate_per_sec: ch.rate,
                 backoff_secs: ch.backoff.as_secs_f64(),
+                after_secs: ch.after.as_secs_f64(),
             }),
             poll_timeout_secs: self.clients.poll_timeout,
             client_plane: match self.lean_plane() {

@@ -203,10 +203,15 @@ fn parameters_table(s: &Summary) -> String {
             &mut t,
             "churn",
             format!(
-                "{} % of the clients drop, {}/s, back after ~{}",
+                "{} % of the clients drop, {}/s, back after ~{}{}",
                 num(c.fraction * 100.0),
                 num(c.rate_per_sec),
-                secs(c.backoff_secs)
+                secs(c.backoff_secs),
+                if c.after_secs > 0.0 {
+                    format!(", from {} into publishing on", secs(c.after_secs))
+                } else {
+                    String::new()
+                }
             ),
         );
     }

@@ -411,24 +411,41 @@ impl Process {
                     tokio::spawn(churn_loop(
                         slots.len(),
                         churn.clone(),
+                        c.after,
                         c.fraction,
                         c.rate,
                         churn_stop.clone(),
                     ))
                 });
+                // `--churn-after`: a steady phase first, marked when the churn begins.
+                let steady = plan.churn.as_ref().map_or(Duration::ZERO, |c| c.after);
+                let steady = steady.min(opts.duration);
+                let steady_mark = (!steady.is_zero()).then(|| {
+                    let (stats, stop) = (self.stats.clone(), churn_stop.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = tokio::time::sleep(steady) => stats.phase("publish", t0),
+                        }
+                    })
+                });
                 let r = publish_phase(pctx, self.src.clone(), opts.duration).await;
                 churn_stop.cancel();
+                if let Some(m) = steady_mark {
+                    let _ = m.await;
+                }
                 if let Some(c) = churner {
                     let _ = c.await;
                 }
                 main.publish_secs = t0.elapsed().as_secs_f64();
-                // Churn mode publishes while clients drop and resume: one phase, `churn`.
+                // Churn mode publishes while clients drop and resume: one phase, `churn`
+                // (after the steady `publish` phase with `--churn-after`).
                 let name = if plan.mode == Mode::Churn {
                     "churn"
                 } else {
                     "publish"
                 };
-                self.stats.phase(name, t0);
+                self.stats.phase(name, t0 + steady);
                 r?;
                 if plan.mode != Mode::Publish {
                     let began = Instant::now();
@@ -708,13 +725,20 @@ async fn child_barrier(ready: &Ready, stop_all: CancellationToken) {
 }
 
 /// Drops random clients of the churning set at `rate` per second until stopped.
-async fn churn_loop(n: usize, churn: Churn, fraction: f64, rate: f64, stop: CancellationToken) {
+async fn churn_loop(
+    n: usize,
+    churn: Churn,
+    after: Duration,
+    fraction: f64,
+    rate: f64,
+    stop: CancellationToken,
+) {
     let churning = ((n as f64) * fraction).ceil() as usize;
     let churning = churning.min(n);
     if churning == 0 {
         return;
     }
-    let start = tokio::time::Instant::now();
+    let start = tokio::time::Instant::now() + after;
     let pacer = crate::publish::Pacer { rate };
     for k in 0.. {
         tokio::select! {
