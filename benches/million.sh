@@ -357,6 +357,8 @@ stop_group() { # pid grace-seconds: SIGTERM to its group, SIGKILL after the grac
   local pid=$1 grace=$2 i
   [ -n "$pid" ] || return 0
   kill -TERM -- "-$pid" 2>/dev/null || return 0
+  # A stopped member (SIGSTOP, a debugger let go) acts on the TERM only once continued.
+  kill -CONT -- "-$pid" 2>/dev/null || true
   for ((i = 0; i < grace * 5; i++)); do
     group_alive "$pid" || break
     sleep 0.2
@@ -769,7 +771,10 @@ main() {
   stop_group "$GW" 15
   LG='' GW=''
   summarize | tee "$OUT/summary.txt"
-  if [ "$LG_RC" -ne 0 ]; then
+  if [ "$LG_RC" -eq 124 ]; then
+    say "stopped at the deadline; the end of $OUT/loadgen.log:"
+    tail -n 30 "$OUT/loadgen.log" >&2
+  elif [ "$LG_RC" -ne 0 ]; then
     say "loadgen exit $LG_RC; the end of $OUT/loadgen.log:"
     tail -n 30 "$OUT/loadgen.log" >&2
   fi
