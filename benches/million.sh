@@ -11,24 +11,29 @@
 #
 # What it does, in order:
 #   1. checks what the run needs and says plainly what is missing (exit 3): curl, python3,
-#      setsid; the release binaries (built when absent; BIN or CARGO_TARGET_DIR as in the
+#      setsid, ps; the release binaries (built when absent; BIN or CARGO_TARGET_DIR as in the
 #      other scripts); the open-file hard limit (`ulimit -Hn`, which sets how many workers
 #      and loadgen processes there are), fs.file-max and fs.nr_open, nf_conntrack and its
 #      table size, the local port range, somaxconn / tcp_max_syn_backlog; and memory: an
-#      estimate for N (below) against MemAvailable, refused with the estimate when short;
+#      estimate for N (below) against MemAvailable, refused with the estimate (and the N
+#      that would fit) when short;
 #   2. raises the kernel settings the run needs (never lowers one) for its duration only,
 #      and writes the host's previous values back at exit; they are listed, with why, in
-#      deploy/sysctl-pushgate.conf. Writing them needs root; a host that already has them
-#      needs no root. $OUT/sysctl-restore.conf holds the previous values meanwhile
-#      (`sysctl -p $OUT/sysctl-restore.conf` restores them if this script was killed -9);
+#      deploy/sysctl-pushgate.conf. Writing them needs root. Without root the run goes on
+#      with the host's values where only recommended ones are missing (somaxconn and the
+#      like) and stops where a required one is (fs.file-max below two files per client,
+#      nf_conntrack_max below N while connections are tracked). $OUT/sysctl-restore.conf
+#      holds the previous values meanwhile (`sysctl -p $OUT/sysctl-restore.conf` restores
+#      them if this script was killed -9);
 #   3. starts the gateway, waits until every worker has linked and reports load, and runs
 #      loadgen: a ramp at RAMP, then publishing for DURATION (the steady phase);
 #   4. records, while it runs: the time to connect all N; memory of the whole machine
 #      (MemTotal - MemAvailable, Slab, /proc/net/sockstat) before the gateway starts, with
 #      the workers idle, and in the steady phase; the RSS of each role (gateway, workers
 #      summed, loadgen processes summed) and per connection; the CPU (utime + stime) of each
-#      role over the steady window (from 5 s after all N are connected to the end of
-#      DURATION); a sample every 5 s in $OUT/samples.csv. Prints a summary and writes
+#      role over the steady window (from 3 s after the gateway counts the first publish to
+#      3 s before DURATION ends); the time /v1/workers and /v1/stats take to answer; a
+#      sample every 5 s in $OUT/samples.csv. Prints a summary and writes
 #      $OUT/summary.json with loadgen's check, latency percentiles and errors;
 #   5. is bounded: past ramp + DURATION + margins (the deadline it prints) it kills
 #      everything and exits 124; on Ctrl-C, an error or the end of the run it stops every
@@ -42,7 +47,7 @@
 # phase before it, so this script runs the steady phase only (`loadgen run`).
 #
 # CI size: `benches/million.sh 40000 30s` (three workers and three loadgen processes at a
-# 20,000 open-file limit; about a minute).
+# 20,000 open-file limit: 40,000 is just over two of each; about 45 s).
 #
 # Environment (defaults):
 #   N, DURATION       as the arguments (the arguments win)
@@ -56,6 +61,10 @@
 #   PER_WORKER        connections per worker (open-file hard limit - 500: the worker's
 #                     capacity is the limit - 64, and assignments can run past the last
 #                     load report by a second's worth of the ramp)
+#   PER_SHARD         clients per loadgen process (--max-per-process; default: the
+#                     open-file hard limit - 224, what loadgen itself allows). PER_WORKER
+#                     and PER_SHARD pin the split whatever the limit: CI uses
+#                     PER_WORKER=19500 PER_SHARD=19776 (three of each at 40,000)
 #   IPS_PER_WORKER=2  loopback IPs per worker (gateway --local-worker-ips)
 #   SOURCE_IPS        loadgen source addresses, from 127.1.0.1 on (default: the most of
 #                     40, two per loadgen process, and what keeps every source IP within
@@ -173,7 +182,8 @@ plan_processes() {
   [ "$PER_WORKER" -le $((NOFILE - 64)) ] || die "PER_WORKER=$PER_WORKER is above a worker's capacity at this open-file limit ($((NOFILE - 64)))"
   WORKERS=$(ceil_div "$N" "$PER_WORKER")
   # loadgen: the limit minus 200 minus its 16 assign and 8 publish connections.
-  PER_SHARD=$((NOFILE - 224))
+  PER_SHARD=${PER_SHARD:-$((NOFILE - 224))}
+  [ "$PER_SHARD" -ge 1 ] && [ "$PER_SHARD" -le $((NOFILE - 224)) ] || die "PER_SHARD=$PER_SHARD must be 1..$((NOFILE - 224)) at this open-file limit"
   SHARDS=$(ceil_div "$N" "$PER_SHARD")
   # Worker i listens on 127.0.j.(2 + i): the last octet bounds the count.
   [ "$WORKERS" -le 254 ] || die "$WORKERS workers do not fit on 127.0.0.2-127.0.0.255 (raise the open-file limit or PER_WORKER)"
@@ -286,7 +296,12 @@ check_memory() {
   need=$((total + (MEMORY_RESERVE_MB << 20)))
   ESTIMATE="~$(gib $total): kernel $(gib $kernel) ($KERNEL_SOCKET_BYTES B x 2 sockets per client), workers $(gib $workers), gateway $(gib $gateway), loadgen $(gib $loadgen) ($per_client B per client)"
   say "memory for $N clients: $ESTIMATE; MemAvailable $(gib "$avail")"
-  [ "$avail" -ge "$need" ] || die "not enough memory: needs $(gib $need) ($ESTIMATE, + ${MEMORY_RESERVE_MB} MiB reserve), MemAvailable is $(gib "$avail")"
+  if [ "$avail" -lt "$need" ]; then
+    # What fits: the same sums per client and per process, solved for N.
+    local per=$((2 * KERNEL_SOCKET_BYTES + WORKER_CONN_BYTES + GATEWAY_CHANNEL_BYTES + per_client))
+    local fixed=$((need - N * per))
+    die "not enough memory: needs $(gib $need) ($ESTIMATE, + ${MEMORY_RESERVE_MB} MiB reserve), MemAvailable is $(gib "$avail"); about $(((avail - fixed) / per)) clients would fit"
+  fi
   ESTIMATE_BYTES=$total
 }
 
@@ -342,6 +357,8 @@ stop_group() { # pid grace-seconds: SIGTERM to its group, SIGKILL after the grac
   local pid=$1 grace=$2 i
   [ -n "$pid" ] || return 0
   kill -TERM -- "-$pid" 2>/dev/null || return 0
+  # A stopped member (SIGSTOP, a debugger let go) acts on the TERM only once continued.
+  kill -CONT -- "-$pid" 2>/dev/null || true
   for ((i = 0; i < grace * 5; i++)); do
     group_alive "$pid" || break
     sleep 0.2
@@ -356,7 +373,7 @@ cleanup() {
   # loadgen first: it closes its clients; then the gateway, which stops its workers.
   stop_group "$LG" 30
   stop_group "$GW" 15
-  LG= GW=
+  LG='' GW=''
   restore_sysctls
   [ -z "${OUT_READY:-}" ] || say "results in $OUT"
   exit "$rc"
@@ -501,7 +518,7 @@ start_loadgen() {
   read -r -a extra <<<"$LOADGEN_ARGS" || true
   LG_CMD=("$BIN/loadgen" run --gateway "$GWURL" --clients "$N" --transport mixed
     --transport-mix "$MIX" --ramp "$RAMP_RATE/s" --rate "$RATE" --duration "$DURATION"
-    --source-ips "$SRC_RANGE" --max-duration "${LG_MAX_S}s"
+    --source-ips "$SRC_RANGE" --max-per-process "$PER_SHARD" --max-duration "${LG_MAX_S}s"
     --json "$OUT/loadgen.json" --report "$OUT/report.html" ${extra[@]+"${extra[@]}"})
   printf '%q ' "${LG_CMD[@]}" >"$OUT/loadgen-command.txt"
   echo >>"$OUT/loadgen-command.txt"
@@ -518,7 +535,7 @@ start_loadgen() {
 # running: when it ends early, the window ends at its last reading.
 watch_run() {
   local t0 now t conn=0 last_sample=-5 last_reading=0 cpu margin
-  local steady_from= steady_to= in_window=
+  local steady_from='' steady_to='' in_window=''
   t0=$(now_ms)
   margin=$((DURATION_S >= 12 ? 3 : DURATION_S / 4))
   echo "t_secs,connected,mem_used,slab,tcp_inuse,rss_gateway,rss_workers,rss_loadgen,cpu_gateway,cpu_workers,cpu_loadgen" >"$OUT/samples.csv"
@@ -752,9 +769,12 @@ main() {
   # the wall time includes the stop.
   stop_group "$LG" 30
   stop_group "$GW" 15
-  LG= GW=
+  LG='' GW=''
   summarize | tee "$OUT/summary.txt"
-  if [ "$LG_RC" -ne 0 ]; then
+  if [ "$LG_RC" -eq 124 ]; then
+    say "stopped at the deadline; the end of $OUT/loadgen.log:"
+    tail -n 30 "$OUT/loadgen.log" >&2
+  elif [ "$LG_RC" -ne 0 ]; then
     say "loadgen exit $LG_RC; the end of $OUT/loadgen.log:"
     tail -n 30 "$OUT/loadgen.log" >&2
   fi
