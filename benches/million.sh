@@ -42,9 +42,11 @@
 # 1 failed; 2 loadgen could not run), 3 a prerequisite is missing, 124 the deadline passed,
 # 130 interrupted.
 #
-# The churn phase (5 % of the clients dropping and resuming with `since` after a steady
-# phase) is not run: `loadgen churn` churns from its first publish on and has no steady
-# phase before it, so this script runs the steady phase only (`loadgen run`).
+# The traffic, in one `loadgen churn` over the same clients: a steady phase (the first
+# STEADY_SHARE of DURATION: RATE single publishes plus a broadcast to BROADCAST_CHANNELS
+# channels every BROADCAST_EVERY), then a churn phase (the rest of DURATION: publishing goes
+# on while CHURN_FRACTION of the clients drop and resume with `since`, spread over the
+# phase). The CPU and memory readings are the steady phase's.
 #
 # CI size: `benches/million.sh 40000 30s` (three workers and three loadgen processes at a
 # 20,000 open-file limit: 40,000 is just over two of each; about 45 s).
@@ -71,14 +73,18 @@
 #                     half the local port range over all its connections)
 #   OUT=benches/out/million-N-DATE   results: summary.json, loadgen.json, report.html,
 #                     samples.csv, the logs
-#   LOADGEN_ARGS      extra loadgen arguments, appended last (split on whitespace), e.g.
-#                     LOADGEN_ARGS="--broadcast-every 60s --broadcast-channels 100000"
-#                     (broadcasts during the run, once loadgen has those flags)
+#   BROADCAST_EVERY=60s, BROADCAST_CHANNELS=N/10 (100,000 at a million): one broadcast
+#                     that often naming that many random channels (BROADCAST_EVERY=0: none)
+#   STEADY_SHARE=80   percent of DURATION before the churn phase
+#   CHURN_FRACTION=0.05  clients that drop and resume in the churn phase
+#   LOADGEN_ARGS      extra loadgen arguments, appended last (split on whitespace)
 #   WORKER_ARGS       extra worker arguments (split on whitespace; each becomes a
 #                     --local-worker-arg), e.g. WORKER_ARGS="--ping-interval-secs 60"
-#   LOADGEN_WS_BYTES=12000, LOADGEN_SSE_BYTES=39000, LOADGEN_POLL_BYTES=39500: loadgen's
-#                     memory per client of each transport, for the estimate (measured,
-#                     benches/RESULTS.md; a leaner loadgen needs less); LOADGEN_CLIENT_BYTES
+#   LOADGEN_WS_BYTES=1000, LOADGEN_SSE_BYTES=1000, LOADGEN_POLL_BYTES=1000: loadgen's
+#                     memory per client of each transport, for the estimate (its lean
+#                     client plane: 0.5-0.85 KB measured, benches/RESULTS.md; the task plane,
+#                     --client-plane tasks in LOADGEN_ARGS, needs 14,000 / 41,000 / 42,000);
+#                     LOADGEN_CLIENT_BYTES
 #                     one figure for all instead; KERNEL_SOCKET_BYTES=4200 per socket, two
 #                     per client (deploy/sysctl-pushgate.conf)
 #   MEMORY_RESERVE_MB=1024      left free for the rest of the host
@@ -91,13 +97,15 @@ RAMP=${RAMP:-4000/s}
 RATE=${RATE:-1000/s}
 MIX=${MIX:-ws=80,sse=10,poll=10}
 IPS_PER_WORKER=${IPS_PER_WORKER:-2}
-# The next client-plane figures, once loadgen has the flags (pass them in LOADGEN_ARGS until
-# then): --broadcast-every 60s --broadcast-channels 100000.
+BROADCAST_EVERY=${BROADCAST_EVERY:-60s}
+BROADCAST_CHANNELS=${BROADCAST_CHANNELS:-$((N / 10))}
+STEADY_SHARE=${STEADY_SHARE:-80}
+CHURN_FRACTION=${CHURN_FRACTION:-0.05}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
 WORKER_ARGS=${WORKER_ARGS:-}
-LOADGEN_WS_BYTES=${LOADGEN_WS_BYTES:-12000}
-LOADGEN_SSE_BYTES=${LOADGEN_SSE_BYTES:-39000}
-LOADGEN_POLL_BYTES=${LOADGEN_POLL_BYTES:-39500}
+LOADGEN_WS_BYTES=${LOADGEN_WS_BYTES:-1000}
+LOADGEN_SSE_BYTES=${LOADGEN_SSE_BYTES:-1000}
+LOADGEN_POLL_BYTES=${LOADGEN_POLL_BYTES:-1000}
 LOADGEN_CLIENT_BYTES=${LOADGEN_CLIENT_BYTES:-}
 KERNEL_SOCKET_BYTES=${KERNEL_SOCKET_BYTES:-4200}
 MEMORY_RESERVE_MB=${MEMORY_RESERVE_MB:-1024}
@@ -165,8 +173,8 @@ check_binaries() {
     [ -x "$BIN/gateway" ] && [ -x "$BIN/loadgen" ] || die "no gateway and loadgen binaries in $BIN after the build"
   fi
   # The flag this run depends on; an older loadgen has an equal three-way mix only.
-  "$BIN/loadgen" run --help | grep -q -- --transport-mix ||
-    die "$BIN/loadgen has no --transport-mix: rebuild it (cargo build --release -p loadgen)"
+  "$BIN/loadgen" churn --help | grep -q -- --churn-after ||
+    die "$BIN/loadgen has no churn --churn-after: rebuild it (cargo build --release -p loadgen)"
 }
 
 # Workers and loadgen processes from the per-process open-file limit: every client is one
@@ -516,8 +524,24 @@ start_gateway() {
 start_loadgen() {
   local extra=()
   read -r -a extra <<<"$LOADGEN_ARGS" || true
-  LG_CMD=("$BIN/loadgen" run --gateway "$GWURL" --clients "$N" --transport mixed
+  # The steady phase, then the churn phase: CHURN_FRACTION of the clients each dropping
+  # about once, spread over what is left of DURATION.
+  local steady_s=$((DURATION_S * STEADY_SHARE / 100))
+  local churn_s=$((DURATION_S - steady_s))
+  [ "$churn_s" -ge 1 ] || churn_s=1
+  local churn_rate
+  churn_rate=$(awk -v n="$N" -v f="$CHURN_FRACTION" -v s="$churn_s" 'BEGIN { r = n * f / s; printf "%.1f", (r < 1 ? 1 : r) }')
+  local bcast=()
+  if [ "$BROADCAST_EVERY" != 0 ] && [ "$BROADCAST_CHANNELS" -gt 0 ]; then
+    bcast=(--broadcast-every "$BROADCAST_EVERY" --broadcast-channels "$BROADCAST_CHANNELS")
+  fi
+  STEADY_S=$steady_s
+  # --allow-drops: a connection the server ends (a replaced subscription, say) is reported
+  # by kind and resumed, not an error; loss, duplicates, reordering and gaps still fail.
+  LG_CMD=("$BIN/loadgen" churn --gateway "$GWURL" --clients "$N" --transport mixed
     --transport-mix "$MIX" --ramp "$RAMP_RATE/s" --rate "$RATE" --duration "$DURATION"
+    --fraction "$CHURN_FRACTION" --churn-rate "$churn_rate/s" --churn-after "${steady_s}s"
+    --allow-drops ${bcast[@]+"${bcast[@]}"}
     --source-ips "$SRC_RANGE" --max-per-process "$PER_SHARD" --max-duration "${LG_MAX_S}s"
     --json "$OUT/loadgen.json" --report "$OUT/report.html" ${extra[@]+"${extra[@]}"})
   printf '%q ' "${LG_CMD[@]}" >"$OUT/loadgen-command.txt"
@@ -559,7 +583,7 @@ watch_run() {
       PUBLISH_MS=$now
       [ -n "$CONNECTED_MS" ] || say "publishing began with $(connected_now) of $N connected (loadgen says why the others are not)"
       steady_from=$((now + margin * 1000))
-      steady_to=$((now + (DURATION_S - margin) * 1000))
+      steady_to=$((now + (STEADY_S - margin) * 1000))
     fi
     if [ -n "$steady_from" ] && [ "$now" -ge "$steady_from" ]; then
       cpu_mark steady_start "$cpu"
@@ -693,7 +717,12 @@ summary = {
         "per_worker": conn.get("per_worker"), "reconnects": conn.get("reconnects"),
     },
     "publish": {k: pub.get(k) for k in ("messages_attempted", "messages_accepted", "rate_per_sec", "by_status")},
-    "delivery": {"received": dlv.get("received"), "latency_us": lat, "check": check},
+    "delivery": {"received": dlv.get("received"), "latency_us": lat, "check": check,
+                 "steady_latency_us": dlv.get("steady_latency_us"),
+                 "broadcast_latency_us": dlv.get("broadcast_latency_us")},
+    "broadcasts": lg.get("broadcasts"),
+    "churn": {"dropped_on_purpose": conn.get("dropped_on_purpose"), "reconnects": conn.get("reconnects"),
+              "drops": conn.get("drops"), "drops_by_kind": conn.get("drops_by_kind")},
     "errors": lg.get("errors"),
     "stopped_by": lg.get("stopped_by"),
     "memory": memory, "rss": rss, "cpu": cpu_out,
@@ -717,6 +746,14 @@ lines = [
     f"check        lost {check.get('lost')}, duplicated {check.get('duplicated')}, out of order {check.get('out_of_order')}, gaps {check.get('gaps')}; errors {(lg.get('errors') or {}).get('total')}",
     f"latency      publish -> receive p50 {ms(lat, 'p50')}, p90 {ms(lat, 'p90')}, p99 {ms(lat, 'p99')}, p99.9 {ms(lat, 'p999')}, max {ms(lat, 'max')}",
 ]
+sl, bl = dlv.get("steady_latency_us"), dlv.get("broadcast_latency_us")
+if sl:
+    lines.append(f"  steady     single publishes p50 {ms(sl, 'p50')}, p99 {ms(sl, 'p99')}, p99.9 {ms(sl, 'p999')}, max {ms(sl, 'max')} ({f(sl.get('count'))} deliveries)")
+if bl and bl.get("count"):
+    each = (lg.get("broadcasts") or {}).get("each") or []
+    last = [b.get("to_last_client_ms") for b in each if b.get("to_last_client_ms") is not None]
+    lines.append(f"  broadcast  p50 {ms(bl, 'p50')}, p99 {ms(bl, 'p99')}, p99.9 {ms(bl, 'p999')}, max {ms(bl, 'max')} ({f(bl.get('count'))} deliveries, {len(each)} broadcasts; to the last client {', '.join(f(x, ' ms') for x in last)})")
+lines.append(f"churn        {f(conn.get('dropped_on_purpose'))} dropped on purpose, {f(conn.get('reconnects'))} reconnects with since; other drops {f(conn.get('drops'))} {conn.get('drops_by_kind') or ''}")
 if memory:
     lines.append(f"machine      used {memory['machine_used_before'] / G:.2f} -> {memory['machine_used_steady'] / G:.2f} GiB of {memory['mem_total'] / G:.2f} (+{memory['machine_used_delta'] / G:.2f} GiB, {f(memory['machine_bytes_per_client'], ' B')} per client); Slab {memory['slab_before'] / G:.2f} -> {memory['slab_steady'] / G:.2f} GiB ({f(memory['slab_bytes_per_socket'], ' B')} per socket); estimate was {int(estimate) / G:.2f} GiB")
     ts = memory["sockstat_steady"].get("TCP", {})
