@@ -58,7 +58,7 @@
 #                     (benches/RESULTS.md, "One million clients on one machine"); past what
 #                     the machine sustains, connects queue in loadgen, time out and retry,
 #                     and the achieved rate falls below the sustainable one
-#   RATE=1000/s       single publishes, round-robin over the channels
+#   RATE=1000/s       single publishes, each to a channel picked at random
 #   MIX=ws=80,sse=10,poll=10   loadgen --transport-mix
 #   PER_WORKER        connections per worker (open-file hard limit - 500: the worker's
 #                     capacity is the limit - 64, and assignments can run past the last
@@ -78,8 +78,16 @@
 #   STEADY_SHARE=80   percent of DURATION before the churn phase
 #   CHURN_FRACTION=0.05  clients that drop and resume in the churn phase
 #   LOADGEN_ARGS      extra loadgen arguments, appended last (split on whitespace)
+#   PING_SECS=300     the workers' --ping-interval-secs (WebSocket pings, SSE heartbeats)
+#   POLL_TIMEOUT=120  loadgen's --poll-timeout (a long-poll held that long when idle)
+#   CONNECT_TIMEOUT=30s  loadgen's --connect-timeout (assign + connect + handshake)
+#                     The keep-alive defaults are what a million idle clients leave room
+#                     for on 2 cores: at 60 s pings and 60 s polls the upkeep of 800,000
+#                     idle clients took the whole machine, connects queued past a 10 s
+#                     timeout and retried, and the ramp stalled at 804,351
+#                     (benches/RESULTS.md); at these, the million connected.
 #   WORKER_ARGS       extra worker arguments (split on whitespace; each becomes a
-#                     --local-worker-arg), e.g. WORKER_ARGS="--ping-interval-secs 60"
+#                     --local-worker-arg), e.g. WORKER_ARGS="--max-poll-timeout-secs 300"
 #   LOADGEN_WS_BYTES=1000, LOADGEN_SSE_BYTES=1000, LOADGEN_POLL_BYTES=1000: loadgen's
 #                     memory per client of each transport, for the estimate (its lean
 #                     client plane: 0.5-0.85 KB measured, benches/RESULTS.md; the task plane,
@@ -102,6 +110,9 @@ BROADCAST_CHANNELS=${BROADCAST_CHANNELS:-$((N / 10))}
 STEADY_SHARE=${STEADY_SHARE:-80}
 CHURN_FRACTION=${CHURN_FRACTION:-0.05}
 LOADGEN_ARGS=${LOADGEN_ARGS:-}
+PING_SECS=${PING_SECS:-300}
+POLL_TIMEOUT=${POLL_TIMEOUT:-120}
+CONNECT_TIMEOUT=${CONNECT_TIMEOUT:-30s}
 WORKER_ARGS=${WORKER_ARGS:-}
 LOADGEN_WS_BYTES=${LOADGEN_WS_BYTES:-1000}
 LOADGEN_SSE_BYTES=${LOADGEN_SSE_BYTES:-1000}
@@ -500,6 +511,7 @@ start_gateway() {
   local port=${PORT:-} args=() w
   [ -n "$port" ] || port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   GWURL=http://127.0.0.1:$port
+  args+=("--local-worker-arg=--ping-interval-secs=$PING_SECS")
   for w in $WORKER_ARGS; do args+=("--local-worker-arg=$w"); done
   # The gateway's own binary runs the workers (`gateway worker ...`): one binary to build.
   RUST_LOG=${RUST_LOG:-warn} setsid "$BIN/gateway" --listen "127.0.0.1:$port" \
@@ -539,9 +551,10 @@ start_loadgen() {
   # --allow-drops: a connection the server ends (a replaced subscription, say) is reported
   # by kind and resumed, not an error; loss, duplicates, reordering and gaps still fail.
   LG_CMD=("$BIN/loadgen" churn --gateway "$GWURL" --clients "$N" --transport mixed
-    --transport-mix "$MIX" --ramp "$RAMP_RATE/s" --rate "$RATE" --duration "$DURATION"
+    --transport-mix "$MIX" --ramp "$RAMP_RATE/s" --rate "$RATE" --pattern random --duration "$DURATION"
     --fraction "$CHURN_FRACTION" --churn-rate "$churn_rate/s" --churn-after "${steady_s}s"
-    --allow-drops ${bcast[@]+"${bcast[@]}"}
+    --allow-drops ${bcast[@]+"${bcast[@]}"} --poll-timeout "$POLL_TIMEOUT"
+    --connect-timeout "$CONNECT_TIMEOUT"
     --source-ips "$SRC_RANGE" --max-per-process "$PER_SHARD" --max-duration "${LG_MAX_S}s"
     --json "$OUT/loadgen.json" --report "$OUT/report.html" ${extra[@]+"${extra[@]}"})
   printf '%q ' "${LG_CMD[@]}" >"$OUT/loadgen-command.txt"
