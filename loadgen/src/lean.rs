@@ -610,7 +610,7 @@ impl Loop {
             let used = r?;
             let c = &mut self.clients[ord as usize];
             let rest = if data.is_empty() {
-                scratch_rest(&self.scratch[..n], used)
+                &self.scratch[used.min(n)..n]
             } else {
                 &data[used..]
             };
@@ -918,10 +918,10 @@ impl Loop {
         let worker = c.worker.take();
         let worker = worker.as_deref().unwrap_or("");
         stats.down(worker, c.transport);
-        let channel = self.ctx.plan.channel(c.index);
+        let channel = || self.ctx.plan.channel(c.index);
         let wait = match end {
             End::Churned => {
-                tracing::debug!(%channel, %worker, "churned");
+                tracing::debug!(channel = %channel(), %worker, "churned");
                 stats.dropped_on_purpose.fetch_add(1, Ordering::Relaxed);
                 let backoff = self
                     .ctx
@@ -933,7 +933,7 @@ impl Loop {
                 jitter(backoff)
             }
             End::Error(kind) => {
-                log_end(&channel, worker, &kind, stats.ended(kind.clone()));
+                log_end(&channel(), worker, &kind, stats.ended(kind.clone()));
                 jitter(Duration::from_millis(200))
             }
         };
@@ -968,8 +968,8 @@ impl Loop {
                 c.first = false;
                 stats.first_done.fetch_add(1, Ordering::Relaxed);
             }
-            let channel = self.ctx.plan.channel(c.index);
             for (id, first_seq, seq) in c.checker.id_duplicate_examples() {
+                let channel = self.ctx.plan.channel(c.index);
                 tracing::warn!(%channel, id, first_seq, seq, "message received under a second seq");
             }
         }
@@ -978,10 +978,6 @@ impl Loop {
         }
         out
     }
-}
-
-fn scratch_rest(buf: &[u8], used: usize) -> &[u8] {
-    &buf[used.min(buf.len())..]
 }
 
 /// Where the last complete event of `data` ends (after its blank line).

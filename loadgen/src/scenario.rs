@@ -225,7 +225,8 @@ impl Process {
         let clients_stop = CancellationToken::new();
         let ticker_stop = CancellationToken::new();
         let ticker = tokio::spawn(ticker(plan.clone(), stats.clone(), n, ticker_stop.clone()));
-        let ctx = ClientCtx {
+        let lean = plan.lean_plane()?;
+        let ctx = Arc::new(ClientCtx {
             plan: plan.clone(),
             stats: stats.clone(),
             src: src.clone(),
@@ -236,9 +237,7 @@ impl Process {
             } else {
                 Some(0)
             },
-        };
-        let lean = plan.lean_plane()?;
-        let ctx = Arc::new(ctx);
+        });
         Ok(Process {
             plan,
             stats,
@@ -257,14 +256,13 @@ impl Process {
     async fn connect_phase(&self) -> Connected {
         let (plan, stats) = (&self.plan, &self.stats);
         let mut slots = Vec::with_capacity(self.n as usize);
-        let mut handles = Vec::with_capacity(if self.lean { 0 } else { self.n as usize });
+        let mut handles = Vec::new();
         let mut plane = if self.lean && self.n > 0 {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             match LeanPlane::new(self.ctx.clone(), cores.min(4)) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot start the lean client plane");
-                    self.stop_all.cancel();
+                    tracing::warn!(error = %e, "cannot start the lean client plane: a task per client instead");
                     None
                 }
             }
