@@ -333,6 +333,13 @@ pub static STORE_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static SUBSCRIBES_LATE: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "pushgate_subscribes_late_total",
+        "Subscribes that landed after the channel's live holder although their client asked before it (they came over a slower link): refused with resync instead of taking the channel.",
+    )
+});
+
 pub static EPOCH_CHANGES: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "pushgate_epoch_changes_total",
@@ -371,6 +378,7 @@ pub fn init() {
     LazyLock::force(&REDIS_ERRORS);
     LazyLock::force(&EPOCH_CHANGES);
     LazyLock::force(&STORE_RESYNCS);
+    LazyLock::force(&SUBSCRIBES_LATE);
     LazyLock::force(&PARKED);
     LazyLock::force(&PARKED_SENT);
     LazyLock::force(&PUBLISH_TOTAL);

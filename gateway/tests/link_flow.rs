@@ -349,6 +349,7 @@ async fn a_resume_is_paged_and_fetch_answers_the_next_page() {
         resume: false,
         max_bytes: 2,
         channel: "pg".into(),
+        opened_us: 0,
     })
     .await;
     let (seqs, gap, last, epoch) = page_of(w.recv().await, 3);

@@ -142,6 +142,10 @@ pub enum Up {
     /// came back; a newer holder of the channel then keeps it (the resumer is kicked).
     /// `max_bytes`: most payload bytes the answering `Backlog` may carry (at least one
     /// message is always sent); the rest is asked for with `Fetch` as the client drains.
+    /// `opened_us`: when the client asked, in µs since the Unix epoch by the worker's clock
+    /// (0: not known, e.g. a `resume`, or a worker that predates the field). A subscribe
+    /// that lands after the channel's live holder although it was asked before (another
+    /// link was faster) does not take the channel. Trailing and optional on the wire.
     Subscribe {
         sub_id: u64,
         since: Option<u64>,
@@ -149,6 +153,7 @@ pub enum Up {
         resume: bool,
         max_bytes: u32,
         channel: String,
+        opened_us: u64,
     },
     /// Retained messages of `channel` after `since` (the last seq the connection sent, in
     /// `epoch`), at most `max_bytes` of payload: the next page of a resume, or the messages
@@ -283,6 +288,7 @@ impl Up {
                 resume,
                 max_bytes,
                 channel,
+                opened_us,
             } => {
                 out.push(UP_SUBSCRIBE);
                 put_u64(out, *sub_id);
@@ -291,6 +297,7 @@ impl Up {
                 out.push(*resume as u8);
                 out.extend_from_slice(&max_bytes.to_be_bytes());
                 put_str(out, channel);
+                put_u64(out, *opened_us);
             }
             Up::Fetch {
                 sub_id,
@@ -361,6 +368,7 @@ impl Up {
                 resume: get_u8(&mut f)? != 0,
                 max_bytes: get_u32(&mut f)?,
                 channel: get_string(&mut f)?,
+                opened_us: if f.len() >= 8 { get_u64(&mut f)? } else { 0 },
             },
             UP_FETCH => Up::Fetch {
                 sub_id: get_u64(&mut f)?,
@@ -721,6 +729,16 @@ mod tests {
             resume: true,
             max_bytes: 256 * 1024,
             channel: "c:1".into(),
+            opened_us: 0,
+        });
+        roundtrip_up(Up::Subscribe {
+            sub_id: 7,
+            since: None,
+            epoch: Some(2),
+            resume: false,
+            max_bytes: 1,
+            channel: "c:2".into(),
+            opened_us: 1_780_000_000_654_321,
         });
         roundtrip_up(Up::Fetch {
             sub_id: 4,
@@ -907,6 +925,30 @@ mod tests {
                 seq: 9,
                 data: Bytes::from_static(b"\"x\""),
                 published_us: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn a_subscribe_without_its_stamp_decodes_as_unstamped() {
+        // The frame an older worker sends: no trailing `opened_us`.
+        let mut body = vec![UP_SUBSCRIBE];
+        put_u64(&mut body, 5);
+        put_opt(&mut body, Some(3));
+        put_opt(&mut body, None);
+        body.push(0);
+        body.extend_from_slice(&64u32.to_be_bytes());
+        put_str(&mut body, "c");
+        assert_eq!(
+            Up::decode(Bytes::from(body)).unwrap(),
+            Up::Subscribe {
+                sub_id: 5,
+                since: Some(3),
+                epoch: None,
+                resume: false,
+                max_bytes: 64,
+                channel: "c".into(),
+                opened_us: 0,
             }
         );
     }

@@ -692,6 +692,55 @@ async fn link_drop_resubscribes_from_last_seq() {
     h.stop().await;
 }
 
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The `opened_us` of the next frame, expected to be a Subscribe.
+async fn opened_us(link: &mut FakeLink) -> (u64, bool) {
+    match link.next().await {
+        Up::Subscribe {
+            opened_us, resume, ..
+        } => (opened_us, resume),
+        other => panic!("expected Subscribe, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_say_when_their_client_asked_and_resumes_do_not() {
+    // The gateway orders racing subscribes of one channel by this stamp.
+    let mut h = Harness::start(&[]).await;
+    let before = unix_us();
+    let _ws = ws_connect(&h.ws_url("channel=a")).await;
+    let (first, resume) = opened_us(&mut h.link).await;
+    assert!(!resume);
+    let between = unix_us();
+    assert!(
+        (before..=between).contains(&first),
+        "{before} <= {first} <= {between}"
+    );
+    let _ws2 = ws_connect(&h.ws_url("channel=b")).await;
+    let (second, _) = opened_us(&mut h.link).await;
+    assert!((between..=unix_us()).contains(&second));
+    // A poll asks each time it comes.
+    let r = get(h.addr, "/v1/poll?channel=c&since=0&timeout=0");
+    let (poll, _) = tokio::join!(r, async {
+        let (at, _) = opened_us(&mut h.link).await;
+        assert!(at >= second);
+    });
+    assert_eq!(poll.status, 200, "timeout=0: answered at once");
+    // After the link came back, the resubscribes carry no stamp (not kept per
+    // connection).
+    h.relink().await;
+    for _ in 0..2 {
+        assert_eq!(opened_us(&mut h.link).await, (0, true));
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn link_down_refuses_new_subscribers() {
     let mut h = Harness::start(&[]).await;

@@ -131,6 +131,7 @@ fn up(input: &mut Input<'_>) -> Up {
             resume: input.bool(),
             max_bytes: input.u32(),
             channel: text(input),
+            opened_us: input.u64(),
         },
         3 => Up::Fetch {
             sub_id: input.u64(),

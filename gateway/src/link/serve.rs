@@ -241,6 +241,7 @@ async fn store_loop(app: &App, link: &Arc<LinkHandle>, mut ops: mpsc::Receiver<U
                 resume,
                 max_bytes,
                 channel,
+                opened_us,
             } => {
                 if protocol::validate_channel(&channel).is_err() {
                     debug!(worker = %link.worker_id, "subscribe for an invalid channel name");
@@ -260,6 +261,7 @@ async fn store_loop(app: &App, link: &Arc<LinkHandle>, mut ops: mpsc::Receiver<U
                     epoch,
                     max_bytes,
                     resume,
+                    opened_us,
                 };
                 if let Err(e) = subscribe_with_retry(app, &channel, holder, start).await {
                     debug!(worker = %link.worker_id, error = %e, "subscribe refused");

@@ -56,6 +56,20 @@ pub struct Start {
     /// A worker re-subscribing a connection after its link came back: a live newer holder
     /// keeps the channel.
     pub resume: bool,
+    /// When the client asked, in µs since the Unix epoch by its worker's clock (0: not
+    /// known). A subscribe asked before the live holder's, landing after it (it came over
+    /// a slower link), does not take the channel: it is kicked with `Resync`, so a client
+    /// that is still there reconnects at once and wins with a newer stamp.
+    pub opened_us: u64,
+}
+
+impl Start {
+    /// Whether this subscribe was asked before the one of the holder stamped
+    /// `holder_opened_us`, and so must not take the channel from it while it is live.
+    /// Unknown stamps (0) on either side never refuse: the later arrival takes it.
+    pub fn asked_before(&self, holder_opened_us: u64) -> bool {
+        self.opened_us != 0 && holder_opened_us > self.opened_us
+    }
 }
 
 /// One page of what a subscriber gets first (and what a `Fetch` gets): the oldest retained
@@ -177,7 +191,8 @@ pub trait Store: Send + Sync + 'static {
     /// page of its backlog (retained messages after `start.since`, gap signalled, at most
     /// `start.max_bytes` of payload) to the outbox. With `start.resume` (a worker
     /// re-subscribing after its link came back) a live newer holder keeps the channel and
-    /// `holder` is kicked instead.
+    /// `holder` is kicked instead (`Replaced`); a subscribe stamped before a live holder's
+    /// `opened_us` is kicked too (`Resync`, see [`Start::opened_us`]).
     fn subscribe(
         &self,
         channel: &str,

@@ -255,6 +255,19 @@ impl FakeWorker {
         since: Option<u64>,
         epoch: Option<u64>,
     ) {
+        self.subscribe_asked_at(sub_id, channel, since, epoch, 0)
+            .await;
+    }
+
+    /// [`Self::subscribe`] stamped with when its client asked (µs since the Unix epoch).
+    pub async fn subscribe_asked_at(
+        &mut self,
+        sub_id: u64,
+        channel: &str,
+        since: Option<u64>,
+        epoch: Option<u64>,
+        opened_us: u64,
+    ) {
         self.send(Up::Subscribe {
             sub_id,
             since,
@@ -262,6 +275,7 @@ impl FakeWorker {
             resume: false,
             max_bytes: u32::MAX,
             channel: channel.into(),
+            opened_us,
         })
         .await;
     }

@@ -304,6 +304,9 @@ impl EventLoop {
                         resume: true,
                         max_bytes: page,
                         channel: c.channel.as_deref().unwrap_or_default().to_owned(),
+                        // Not kept per connection (8 bytes each); a resume never takes
+                        // the channel from another live holder anyway.
+                        opened_us: 0,
                     };
                     match self.shared.up_tx.try_send(up) {
                         Ok(()) => c.flags &= !RESUB,

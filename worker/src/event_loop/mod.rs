@@ -53,18 +53,21 @@ pub(super) struct Now {
     pub(super) secs: u32,
     /// Unix seconds: token expiry.
     pub(super) unix: u64,
+    /// Unix µs: when a `Subscribe` was asked (the gateway orders subscribes by it).
+    pub(super) unix_us: u64,
 }
 
 impl Now {
     fn read(shared: &Shared) -> Now {
         let at = Instant::now();
-        let unix = std::time::SystemTime::now()
+        let unix_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_micros() as u64);
         Now {
             at,
             secs: at.saturating_duration_since(shared.start).as_secs() as u32,
-            unix,
+            unix: unix_us / 1_000_000,
+            unix_us,
         }
     }
 }

@@ -144,6 +144,7 @@ impl EventLoop {
             resume: false,
             max_bytes: self.page_bytes() as u32,
             channel: s.channel.clone(),
+            opened_us: self.now.unix_us,
         };
         match self.shared.up_tx.try_send(up) {
             Ok(()) => Ok(gen),

@@ -43,6 +43,8 @@ struct ChannelState {
     log: ChannelLog,
     /// The directory entry: who holds the channel (data; the outbox knows how to reach it).
     holder: Option<Holder>,
+    /// The holder's `Start::opened_us` (0: not known).
+    holder_opened_us: u64,
     /// Wall-clock ms of the last append, subscribe or unsubscribe.
     last_active: u64,
 }
@@ -186,6 +188,7 @@ impl<O: Outbox> MemoryStore<O> {
                 name,
                 log,
                 holder: None,
+                holder_opened_us: 0,
                 last_active: now_ms,
             },
         );
@@ -300,6 +303,7 @@ impl<O: Outbox> MemoryStore<O> {
             epoch,
             max_bytes: u32::MAX,
             resume: false,
+            opened_us: 0,
         };
         self.subscribe_start(channel, holder, start, now_ms)
     }
@@ -314,23 +318,35 @@ impl<O: Outbox> MemoryStore<O> {
     ) -> Result<(), StoreError> {
         self.on_channel(channel, now_ms, |state| {
             state.last_active = now_ms;
-            if start.resume
-                && state
+            let other_live = || {
+                state
                     .holder
                     .as_ref()
                     .is_some_and(|cur| *cur != holder && self.outbox.is_live(&cur.worker))
-            {
+            };
+            if start.resume && other_live() {
                 // A newer connection took the channel while this worker's link was down:
                 // it keeps it, and the resuming connection is the one replaced.
                 self.outbox.kick(&holder, KickReason::Replaced);
                 return;
             }
+            if start.asked_before(state.holder_opened_us) && other_live() {
+                // Asked before the live holder's subscribe but landed after it (its link
+                // was slower): the client that asked later keeps the channel.
+                metrics::SUBSCRIBES_LATE.inc();
+                self.outbox.kick(&holder, KickReason::Resync);
+                return;
+            }
             // Directory first, then the backlog: a concurrent publish is either in the
             // backlog or delivered live after it (same lock).
+            let same = state.holder.as_ref() == Some(&holder);
             if let Some(old) = state.holder.replace(holder.clone()) {
                 if old != holder {
                     self.outbox.kick(&old, KickReason::Replaced);
                 }
+            }
+            if !same || start.opened_us != 0 {
+                state.holder_opened_us = start.opened_us;
             }
             let page = page(&state.log, start.since, start.epoch, start.max_bytes);
             if !self.outbox.backlog(&holder, page) {

@@ -259,6 +259,7 @@ impl<O: Outbox> RedisStore<O> {
         let max_bytes = start.max_bytes.to_string();
         let max_frame = BACKLOG_MAX_BYTES.to_string();
         let me = encode_holder(holder);
+        let opened = start.opened_us.to_string();
         let reply = self
             .client
             .fcall(
@@ -277,6 +278,7 @@ impl<O: Outbox> RedisStore<O> {
                     epoch.as_bytes(),
                     expected.as_bytes(),
                     self.strict(),
+                    opened.as_bytes(),
                 ],
             )
             .await?;
@@ -288,6 +290,23 @@ impl<O: Outbox> RedisStore<O> {
             other => Err(bad_reply("pg_attach", &other)),
         }
     }
+}
+
+/// How an attach that left the channel to its owner is answered: `held` (a resume) as
+/// replaced, `late` (asked before the owner's subscribe) as resync, counted.
+fn refusal(reply: &[Value]) -> Option<KickReason> {
+    match text(reply.first()?).as_deref() {
+        Some("held") => Some(KickReason::Replaced),
+        Some("late") => Some(KickReason::Resync),
+        _ => None,
+    }
+}
+
+fn refuse<O: Outbox>(outbox: &O, holder: &Holder, reason: KickReason) {
+    if reason == KickReason::Resync {
+        metrics::SUBSCRIBES_LATE.inc();
+    }
+    outbox.kick(holder, reason);
 }
 
 fn count_epoch_change(cause: &str) {
@@ -330,19 +349,20 @@ impl<O: Outbox> Store for RedisStore<O> {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         let mut reply = self.attach(channel, &holder, start, "", now_ms).await?;
-        if text(&reply[0]).as_deref() == Some("held") {
+        if let Some(reason) = refusal(&reply) {
             let prev = text(&reply[2]).unwrap_or_default();
             match self.holder(&prev) {
+                // A newer connection took the channel while this one's link was down, or
+                // it asked after this one did and its subscribe landed first.
                 Some(p) if self.outbox.is_live(&p.worker) => {
-                    // A newer connection took the channel while this one's link was down.
-                    self.outbox.kick(&holder, KickReason::Replaced);
+                    refuse(&self.outbox, &holder, reason);
                     return Ok(());
                 }
                 // The other holder is gone: take the channel if it is still that one's.
                 _ => reply = self.attach(channel, &holder, start, &prev, now_ms).await?,
             }
-            if text(&reply[0]).as_deref() == Some("held") {
-                self.outbox.kick(&holder, KickReason::Replaced);
+            if let Some(reason) = refusal(&reply) {
+                refuse(&self.outbox, &holder, reason);
                 return Ok(());
             }
         }

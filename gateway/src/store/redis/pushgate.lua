@@ -5,7 +5,8 @@
 --
 --   KEYS[1] <p>:{c}:m  meta hash: e epoch, r replid of the history that wrote it, s last
 --                      seq, f seq of the oldest retained message, ft its time (ms), b
---                      retained bytes, o owner ("incarnation:sub_id:worker"), ot owner
+--                      retained bytes, o owner ("incarnation:sub_id:worker"), oa when
+--                      the owner's client asked (µs, its worker's clock), ot owner
 --                      token, q q2 q3 the op ids of the last 6 to 9 publishes, newest
 --                      first (16 hex digits and a space each; q holds up to 3, then
 --                      moves to q2 and q2 to q3: no field passes 64 bytes, so the hash
@@ -268,21 +269,31 @@ end
 
 -- ARGV: holder, since ('' = live only), client_epoch (''), resume 0|1, max_bytes,
 --       max_frame, now_ms, max_age_ms, meta_ttl_ms, new_epoch, expected ('' or the owner a
---       forced take may replace), strict
--- Returns {'ok'|'held', epoch, previous owner or '', token, cause, page...} ('held': a
--- resume found another owner, nothing changed; the gateway decides whether it is live).
+--       forced take may replace), strict, opened_us ('0' or '': not known)
+-- Returns {'ok'|'held'|'late', epoch, previous owner or '', token, cause, page...}
+-- ('held': a resume found another owner; 'late': the client asked before the owner's
+-- did; nothing changed in either, the gateway decides whether the owner is live).
 local function attach(keys, args)
   local meta, list = keys[1], keys[2]
   local holder, since, client_epoch, resume = args[1], args[2], args[3], args[4] == '1'
   local max_bytes, max_frame, now, max_age = tonumber(args[5]), tonumber(args[6]), tonumber(args[7]), tonumber(args[8])
   local meta_ttl, new_epoch, expected = tonumber(args[9]), args[10], args[11]
+  local opened = tonumber(args[13] or '') or 0
   local m = read_meta(meta)
   local cause = ensure_meta(meta, list, m, new_epoch, meta_ttl, args[12], now)
   local prev = m.o
-  if resume and prev ~= '' and prev ~= holder and prev ~= expected then
-    return {'held', m.e, prev, 0, cause}
+  if prev ~= '' and prev ~= holder and prev ~= expected then
+    if resume then return {'held', m.e, prev, 0, cause} end
+    if opened > 0 and (tonumber(redis.call('HGET', meta, 'oa') or '') or 0) > opened then
+      return {'late', m.e, prev, 0, cause}
+    end
   end
-  redis.call('HSET', meta, 'o', holder)
+  if opened > 0 then
+    redis.call('HSET', meta, 'o', holder, 'oa', args[13])
+  else
+    redis.call('HSET', meta, 'o', holder)
+    if prev ~= holder then redis.call('HDEL', meta, 'oa') end
+  end
   local token = redis.call('HINCRBY', meta, 'ot', 1)
   local out = {'ok', m.e, prev, token, cause}
   local p
@@ -313,7 +324,7 @@ end
 -- replaced connection never removes the newer one. Returns 1 if cleared.
 local function detach(keys, args)
   if redis.call('HGET', keys[1], 'o') == args[1] then
-    redis.call('HDEL', keys[1], 'o')
+    redis.call('HDEL', keys[1], 'o', 'oa')
     return 1
   end
   return 0

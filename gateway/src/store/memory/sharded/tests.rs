@@ -127,6 +127,7 @@ fn resume_from(since: u64) -> Start {
         epoch: None,
         max_bytes: u32::MAX,
         resume: true,
+        opened_us: 0,
     }
 }
 
@@ -265,6 +266,65 @@ fn a_resuming_worker_does_not_take_the_channel_from_a_newer_holder() {
     assert!(matches!(
         l1.try_recv().unwrap(),
         Down::Backlog { sub_id: 1, .. }
+    ));
+}
+
+/// A fresh subscribe whose client asked at `opened_us`.
+fn asked_at(opened_us: u64) -> Start {
+    Start {
+        since: Some(0),
+        epoch: None,
+        max_bytes: u32::MAX,
+        resume: false,
+        opened_us,
+    }
+}
+
+#[test]
+fn a_subscribe_asked_before_the_holders_takes_the_channel_only_from_a_dead_one() {
+    let s = store(1 << 20, 100);
+    let t = T0;
+    let l1 = link(&s, "w", 16);
+    let l2 = link(&s, "w2", 16);
+    s.subscribe_start("c", l2.holder(2), asked_at(2_000), t)
+        .unwrap();
+    assert!(matches!(l2.try_recv().unwrap(), Down::Backlog { .. }));
+    // Asked before the holder's, landed after: refused with resync, the holder stays.
+    s.subscribe_start("c", l1.holder(1), asked_at(1_000), t)
+        .unwrap();
+    assert!(matches!(
+        l1.try_recv().unwrap(),
+        Down::Kick {
+            sub_id: 1,
+            reason: KickReason::Resync
+        }
+    ));
+    assert!(l2.try_recv().is_none(), "the holder is not kicked");
+    // The same holder subscribing again keeps its stamp when the new one is unknown.
+    s.subscribe_start("c", l2.holder(2), resume_from(0), t)
+        .unwrap();
+    assert!(matches!(l2.try_recv().unwrap(), Down::Backlog { .. }));
+    s.subscribe_start("c", l1.holder(3), asked_at(1_500), t)
+        .unwrap();
+    assert!(matches!(
+        l1.try_recv().unwrap(),
+        Down::Kick {
+            sub_id: 3,
+            reason: KickReason::Resync
+        }
+    ));
+    // Once the holder's worker is gone, the older subscribe takes the channel.
+    l2.close();
+    s.subscribe_start("c", l1.holder(4), asked_at(1_000), t)
+        .unwrap();
+    assert!(matches!(
+        l1.try_recv().unwrap(),
+        Down::Backlog { sub_id: 4, .. }
+    ));
+    s.publish_now("c", b("x"), None, t).unwrap();
+    assert!(matches!(
+        l1.try_recv().unwrap(),
+        Down::Deliver { sub_id: 4, .. }
     ));
 }
 
