@@ -16,7 +16,8 @@
 # Environment: RATES (default "500 1000 2000 5000 10000 20000 max"), SECS (publishing time
 # per rate, default 10; at least MIN_MSGS messages are sent, default 10000), MAX_MSGS
 # (messages of the "max" run, default 300000), SERVERS ("pushgate nchan"), PUSHGATE_ARGS
-# (extra gateway flags), NO_BUILD=1, NO_RECORD=1 (do not append to benches/RESULTS.md nor
+# (extra gateway flags), PUSHGATE_LOADGEN_ARGS (extra loadgen flags of the pushgate runs,
+# e.g. --publish-stream), NO_BUILD=1, NO_RECORD=1 (do not append to benches/RESULTS.md nor
 # write benches/sweep.svg), OUT (benches/out/sweep).
 # Writes $OUT/table.md and the plot $OUT/sweep.svg (copied to benches/sweep.svg when
 # recording). Installs nothing; needs what benches/compare.sh needs.
@@ -50,8 +51,10 @@ for rate in $RATES; do
   fi
   for kind in $SERVERS; do
     echo "rate $rate/s for $dur: $kind" >&2
+    extra=()
+    [ "$kind" = pushgate ] && read -r -a extra <<<"${PUSHGATE_LOADGEN_ARGS:-}"
     run_case "r$rate" "$kind" run --clients "$N" --transport ws --ramp 5000/s \
-      --rate "$r/s" --duration "$dur" --drain 30s
+      --rate "$r/s" --duration "$dur" --drain 30s "${extra[@]}"
   done
 done
 

@@ -244,6 +244,11 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_BODY_TIMEOUT_SECS", default_value_t = 30)]
     pub body_timeout_secs: u64,
 
+    /// Seconds a publish stream (`POST /v1/publish?stream=1`) may go without a byte (a
+    /// blank line keeps it open); then it is answered `request_timeout` and closed.
+    #[arg(long, env = "PUSHGATE_PUBLISH_STREAM_IDLE_SECS", default_value_t = 300)]
+    pub publish_stream_idle_secs: u64,
+
     /// Publishes per second from one source IP (NDJSON lines and broadcast channels count
     /// one each); more get 429 with `Retry-After`. 0: no limit.
     #[arg(long, env = "PUSHGATE_PUBLISH_RATE_PER_IP", default_value_t = 0.0)]
@@ -397,6 +402,10 @@ impl Config {
             "--body-timeout-secs must be at least 1"
         );
         anyhow::ensure!(
+            self.publish_stream_idle_secs >= 1,
+            "--publish-stream-idle-secs must be at least 1"
+        );
+        anyhow::ensure!(
             [self.publish_rate_per_ip, self.publish_rate_per_key]
                 .iter()
                 .all(|r| r.is_finite() && *r >= 0.0),
@@ -481,6 +490,10 @@ impl Config {
 
     pub fn body_timeout(&self) -> Duration {
         Duration::from_secs(self.body_timeout_secs)
+    }
+
+    pub fn publish_stream_idle(&self) -> Duration {
+        Duration::from_secs(self.publish_stream_idle_secs)
     }
 
     pub fn retention_age(&self) -> Duration {

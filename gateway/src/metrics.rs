@@ -333,6 +333,13 @@ pub static STORE_RESYNCS: LazyLock<IntCounter> = LazyLock::new(|| {
     )
 });
 
+pub static PUBLISH_STREAMS_OPEN: LazyLock<IntGauge> = LazyLock::new(|| {
+    gauge(
+        "pushgate_publish_streams_open",
+        "Publish streams (POST /v1/publish?stream=1) open now.",
+    )
+});
+
 pub static SUBSCRIBES_LATE: LazyLock<IntCounter> = LazyLock::new(|| {
     counter(
         "pushgate_subscribes_late_total",
@@ -379,6 +386,7 @@ pub fn init() {
     LazyLock::force(&EPOCH_CHANGES);
     LazyLock::force(&STORE_RESYNCS);
     LazyLock::force(&SUBSCRIBES_LATE);
+    LazyLock::force(&PUBLISH_STREAMS_OPEN);
     LazyLock::force(&PARKED);
     LazyLock::force(&PARKED_SENT);
     LazyLock::force(&PUBLISH_TOTAL);

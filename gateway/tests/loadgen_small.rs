@@ -94,6 +94,32 @@ async fn loadgen_run_2000_mixed_clients_loses_nothing() {
     assert_eq!(per_worker, 2, "{}", r["connect"]["per_worker"]);
 }
 
+/// `--publish-stream`: each publish connection is one long-lived `POST
+/// /v1/publish?stream=1`; every line's seq comes back on it and every message arrives once,
+/// in order, on mixed transports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_publish_streams_lose_nothing() {
+    let gw = spawn_gateway(&["--local-workers", "1"]);
+    wait_healthy(&gw.base, 1, Duration::from_secs(30)).await;
+    let args = [
+        "--transport",
+        "mixed",
+        "--rate",
+        "2000/s",
+        "--duration",
+        "3s",
+        "--publish-stream",
+        "--publish-connections",
+        "3",
+    ];
+    let r = run_loadgen(&gw.base, 600, &args).await;
+    assert_eq!(r["parameters"]["publish"]["publish_stream"], true);
+    let p = &r["publish"];
+    assert!(p["messages_accepted"].as_u64().unwrap() >= 5_000, "{p}");
+    // One request per stream, whatever the number of messages.
+    assert_eq!(p["requests"], 3, "{p}");
+}
+
 /// `--broadcast`: each request is one `POST /v1/broadcast` naming 500 channels; 3 rounds
 /// reach every one of 500 mixed clients 3 times, each with its channel's own seqs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,6 +362,12 @@ pub struct PublishOpts {
     /// channels it names (each channel still counts as one message).
     #[arg(long)]
     pub broadcast: bool,
+    /// Publish over long-lived publish streams (`POST /v1/publish?stream=1`), one per
+    /// publish connection: each message is one NDJSON line sent when it is due (lines due
+    /// together leave in one write), answered with its seq on the same connection.
+    /// pushgate only; `--batch 1`, no `--retry-for`.
+    #[arg(long)]
+    pub publish_stream: bool,
     /// Approximate payload size; padded with a `pad` string.
     #[arg(long, default_value_t = 64)]
     pub payload_bytes: usize,
@@ -640,6 +646,14 @@ impl Plan {
             if p.channels == Some(0) {
                 bail!("--channels must be at least 1");
             }
+            if p.publish_stream
+                && (p.batch != 1
+                    || p.broadcast
+                    || !p.retry_for.is_zero()
+                    || self.common.target.target != crate::target::ServerKind::Pushgate)
+            {
+                bail!("--publish-stream publishes single lines to pushgate: it takes --batch 1, no --broadcast and no --retry-for");
+            }
             if p.broadcast_every.is_some_and(|d| d.is_zero()) {
                 bail!("--broadcast-every must be more than 0");
             }
@@ -786,6 +800,8 @@ pub struct PublishParameters {
     pub pattern: String,
     pub batch: usize,
     pub broadcast: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub publish_stream: bool,
     pub payload_bytes: usize,
     pub publish_connections: usize,
     pub retry_for_secs: f64,
@@ -855,6 +871,7 @@ impl Plan {
                 pattern: flag_name(&p.pattern),
                 batch: p.batch,
                 broadcast: p.broadcast,
+                publish_stream: p.publish_stream,
                 payload_bytes: p.payload_bytes,
                 publish_connections: p.publish_connections,
                 retry_for_secs: p.retry_for.as_secs_f64(),

@@ -2,6 +2,8 @@
 //! (`POST /v1/publish/{channel}`) or as NDJSON batches, and beside that stream the periodic
 //! broadcasts of `--broadcast-every`; records what was accepted per channel.
 
+mod stream;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,7 +159,23 @@ pub async fn publish_phase(
         };
         tasks.push(tokio::spawn(broadcast_loop(ctx.clone(), pool, schedule)));
     }
-    for _ in 0..ctx.opts.publish_connections {
+    if ctx.opts.publish_stream {
+        let bases = ctx.plan.server().publish_bases(&ctx.plan);
+        for i in 0..ctx.opts.publish_connections {
+            let base = bases[i % bases.len()].clone();
+            tasks.push(tokio::spawn(stream::stream_loop(
+                ctx.clone(),
+                src.clone(),
+                base,
+                start,
+                end,
+                next.clone(),
+                pacer,
+                channels,
+            )));
+        }
+    }
+    for _ in 0..ctx.opts.publish_connections * usize::from(!ctx.opts.publish_stream) {
         let (ctx, pool, next) = (ctx.clone(), pool.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let batch = ctx.opts.batch as u64;

@@ -1,6 +1,7 @@
 //! The public HTTP API of the gateway (hyper 1.x, HTTP/1.1), one room per job: the accept
 //! loop and connection settings ([`server`]), routing ([`routes`]), CORS ([`cors`]),
-//! assign ([`assign`]), publish, NDJSON batches and broadcast ([`publish`]), the read-only
+//! assign ([`assign`]), publish, NDJSON batches and broadcast ([`publish`]), publish
+//! streams ([`stream`]), the read-only
 //! views ([`views`]), the worker link upgrade ([`upgrade`]), publisher keys ([`auth`]),
 //! bodies with limits ([`body`]), every refusal ([`rejection`]) and response helpers
 //! ([`reply`]). Below hyper, every request head is checked first ([`head_guard`], driven
@@ -22,5 +23,6 @@ pub mod reply;
 pub mod routes;
 pub mod server;
 pub mod stats;
+pub mod stream;
 pub mod upgrade;
 pub mod views;

@@ -80,13 +80,7 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     // One message's worth first, so a publisher already over its limit is refused
     // before its body is read; the whole batch is charged once it is parsed.
     rate_limit_parts(app, peer, key.as_deref(), 0)?;
-    let is_ndjson = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"));
-    if !is_ndjson {
+    if !is_ndjson(req.headers()) {
         return Err(Rejection::NotNdjson);
     }
     let (body, _budget) = read_body(
@@ -130,10 +124,19 @@ async fn batch(app: &App, req: Request<Incoming>) -> Result<Resp, Rejection> {
     ))
 }
 
+/// Whether a request says `Content-Type: application/x-ndjson`.
+pub(super) fn is_ndjson(headers: &hyper::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-ndjson"))
+}
+
 /// Publishes a batch's lines in line order. With a shared store: one channel's lines one
 /// after the other (so their seqs follow the lines), different channels at once, up to [`BATCH_CHANNELS_AT_ONCE`]
 /// (a store on the network then pipelines them instead of paying a round trip per line).
-async fn publish_lines(
+pub(super) async fn publish_lines(
     app: &App,
     lines: &[ndjson::BatchLine],
     now: u64,
@@ -184,7 +187,10 @@ async fn publish_lines(
 
 /// The source IP and the publisher key of a request, for the rate limits (nothing when
 /// no limit is on: the publish path pays for neither).
-fn who(app: &App, req: &Request<Incoming>) -> (Option<std::net::IpAddr>, Option<String>) {
+pub(super) fn who(
+    app: &App,
+    req: &Request<Incoming>,
+) -> (Option<std::net::IpAddr>, Option<String>) {
     let l = &app.limits;
     let peer = l
         .per_ip
@@ -204,7 +210,7 @@ fn rate_limit(app: &App, req: &Request<Incoming>, n: u64) -> Result<(), Rejectio
 }
 
 /// Charges `n` messages (0: only checks that one would pass, without charging).
-fn rate_limit_parts(
+pub(super) fn rate_limit_parts(
     app: &App,
     peer: Option<std::net::IpAddr>,
     key: Option<&str>,
@@ -221,7 +227,7 @@ fn rate_limit_parts(
 
 /// Counts the accepted appends of a batch (NDJSON or broadcast), meters new publishes and
 /// refusals, and hands each refusal (its index, its code) to `reject`.
-fn tally(
+pub(super) fn tally(
     results: &[Result<Published, StoreError>],
     mut reject: impl FnMut(usize, &'static str),
 ) -> u64 {

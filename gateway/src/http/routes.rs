@@ -2,13 +2,14 @@
 //! `Allow`, and the CORS headers of the endpoint groups that have them.
 
 use super::rejection::Rejection;
-use super::reply::{empty, Resp};
-use super::{assign, publish, upgrade, views};
+use super::reply::{empty, Body};
+use super::{assign, publish, stream, upgrade, views};
 use crate::app::App;
 use crate::link::handle::coalesced;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, StatusCode};
+use hyper::{Method, Request, Response, StatusCode};
 use protocol::query::percent_decode;
 use std::sync::Arc;
 
@@ -71,7 +72,7 @@ impl Route {
 }
 
 /// Answers one request.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
+pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Response<Body> {
     let route = Route::parse(req.uri().path());
     let origin = req.headers().get(header::ORIGIN).cloned();
     let cors = match route {
@@ -92,13 +93,23 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
             .copied()
             .unwrap_or(crate::net::Plane::Api);
         if let Err(r) = super::auth::check_admin(&app, req.headers(), peer, plane) {
-            return r.response();
+            return r.response().map(Either::Left);
         }
     } else if req.extensions().get::<crate::net::Plane>() == Some(&crate::net::Plane::Admin)
         && !matches!(route, Route::Healthz)
     {
         // The admin listener serves the admin surface and /healthz, nothing else.
-        return Rejection::NotFound.response();
+        return Rejection::NotFound.response().map(Either::Left);
+    }
+    if method == Method::POST
+        && matches!(route, Route::PublishBatch)
+        && stream::wants_stream(req.uri().query())
+    {
+        let mut resp = stream::publish_stream(app.clone(), req);
+        if let Some(c) = cors {
+            c.apply(origin.as_ref(), resp.headers_mut());
+        }
+        return resp;
     }
     let mut resp = if method == Method::OPTIONS
         && matches!(
@@ -148,5 +159,5 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>) -> Resp {
     if let Some(c) = cors {
         c.apply(origin.as_ref(), resp.headers_mut());
     }
-    resp
+    resp.map(Either::Left)
 }
