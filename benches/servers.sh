@@ -18,14 +18,19 @@ TMP=$(mktemp -d /tmp/pushgate-$ME.XXXXXX)
 missing=()
 NGINX=$(command -v nginx || true)
 [ -z "$NGINX" ] && [ -x /usr/sbin/nginx ] && NGINX=/usr/sbin/nginx
-[ -z "$NGINX" ] && missing+=("nginx (package nginx-light or nginx)")
 NCHAN_MODULE=""
 if command -v dpkg >/dev/null 2>&1; then
   NCHAN_MODULE=$(dpkg -L libnginx-mod-nchan 2>/dev/null | grep 'ngx_nchan_module\.so$' | head -1 || true)
 fi
 [ -z "$NCHAN_MODULE" ] && [ -f /usr/lib/nginx/modules/ngx_nchan_module.so ] &&
   NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
-[ -z "$NCHAN_MODULE" ] && missing+=("the Nchan module (package libnginx-mod-nchan)")
+# nginx and Nchan are needed only when a run starts Nchan (SERVERS=pushgate does not).
+case " ${SERVERS:-nchan} " in
+  *" nchan "*)
+    [ -z "$NGINX" ] && missing+=("nginx (package nginx-light or nginx)")
+    [ -z "$NCHAN_MODULE" ] && missing+=("the Nchan module (package libnginx-mod-nchan)")
+    ;;
+esac
 for tool in python3 curl pgrep; do
   command -v $tool >/dev/null 2>&1 || missing+=("$tool")
 done

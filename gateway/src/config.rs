@@ -29,7 +29,8 @@ pub struct Config {
     #[arg(long, env = "PUSHGATE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Threads of the gateway's runtime (default: available parallelism).
+    /// Threads of the gateway, each with its own runtime and its own SO_REUSEPORT listener on
+    /// `--listen` (default: available parallelism).
     #[arg(long, env = "PUSHGATE_THREADS")]
     pub threads: Option<usize>,
 

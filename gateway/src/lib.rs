@@ -17,6 +17,7 @@ pub mod net;
 pub mod ratelimit;
 pub mod registry;
 pub mod router;
+pub mod runtimes;
 pub mod store;
 pub mod tickets;
 
@@ -40,6 +41,18 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// configured; then stops accepting, closes links, stops local workers and returns.
 pub async fn run(
     listener: tokio::net::TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    run_with(listener, Vec::new(), config, shutdown).await
+}
+
+/// [`run`], and the same API served on every `more` listener (each bound to the same address
+/// with SO_REUSEPORT) by its own runtime: how `main_with_args` spreads connections over
+/// threads (`runtimes.rs`). Gateway-wide tasks run on the caller's runtime.
+pub async fn run_with(
+    listener: tokio::net::TcpListener,
+    more: Vec<runtimes::Acceptor>,
     mut config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -110,9 +123,23 @@ pub async fn run(
         info!(admin = %l.local_addr()?, "admin surface (dashboard, /metrics, /v1/workers, /v1/channels) on http://{}", l.local_addr()?);
         tokio::spawn(http::server::serve(l, app.clone(), net::Plane::Admin));
     }
+    let others: Vec<_> = more
+        .into_iter()
+        .map(|a| {
+            a.runtime.spawn(http::server::serve(
+                a.listener,
+                app.clone(),
+                net::Plane::Api,
+            ))
+        })
+        .collect();
     http::server::serve(listener, app.clone(), net::Plane::Api).await;
+    for accepting in others {
+        let _ = accepting.await;
+    }
 
     // Shutdown: no new connections; links close on the token; wait for tasks and children.
+    // Connections and links on every runtime are in the one tracker.
     app.registry.close_all();
     app.tracker.close();
     if tokio::time::timeout(SHUTDOWN_DEADLINE, app.tracker.wait())
@@ -293,20 +320,14 @@ where
     worker::logging::init(config.log_format);
     config.load_secret_files()?;
     config.validate()?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = config.threads {
-        runtime.worker_threads(n);
-    }
-    let runtime = runtime
-        .enable_all()
-        .thread_name("gateway")
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(async move {
-        let std_listener =
-            net::bind_listener(config.listen).with_context(|| format!("binding {}", config.listen))?;
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        let addr = listener.local_addr()?;
+    let threads = config.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let runtimes = runtimes::Runtimes::start(threads)?;
+    let (addr, listener, more) = runtimes
+        .bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    runtimes.block_on(async move {
         let scheme = if config.tls_cert.is_some() { "https" } else { "http" };
         info!(
             listen = %addr,
@@ -332,7 +353,7 @@ where
         }
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        run(listener, config, shutdown).await
+        run_with(listener, more, config, shutdown).await
     })
 }
 
