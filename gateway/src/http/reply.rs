@@ -9,9 +9,6 @@ use hyper::{Response, StatusCode};
 /// Response type of every handler.
 pub type Resp = Response<Full<Bytes>>;
 
-/// What the server sends: a whole answer, or a publish stream's answer as it comes.
-pub type Body = http_body_util::Either<Full<Bytes>, super::stream::StreamBody>;
-
 /// An answer with no body.
 pub fn empty(status: StatusCode) -> Resp {
     let mut r = Response::new(Full::new(Bytes::new()));

@@ -2,7 +2,8 @@
 //! `Allow`, and the CORS headers of the endpoint groups that have them.
 
 use super::rejection::Rejection;
-use super::reply::{empty, Body};
+use super::reply::empty;
+use super::stream::Body;
 use super::{assign, publish, stream, upgrade, views};
 use crate::app::App;
 use crate::link::handle::coalesced;

@@ -18,7 +18,6 @@
 use super::auth::check_publisher;
 use super::publish::{is_ndjson, publish_lines, rate_limit_parts, tally, who};
 use super::rejection::Rejection;
-use super::reply::Body;
 use crate::app::App;
 use crate::link::handle::coalesced;
 use crate::metrics::{self, RejectReason};
@@ -43,6 +42,9 @@ const LINES_AT_ONCE: usize = 4096;
 /// The body of a publish stream's answer.
 pub type StreamBody =
     http_body_util::StreamBody<BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
+
+/// What the server sends: a whole answer, or a publish stream's answer as it comes.
+pub type Body = Either<http_body_util::Full<Bytes>, StreamBody>;
 
 /// Whether `POST /v1/publish` asks for a stream (`stream=1` or `stream=true`).
 pub fn wants_stream(query: Option<&str>) -> bool {
