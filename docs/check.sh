@@ -113,10 +113,19 @@ EXPECT_RE = re.compile(r"#\s*→\s?(.*)$")
 ELLIPSIS = "…"
 
 
+HANDED_OUT = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port not handed out before in this run: ports are bound later by the
+    blocks, so the kernel may offer the same one twice."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in HANDED_OUT:
+            HANDED_OUT.add(port)
+            return port
 
 
 def blocks(path):
